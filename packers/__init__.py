@@ -1,0 +1,29 @@
+"""packers: pluggable bin-packing of prompt lengths into packed rows.
+
+Public API: `make_packer(name, **params).pack(lengths, capacity) -> Packing`, the registry
+`PACKERS`, the `Packer` protocol, and lower bounds in `packers.bounds`.
+Pure Python + numpy; OR-Tools is imported lazily by the `ilp` packer only.
+"""
+
+from packers import bounds
+from packers.base import BasePacker, Packer, bins_from_assignment
+from packers.packing import Packing, validate_capacity, validate_lengths
+from packers.registry import ENTRY_POINT_GROUP, PACKERS, available_packers, make_packer, register
+
+# Importing these modules registers the built-in packers.
+from packers import baselines  # noqa: E402,F401  isort: skip
+
+__all__ = [
+    "BasePacker",
+    "ENTRY_POINT_GROUP",
+    "PACKERS",
+    "Packer",
+    "Packing",
+    "available_packers",
+    "bins_from_assignment",
+    "bounds",
+    "make_packer",
+    "register",
+    "validate_capacity",
+    "validate_lengths",
+]

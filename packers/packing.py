@@ -1,0 +1,195 @@
+"""The `Packing` result type and input validation shared by every packer.
+
+A `Packing` is the whole answer of a packer: which prompts share which packed row (bin),
+in placement order, for one capacity. It validates itself on construction, so a
+`Packing` that exists is always a valid packing of its lengths.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["Packing", "validate_capacity", "validate_lengths", "STATUSES"]
+
+STATUSES = ("optimal", "feasible", "heuristic")
+
+
+def validate_capacity(capacity: object) -> int:
+    """Return `capacity` as a positive int or raise `ValueError` naming the bad value."""
+    if isinstance(capacity, bool) or not isinstance(capacity, numbers.Real):
+        raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
+    if isinstance(capacity, numbers.Integral):
+        value = int(capacity)
+    else:
+        as_float = float(capacity)
+        if not math.isfinite(as_float) or not as_float.is_integer():
+            raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
+        value = int(as_float)
+    if value <= 0:
+        raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
+    return value
+
+
+def _first_bad(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def validate_lengths(lengths: Sequence[int] | np.ndarray, capacity: int | None = None) -> np.ndarray:
+    """Check prompt lengths and return them as a fresh int64 array.
+
+    Contract: `lengths` is a non-empty sequence of positive integers (ints, integral
+    floats or numpy integers); with `capacity` given, none may exceed it. Any violation
+    raises `ValueError` whose message names the offending prompt index and value.
+    The input is never modified.
+    """
+    if isinstance(lengths, (str, bytes)):
+        raise ValueError(f"lengths must be a sequence of integers, got {type(lengths).__name__}")
+    try:
+        arr = np.asarray(lengths)
+    except (ValueError, TypeError) as exc:  # ragged nested input
+        raise ValueError(f"lengths must be a flat sequence of integers: {exc}") from None
+    if arr.ndim != 1:
+        raise ValueError(f"lengths must be a flat sequence of integers, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError("lengths is empty: nothing to pack")
+    if arr.dtype == np.bool_:
+        raise ValueError(f"prompt 0 has length {arr[0]!r}: lengths must be integers, not booleans")
+    if arr.dtype.kind in "iu":
+        out = arr.astype(np.int64, copy=True)
+    elif arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr) | (arr != np.floor(arr))
+        if bad.any():
+            i = _first_bad(bad)
+            raise ValueError(f"prompt {i} has length {arr[i]!r}: lengths must be integers")
+        out = arr.astype(np.int64)
+    else:
+        out = np.empty(arr.size, dtype=np.int64)
+        for i, value in enumerate(arr.tolist()):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"prompt {i} has length {value!r}: lengths must be integers")
+            as_float = float(value)
+            if not math.isfinite(as_float) or not as_float.is_integer():
+                raise ValueError(f"prompt {i} has length {value!r}: lengths must be integers")
+            out[i] = int(value)
+    bad = out <= 0
+    if bad.any():
+        i = _first_bad(bad)
+        raise ValueError(f"prompt {i} has length {out[i]}: lengths must be positive")
+    if capacity is not None:
+        bad = out > capacity
+        if bad.any():
+            i = _first_bad(bad)
+            raise ValueError(
+                f"prompt {i} has length {out[i]}, over the capacity {capacity}: "
+                "raise the capacity or split/truncate the prompt explicitly"
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class Packing:
+    """A valid assignment of prompts to packed rows.
+
+    Fields:
+      lengths:  tokens of each prompt, in the caller's order (tuple of positive ints).
+      capacity: tokens a packed row may hold.
+      bins:     one tuple of prompt indices per packed row, in placement order.
+      packer:   registry name of the packer that made it.
+      meta:     at least `lower_bound` (int, best bound on the bin count),
+                `status` ("optimal" | "feasible" | "heuristic") and `solve_time_s`.
+
+    Invariants checked on construction (`ValueError` otherwise): every prompt index in
+    exactly one bin, no empty bin, no bin load over capacity, the meta keys above.
+    """
+
+    lengths: tuple[int, ...]
+    capacity: int
+    bins: tuple[tuple[int, ...], ...]
+    packer: str
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        capacity = validate_capacity(self.capacity)
+        lengths_arr = validate_lengths(self.lengths, capacity)
+        object.__setattr__(self, "lengths", tuple(lengths_arr.tolist()))
+        object.__setattr__(self, "capacity", capacity)
+        object.__setattr__(self, "bins", tuple(tuple(b) for b in self.bins))
+        n = lengths_arr.size
+        sizes = np.fromiter(map(len, self.bins), dtype=np.int64, count=len(self.bins))
+        if sizes.size == 0 or (sizes == 0).any():
+            raise ValueError("a packing needs at least one bin and no empty bins")
+        if int(sizes.sum()) != n:
+            raise ValueError(f"bins hold {int(sizes.sum())} prompt slots for {n} prompts")
+        flat = np.fromiter(chain.from_iterable(self.bins), dtype=np.int64, count=n)
+        if flat.min() < 0 or flat.max() >= n:
+            raise ValueError(f"bins name a prompt index outside 0..{n - 1}")
+        counts = np.bincount(flat, minlength=n)
+        if (counts != 1).any():
+            i = _first_bad(counts != 1)
+            raise ValueError(f"prompt {i} appears {counts[i]} times in the bins (must be exactly once)")
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        loads = np.add.reduceat(lengths_arr[flat], starts)
+        if (loads > capacity).any():
+            b = _first_bad(loads > capacity)
+            raise ValueError(f"bin {b} holds {loads[b]} tokens, over the capacity {capacity}")
+        meta = dict(self.meta)
+        missing = {"lower_bound", "status", "solve_time_s"} - meta.keys()
+        if missing:
+            raise ValueError(f"packing meta lacks {sorted(missing)}")
+        if meta["status"] not in STATUSES:
+            raise ValueError(f"meta['status'] must be one of {STATUSES}, got {meta['status']!r}")
+        object.__setattr__(self, "meta", meta)
+        object.__setattr__(self, "_loads", tuple(loads.tolist()))
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def num_bins(self) -> int:
+        return len(self.bins)
+
+    @property
+    def loads(self) -> tuple[int, ...]:
+        """Tokens in each bin, in bin order."""
+        return self._loads  # type: ignore[attr-defined]
+
+    @property
+    def max_load(self) -> int:
+        return max(self._loads)  # type: ignore[attr-defined]
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self._loads)  # type: ignore[attr-defined]
+
+    @property
+    def padded_tokens(self) -> int:
+        """Padding when the rows form one rectangle: num_bins x longest load - real tokens."""
+        return self.num_bins * self.max_load - self.total_tokens
+
+    @property
+    def efficiency(self) -> float:
+        """Real tokens over rectangle tokens (num_bins x longest load); 1.0 means no padding."""
+        return self.total_tokens / (self.num_bins * self.max_load)
+
+    @property
+    def lower_bound(self) -> int:
+        return int(self.meta["lower_bound"])
+
+    @property
+    def gap(self) -> float:
+        """Relative gap of the bin count to the lower bound: (bins - bound) / bound."""
+        return (self.num_bins - self.lower_bound) / self.lower_bound
+
+    def assignment(self) -> np.ndarray:
+        """Bin index of each prompt, int64 array of length num_prompts."""
+        out = np.empty(self.num_prompts, dtype=np.int64)
+        for b, members in enumerate(self.bins):
+            out[list(members)] = b
+        return out
