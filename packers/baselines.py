@@ -15,7 +15,7 @@ import numpy as np
 from packers.base import BasePacker
 from packers.registry import register
 
-__all__ = ["PadPacker"]
+__all__ = ["PadPacker", "SortedPadPacker"]
 
 
 @register("pad")
@@ -25,3 +25,17 @@ class PadPacker(BasePacker):
 
     def _assign(self, lengths: np.ndarray, capacity: int) -> tuple[list[list[int]], dict[str, Any]]:
         return [[i] for i in range(lengths.size)], {}
+
+
+@register("sorted")
+@dataclass(frozen=True)
+class SortedPadPacker(BasePacker):
+    """One prompt per row, longest first (ties by index): the length-sorted padded batch.
+
+    Same rows and padding as `pad` as one rectangle; the order is what matters to a
+    consumer that cuts the rows into micro-batches of similar length.
+    """
+
+    def _assign(self, lengths: np.ndarray, capacity: int) -> tuple[list[list[int]], dict[str, Any]]:
+        order = np.argsort(-lengths, kind="stable")
+        return [[i] for i in order.tolist()], {}
