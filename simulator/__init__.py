@@ -1,0 +1,60 @@
+"""simulator: an analytical, CPU-only model of LLM prefill cost for padded and packed batches.
+
+Public API (all importable without torch):
+
+  Specs and tables
+    ModelSpec, MODELS, get_model(name)          model shapes; ModelSpec.from_hf_config(cfg)
+    GPUSpec, GPUS, get_gpu(name)                dense bf16 peak, bandwidth, memory
+    ATTENTION, make_attention(name, **consts)   backends: dense, padded, flex, varlen
+  Cost
+    CostModel(model, gpu, attention, memory_budget_bytes=None).cost(packing) -> PackingCost
+        total/useful FLOPs, padded tokens, weight/KV/mask/activation/peak bytes,
+        forwards needed under the budget, est_time_s
+    CostModel.row_times_s(packing) -> (num_bins,) modeled seconds of each packed row
+    CostModel.forward_overhead_s()              fixed seconds per forward
+    linear_flops, attention_flops, logits_flops, kv_cache_bytes   the formulas
+  Capacity
+    choose_capacity(lengths, packer, cost_models, "max" | "auto" | int) -> [CapacityChoice]
+    capacity_candidates(lengths)                what "auto" tries
+  Lengths
+    parse_distribution(spec) -> Distribution    profiles, FAMILY:k=v, mixtures, file:PATH
+    load_lengths_file(path), load_profile(name), PROFILES, FAMILIES
+  Running
+    simulate(lengths_dist=..., batch_size=..., ...) -> SimulationResult (config, results rows)
+    recommend(lengths, model=..., gpu=...) -> ResultRow | None   best packer/backend/capacity
+  The `simulate` console script is simulator.cli:main.
+
+Calibration constants and their error: simulator/CALIBRATION.md.
+"""
+
+from simulator.attention import ATTENTION, AttentionBackend, available_attention, make_attention
+from simulator.capacity import CapacityChoice, capacity_candidates, choose_capacity, parse_capacity
+from simulator.cost import (
+    CostModel,
+    PackingCost,
+    attention_flops,
+    kv_cache_bytes,
+    linear_flops,
+    logits_flops,
+)
+from simulator.distributions import (
+    FAMILIES,
+    PROFILES,
+    Distribution,
+    load_lengths_file,
+    load_profile,
+    parse_distribution,
+)
+from simulator.gpus import GPUS, GPUSpec, available_gpus, get_gpu
+from simulator.layout import RowLayout
+from simulator.run import ResultRow, SimulationResult, default_packers, recommend, simulate
+from simulator.specs import MODELS, ModelSpec, available_models, get_model
+
+__all__ = [
+    "ATTENTION", "AttentionBackend", "CapacityChoice", "CostModel", "Distribution", "FAMILIES", "GPUS",
+    "GPUSpec", "MODELS", "ModelSpec", "PROFILES", "PackingCost", "ResultRow", "RowLayout",
+    "SimulationResult", "attention_flops", "available_attention", "available_gpus", "available_models",
+    "capacity_candidates", "choose_capacity", "default_packers", "get_gpu", "get_model", "kv_cache_bytes",
+    "linear_flops", "load_lengths_file", "load_profile", "logits_flops", "make_attention",
+    "parse_capacity", "parse_distribution", "recommend", "simulate",
+]  # fmt: skip

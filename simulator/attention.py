@@ -1,0 +1,190 @@
+"""Attention backends as the model sees them: what each computes, stores and costs per row.
+
+One registry, `ATTENTION`, maps a name to a frozen dataclass whose fields are the backend's
+calibrated constants (see simulator/CALIBRATION.md); `make_attention(name, **overrides)`
+builds one. The cost model asks a backend four questions about a `RowLayout`:
+
+- `row_tokens(layout)`: tokens each row pushes through the linear layers,
+- `pairs_per_row(layout)`: query-key pairs the kernel computes per row and head,
+- `score_elements_per_row(layout)`: score-matrix elements it materializes per head (0 for
+  fused kernels),
+- `mask_bytes(layout)`: bytes of the mask (or its metadata) it needs.
+
+Backends:
+  dense   4D block-diagonal causal mask with sdpa: the full W^2 per row (W = row width =
+          longest row), scores materialized, a W x W bool mask per row.
+  padded  what HF does with a padded batch (one prompt per row, 2D padding mask expanded
+          to 4D): costed like dense; a row holding several prompts is a ValueError.
+  flex    FlexAttention: only the 128x128 tiles the per-prompt causal triangles touch
+          (boundary tiles included, padding tiles skipped), block-mask metadata only.
+  varlen  flash varlen over the flat batch: sum of l(l+1)/2 pairs, no row padding at all
+          (so every packer costs the same here; the rows only matter for memory chunking).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from simulator.layout import RowLayout
+
+__all__ = [
+    "ATTENTION",
+    "AttentionBackend",
+    "DenseAttention",
+    "FlexAttention",
+    "PaddedAttention",
+    "VarlenAttention",
+    "available_attention",
+    "make_attention",
+]
+
+ATTENTION: dict[str, type["AttentionBackend"]] = {}
+
+
+def _register(cls: type["AttentionBackend"]) -> type["AttentionBackend"]:
+    ATTENTION[cls.name] = cls
+    return cls
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    """Base: calibrated constants shared by every backend.
+
+    attention_efficiency: achieved fraction of peak FLOP/s on the attention matmuls.
+    layer_overhead_s: fixed seconds per layer per forward (kernel launches, Python, mask
+                      building), independent of the batch.
+    score_traffic_passes: HBM passes over a materialized score matrix (write, mask, softmax,
+                          read) that cost bandwidth time; 0 for fused kernels.
+    score_copies: score-sized buffers alive at the peak; 0 for fused kernels.
+    """
+
+    name: ClassVar[str] = ""
+    materializes_scores: ClassVar[bool] = False
+    attention_efficiency: float = 0.5
+    layer_overhead_s: float = 5e-4
+    score_traffic_passes: float = 0.0
+    score_copies: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.attention_efficiency <= 1:
+            raise ValueError(f"attention_efficiency must be in (0, 1], got {self.attention_efficiency!r}")
+        for attr in ("layer_overhead_s", "score_traffic_passes", "score_copies"):
+            if not getattr(self, attr) >= 0:
+                raise ValueError(f"{attr} must be >= 0, got {getattr(self, attr)!r}")
+
+    def check(self, layout: RowLayout) -> None:
+        """Raise `ValueError` when this backend cannot run the layout."""
+
+    def row_tokens(self, layout: RowLayout) -> np.ndarray:
+        """Rectangle backends run every row at the full width W: (R,) of W."""
+        return np.full(layout.num_rows, layout.width_tokens, dtype=np.int64)
+
+    def pairs_per_row(self, layout: RowLayout) -> np.ndarray:
+        raise NotImplementedError
+
+    def score_elements_per_row(self, layout: RowLayout) -> np.ndarray:
+        if not self.materializes_scores:
+            return np.zeros(layout.num_rows, dtype=np.int64)
+        return np.full(layout.num_rows, layout.width_tokens**2, dtype=np.int64)
+
+    def mask_bytes(self, layout: RowLayout) -> int:
+        raise NotImplementedError
+
+
+@_register
+@dataclass(frozen=True)
+class DenseAttention(AttentionBackend):
+    """sdpa with a 4D bool block-diagonal mask: pairs = W^2 per row, mask = R * W^2 bytes."""
+
+    name: ClassVar[str] = "dense"
+    materializes_scores: ClassVar[bool] = True
+    attention_efficiency: float = 0.5
+    layer_overhead_s: float = 5e-4
+    score_traffic_passes: float = 4.0
+    score_copies: float = 3.0
+
+    def pairs_per_row(self, layout: RowLayout) -> np.ndarray:
+        return np.full(layout.num_rows, layout.width_tokens**2, dtype=np.int64)
+
+    def mask_bytes(self, layout: RowLayout) -> int:
+        return layout.num_rows * layout.width_tokens**2
+
+
+@_register
+@dataclass(frozen=True)
+class PaddedAttention(DenseAttention):
+    """HF's padded batch: like dense, but only one prompt per row is allowed."""
+
+    name: ClassVar[str] = "padded"
+
+    def check(self, layout: RowLayout) -> None:
+        if layout.num_prompts != layout.num_rows:
+            raise ValueError(
+                "attention 'padded' needs one prompt per row (the 'pad' packer); "
+                "use 'dense', 'flex' or 'varlen' for packed rows"
+            )
+
+
+@_register
+@dataclass(frozen=True)
+class FlexAttention(AttentionBackend):
+    """FlexAttention: pairs = block^2 x touched tiles; mask = BlockMask int32 metadata,
+    4 tables (kv/q x partial/full) of T + T^2 entries per row, T = ceil(W / block)."""
+
+    name: ClassVar[str] = "flex"
+    block_tokens: int = 128
+    attention_efficiency: float = 0.5
+    layer_overhead_s: float = 8e-4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.block_tokens, bool) or not isinstance(self.block_tokens, int) or self.block_tokens <= 0:
+            raise ValueError(f"block_tokens must be a positive integer, got {self.block_tokens!r}")
+
+    def pairs_per_row(self, layout: RowLayout) -> np.ndarray:
+        return layout.touched_tiles_per_row(self.block_tokens) * self.block_tokens**2
+
+    def mask_bytes(self, layout: RowLayout) -> int:
+        t = -(-layout.width_tokens // self.block_tokens)
+        return 4 * 4 * layout.num_rows * (t + t * t)
+
+
+@_register
+@dataclass(frozen=True)
+class VarlenAttention(AttentionBackend):
+    """Flash varlen on the flat batch: tokens = real tokens, pairs = sum l(l+1)/2,
+    mask = cu_seqlens, (n + 1) int32."""
+
+    name: ClassVar[str] = "varlen"
+    attention_efficiency: float = 0.5
+    layer_overhead_s: float = 5e-4
+
+    def row_tokens(self, layout: RowLayout) -> np.ndarray:
+        return layout.loads_tokens.copy()
+
+    def pairs_per_row(self, layout: RowLayout) -> np.ndarray:
+        return layout.causal_pairs_per_row()
+
+    def mask_bytes(self, layout: RowLayout) -> int:
+        return 4 * (layout.num_prompts + 1)
+
+
+def available_attention() -> list[str]:
+    return list(ATTENTION)
+
+
+def make_attention(name: str | AttentionBackend, **overrides: Any) -> AttentionBackend:
+    """Build a backend by name with its calibrated defaults (or `overrides`); an instance
+    passes through. Unknown names raise `ValueError` listing the known ones."""
+    if isinstance(name, AttentionBackend):
+        return name
+    key = str(name).strip().lower()
+    if key not in ATTENTION:
+        raise ValueError(f"unknown attention backend {name!r}; known: {', '.join(ATTENTION)}")
+    try:
+        return ATTENTION[key](**overrides)
+    except TypeError as exc:
+        raise ValueError(f"bad parameters for attention {key!r}: {exc}") from None

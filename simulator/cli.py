@@ -1,0 +1,112 @@
+"""The `simulate` console script: parses arguments and calls `simulator.run.simulate` by
+keyword. Bad input exits with code 2 and one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import NoReturn, Sequence
+
+from simulator.attention import available_attention
+from simulator.distributions import FAMILIES, PROFILES
+from simulator.gpus import available_gpus
+from simulator.report import format_table, recommendation_line, write_csv, write_plot
+from simulator.run import DEFAULT_NUM_PROMPTS, EXCLUDED_BY_DEFAULT, simulate
+from simulator.specs import available_models
+from simulator.units import parse_bytes
+
+__all__ = ["build_parser", "main"]
+
+PROG = "simulate"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not usage + message
+        raise _UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Model what padding, prepacking and varlen attention cost for LLM prefill (CPU only).",
+        epilog="Results over several batches: num_bins, padded_tokens, lower_bound, flops, useful_flops and "
+        "est_time_s are sums; efficiency and speedup_vs_padded are ratios of those sums; peak_memory_bytes is "
+        "the worst batch; capacity is the mean. The padded baseline (packer pad, attention padded) is always "
+        "included. With --json the last stdout line is one JSON document {config, results}.",
+    )
+    p.add_argument(
+        "--lengths-dist", default="mmlu", metavar="SPEC",
+        help=f"built-in profile ({', '.join(PROFILES)}), FAMILY:k=v,... ({', '.join(FAMILIES)}; e.g. "
+        "lognormal:mean=200,sigma=1.0), a mixture 0.8*mmlu+0.2*constant:value=2000, or file:PATH "
+        "(.txt/.csv/.json/.npy). Default: mmlu",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=64, help="prompts per batch (default 64)")
+    p.add_argument("--num-prompts", type=int, default=DEFAULT_NUM_PROMPTS,
+                   help=f"prompts drawn in all (default {DEFAULT_NUM_PROMPTS}); the last batch may be smaller")  # fmt: skip
+    p.add_argument("--model", default="llama-2-7b", help=f"one of {', '.join(available_models())}")
+    p.add_argument("--gpu", default="h100", help=f"one of {', '.join(available_gpus())}")
+    p.add_argument("--packers", default=None, metavar="A,B,...",
+                   help=f"comma-separated packer names (default: all registered except {', '.join(EXCLUDED_BY_DEFAULT)}; "
+                   "pad is always included)")  # fmt: skip
+    p.add_argument("--capacity", default="max", help="max (longest prompt, the paper's rule), auto (search), or tokens")
+    p.add_argument("--attention", default="all",
+                   help=f"{'|'.join(available_attention())}|all, or a comma list (default all = dense,flex,varlen)")  # fmt: skip
+    p.add_argument("--memory-budget", default=None, metavar="SIZE", help="e.g. 40GB or 75GiB (default: GPU memory)")
+    p.add_argument("--seed", type=int, default=0, help="seed for drawing lengths (default 0)")
+    p.add_argument("--json", action="store_true", help="end stdout with one JSON line")
+    p.add_argument("--csv", default=None, metavar="PATH", help="write the result rows as CSV")
+    p.add_argument("--plot", default=None, metavar="PATH", help="write a PNG: length histogram, waste, modeled time")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    return p
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    packer_names = None
+    if args.packers is not None:
+        packer_names = [n.strip() for n in args.packers.split(",") if n.strip()]
+        if not packer_names:
+            raise ValueError("--packers is empty")
+    result = simulate(
+        lengths_dist=args.lengths_dist,
+        batch_size=args.batch_size,
+        num_prompts=args.num_prompts,
+        model=args.model,
+        gpu=args.gpu,
+        packers=packer_names,
+        capacity=args.capacity,
+        attention=args.attention,
+        memory_budget_bytes=None if args.memory_budget is None else parse_bytes(args.memory_budget),
+        seed=args.seed,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    if args.csv:
+        write_csv(result, args.csv)
+    if args.plot:
+        write_plot(result, args.plot)
+    if not args.quiet:
+        print(format_table(result))
+        print()
+    print(recommendation_line(result))
+    if args.json:
+        print(json.dumps(result.to_json()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 bad input)."""
+    try:
+        return _run(argv)
+    except (_UsageError, ValueError, OSError) as exc:
+        message = " ".join(str(exc).split())
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""GPU hardware: the `GPUSpec` dataclass and the built-in table. Unknown names fail loudly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["GPUSpec", "GPUS", "get_gpu", "available_gpus"]
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """One accelerator as the roofline sees it.
+
+    peak_flops: dense (no sparsity) bf16 tensor-core FLOP/s from the vendor datasheet.
+    memory_bandwidth_bytes_per_s: HBM/GDDR bandwidth. memory_bytes: device memory.
+    All positive; `ValueError` otherwise.
+    """
+
+    name: str
+    peak_flops: float
+    memory_bandwidth_bytes_per_s: float
+    memory_bytes: int
+
+    def __post_init__(self) -> None:
+        for attr in ("peak_flops", "memory_bandwidth_bytes_per_s", "memory_bytes"):
+            value = getattr(self, attr)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"GPUSpec.{attr} must be positive, got {value!r}")
+
+
+# Datasheet numbers (dense bf16, no sparsity). Memory in decimal GB as sold.
+GPUS: dict[str, GPUSpec] = {
+    g.name: g
+    for g in (
+        GPUSpec("h100", 989.4e12, 3.35e12, 80 * 10**9),  # H100 SXM5 80GB
+        GPUSpec("h200", 989.4e12, 4.8e12, 141 * 10**9),  # H200 SXM 141GB
+        GPUSpec("a100-80gb", 312e12, 2.039e12, 80 * 10**9),  # A100 SXM4 80GB
+        GPUSpec("a6000", 154.8e12, 768e9, 48 * 10**9),  # RTX A6000 48GB
+        GPUSpec("l4", 121e12, 300e9, 24 * 10**9),  # L4 24GB
+    )
+}
+
+
+def available_gpus() -> list[str]:
+    return sorted(GPUS)
+
+
+def get_gpu(name: str | GPUSpec) -> GPUSpec:
+    """Look a GPU up in `GPUS` (case-insensitive); a `GPUSpec` passes through.
+    Unknown names raise `ValueError` listing the known ones."""
+    if isinstance(name, GPUSpec):
+        return name
+    key = str(name).strip().lower()
+    if key not in GPUS:
+        raise ValueError(f"unknown GPU {name!r}; known GPUs: {', '.join(available_gpus())}")
+    return GPUS[key]

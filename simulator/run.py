@@ -1,0 +1,289 @@
+"""`simulate(...)`: the typed library function behind the `simulate` command, and
+`recommend(...)`, a cheap backend-and-capacity pick for one batch.
+
+Draw `num_prompts` lengths from a distribution (seeded), cut them into consecutive batches
+of `batch_size` (the last one may be smaller), pack every batch with every packer, price
+every packing with every attention backend, and aggregate over batches:
+  sums:   num_bins, padded_tokens, lower_bound, flops, useful_flops, est_time_s
+  ratios: efficiency = real tokens / forward tokens (of the sums),
+          speedup_vs_padded = est_time_s of (pad, padded) / est_time_s of the row
+  max:    peak_memory_bytes (the worst batch); capacity is the mean over batches.
+The padded baseline (packer `pad`, attention `padded`) is always included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+import packers
+from simulator.attention import available_attention, make_attention
+from simulator.capacity import CapacitySpec, choose_capacity, parse_capacity
+from simulator.cost import CostModel, PackingCost
+from simulator.distributions import Distribution, parse_distribution
+from simulator.gpus import GPUSpec, get_gpu
+from simulator.specs import ModelSpec, get_model
+
+__all__ = [
+    "BASELINE",
+    "DEFAULT_NUM_PROMPTS",
+    "JSON_RESULT_FIELDS",
+    "ResultRow",
+    "SimulationResult",
+    "default_packers",
+    "recommend",
+    "simulate",
+]
+
+BASELINE = ("pad", "padded")
+DEFAULT_NUM_PROMPTS = 4096
+PACKED_ATTENTION = ("dense", "flex", "varlen")  # what --attention all means
+EXCLUDED_BY_DEFAULT = ("ilp",)  # exact solver: opt in with packers=[..., "ilp"]
+JSON_RESULT_FIELDS = (
+    "packer", "capacity", "attention", "num_bins", "padded_tokens", "efficiency", "lower_bound",
+    "flops", "useful_flops", "est_time_s", "peak_memory_bytes", "speedup_vs_padded",
+)  # fmt: skip
+
+
+def default_packers() -> list[str]:
+    """Every registered packer except those in EXCLUDED_BY_DEFAULT, `pad` first."""
+    names = [n for n in packers.available_packers() if n not in EXCLUDED_BY_DEFAULT]
+    return sorted(names, key=lambda n: (n != "pad", n))
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One (packer, attention) aggregated over batches; `to_dict()` gives the JSON fields."""
+
+    packer: str
+    capacity: float
+    attention: str
+    num_bins: int
+    padded_tokens: int
+    efficiency: float
+    lower_bound: int
+    flops: float
+    useful_flops: float
+    est_time_s: float
+    peak_memory_bytes: int
+    speedup_vs_padded: float
+    num_batches: int = 1
+    forwards: int = 1
+    fits: bool = True
+
+    @property
+    def gap(self) -> float:
+        """(bins - lower bound) / lower bound, over the summed counts."""
+        return (self.num_bins - self.lower_bound) / self.lower_bound
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in JSON_RESULT_FIELDS}
+
+
+@dataclass(frozen=True, eq=False)
+class SimulationResult:
+    """config: what ran (JSON-able); results: one row per (packer, attention), baseline
+    first; recommendation: the fitting row with the lowest est_time_s (None if none fits);
+    lengths: the drawn prompt lengths."""
+
+    config: dict[str, Any]
+    results: tuple[ResultRow, ...]
+    recommendation: ResultRow | None
+    lengths: np.ndarray = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": self.config, "results": [r.to_dict() for r in self.results]}
+
+
+@dataclass
+class _Acc:
+    capacity_sum: int = 0
+    num_bins: int = 0
+    padded_tokens: int = 0
+    real_tokens: int = 0
+    forward_tokens: int = 0
+    lower_bound: int = 0
+    flops: float = 0.0
+    useful_flops: float = 0.0
+    est_time_s: float = 0.0
+    peak_memory_bytes: int = 0
+    forwards: int = 0
+    fits: bool = True
+    batches: int = 0
+
+    def add(self, c: PackingCost) -> None:
+        self.capacity_sum += c.capacity
+        self.num_bins += c.num_bins
+        self.padded_tokens += c.padded_tokens
+        self.real_tokens += c.real_tokens
+        self.forward_tokens += c.forward_tokens
+        self.lower_bound += c.lower_bound
+        self.flops += c.flops
+        self.useful_flops += c.useful_flops
+        self.est_time_s += c.est_time_s
+        self.peak_memory_bytes = max(self.peak_memory_bytes, c.peak_memory_bytes)
+        self.forwards += c.forwards or 1
+        self.fits = self.fits and c.fits
+        self.batches += 1
+
+
+def _attention_list(attention: str | Sequence[str]) -> list[str]:
+    names = [attention] if isinstance(attention, str) else list(attention)
+    out: list[str] = []
+    for raw in names:
+        for name in (n.strip().lower() for n in str(raw).split(",")):
+            picked = list(PACKED_ATTENTION) if name == "all" else [make_attention(name).name]
+            out += [n for n in picked if n not in out]
+    if not out:
+        raise ValueError(f"no attention backend given; choose from {', '.join(available_attention())} or all")
+    return out
+
+
+def _positive_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _evaluate(
+    batches: Sequence[np.ndarray],
+    *,
+    model: ModelSpec,
+    gpu: GPUSpec,
+    packer_names: Sequence[str],
+    attention: Sequence[str],
+    capacity: CapacitySpec,
+    memory_budget_bytes: int | None,
+    progress: Iterable[Any] | None = None,
+) -> tuple[list[ResultRow], ResultRow | None]:
+    cost_models = {a: CostModel(model, gpu, a, memory_budget_bytes) for a in (*attention, "padded")}
+    plan: list[tuple[str, Any, list[str], CapacitySpec]] = []  # packer, instance, backends, capacity rule
+    names = ["pad", *(n for n in packer_names if n != "pad")]
+    for name in names:
+        backends = [a for a in attention if a != "padded"] if name != "pad" else ["padded", *(a for a in attention if a != "padded")]
+        if backends:
+            plan.append((name, packers.make_packer(name), backends, "max" if name == "pad" else capacity))
+    acc: dict[tuple[str, str], _Acc] = {(p, a): _Acc() for p, _, bs, _ in plan for a in bs}
+    for batch in progress if progress is not None else batches:
+        for name, packer, backends, cap in plan:
+            for a, choice in zip(backends, choose_capacity(batch, packer, [cost_models[a] for a in backends], cap)):
+                acc[(name, a)].add(choice.cost)
+    base_time = acc[BASELINE].est_time_s
+    rows = [
+        ResultRow(
+            packer=p,
+            capacity=(x.capacity_sum // x.batches) if x.capacity_sum % x.batches == 0 else x.capacity_sum / x.batches,
+            attention=a,
+            num_bins=x.num_bins,
+            padded_tokens=x.padded_tokens,
+            efficiency=x.real_tokens / x.forward_tokens,
+            lower_bound=x.lower_bound,
+            flops=x.flops,
+            useful_flops=x.useful_flops,
+            est_time_s=x.est_time_s,
+            peak_memory_bytes=x.peak_memory_bytes,
+            speedup_vs_padded=base_time / x.est_time_s,
+            num_batches=x.batches,
+            forwards=x.forwards,
+            fits=x.fits,
+        )
+        for (p, a), x in acc.items()
+    ]
+    fitting = [r for r in rows if r.fits]
+    best = min(fitting, key=lambda r: (r.est_time_s, r.packer == "pad", r.num_bins)) if fitting else None
+    return rows, best
+
+
+def simulate(
+    *,
+    lengths_dist: str | Distribution | Sequence[int] | np.ndarray = "mmlu",
+    batch_size: int = 64,
+    num_prompts: int = DEFAULT_NUM_PROMPTS,
+    model: str | ModelSpec = "llama-2-7b",
+    gpu: str | GPUSpec = "h100",
+    packers: Sequence[str] | None = None,
+    capacity: CapacitySpec = "max",
+    attention: str | Sequence[str] = "all",
+    memory_budget_bytes: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> SimulationResult:
+    """Simulate prefill of `num_prompts` prompts in batches of `batch_size` (see the module
+    docstring for the aggregation). `lengths_dist` is a SPEC string
+    (`simulator.distributions`), a `Distribution`, or explicit lengths (used as given, in
+    order; `num_prompts` is then ignored). packers=None means `default_packers()`.
+    attention: 'all' (= dense, flex, varlen), one name, or a list. Bad input: `ValueError`."""
+    batch_size = _positive_int(batch_size, "batch size")
+    model_spec, gpu_spec = get_model(model), get_gpu(gpu)
+    capacity = parse_capacity(capacity)
+    attn = _attention_list(attention)
+    names = default_packers() if packers is None else list(dict.fromkeys(packers))
+    if memory_budget_bytes is not None:
+        memory_budget_bytes = _positive_int(memory_budget_bytes, "memory budget (bytes)")
+    if isinstance(lengths_dist, (str,)) or hasattr(lengths_dist, "sample"):
+        dist = parse_distribution(lengths_dist) if isinstance(lengths_dist, str) else lengths_dist
+        num_prompts = _positive_int(num_prompts, "number of prompts")
+        lengths = dist.sample(num_prompts, np.random.default_rng(seed))
+        dist_spec = dist.spec
+    else:
+        lengths = packers.validate_lengths(lengths_dist)
+        num_prompts, dist_spec = lengths.size, "explicit"
+    batches = [lengths[i : i + batch_size] for i in range(0, lengths.size, batch_size)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        import sys
+
+        bar = tqdm(batches, desc="simulate", unit="batch", file=sys.stderr, leave=False)
+    rows, best = _evaluate(
+        batches, model=model_spec, gpu=gpu_spec, packer_names=names, attention=attn,
+        capacity=capacity, memory_budget_bytes=memory_budget_bytes, progress=bar,
+    )  # fmt: skip
+    config = {
+        "lengths_dist": dist_spec,
+        "num_prompts": int(num_prompts),
+        "batch_size": batch_size,
+        "num_batches": len(batches),
+        "model": model_spec.name,
+        "gpu": gpu_spec.name,
+        "packers": sorted({r.packer for r in rows}, key=lambda n: (n != "pad", n)),
+        "capacity": capacity,
+        "attention": attn,
+        "memory_budget_bytes": memory_budget_bytes if memory_budget_bytes is not None else gpu_spec.memory_bytes,
+        "seed": seed,
+        "aggregation": "sums over batches except efficiency, speedup_vs_padded (ratios of sums), "
+        "peak_memory_bytes (max), capacity (mean)",
+    }
+    return SimulationResult(config=config, results=tuple(rows), recommendation=best, lengths=lengths)
+
+
+def recommend(
+    lengths: Sequence[int] | np.ndarray,
+    *,
+    model: str | ModelSpec = "llama-2-7b",
+    gpu: str | GPUSpec = "h100",
+    packers: Sequence[str] | None = None,
+    attention: str | Sequence[str] = "all",
+    capacity: CapacitySpec = "auto",
+    memory_budget_bytes: int | None = None,
+) -> ResultRow | None:
+    """The cheapest fitting (packer, attention, capacity) for one batch of `lengths`.
+    packers=None tries 'ffd' when registered, else `default_packers()`. None if nothing fits."""
+    arr = packers_validate(lengths)
+    names = packers if packers is not None else (["ffd"] if "ffd" in _registry() else default_packers())
+    _, best = _evaluate(
+        [arr], model=get_model(model), gpu=get_gpu(gpu), packer_names=list(names),
+        attention=_attention_list(attention), capacity=parse_capacity(capacity),
+        memory_budget_bytes=memory_budget_bytes,
+    )  # fmt: skip
+    return best
+
+
+def packers_validate(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
+    return packers.validate_lengths(lengths)
+
+
+def _registry() -> dict[str, type]:
+    return packers.PACKERS
