@@ -177,7 +177,10 @@ def load_lengths_file(path: str | Path) -> np.ndarray:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
+            try:
+                arr = np.load(path, allow_pickle=False)
+            except (ValueError, EOFError) as exc:
+                raise ValueError(f"cannot read length file {str(path)!r}: {exc}") from None
             if arr.ndim != 1:
                 raise ValueError(f"{path}: expected a 1-D array, got shape {arr.shape}")
             values: list[object] = arr.tolist()

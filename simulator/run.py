@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-import packers
+import packers as packers_lib
 from simulator.attention import available_attention, make_attention
 from simulator.capacity import CapacitySpec, choose_capacity, parse_capacity
 from simulator.cost import CostModel, PackingCost
@@ -49,7 +49,7 @@ JSON_RESULT_FIELDS = (
 
 def default_packers() -> list[str]:
     """Every registered packer except those in EXCLUDED_BY_DEFAULT, `pad` first."""
-    names = [n for n in packers.available_packers() if n not in EXCLUDED_BY_DEFAULT]
+    names = [n for n in packers_lib.available_packers() if n not in EXCLUDED_BY_DEFAULT]
     return sorted(names, key=lambda n: (n != "pad", n))
 
 
@@ -164,7 +164,7 @@ def _evaluate(
     for name in names:
         backends = [a for a in attention if a != "padded"] if name != "pad" else ["padded", *(a for a in attention if a != "padded")]
         if backends:
-            plan.append((name, packers.make_packer(name), backends, "max" if name == "pad" else capacity))
+            plan.append((name, packers_lib.make_packer(name), backends, "max" if name == "pad" else capacity))
     acc: dict[tuple[str, str], _Acc] = {(p, a): _Acc() for p, _, bs, _ in plan for a in bs}
     for batch in progress if progress is not None else batches:
         for name, packer, backends, cap in plan:
@@ -228,7 +228,7 @@ def simulate(
         lengths = dist.sample(num_prompts, np.random.default_rng(seed))
         dist_spec = dist.spec
     else:
-        lengths = packers.validate_lengths(lengths_dist)
+        lengths = packers_lib.validate_lengths(lengths_dist)
         num_prompts, dist_spec = lengths.size, "explicit"
     batches = [lengths[i : i + batch_size] for i in range(0, lengths.size, batch_size)]
     bar = None
@@ -271,19 +271,11 @@ def recommend(
 ) -> ResultRow | None:
     """The cheapest fitting (packer, attention, capacity) for one batch of `lengths`.
     packers=None tries 'ffd' when registered, else `default_packers()`. None if nothing fits."""
-    arr = packers_validate(lengths)
-    names = packers if packers is not None else (["ffd"] if "ffd" in _registry() else default_packers())
+    arr = packers_lib.validate_lengths(lengths)
+    names = packers if packers is not None else (["ffd"] if "ffd" in packers_lib.PACKERS else default_packers())
     _, best = _evaluate(
         [arr], model=get_model(model), gpu=get_gpu(gpu), packer_names=list(names),
         attention=_attention_list(attention), capacity=parse_capacity(capacity),
         memory_budget_bytes=memory_budget_bytes,
     )  # fmt: skip
     return best
-
-
-def packers_validate(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
-    return packers.validate_lengths(lengths)
-
-
-def _registry() -> dict[str, type]:
-    return packers.PACKERS
