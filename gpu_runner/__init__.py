@@ -1,0 +1,52 @@
+"""gpu_runner: prepacked prefill on transformers causal LMs.
+
+Public API:
+  prefill(model, prompts, packer="ffd", capacity="max", backend="auto", **options) -> PrefillResult
+      per-prompt next-token logits [N, vocab] and KV caches (`.kv[i]`, `.cache_for(i)`,
+      `.cache_for_batch(indices)`), caller's order.
+  prefill_texts(model, tokenizer, texts, **options) -> PrefillResult
+  generate(model, prompts, max_new_tokens, packer="ffd", backend="auto", **generate_kwargs)
+      -> list[list[int]]: new tokens per prompt, continued from a prepacked prefill.
+  pack_inputs / PackedInputs: the packed tensors; available_backends / get_backend /
+  register_backend: the attention-backend registry (dense, flex, varlen, auto).
+
+Modules: inputs (packed layout), masks (dense and flex masks), varlen (varlen attention
+function), backends (registry), cache (transformers cache compatibility), runner
+(prefill), generate (continued generation).
+"""
+
+from gpu_runner.backends import (
+    AttentionBackend,
+    available_backends,
+    get_backend,
+    register_backend,
+    resolve_backend,
+)
+from gpu_runner.generate import generate
+from gpu_runner.inputs import PackedInputs, pack_inputs, prompt_lengths
+from gpu_runner.runner import (
+    ForwardPlan,
+    PrefillOutOfMemoryError,
+    PrefillResult,
+    estimate_forward_bytes,
+    prefill,
+    prefill_texts,
+)
+
+__all__ = [
+    "AttentionBackend",
+    "ForwardPlan",
+    "PackedInputs",
+    "PrefillOutOfMemoryError",
+    "PrefillResult",
+    "available_backends",
+    "estimate_forward_bytes",
+    "generate",
+    "get_backend",
+    "pack_inputs",
+    "prefill",
+    "prefill_texts",
+    "prompt_lengths",
+    "register_backend",
+    "resolve_backend",
+]

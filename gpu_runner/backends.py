@@ -1,0 +1,193 @@
+"""The attention-backend registry: how a packed forward keeps prompts apart.
+
+A backend names the transformers attention implementation the model runs under and builds
+the forward keyword arguments that carry the packing's attention structure:
+
+  dense   4D bool block-diagonal causal mask [R, 1, L, L] under `sdpa` (the paper's method).
+  flex    FlexAttention `BlockMask` under `flex_attention` (transformers compiles the kernel
+          on first use; on CPU that needs a C compiler and `torch.no_grad`, which prefill uses).
+  varlen  `torch.nn.attention.varlen.varlen_attn` over the flattened rows under
+          `prepack_varlen` (gpu_runner.varlen); CUDA, fp16/bf16 and compute capability >= 8.
+  auto    see `auto_backend_name`.
+
+One registry (`BACKENDS`), one lookup (`get_backend`) that lists valid names on a miss, and
+`register_backend` for third-party (or test) backends. `unavailable(device, dtype)` says why
+a backend cannot run, before any device work.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+
+from gpu_runner import varlen as _varlen
+from gpu_runner.inputs import PackedInputs
+from gpu_runner.masks import dense_block_causal_mask, flex_block_mask
+
+__all__ = [
+    "AUTO",
+    "AttentionBackend",
+    "BACKENDS",
+    "attention_implementation",
+    "auto_backend_name",
+    "available_backends",
+    "get_backend",
+    "register_backend",
+    "resolve_backend",
+]
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    """One way to run packed attention.
+
+    name:                registry name.
+    attn_implementation: transformers attention implementation the model runs under
+                         (`model.set_attn_implementation`), e.g. "sdpa".
+    forward_kwargs:      PackedInputs -> extra keyword arguments for the decoder's forward
+                         (e.g. {"attention_mask": mask}); built on the inputs' device.
+    unavailable:         (device, dtype) -> None if it can run there, else the reason.
+    description:         one line for error messages and docs.
+    """
+
+    name: str
+    attn_implementation: str
+    forward_kwargs: Callable[[PackedInputs], dict[str, Any]]
+    unavailable: Callable[[torch.device, torch.dtype], str | None]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name == AUTO:
+            raise ValueError(f"backend name must be non-empty and not {AUTO!r}")
+        if not callable(self.forward_kwargs) or not callable(self.unavailable):
+            raise ValueError("forward_kwargs and unavailable must be callables")
+
+
+BACKENDS: dict[str, AttentionBackend] = {}
+
+
+def register_backend(backend: AttentionBackend, *, replace: bool = False) -> AttentionBackend:
+    """Add `backend` to the registry (`ValueError` on a taken name unless `replace`)."""
+    if backend.name in BACKENDS and not replace:
+        raise ValueError(f"attention backend {backend.name!r} is already registered")
+    BACKENDS[backend.name] = backend
+    return backend
+
+
+def available_backends() -> list[str]:
+    """Every name `get_backend` / `prefill(backend=...)` accepts, "auto" included."""
+    return [AUTO, *sorted(BACKENDS)]
+
+
+def get_backend(name: str) -> AttentionBackend:
+    """The registered backend `name` (not "auto"); `ValueError` listing valid names."""
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; valid: {', '.join(available_backends())}")
+    return BACKENDS[name]
+
+
+def auto_backend_name(device: torch.device, dtype: torch.dtype) -> str:
+    """The rule behind backend="auto".
+
+    varlen where it can run (CUDA, fp16/bf16, sm80+): it computes only sum(l_i^2 / 2) query-key
+    pairs and no padding, and it was the fastest eager backend in every measured H100 row
+    (DESIGN.md anchor table); everywhere else dense, the paper's method, which runs on any
+    device and dtype with sdpa and needs no compilation (flex compiles per shape).
+    """
+    if "varlen" in BACKENDS and BACKENDS["varlen"].unavailable(device, dtype) is None:
+        return "varlen"
+    return "dense"
+
+
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> AttentionBackend:
+    """Look up `name` (resolving "auto") and check it can run on `device` in `dtype`.
+
+    Raises `ValueError` for an unknown name or a backend that cannot run there (with why).
+    """
+    if name == AUTO:
+        name = auto_backend_name(device, dtype)
+    backend = get_backend(name)
+    reason = backend.unavailable(device, dtype)
+    if reason is not None:
+        raise ValueError(f"attention backend {name!r} cannot run here: {reason}")
+    return backend
+
+
+@contextmanager
+def attention_implementation(model: torch.nn.Module, implementation: str) -> Iterator[None]:
+    """Run the block with `model` under `implementation`, then restore the previous one."""
+    config = model.config
+    previous = config._attn_implementation
+    if previous == implementation:
+        yield
+        return
+    model.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
+def _always(device: torch.device, dtype: torch.dtype) -> str | None:
+    return None
+
+
+def _flex_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return f"torch {torch.__version__} has no FlexAttention"
+    return None
+
+
+def _dense_kwargs(inputs: PackedInputs) -> dict[str, Any]:
+    return {"attention_mask": dense_block_causal_mask(inputs.segment_ids)}
+
+
+def _flex_kwargs(inputs: PackedInputs) -> dict[str, Any]:
+    return {"attention_mask": flex_block_mask(inputs.segment_ids)}
+
+
+def varlen_forward_kwargs(inputs: PackedInputs) -> dict[str, Any]:
+    """Forward kwargs for any varlen-style backend: no mask, the flat segment boundaries."""
+    return {
+        "attention_mask": None,
+        "cu_seq_lens_q": inputs.cu_seqlens,
+        "cu_seq_lens_k": inputs.cu_seqlens,
+        "max_length_q": inputs.max_seqlen,
+        "max_length_k": inputs.max_seqlen,
+    }
+
+
+register_backend(
+    AttentionBackend(
+        name="dense",
+        attn_implementation="sdpa",
+        forward_kwargs=_dense_kwargs,
+        unavailable=_always,
+        description="4D bool block-diagonal causal mask with sdpa (the paper's method)",
+    )
+)
+register_backend(
+    AttentionBackend(
+        name="flex",
+        attn_implementation="flex_attention",
+        forward_kwargs=_flex_kwargs,
+        unavailable=_flex_unavailable,
+        description="FlexAttention BlockMask (document-causal mask_mod), compiled by transformers",
+    )
+)
+register_backend(
+    AttentionBackend(
+        name="varlen",
+        attn_implementation=_varlen.VARLEN_ATTN_IMPLEMENTATION,
+        forward_kwargs=varlen_forward_kwargs,
+        unavailable=_varlen.varlen_unavailable_reason,
+        description="torch varlen_attn (flash) over the flattened rows; CUDA fp16/bf16 only",
+    )
+)

@@ -1,0 +1,123 @@
+"""transformers-version compatibility for KV caches: the cache keyword of a model's
+forward, reading K/V out of a cache after a forward, and building a `DynamicCache` from
+per-prompt (key, value) tensors (left-padded for a batch).
+
+Facts handled here (checked in the sources): transformers 5.17 names the forward keyword
+`past_key_values` and the output field `past_key_values`; newer 5.x (5.24) names both
+`cache` (still accepting `past_key_values` until 5.40 with a deprecation). 5.x caches hold
+`cache.layers[i].keys / .values`; 4.x caches held `cache.key_cache[i] / .value_cache[i]`.
+Everything is detected from the objects at hand, never from version numbers.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+import torch
+
+__all__ = [
+    "KV",
+    "cache_kwarg_name",
+    "output_cache",
+    "cache_layers_kv",
+    "new_dynamic_cache",
+    "cache_from_kv",
+    "left_padded_cache",
+]
+
+# One layer's (key, value), each [num_kv_heads, tokens, head_dim] for one prompt.
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+def cache_kwarg_name(module: torch.nn.Module) -> str:
+    """Keyword under which `module.forward` takes its cache: "cache" or "past_key_values"."""
+    params = inspect.signature(module.forward).parameters  # follows __wrapped__ of decorators
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise ValueError(
+        f"{type(module).__name__}.forward takes neither `cache` nor `past_key_values`: "
+        "cannot pass it a KV cache"
+    )
+
+
+def output_cache(output: Any) -> Any:
+    """The cache a transformers model output carries (`.cache` or `.past_key_values`)."""
+    for name in ("cache", "past_key_values"):
+        cache = getattr(output, name, None)
+        if cache is not None:
+            return cache
+    raise ValueError(f"{type(output).__name__} carries no cache: was use_cache off?")
+
+
+def cache_layers_kv(cache: Any) -> list[KV]:
+    """Per-layer (key, value) tensors of a cache, each [batch, kv_heads, tokens, head_dim]."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:  # transformers 5.x
+        return [(layer.keys, layer.values) for layer in layers]
+    if hasattr(cache, "key_cache"):  # transformers 4.x
+        return list(zip(cache.key_cache, cache.value_cache))
+    if isinstance(cache, (tuple, list)):  # legacy tuple-of-tuples format
+        return [(k, v) for k, v, *_ in cache]
+    raise ValueError(f"cannot read keys and values out of a {type(cache).__name__}")
+
+
+def new_dynamic_cache(config: Any = None) -> Any:
+    """An empty `DynamicCache`; with `config`, shaped like the one `generate` would build.
+
+    Without `config` every layer is a plain full-attention layer (never truncated), which
+    the prefill needs: a sliding-window layer would keep only the tail of a packed row.
+    """
+    from transformers import DynamicCache
+
+    if config is not None and "config" in inspect.signature(DynamicCache.__init__).parameters:
+        return DynamicCache(config=config)
+    return DynamicCache()
+
+
+def cache_from_kv(layers_kv: Sequence[KV], config: Any = None) -> Any:
+    """A `DynamicCache` holding `layers_kv`: per layer (key, value) [batch, kv_heads, T, head_dim]."""
+    cache = new_dynamic_cache(config)
+    for layer_idx, (key, value) in enumerate(layers_kv):
+        cache.update(key, value, layer_idx)
+    return cache
+
+
+def left_padded_cache(
+    prompts_kv: Sequence[Sequence[KV]], *, config: Any = None, length: int | None = None
+) -> tuple[Any, torch.Tensor]:
+    """Batch per-prompt caches into one left-padded `DynamicCache` and its attention mask.
+
+    prompts_kv[b][layer] = (key, value), each [kv_heads, len_b, head_dim]; len_b may be 0.
+    length: cache length T (default the longest len_b; must be at least that).
+    Returns (cache, attention_mask): cache layers [B, kv_heads, T, head_dim] with prompt b in
+    the last len_b slots (zeros before), and attention_mask int64 [B, T] (1 on real slots),
+    which is what `generate` expects for left-padded prompts: position ids come from its
+    cumulative sum, so prompt b's keys (rotated at positions 0..len_b-1) line up.
+    """
+    if len(prompts_kv) == 0:
+        raise ValueError("no prompts to batch")
+    num_layers = len(prompts_kv[0])
+    if any(len(p) != num_layers for p in prompts_kv):
+        raise ValueError("every prompt's cache needs the same number of layers")
+    lens = [int(p[0][0].shape[1]) for p in prompts_kv]
+    longest = max(lens)
+    length = longest if length is None else int(length)
+    if length < longest:
+        raise ValueError(f"cache length {length} is shorter than the longest prompt cache ({longest})")
+    batch = len(prompts_kv)
+    mask = torch.zeros(batch, length, dtype=torch.int64, device=prompts_kv[0][0][0].device)
+    for b, n in enumerate(lens):
+        mask[b, length - n :] = 1
+    layers: list[KV] = []
+    for layer in range(num_layers):
+        k0, v0 = prompts_kv[0][layer]
+        keys = k0.new_zeros(batch, k0.shape[0], length, k0.shape[2])
+        values = v0.new_zeros(batch, v0.shape[0], length, v0.shape[2])
+        for b, n in enumerate(lens):
+            if n:
+                keys[b, :, length - n :] = prompts_kv[b][layer][0]
+                values[b, :, length - n :] = prompts_kv[b][layer][1]
+        layers.append((keys, values))
+    return cache_from_kv(layers, config), mask

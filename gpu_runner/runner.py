@@ -1,0 +1,509 @@
+"""The prepacked prefill: validate, pack, plan forwards under a memory budget, run each
+packed forward, and hand back per-prompt next-token logits and KV caches.
+
+`prefill(model, prompts, ...)` is the public entry point; `PrefillResult` carries the
+results in the caller's prompt order. Every check on the input happens before any device
+work; an out-of-memory inside a forward becomes `PrefillOutOfMemoryError` naming the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+import packers
+from gpu_runner.backends import AttentionBackend, attention_implementation, resolve_backend
+from gpu_runner.cache import (
+    KV,
+    cache_from_kv,
+    cache_kwarg_name,
+    cache_layers_kv,
+    left_padded_cache,
+    new_dynamic_cache,
+    output_cache,
+)
+from gpu_runner.inputs import pack_inputs, prompt_lengths
+from packers import Packing
+
+__all__ = [
+    "ForwardPlan",
+    "PrefillOutOfMemoryError",
+    "PrefillResult",
+    "estimate_forward_bytes",
+    "plan_forwards",
+    "prefill",
+    "prefill_texts",
+    "project_logits",
+    "validate_prompts",
+]
+
+
+class PrefillOutOfMemoryError(RuntimeError):
+    """A packed forward ran out of device memory; the message names the forward and its prompts."""
+
+
+@dataclass(frozen=True)
+class ForwardPlan:
+    """One packed forward: which bins of the packing, padded to num_rows x row_len tokens.
+
+    estimated_bytes: `estimate_forward_bytes` of this forward (peak extra device memory).
+    """
+
+    bins: tuple[int, ...]
+    num_rows: int
+    row_len: int
+    estimated_bytes: int
+
+    def __post_init__(self) -> None:
+        if not self.bins:
+            raise ValueError("a forward needs at least one bin")
+        if self.num_rows < len(self.bins) or self.row_len <= 0:
+            raise ValueError(f"forward of {len(self.bins)} bins cannot fit {self.num_rows} rows x {self.row_len}")
+
+
+@dataclass(frozen=True)
+class PrefillResult:
+    """What a prepacked prefill hands back, in the caller's prompt order.
+
+    logits:  [N, vocab], each prompt's next-token logits (model dtype), from its last token.
+    kv:      kv[i][layer] = (key, value), each [num_kv_heads, len_i, head_dim]: prompt i's
+             cache, keys after RoPE as transformers caches store them (views into the packed
+             cache of its forward, no copy); None when prefill ran with return_kv=False.
+    packing: the packing that ran; backend: the attention backend's name;
+    forwards: the packed forwards, in the order they ran.
+    """
+
+    logits: torch.Tensor
+    kv: list[list[KV]] | None
+    packing: Packing
+    backend: str
+    forwards: tuple[ForwardPlan, ...]
+    config: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        n = self.packing.num_prompts
+        if self.logits.dim() != 2 or self.logits.shape[0] != n:
+            raise ValueError(f"logits must be [{n}, vocab], got {tuple(self.logits.shape)}")
+        if self.kv is not None and len(self.kv) != n:
+            raise ValueError(f"kv holds {len(self.kv)} prompts for {n}")
+
+    @property
+    def num_prompts(self) -> int:
+        return self.packing.num_prompts
+
+    def _kv_of(self, index: int) -> list[KV]:
+        if self.kv is None:
+            raise ValueError("this prefill ran with return_kv=False: no caches to hand out")
+        if not isinstance(index, (int, np.integer)) or not 0 <= index < self.num_prompts:
+            raise ValueError(f"prompt index {index!r} is outside 0..{self.num_prompts - 1}")
+        return self.kv[int(index)]
+
+    def cache_for(self, index: int) -> Any:
+        """Prompt `index`'s cache as a transformers `DynamicCache` (batch 1, len_i tokens).
+
+        Continue with `model.generate(input_ids=prompt + [next_token], <cache kwarg>=cache)`,
+        where `next_token` comes from `logits[index]`.
+        """
+        return cache_from_kv([(k[None], v[None]) for k, v in self._kv_of(index)], self.config)
+
+    def cache_for_batch(self, indices: Sequence[int]) -> tuple[Any, torch.Tensor]:
+        """Caches of `indices` as one left-padded `DynamicCache` and its attention mask.
+
+        Returns (cache, attention_mask): layers [B, kv_heads, T, head_dim] with
+        T = the longest of these prompts, and attention_mask int64 [B, T], 1 on real tokens.
+        Feed `generate` left-padded input ids whose first T columns are these prompts, with
+        the attention mask extended over the new columns.
+        """
+        if len(indices) == 0:
+            raise ValueError("indices is empty")
+        return left_padded_cache([self._kv_of(i) for i in indices], config=self.config)
+
+
+def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.device, p.dtype
+    raise ValueError(f"{type(model).__name__} has no floating-point parameters")
+
+
+def _normalize(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+        raise ValueError(f"prompts must be a list of token-id lists, got {type(prompts).__name__}")
+    out = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, (torch.Tensor, np.ndarray)):
+            if p.ndim != 1:
+                raise ValueError(f"prompt {i} must be 1-D token ids, got shape {tuple(p.shape)}")
+            p = p.tolist()
+        elif isinstance(p, (str, bytes)) or not isinstance(p, Sequence):
+            raise ValueError(f"prompt {i} must be a sequence of token ids, got {type(p).__name__}")
+        out.append(list(p))
+    return out
+
+
+def _sliding_window(config: Any) -> int | None:
+    """The smallest sliding window any layer of the model uses, or None."""
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    return int(window)
+
+
+def validate_prompts(model: torch.nn.Module, prompts: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[int]]:
+    """Check prompts against the model; return (prompts as lists, lengths).
+
+    `ValueError` for: an empty list, an empty prompt, a non-integer token id, a token id
+    outside [0, vocab), a prompt longer than `max_position_embeddings`, or a prompt longer
+    than a sliding attention window (packed masks here are full causal).
+    """
+    prompts = _normalize(prompts)
+    lengths = prompt_lengths(prompts)
+    tokens = np.asarray(list(chain.from_iterable(prompts)))
+    if tokens.dtype.kind not in "iu":
+        raise ValueError(f"token ids must be integers, got dtype {tokens.dtype}")
+    vocab = model.get_input_embeddings().num_embeddings
+    bad = (tokens < 0) | (tokens >= vocab)
+    if bad.any():
+        flat = int(np.flatnonzero(bad)[0])
+        prompt = int(np.searchsorted(np.cumsum(lengths), flat, side="right"))
+        raise ValueError(f"prompt {prompt} has token id {int(tokens[flat])} outside the vocabulary [0, {vocab})")
+    longest = max(lengths)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and longest > context:
+        i = lengths.index(longest)
+        raise ValueError(f"prompt {i} has {longest} tokens, over the model's context ({context})")
+    window = _sliding_window(model.config)
+    if window is not None and longest > window:
+        i = lengths.index(longest)
+        raise ValueError(
+            f"prompt {i} has {longest} tokens, over the model's sliding window ({window}): "
+            "packed prefill uses full causal masks"
+        )
+    return prompts, lengths
+
+
+def _resolve_capacity(capacity: int | str, lengths: Sequence[int]) -> int:
+    longest = max(lengths)
+    if capacity == "max":
+        return longest
+    value = packers.validate_capacity(capacity)
+    if value < longest:
+        raise ValueError(f"capacity {value} is below the longest prompt ({longest} tokens)")
+    return value
+
+
+def _text_config(config: Any) -> Any:
+    getter = getattr(config, "get_text_config", None)
+    return getter() if callable(getter) else config
+
+
+def estimate_forward_bytes(
+    config: Any,
+    *,
+    num_rows: int,
+    row_len: int,
+    num_prompts: int,
+    backend: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    return_kv: bool,
+) -> int:
+    """Estimated peak extra device memory of one packed forward, bytes.
+
+    T = num_rows * row_len tokens, e = bytes per element:
+      activations  T * e * (4 * hidden + q_heads*D + 2 * kv_heads*D + 3 * intermediate)
+      attention    dense: mask num_rows * row_len^2 bytes, plus on CPU the materialized
+                   scores num_rows * q_heads * row_len^2 * 4; flex / varlen: 0
+      kv cache     2 * layers * T * kv_heads * D * e           (only with return_kv)
+      logits       num_prompts * vocab * 4
+    An estimate for planning, not a guarantee; a real out-of-memory is still caught.
+    """
+    cfg = _text_config(config)
+    hidden = int(cfg.hidden_size)
+    q_heads = int(cfg.num_attention_heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or q_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or hidden // q_heads)
+    inter = int(getattr(cfg, "intermediate_size", None) or 4 * hidden)
+    layers = int(cfg.num_hidden_layers)
+    e = torch.empty((), dtype=dtype).element_size()
+    tokens = num_rows * row_len
+    total = tokens * e * (4 * hidden + (q_heads + 2 * kv_heads) * head_dim + 3 * inter)
+    if backend == "dense":
+        total += num_rows * row_len * row_len
+        if device.type == "cpu":
+            total += num_rows * q_heads * row_len * row_len * 4
+    if return_kv:
+        total += 2 * layers * tokens * kv_heads * head_dim * e
+    total += num_prompts * int(cfg.vocab_size) * 4
+    return int(total)
+
+
+def plan_forwards(
+    packing: Packing,
+    estimate: Any,
+    *,
+    row_len: int | None = None,
+    num_rows: int | None = None,
+    memory_budget_bytes: int | None = None,
+) -> tuple[ForwardPlan, ...]:
+    """Group the packing's bins (in bin order) into packed forwards.
+
+    estimate(num_rows, row_len, num_prompts) -> bytes. Each forward takes consecutive bins
+    while it stays within `memory_budget_bytes` and `num_rows` bins. row_len: fixed tokens
+    per row (static shapes) or None for the longest bin load of each forward; num_rows:
+    fixed rows per forward (padded with empty rows) or None for as many as fit.
+    `ValueError` if a single bin alone exceeds the budget.
+    """
+    loads = packing.loads
+    sizes = [len(b) for b in packing.bins]
+    plans: list[ForwardPlan] = []
+    group: list[int] = []
+
+    def shape(bins: list[int]) -> tuple[int, int, int]:
+        rows = len(bins) if num_rows is None else num_rows
+        width = max(loads[b] for b in bins) if row_len is None else row_len
+        return rows, width, sum(sizes[b] for b in bins)
+
+    def close() -> None:
+        rows, width, n = shape(group)
+        plans.append(ForwardPlan(tuple(group), rows, width, int(estimate(rows, width, n))))
+
+    for b in range(packing.num_bins):
+        candidate = group + [b]
+        too_many = num_rows is not None and len(candidate) > num_rows
+        too_big = memory_budget_bytes is not None and estimate(*shape(candidate)) > memory_budget_bytes
+        if group and (too_many or too_big):
+            close()
+            group = [b]
+        else:
+            group = candidate
+        if memory_budget_bytes is not None and len(group) == 1:
+            need = int(estimate(*shape(group)))
+            if need > memory_budget_bytes:
+                raise ValueError(
+                    f"bin {b} (prompts {list(packing.bins[b])}, {loads[b]} tokens) alone needs about "
+                    f"{need} bytes, over memory_budget_bytes={memory_budget_bytes}: lower the capacity"
+                    + (" or row_len/num_rows" if row_len or num_rows else "")
+                )
+    close()
+    return tuple(plans)
+
+
+def _decoder(model: torch.nn.Module) -> torch.nn.Module:
+    getter = getattr(model, "get_decoder", None)
+    decoder = getter() if callable(getter) else None
+    if decoder is None or decoder is model:
+        decoder = getattr(model, "model", None)
+    if decoder is None:
+        raise ValueError(f"cannot find the base model of {type(model).__name__} (get_decoder / .model)")
+    return decoder
+
+
+def project_logits(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Next-token logits [N, vocab] from final hidden states [N, hidden], as the model's head does.
+
+    Applies the output embedding, then any logit scaling the config declares:
+    `logit_scale` (multiply, Cohere), `logits_scaling` (divide, Granite),
+    `final_logit_softcapping` (tanh cap, Gemma 2/3). Llama, Mistral, Qwen2 have none.
+    """
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embedding (lm_head)")
+    logits = head(hidden)
+    cfg = _text_config(model.config)
+    scale = getattr(cfg, "logit_scale", None)
+    if scale is not None:
+        logits = logits * scale
+    divisor = getattr(cfg, "logits_scaling", None)
+    if divisor is not None:
+        logits = logits / divisor
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _sub_packing(packing: Packing, bins: tuple[int, ...]) -> tuple[list[int], Packing]:
+    """The prompts (global indices, placement order) of `bins` and their packing alone."""
+    members = [i for b in bins for i in packing.bins[b]]
+    if len(bins) == packing.num_bins:
+        return list(range(packing.num_prompts)), packing
+    local = {g: j for j, g in enumerate(members)}
+    sub = Packing(
+        lengths=tuple(packing.lengths[g] for g in members),
+        capacity=packing.capacity,
+        bins=tuple(tuple(local[i] for i in packing.bins[b]) for b in bins),
+        packer=packing.packer,
+        meta={"lower_bound": 1, "status": "heuristic", "solve_time_s": 0.0, "parent_bins": bins},
+    )
+    return members, sub
+
+
+def _run_forward(
+    model: torch.nn.Module,
+    decoder: torch.nn.Module,
+    backend: AttentionBackend,
+    prompts: list[list[int]],
+    packing: Packing,
+    plan: ForwardPlan,
+    *,
+    pad_token_id: int,
+    device: torch.device,
+    return_kv: bool,
+) -> tuple[torch.Tensor, list[list[KV]] | None]:
+    inputs = pack_inputs(
+        prompts, packing, row_len=plan.row_len, num_rows=plan.num_rows, pad_token_id=pad_token_id, device=device
+    )
+    call: dict[str, Any] = {
+        "input_ids": inputs.input_ids,
+        "position_ids": inputs.position_ids,
+        "use_cache": return_kv,
+        **backend.forward_kwargs(inputs),
+    }
+    if return_kv:
+        call[cache_kwarg_name(decoder)] = new_dynamic_cache()
+    out = decoder(**call)
+    hidden = out.last_hidden_state
+    last = hidden.reshape(-1, hidden.shape[-1]).index_select(0, inputs.last_index)
+    logits = project_logits(model, last)
+    if not return_kv:
+        return logits, None
+    layers = cache_layers_kv(output_cache(out))
+    spans = zip(inputs.row_of.tolist(), inputs.start_of.tolist(), inputs.lengths.tolist())
+    kv = [[(k[r, :, s : s + n], v[r, :, s : s + n]) for k, v in layers] for r, s, n in spans]
+    return logits, kv
+
+
+def prefill(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    packer: str | packers.Packer = "ffd",
+    capacity: int | str = "max",
+    backend: str = "auto",
+    *,
+    packing: Packing | None = None,
+    row_len: int | str | None = None,
+    num_rows: int | None = None,
+    memory_budget_bytes: int | None = None,
+    return_kv: bool = True,
+    pad_token_id: int | None = None,
+) -> PrefillResult:
+    """Prefill `prompts` through `model` in packed rows; one result per prompt, caller's order.
+
+    model:    a transformers causal LM (Llama, Mistral, Qwen2, ... with `get_decoder()` /
+              `.model` and an lm_head); its attention implementation is switched to the
+              backend's for the call and restored after.
+    prompts:  N token-id lists (or 1-D tensors), each non-empty.
+    packer:   registry name (`packers.available_packers()`) or a packer object;
+              ignored when `packing` is given.
+    capacity: "max" (the longest prompt, the paper's rule) or an int >= the longest prompt.
+    backend:  "auto", "dense", "flex", "varlen" (`gpu_runner.available_backends()`).
+    packing:  a ready `Packing` of exactly these prompt lengths (skips packing).
+    row_len:  tokens per packed row: None (each forward's fullest bin), "capacity", or an
+              int >= capacity: fixed shapes for compiled / CUDA-graph execution.
+    num_rows: rows per forward (padded with empty rows): fixed shapes; also caps each forward.
+    memory_budget_bytes: split the bins over several forwards so that each forward's
+              `estimate_forward_bytes` stays within it (`ValueError` if one bin cannot).
+    return_kv: keep per-prompt K/V (needs the packed cache in memory).
+    pad_token_id: token id of padding slots (default the config's, else 0); never affects
+              real tokens.
+    Raises `ValueError` on bad input (see `validate_prompts`; unknown packer / backend,
+    mismatched packing, bad capacity / row_len / num_rows) before any device work, and
+    `PrefillOutOfMemoryError` naming the forward if the device runs out of memory.
+    """
+    prompts, lengths = validate_prompts(model, prompts)
+    device, dtype = _model_device_dtype(model)
+    attn = resolve_backend(backend, device, dtype)
+    if packing is not None:
+        if not isinstance(packing, Packing):
+            raise ValueError(f"packing must be a packers.Packing, got {type(packing).__name__}")
+        if tuple(lengths) != packing.lengths:
+            raise ValueError(
+                f"packing does not match the prompts: it packs {packing.num_prompts} lengths "
+                f"for {len(lengths)} prompts, or the lengths differ"
+            )
+    else:
+        cap = _resolve_capacity(capacity, lengths)
+        packer_obj = packers.make_packer(packer) if isinstance(packer, str) else packer
+        if not hasattr(packer_obj, "pack"):
+            raise ValueError(f"packer must be a registry name or have pack(); got {packer!r}")
+        packing = packer_obj.pack(lengths, cap)
+    if row_len == "capacity":
+        row_len = packing.capacity
+    if row_len is not None:
+        row_len = packers.validate_capacity(row_len)
+        if row_len < packing.max_load:
+            raise ValueError(f"row_len {row_len} is shorter than the fullest bin ({packing.max_load} tokens)")
+    if num_rows is not None:
+        num_rows = packers.validate_capacity(num_rows)
+    if memory_budget_bytes is not None:
+        memory_budget_bytes = packers.validate_capacity(memory_budget_bytes)
+    vocab = model.get_input_embeddings().num_embeddings
+    if pad_token_id is None:
+        pad_token_id = getattr(_text_config(model.config), "pad_token_id", None)
+        pad_token_id = pad_token_id if isinstance(pad_token_id, int) and 0 <= pad_token_id < vocab else 0
+    elif not 0 <= int(pad_token_id) < vocab:
+        raise ValueError(f"pad_token_id {pad_token_id} is outside the vocabulary [0, {vocab})")
+
+    def estimate(rows: int, width: int, n: int) -> int:
+        return estimate_forward_bytes(
+            model.config, num_rows=rows, row_len=width, num_prompts=n,
+            backend=attn.name, dtype=dtype, device=device, return_kv=return_kv,
+        )  # fmt: skip
+
+    plans = plan_forwards(
+        packing, estimate, row_len=row_len, num_rows=num_rows, memory_budget_bytes=memory_budget_bytes
+    )
+    decoder = _decoder(model)
+    logits: torch.Tensor | None = None
+    kv: list[Any] = [None] * len(lengths) if return_kv else []
+    with torch.no_grad(), attention_implementation(model, attn.attn_implementation):
+        for k, plan in enumerate(plans):
+            members, sub = _sub_packing(packing, plan.bins)
+            try:
+                part_logits, part_kv = _run_forward(
+                    model, decoder, attn, [prompts[g] for g in members], sub, plan,
+                    pad_token_id=pad_token_id, device=device, return_kv=return_kv,
+                )  # fmt: skip
+            except torch.OutOfMemoryError as exc:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                shown = members[:16]
+                raise PrefillOutOfMemoryError(
+                    f"out of memory in packed forward {k + 1}/{len(plans)}: {plan.num_rows} rows x "
+                    f"{plan.row_len} tokens, bins {list(plan.bins)}, prompts {shown}"
+                    f"{' ...' if len(members) > len(shown) else ''} (estimated {plan.estimated_bytes} bytes); "
+                    "pass memory_budget_bytes to split it into smaller forwards, or lower the capacity"
+                ) from exc
+            if logits is None:
+                logits = part_logits.new_empty(len(lengths), part_logits.shape[-1])
+            logits[torch.as_tensor(members, device=logits.device)] = part_logits
+            if return_kv:
+                for g, prompt_kv in zip(members, part_kv):
+                    kv[g] = prompt_kv
+    assert logits is not None  # plan_forwards returns at least one forward
+    return PrefillResult(
+        logits=logits,
+        kv=kv if return_kv else None,
+        packing=packing,
+        backend=attn.name,
+        forwards=plans,
+        config=model.config,
+    )
+
+
+def prefill_texts(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], **options: Any) -> PrefillResult:
+    """Tokenize `texts` with `tokenizer` (special tokens as it adds them) and `prefill` them."""
+    if isinstance(texts, str):
+        raise ValueError("texts must be a list of strings, not one string")
+    if len(texts) == 0:
+        raise ValueError("texts is empty: nothing to prefill")
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    return prefill(model, ids, **options)
