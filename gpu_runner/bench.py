@@ -1,0 +1,353 @@
+"""The prefill benchmark: model shapes, prompts, the two scenarios and the result records.
+
+This module owns what the benchmark measures and how it is recorded:
+  scenario a: one batch of `batch` prompts, repeated; per method and mode (prefill, ttft):
+              median ms over `reps` CUDA-event-timed calls after `warmup` calls, peak extra
+              memory, fraction of the real-token roofline, speedup over padded
+  scenario b: a dataset stream: all prompts of the dataset, shuffled with the seed, in
+              batches of `batch`; one wall time per method from a synced start to a synced
+              end, including packing, engine construction and CUDA-graph capture
+Every method runs in the same process on the same model (random weights, built from a
+config on the device) and the same prompts (lengths from a real length list, random ids).
+Records are appended to a JSON list after each measurement, so a killed run keeps its data.
+
+Roofline: FLOPs of the real tokens only (`real_token_flops`) over a bf16 matmul rate
+measured in the same run (`timing.matmul_peak_flops`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from gpu_runner.bench_methods import METHOD_NAMES, make_method
+from gpu_runner.timing import matmul_peak_flops, peak_extra_bytes, release_memory, time_calls, wall_clock_s
+
+__all__ = [
+    "MODEL_SHAPES", "MODES", "BenchConfig", "BenchRecord", "build_model", "draw_prompts", "gpu_slug",
+    "load_lengths", "real_token_flops", "run_benchmark", "stream_batches",
+]
+
+# Llama-architecture shapes (random weights). max_position_embeddings covers the datasets.
+MODEL_SHAPES: dict[str, dict[str, int]] = {
+    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096),
+    "sheared-llama-1.3b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16,
+                               num_key_value_heads=16, vocab_size=32000, max_position_embeddings=4096),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=1000, max_position_embeddings=2048),
+}
+MODES = ("prefill", "ttft", "stream")
+_REPO = Path(__file__).resolve().parents[1]
+_LENGTH_DIRS = (_REPO / "simulator" / "data", _REPO / "benchmarks" / "data", _REPO.parent / "shared" / "data" / "lengths")
+
+
+@dataclass(frozen=True)
+class BenchRecord:
+    """One measurement. ms is the median per call (a, b: the stream's wall time); None on error."""
+
+    gpu: str
+    model: str
+    dataset: str
+    batch: int
+    mode: str
+    method: str
+    ms: float | None
+    real_tokens: int
+    peak_extra_bytes: int | None = None
+    roofline_ms: float | None = None
+    roofline_fraction: float | None = None
+    speedup_vs_padded: float | None = None
+    speedup_vs_paper: float | None = None
+    tokens_per_s: float | None = None
+    ms_min: float | None = None
+    ms_max: float | None = None
+    reps: int = 0
+    num_batches: int = 1
+    matmul_peak_tflops: float | None = None
+    error: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.method not in METHOD_NAMES:
+            raise ValueError(f"method must be one of {METHOD_NAMES}, got {self.method!r}")
+        if self.ms is None and self.error is None:
+            raise ValueError("a record without a time must carry the error")
+        if self.ms is not None and self.ms <= 0:
+            raise ValueError(f"ms must be positive, got {self.ms}")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to run. models: keys of MODEL_SHAPES; dataset: a length list name (e.g. mmlu)."""
+
+    models: tuple[str, ...] = ("sheared-llama-1.3b",)
+    dataset: str = "mmlu"
+    batch: int = 64
+    methods: tuple[str, ...] = ("padded", "sorted", "paper", "best", "hf-cb")
+    modes: tuple[str, ...] = ("prefill", "ttft")
+    scenarios: tuple[str, ...] = ("a", "b")
+    stream_methods: tuple[str, ...] = ("padded", "sorted", "paper", "best")
+    stream_batches: int = 0  # 0 = the whole dataset
+    warmup: int = 2
+    reps: int = 10
+    seed: int = 0
+    sorted_chunk: int = 16
+    token_bucket: int = 128
+    device: str = "cuda"
+    dtype: str = "bfloat16"
+    out: str = ""
+
+    def __post_init__(self) -> None:
+        for m in self.models:
+            if m not in MODEL_SHAPES:
+                raise ValueError(f"unknown model {m!r}; choose from {', '.join(MODEL_SHAPES)}")
+        for m in (*self.methods, *self.stream_methods):
+            if m not in METHOD_NAMES:
+                raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHOD_NAMES)}")
+        for m in self.modes:
+            if m not in ("prefill", "ttft"):
+                raise ValueError(f"unknown mode {m!r}; choose from prefill, ttft")
+        for s in self.scenarios:
+            if s not in ("a", "b"):
+                raise ValueError(f"unknown scenario {s!r}; choose from a, b")
+        if self.batch < 1 or self.reps < 1 or self.warmup < 0 or self.stream_batches < 0:
+            raise ValueError("batch and reps must be >= 1, warmup and stream_batches >= 0")
+        if self.dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(f"dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def load_lengths(dataset: str) -> np.ndarray:
+    """Prompt lengths (tokens) of a named length list, e.g. 'mmlu'; ValueError if none found."""
+    for folder in _LENGTH_DIRS:
+        path = folder / f"{dataset}.txt"
+        if path.is_file():
+            return np.loadtxt(path, dtype=np.int64, ndmin=1)
+    raise ValueError(f"no length list {dataset!r}.txt in {', '.join(str(d) for d in _LENGTH_DIRS)}")
+
+
+def draw_prompts(lengths: Sequence[int], vocab_size: int, seed: int) -> list[list[int]]:
+    """Random token ids (1 .. vocab-1) for prompts of the given lengths."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    flat = rng.integers(1, vocab_size, size=int(lengths.sum()), dtype=np.int64)
+    return [a.tolist() for a in np.split(flat, np.cumsum(lengths)[:-1])]
+
+
+def stream_batches(lengths: np.ndarray, batch: int, vocab_size: int, seed: int, limit: int = 0) -> list[list[list[int]]]:
+    """All prompts of a length list, shuffled with `seed`, in batches of `batch` (last one short)."""
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    if limit:
+        order = order[: limit * batch]
+    prompts = draw_prompts(lengths[order], vocab_size, seed + 1)
+    return [prompts[i : i + batch] for i in range(0, len(prompts), batch)]
+
+
+def build_model(name: str, *, device: str, dtype: str) -> torch.nn.Module:
+    """A random-weight Llama of shape `name`, built directly on `device` (no CPU init)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(**MODEL_SHAPES[name], attn_implementation="sdpa", pad_token_id=0)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
+    return model.eval()
+
+
+def real_token_flops(config: Any, lengths: Sequence[int]) -> float:
+    """Matmul FLOPs of the real tokens of one prefill (no padding, no wasted attention).
+
+    linear:    2 * sum(l) * layers * (hidden * (Hq + 2 Hkv) * D + Hq * D * hidden + 3 * hidden * I)
+    attention: layers * 4 * Hq * D * sum(l (l + 1) / 2)     (QK^T and PV, causal half)
+    lm_head:   2 * N * hidden * vocab                         (last token of each prompt)
+    """
+    lengths = np.asarray(lengths, dtype=np.float64)
+    h, i_ = config.hidden_size, config.intermediate_size
+    hq = config.num_attention_heads
+    hkv = getattr(config, "num_key_value_heads", None) or hq
+    d = getattr(config, "head_dim", None) or h // hq
+    layers = config.num_hidden_layers
+    per_token = layers * (h * (hq + 2 * hkv) * d + hq * d * h + 3 * h * i_)
+    linear = 2.0 * lengths.sum() * per_token
+    attention = layers * 4.0 * hq * d * float((lengths * (lengths + 1) / 2).sum())
+    return linear + attention + 2.0 * len(lengths) * h * config.vocab_size
+
+
+def gpu_slug(device: torch.device) -> str:
+    """Short card name for file names: h100, h200, a100, ... or 'cpu'."""
+    if device.type != "cuda":
+        return "cpu"
+    name = torch.cuda.get_device_name(device).lower()
+    for known in ("h200", "h100", "a100", "l40s", "a10g", "l4"):
+        if known in name:
+            return known
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+class _Sink:
+    """Holds the records of a run and rewrites the JSON file after each one."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.records: list[BenchRecord] = []
+
+    def add(self, rec: BenchRecord) -> BenchRecord:
+        self.records.append(rec)
+        if self.path:
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump([asdict(r) for r in self.records], f, indent=1)
+            os.replace(tmp, self.path)
+        shown = f"{rec.ms:10.2f} ms" if rec.ms is not None else f"ERROR {rec.error}"
+        frac = f" roofline {rec.roofline_fraction:.2f}" if rec.roofline_fraction else ""
+        sp = f" x{rec.speedup_vs_padded:.2f} vs padded" if rec.speedup_vs_padded else ""
+        mem = f" peak+{rec.peak_extra_bytes / 2**30:.2f} GiB" if rec.peak_extra_bytes else ""
+        print(f"[{rec.model} {rec.dataset} b{rec.batch} {rec.mode:7s} {rec.method:6s}] {shown}{frac}{sp}{mem}", flush=True)
+        return rec
+
+    def find(self, model: str, dataset: str, batch: int, mode: str, method: str) -> BenchRecord | None:
+        for r in reversed(self.records):
+            if (r.model, r.dataset, r.batch, r.mode, r.method) == (model, dataset, batch, mode, method) and r.ms:
+                return r
+        return None
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+
+
+def _finish(sink: _Sink, base: dict[str, Any], ms: float | None, flops: float, peak: float, **extra: Any) -> BenchRecord:
+    padded = sink.find(base["model"], base["dataset"], base["batch"], base["mode"], "padded")
+    paper = sink.find(base["model"], base["dataset"], base["batch"], base["mode"], "paper")
+    roof_ms = flops / peak * 1e3
+    rec = BenchRecord(
+        **base, ms=ms, roofline_ms=roof_ms, matmul_peak_tflops=peak / 1e12,
+        roofline_fraction=(roof_ms / ms) if ms else None,
+        speedup_vs_padded=(padded.ms / ms) if (ms and padded) else None,
+        speedup_vs_paper=(paper.ms / ms) if (ms and paper) else None,
+        tokens_per_s=(base["real_tokens"] / (ms * 1e-3)) if ms else None,
+        **extra,
+    )
+    return sink.add(rec)
+
+
+def _scenario_a(model, name: str, cfg: BenchConfig, peak: float, gpu: str, sink: _Sink, device: torch.device) -> None:
+    lengths_all = load_lengths(cfg.dataset)
+    rng = np.random.default_rng(cfg.seed)
+    lengths = lengths_all[rng.choice(len(lengths_all), size=min(cfg.batch, len(lengths_all)), replace=False)]
+    prompts = draw_prompts(lengths, model.config.vocab_size, cfg.seed)
+    flops = real_token_flops(model.config, lengths)
+    opts = dict(sorted_chunk=cfg.sorted_chunk, token_bucket=cfg.token_bucket)
+    for method in cfg.methods:
+        modes = ("ttft",) if method == "hf-cb" else cfg.modes
+        modes = tuple(m for m in modes if m in cfg.modes)
+        if not modes:
+            continue
+        state: dict[str, Any] = {}
+
+        def measure() -> dict[str, Any]:
+            runner = make_method(method, model, **opts)
+            state["runner"] = runner
+            timings = {}
+            for mode in modes:
+                call: Callable[[], Any] = (lambda: runner.prefill(prompts)) if mode == "prefill" else (lambda: runner.first_tokens(prompts))
+                timings[mode] = time_calls(call, device=device, warmup=cfg.warmup, reps=cfg.reps)
+            return timings
+
+        try:
+            timings, peak_bytes = peak_extra_bytes(measure, device=device)
+            err = None
+        except Exception as exc:  # noqa: BLE001 - one method failing must not lose the others
+            timings, peak_bytes, err = {}, None, _error_text(exc)
+        extra_opts = {}
+        runner = state.pop("runner", None)
+        if runner is not None and hasattr(runner, "engine"):
+            extra_opts["graphs"] = runner.engine.num_graphs
+        del runner, state
+        release_memory(device)
+        for mode in modes:
+            base = dict(gpu=gpu, model=name, dataset=cfg.dataset, batch=len(prompts), mode=mode, method=method,
+                        real_tokens=int(lengths.sum()))
+            t = timings.get(mode)
+            _finish(sink, base, t.median_ms if t else None, flops, peak, peak_extra_bytes=peak_bytes,
+                    ms_min=t.min_ms if t else None, ms_max=t.max_ms if t else None, reps=cfg.reps if t else 0,
+                    error=None if t else (err or "not run"), options={**opts, **extra_opts})
+
+
+def _scenario_b(model, name: str, cfg: BenchConfig, peak: float, gpu: str, sink: _Sink, device: torch.device) -> None:
+    lengths_all = load_lengths(cfg.dataset)
+    batches = stream_batches(lengths_all, cfg.batch, model.config.vocab_size, cfg.seed, cfg.stream_batches)
+    real = sum(len(p) for b in batches for p in b)
+    flops = sum(real_token_flops(model.config, [len(p) for p in b]) for b in batches)
+    opts = dict(sorted_chunk=cfg.sorted_chunk, token_bucket=cfg.token_bucket)
+    for method in cfg.stream_methods:
+        state: dict[str, Any] = {}
+
+        def run_stream() -> float:
+            def body() -> None:
+                runner = make_method(method, model, **opts)  # construction counts (fusing, graphs)
+                state["runner"] = runner
+                for b in batches:
+                    runner.prefill(b)
+
+            return wall_clock_s(body, device=device)[1]
+
+        try:
+            wall_s, peak_bytes = peak_extra_bytes(run_stream, device=device)
+            ms, err = wall_s * 1e3, None
+        except Exception as exc:  # noqa: BLE001
+            ms, peak_bytes, err = None, None, _error_text(exc)
+        extra_opts = {}
+        runner = state.pop("runner", None)
+        if runner is not None and hasattr(runner, "engine"):
+            extra_opts["graphs"] = runner.engine.num_graphs
+        del runner, state
+        release_memory(device)
+        base = dict(gpu=gpu, model=name, dataset=cfg.dataset, batch=cfg.batch, mode="stream", method=method, real_tokens=real)
+        _finish(sink, base, ms, flops, peak, peak_extra_bytes=peak_bytes, num_batches=len(batches), error=err,
+                options={**opts, **extra_opts})
+
+
+def run_benchmark(cfg: BenchConfig) -> list[BenchRecord]:
+    """Run every model of `cfg` through the chosen scenarios; returns (and writes) the records."""
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda asked for, but CUDA is not available (use --device cpu or --smoke)")
+    gpu = gpu_slug(device)
+    peak = matmul_peak_flops(device=device, n=8192 if device.type == "cuda" else 256)
+    print(f"gpu={gpu} matmul peak {peak / 1e12:.1f} TFLOP/s torch {torch.__version__}", flush=True)
+    sink = _Sink(cfg.out)
+    for name in cfg.models:
+        model = build_model(name, device=cfg.device, dtype=cfg.dtype)
+        # hf-cb may switch the model's attention implementation: run it after the others.
+        ordered = tuple(m for m in cfg.methods if m != "hf-cb")
+        if "a" in cfg.scenarios:
+            _scenario_a(model, name, _replace(cfg, methods=ordered), peak, gpu, sink, device)
+        if "b" in cfg.scenarios:
+            _scenario_b(model, name, cfg, peak, gpu, sink, device)
+        if "a" in cfg.scenarios and "hf-cb" in cfg.methods:
+            _scenario_a(model, name, _replace(cfg, methods=("hf-cb",), warmup=1, reps=max(1, min(cfg.reps, 3))),
+                        peak, gpu, sink, device)
+        del model
+        release_memory(device)
+    return sink.records
+
+
+def _replace(cfg: BenchConfig, **changes: Any) -> BenchConfig:
+    from dataclasses import replace
+
+    return replace(cfg, **changes)

@@ -1,0 +1,174 @@
+"""The prefill methods the benchmark puts side by side, each behind one small interface.
+
+This module owns what each method name means (so the benchmark code has no if/elif chain):
+  padded  HF's default: one forward over the batch left-padded to its longest prompt,
+          2D attention mask, sdpa, full logits and a DynamicCache (what `model(...)` does)
+  sorted  the batch sorted by length and cut into micro-batches of `sorted_chunk` prompts,
+          each left-padded to its own longest prompt (one HF forward each)
+  paper   the paper's method: FFD at capacity = longest prompt, packed rows, restarted
+          positions, dense 4D block-diagonal causal mask, sdpa, HF forward as-is
+  best    `PrefillEngine`: one flat varlen row per batch, bucketed static shapes, CUDA graphs,
+          fused QKV / gate-up matmuls, Triton elementwise kernels, last-token lm_head
+  hf-cb   HF's continuous batching, `model.generate_batch(..., max_new_tokens=1)`
+
+Every method has `prefill(prompts)` (device work queued, outputs returned so they stay alive
+for the call) and `first_tokens(prompts)` (prefill + greedy first token on the host: TTFT).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["BenchMethod", "METHOD_NAMES", "make_method"]
+
+Prompts = Sequence[Sequence[int]]
+
+
+class BenchMethod(Protocol):
+    """A prefill method under test. `prefill` returns whatever keeps its outputs alive;
+    `first_tokens` returns each prompt's greedy next token (caller's order) on the host."""
+
+    name: str
+
+    def prefill(self, prompts: Prompts) -> Any: ...
+
+    def first_tokens(self, prompts: Prompts) -> list[int]: ...
+
+
+def _left_padded(prompts: Prompts, pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = [len(p) for p in prompts]
+    width = max(lengths)
+    ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(prompts), width), dtype=np.int64)
+    for i, p in enumerate(prompts):  # loop over prompts, not tokens
+        ids[i, width - len(p) :] = p
+        mask[i, width - len(p) :] = 1
+    return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+
+
+class PaddedHF:
+    """`padded` (chunk=None, sort=False) and `sorted` (sort=True, chunk=micro-batch size)."""
+
+    def __init__(self, model: torch.nn.Module, *, name: str, sort: bool, chunk: int | None, pad_id: int = 0) -> None:
+        self.model, self.name, self.sort, self.chunk, self.pad_id = model, name, sort, chunk, pad_id
+        self.device = model.lm_head.weight.device
+
+    def _groups(self, prompts: Prompts) -> list[list[int]]:
+        order = list(range(len(prompts)))
+        if self.sort:
+            order.sort(key=lambda i: -len(prompts[i]))
+        size = self.chunk or len(order)
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+    def prefill(self, prompts: Prompts) -> Any:
+        outs = []
+        for group in self._groups(prompts):
+            ids, mask = _left_padded([prompts[i] for i in group], self.pad_id, self.device)
+            pos = (mask.cumsum(-1) - 1).clamp_(min=0)
+            outs.append(self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True))
+        return outs
+
+    def first_tokens(self, prompts: Prompts) -> list[int]:
+        tokens = [0] * len(prompts)
+        for group in self._groups(prompts):
+            ids, mask = _left_padded([prompts[i] for i in group], self.pad_id, self.device)
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=1, do_sample=False, pad_token_id=self.pad_id
+            )
+            for i, tok in zip(group, out[:, -1].tolist()):
+                tokens[i] = tok
+        return tokens
+
+
+class PaperPacked:
+    """`paper`: FFD at capacity = longest prompt, dense 4D mask, sdpa, full logits (as the paper)."""
+
+    name = "paper"
+
+    def __init__(self, model: torch.nn.Module, *, packer: str = "ffd", pad_id: int = 0) -> None:
+        import packers
+
+        self.model, self.pad_id = model, pad_id
+        self.packer = packers.make_packer(packer)
+        self.device = model.lm_head.weight.device
+
+    def prefill(self, prompts: Prompts) -> Any:
+        from gpu_runner.inputs import pack_inputs
+        from gpu_runner.masks import dense_block_causal_mask
+
+        lengths = [len(p) for p in prompts]
+        packing = self.packer.pack(lengths, max(lengths))
+        inp = pack_inputs(prompts, packing, pad_token_id=self.pad_id, device=self.device)
+        mask = dense_block_causal_mask(inp.segment_ids)
+        out = self.model(input_ids=inp.input_ids, position_ids=inp.position_ids, attention_mask=mask, use_cache=True)
+        return out, inp
+
+    def first_tokens(self, prompts: Prompts) -> list[int]:
+        out, inp = self.prefill(prompts)
+        logits = out.logits.reshape(-1, out.logits.shape[-1]).index_select(0, inp.last_index)
+        return logits.argmax(-1).tolist()
+
+
+class BestEngine:
+    """`best`: the `PrefillEngine` (flat varlen row, token buckets, CUDA graphs)."""
+
+    name = "best"
+
+    def __init__(self, model: torch.nn.Module, *, token_bucket: int = 128, cuda_graphs: bool = True) -> None:
+        from gpu_runner.engine import PrefillEngine
+
+        self.engine = PrefillEngine(model, token_bucket=token_bucket, cuda_graphs=cuda_graphs)
+
+    def prefill(self, prompts: Prompts) -> Any:
+        return self.engine.prefill(prompts)
+
+    def first_tokens(self, prompts: Prompts) -> list[int]:
+        return self.engine.prefill(prompts).logits.argmax(-1).tolist()
+
+
+class HFContinuousBatching:
+    """`hf-cb`: `model.generate_batch` with one new token (its prefill is the whole cost)."""
+
+    name = "hf-cb"
+
+    def __init__(self, model: torch.nn.Module, *, pad_id: int = 0) -> None:
+        from transformers import GenerationConfig
+
+        if not hasattr(model, "generate_batch"):
+            raise RuntimeError("this transformers has no generate_batch (continuous batching)")
+        self.model = model
+        self.config = GenerationConfig(max_new_tokens=1, do_sample=False, pad_token_id=pad_id, eos_token_id=None)
+        params = inspect.signature(model.generate_batch).parameters
+        self.kwargs = {"progress_bar": False} if "progress_bar" in params else {}
+
+    def prefill(self, prompts: Prompts) -> Any:
+        return self.first_tokens(prompts)
+
+    def first_tokens(self, prompts: Prompts) -> list[int]:
+        out = self.model.generate_batch(inputs=[list(p) for p in prompts], generation_config=self.config, **self.kwargs)
+        values = list(out.values())
+        by_prompt = {tuple(v.prompt_ids): v.generated_tokens[0] for v in values}
+        return [by_prompt.get(tuple(p), -1) for p in prompts]
+
+
+_FACTORIES: dict[str, Callable[..., BenchMethod]] = {
+    "padded": lambda model, **o: PaddedHF(model, name="padded", sort=False, chunk=None),
+    "sorted": lambda model, **o: PaddedHF(model, name="sorted", sort=True, chunk=o.get("sorted_chunk", 16)),
+    "paper": lambda model, **o: PaperPacked(model),
+    "best": lambda model, **o: BestEngine(model, token_bucket=o.get("token_bucket", 128), cuda_graphs=o.get("cuda_graphs", True)),
+    "hf-cb": lambda model, **o: HFContinuousBatching(model),
+}
+METHOD_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+
+
+def make_method(name: str, model: torch.nn.Module, **options: Any) -> BenchMethod:
+    """Build method `name` (one of METHOD_NAMES) on `model`; options: sorted_chunk, token_bucket, cuda_graphs."""
+    try:
+        factory = _FACTORIES[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}") from None
+    return factory(model, **options)

@@ -1,0 +1,351 @@
+"""The fast prefill path: one flat varlen row per batch, static token buckets, CUDA graphs.
+
+This module owns `PrefillEngine`, which keeps state across batches (fused weights, RoPE
+tables, the KV buffer, one captured CUDA graph per shape bucket) so that a stream of
+batches of changing size runs without recompiling or re-launching kernels one by one.
+
+How one batch runs (T = the batch's real tokens rounded up to `token_bucket`):
+  1. host: prompts are laid out back to back in the caller's order in one row of T tokens
+     (positions restart at 0 per prompt; the tail padding is its own segment), written with
+     one host-to-device copy from a pinned buffer: no syncs, no Python loop over tokens;
+  2. device: embedding, then per layer: fused residual-add + RMSNorm (Triton), one QKV
+     matmul (weights concatenated once), RoPE + K/V into the KV buffer (Triton), flash
+     varlen attention over `cu_seqlens` (block-diagonal causal, no mask tensor, no work on
+     padding pairs), O matmul, add + RMSNorm, one gate/up matmul, SiLU * up (Triton), down
+     matmul; finally the norm and lm_head on each prompt's LAST token only;
+  3. on CUDA the whole device part is one CUDA graph per bucket (T, prompt slots, longest
+     segment), captured the first time the bucket is seen into one shared memory pool and
+     replayed afterwards.
+
+Weights: the QKV and gate/up projections are concatenated once at construction; by default
+the HF module's own weights become views into the fused tensors, so no weight memory is
+duplicated and the HF model keeps working unchanged.
+
+Supported: Llama-family decoder layers (Llama, Mistral, Qwen2: GQA and QKV bias included)
+with SiLU MLPs and static RoPE (default / linear / llama3 scaling). Results hold views into
+the engine's buffers: they are valid until the next `prefill` call (`EngineOutput.clone()`
+keeps them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import chain
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gpu_runner.engine_kernels import add_rmsnorm, rope_store, silu_mul
+
+__all__ = ["EngineOutput", "PrefillEngine", "bucket_tokens"]
+
+_STATIC_ROPE = {None, "default", "linear", "llama3"}
+
+
+def bucket_tokens(num_tokens: int, token_bucket: int) -> int:
+    """Token count rounded up to a multiple of `token_bucket` (the static shape of the row)."""
+    return -(-int(num_tokens) // token_bucket) * token_bucket
+
+
+def _next_pow2(n: int, floor: int) -> int:
+    return max(floor, 1 << (int(n) - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class _Layer:
+    ln1: torch.Tensor
+    qkv: torch.Tensor  # [(Hq + 2 Hkv) * D, hidden]
+    qkv_bias: torch.Tensor | None
+    o: torch.Tensor
+    ln2: torch.Tensor
+    gate_up: torch.Tensor  # [2 I, hidden]
+    down: torch.Tensor
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """What one `PrefillEngine.prefill` call produced (N prompts, caller's order).
+
+    logits:     [N, vocab], next-token logits of each prompt (its last token only)
+    kv:         [layers, 2, T, Hkv, D], keys (roped) and values of the flat row
+    cu_seqlens: [N + 1] int64 on the host: prompt i owns rows cu_seqlens[i]:cu_seqlens[i+1]
+    """
+
+    logits: torch.Tensor
+    kv: torch.Tensor
+    cu_seqlens: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.logits.shape[0] + 1 != len(self.cu_seqlens):
+            raise ValueError("logits and cu_seqlens disagree on the number of prompts")
+
+    @property
+    def num_prompts(self) -> int:
+        return int(self.logits.shape[0])
+
+    def prompt_kv(self, i: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Prompt i's cache: per layer (key, value), each a [Hkv, len_i, D] view."""
+        a, b = int(self.cu_seqlens[i]), int(self.cu_seqlens[i + 1])
+        return [(layer[0, a:b].transpose(0, 1), layer[1, a:b].transpose(0, 1)) for layer in self.kv]
+
+    def clone(self) -> "EngineOutput":
+        """A copy that the next `prefill` call does not overwrite."""
+        total = int(self.cu_seqlens[-1])
+        return EngineOutput(self.logits.clone(), self.kv[:, :, :total].clone(), self.cu_seqlens.copy())
+
+
+def _attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, scale: float) -> torch.Tensor:
+    """Block-diagonal causal attention with a dense mask (reference path for CPU)."""
+    t, hq, _ = q.shape
+    seg = torch.searchsorted(cu[1:].to(torch.int64), torch.arange(t, device=q.device), right=True)
+    idx = torch.arange(t, device=q.device)
+    mask = (seg[:, None] == seg[None, :]) & (idx[:, None] >= idx[None, :])
+    rep = hq // k.shape[1]
+    kk = k.repeat_interleave(rep, dim=1).transpose(0, 1)
+    vv = v.repeat_interleave(rep, dim=1).transpose(0, 1)
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), kk, vv, attn_mask=mask, scale=scale)
+    return out.transpose(0, 1)
+
+
+def _attention_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int, scale: float) -> torch.Tensor:
+    """Flash varlen attention (the kernel behind torch.nn.attention.varlen.varlen_attn).
+
+    Called through the aten op, whose positional signature is the same from torch 2.5 to
+    2.13, while varlen_attn's keywords changed (is_causal vs window_size). GQA is native.
+    """
+    out = torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, max_len, max_len, 0.0, True, False, scale=scale)
+    return out[0]
+
+
+class PrefillEngine:
+    """Prefill of many prompts as one flat varlen row, with CUDA graphs per shape bucket.
+
+    model:         an HF Llama-family causal LM (on its device, in its dtype)
+    token_bucket:  the row length is the real token count rounded up to a multiple of this
+                   (static shapes: few distinct graphs, at most token_bucket - 1 wasted tokens)
+    cuda_graphs:   capture and replay CUDA graphs (CUDA only; False = eager, same kernels)
+    share_weights: make the HF module's projection weights views into the fused tensors
+                   (no duplicated weight memory); False keeps separate copies
+    max_tokens:    pre-size the KV buffer for batches up to this many tokens (grows on demand;
+                   growing drops the captured graphs)
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        token_bucket: int = 128,
+        cuda_graphs: bool = True,
+        share_weights: bool = True,
+        max_tokens: int = 0,
+    ) -> None:
+        if token_bucket < 1:
+            raise ValueError(f"token_bucket must be >= 1, got {token_bucket}")
+        cfg = model.config
+        inner = getattr(model, "model", None)
+        if inner is None or not hasattr(inner, "layers") or not hasattr(model, "lm_head"):
+            raise ValueError(f"unsupported model {type(model).__name__}: expected a Llama-family causal LM")
+        if getattr(cfg, "hidden_act", "silu") != "silu":
+            raise ValueError(f"unsupported activation {cfg.hidden_act!r}: the engine fuses SiLU MLPs only")
+        rope = getattr(cfg, "rope_scaling", None) or getattr(cfg, "rope_parameters", None) or {}
+        rope_type = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
+        if rope_type not in _STATIC_ROPE:
+            raise ValueError(f"unsupported RoPE type {rope_type!r}: the engine needs static frequencies")
+        self.model = model
+        self.token_bucket = int(token_bucket)
+        self.device = model.lm_head.weight.device
+        self.dtype = model.lm_head.weight.dtype
+        self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        self.num_q_heads = int(cfg.num_attention_heads)
+        self.num_kv_heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        self.vocab_size = int(model.lm_head.weight.shape[0])
+        self.scale = self.head_dim**-0.5
+        self.sliding_window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+        self.pad_token_id = 0
+        self.eps = float(inner.norm.variance_epsilon)
+        self.embed = inner.embed_tokens.weight
+        self.final_norm = inner.norm.weight
+        self.lm_head = model.lm_head.weight
+        self.layers = [self._fuse(layer, share_weights) for layer in inner.layers]
+        rotary = inner.rotary_emb
+        self.max_positions = int(getattr(cfg, "max_position_embeddings", 4096))
+        freqs = torch.arange(self.max_positions, device=self.device, dtype=torch.float32)[:, None] * rotary.inv_freq.to(
+            device=self.device, dtype=torch.float32
+        )[None, :]
+        scaling = float(getattr(rotary, "attention_scaling", 1.0))
+        self.cos = (freqs.cos() * scaling).to(self.dtype).contiguous()  # [P, D/2], HF's bf16 rounding
+        self.sin = (freqs.sin() * scaling).to(self.dtype).contiguous()
+        self._graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._pool = None
+        self._warm = False
+        self._t_cap = 0
+        self._p_cap = 0
+        self._kv: torch.Tensor | None = None
+        self._ensure_capacity(bucket_tokens(max(max_tokens, 1), self.token_bucket), 16)
+
+    # ------------------------------------------------------------------ construction
+
+    def _fuse(self, layer: torch.nn.Module, share: bool) -> _Layer:
+        attn, mlp = layer.self_attn, layer.mlp
+        projs = [attn.q_proj, attn.k_proj, attn.v_proj]
+        with torch.no_grad():
+            qkv = torch.cat([p.weight for p in projs]).contiguous()
+            bias = None
+            if attn.q_proj.bias is not None:
+                bias = torch.cat([p.bias for p in projs]).contiguous()
+            gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).contiguous()
+            if share:
+                self._rebind(projs, qkv, "weight")
+                if bias is not None:
+                    self._rebind(projs, bias, "bias")
+                self._rebind([mlp.gate_proj, mlp.up_proj], gate_up, "weight")
+        return _Layer(
+            ln1=layer.input_layernorm.weight, qkv=qkv, qkv_bias=bias, o=attn.o_proj.weight,
+            ln2=layer.post_attention_layernorm.weight, gate_up=gate_up, down=mlp.down_proj.weight,
+        )
+
+    @staticmethod
+    def _rebind(modules: list[torch.nn.Module], fused: torch.Tensor, name: str) -> None:
+        row = 0
+        for m in modules:
+            p = getattr(m, name)
+            n = p.shape[0]
+            p.data = fused[row : row + n]
+            row += n
+
+    def _ensure_capacity(self, num_tokens: int, num_slots: int) -> None:
+        if num_tokens <= self._t_cap and num_slots <= self._p_cap:
+            return
+        self._t_cap = max(num_tokens, self._t_cap)
+        self._p_cap = max(num_slots, self._p_cap)
+        self._graphs.clear()
+        self._pool = None
+        self._warm = False
+        self._kv = None  # free before allocating the larger one
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        shape = (len(self.layers), 2, self._t_cap, self.num_kv_heads, self.head_dim)
+        self._kv = torch.empty(shape, dtype=self.dtype, device=self.device)
+        n_in = 2 * self._t_cap + 2 * self._p_cap + 2
+        self._in_dev = torch.zeros(n_in, dtype=torch.int64, device=self.device)
+        self._in_host = torch.zeros(n_in, dtype=torch.int64, pin_memory=self.device.type == "cuda")
+        self._copied = None
+
+    # ------------------------------------------------------------------ the forward
+
+    def _forward(self, t: int, p: int, max_len: int) -> torch.Tensor:
+        """Device part of one prefill over the input buffer; returns logits [p, vocab]."""
+        buf = self._in_dev
+        ids, pos = buf[:t], buf[t : 2 * t]
+        cu = buf[2 * t : 2 * t + p + 2].to(torch.int32)
+        last = buf[2 * t + p + 2 : 2 * t + 2 * p + 2]
+        h = F.embedding(ids, self.embed)
+        delta = None
+        for li, w in enumerate(self.layers):
+            x = add_rmsnorm(h, delta, w.ln1, self.eps)
+            qkv = F.linear(x, w.qkv, w.qkv_bias)
+            k_out, v_out = self._kv[li, 0, :t], self._kv[li, 1, :t]
+            q = rope_store(qkv, pos, self.cos, self.sin, k_out, v_out, self.num_q_heads)
+            if q.is_cuda:
+                a = _attention_flash(q, k_out, v_out, cu, max_len, self.scale)
+            else:
+                a = _attention_torch(q, k_out, v_out, cu, self.scale)
+            x = add_rmsnorm(h, F.linear(a.reshape(t, -1), w.o), w.ln2, self.eps)
+            delta = F.linear(silu_mul(F.linear(x, w.gate_up)), w.down)
+        hl = h.index_select(0, last) + delta.index_select(0, last)  # last tokens only
+        xl = hl.float()
+        xl = self.final_norm * (xl * torch.rsqrt(xl.pow(2).mean(-1, keepdim=True) + self.eps)).to(hl.dtype)
+        return F.linear(xl, self.lm_head)
+
+    # ------------------------------------------------------------------ host side
+
+    def _stage(self, prompts: Sequence[Sequence[int]]) -> tuple[int, int, int, np.ndarray]:
+        """Validate, lay out the flat row in the pinned buffer; return (T, slots, max_len, cu)."""
+        n = len(prompts)
+        if n == 0:
+            raise ValueError("prompts is empty: nothing to prefill")
+        lengths = np.fromiter(map(len, prompts), dtype=np.int64, count=n)
+        if lengths.min() == 0:
+            raise ValueError(f"prompt {int(np.argmin(lengths))} is empty: every prompt needs at least one token")
+        longest = int(lengths.max())
+        if longest > self.max_positions:
+            raise ValueError(f"prompt {int(np.argmax(lengths))} has {longest} tokens, over the model's context of {self.max_positions}")
+        if self.sliding_window and longest > self.sliding_window:
+            raise ValueError(f"prompt of {longest} tokens exceeds the sliding window ({self.sliding_window}): not supported")
+        total = int(lengths.sum())
+        tokens = np.fromiter(chain.from_iterable(prompts), dtype=np.int64, count=total)
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.vocab_size:
+            raise ValueError(f"token id {lo if lo < 0 else hi} is outside the vocabulary [0, {self.vocab_size})")
+        t = bucket_tokens(total, self.token_bucket)
+        p = _next_pow2(n, 16)
+        max_len = _next_pow2(max(longest, t - total), 128)
+        self._ensure_capacity(t, p)
+        cu = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(lengths, out=cu[1:])
+        if self._copied is not None:
+            self._copied.synchronize()  # the previous batch's copy has left the pinned buffer
+        host = self._in_host.numpy()
+        host[:t] = self.pad_token_id
+        host[:total] = tokens
+        host[t : 2 * t] = 0
+        host[t : t + total] = np.arange(total, dtype=np.int64) - np.repeat(cu[:-1], lengths)
+        seg = host[2 * t : 2 * t + p + 2]
+        seg[: n + 1] = cu
+        seg[n + 1 :] = t  # tail padding is one segment; then empty segments
+        last = host[2 * t + p + 2 : 2 * t + 2 * p + 2]
+        last[:] = 0
+        last[:n] = cu[1:] - 1
+        return t, p, max_len, cu
+
+    @torch.no_grad()
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> EngineOutput:
+        """Prefill `prompts` (token-id lists); returns next-token logits and the flat KV.
+
+        Raises ValueError for an empty list, an empty prompt, a prompt over the context,
+        or token ids outside the vocabulary, before any device work.
+        """
+        t, p, max_len, cu = self._stage(prompts)
+        n_in = 2 * t + 2 * p + 2
+        self._in_dev[:n_in].copy_(self._in_host[:n_in], non_blocking=True)
+        if self.device.type == "cuda":
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+        if self.cuda_graphs:
+            logits = self._replay((t, p, max_len))
+        else:
+            logits = self._forward(t, p, max_len)
+        n = len(prompts)
+        return EngineOutput(logits=logits[:n], kv=self._kv[:, :, :t], cu_seqlens=cu)
+
+    def _replay(self, key: tuple[int, int, int]) -> torch.Tensor:
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(key)
+            self._graphs[key] = entry
+        graph, logits = entry
+        graph.replay()
+        return logits
+
+    def _capture(self, key: tuple[int, int, int]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        if not self._warm:  # first use: Triton compiles, cuBLAS/flash initialise outside capture
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._forward(*key)
+            torch.cuda.current_stream().wait_stream(side)
+            self._warm = True
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            logits = self._forward(*key)
+        return graph, logits
+
+    @property
+    def num_graphs(self) -> int:
+        """CUDA graphs captured so far (one per shape bucket seen)."""
+        return len(self._graphs)

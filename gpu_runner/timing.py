@@ -1,0 +1,116 @@
+"""Timing and memory measurement for benchmarks: CUDA events, peak memory, matmul peak.
+
+This module owns how a number is measured, so every method in a benchmark is measured the
+same way: warm-up calls first (compilation, graph capture, allocator growth stay out),
+then `reps` calls, each between two CUDA events on the current stream (host time with a
+device sync on CPU), median reported. Memory is the peak of `torch.cuda.max_memory_allocated`
+over the measured calls minus what was allocated before them (the weights).
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["Timing", "time_calls", "peak_extra_bytes", "matmul_peak_flops", "release_memory", "wall_clock_s"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-call times of one measured function, milliseconds."""
+
+    times_ms: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.times_ms or min(self.times_ms) < 0:
+            raise ValueError("a Timing needs at least one non-negative time")
+
+    @property
+    def median_ms(self) -> float:
+        return float(statistics.median(self.times_ms))
+
+    @property
+    def min_ms(self) -> float:
+        return float(min(self.times_ms))
+
+    @property
+    def max_ms(self) -> float:
+        return float(max(self.times_ms))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[], Any], *, device: torch.device, warmup: int = 2, reps: int = 10) -> Timing:
+    """Time `fn()` `reps` times after `warmup` calls; each call's result is dropped after it.
+
+    On CUDA each call sits between two events on the current stream and the host waits
+    once at the end, so host-side work inside `fn` counts only where it delays the GPU.
+    """
+    if warmup < 0 or reps < 1:
+        raise ValueError(f"need warmup >= 0 and reps >= 1, got {warmup}, {reps}")
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    if device.type != "cuda":
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return Timing(tuple(times))
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in events:
+        start.record()
+        out = fn()
+        end.record()
+        del out
+    torch.cuda.synchronize(device)
+    return Timing(tuple(s.elapsed_time(e) for s, e in events))
+
+
+def release_memory(device: torch.device) -> None:
+    """Drop garbage and cached blocks so the next measurement starts from the weights alone."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def peak_extra_bytes(fn: Callable[[], Any], *, device: torch.device) -> tuple[Any, int]:
+    """Run `fn()` once; return its result and the peak device memory it allocated on top of
+    what was allocated before (0 on CPU, where this is not measured)."""
+    if device.type != "cuda":
+        return fn(), 0
+    release_memory(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    out = fn()
+    torch.cuda.synchronize(device)
+    return out, int(torch.cuda.max_memory_allocated(device) - base)
+
+
+def matmul_peak_flops(*, device: torch.device, n: int = 8192, reps: int = 20, dtype: torch.dtype = torch.bfloat16) -> float:
+    """Measured dense matmul rate (FLOP/s) of an n x n x n product on random data, median of reps."""
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn((n, n), device=device, dtype=dtype, generator=g)
+    b = torch.randn((n, n), device=device, dtype=dtype, generator=g)
+    timing = time_calls(lambda: a @ b, device=device, warmup=3, reps=reps)
+    del a, b
+    return 2.0 * n**3 / (timing.median_ms * 1e-3)
+
+
+def wall_clock_s(fn: Callable[[], Any], *, device: torch.device) -> tuple[Any, float]:
+    """Host wall time of `fn()` in seconds, from a synced device to a synced device."""
+    _sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - t0
