@@ -42,6 +42,10 @@ __all__ = [
 ]
 
 
+# torch >= 2.5 exposes the CUDA out-of-memory error as torch.OutOfMemoryError.
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
 class PrefillOutOfMemoryError(RuntimeError):
     """A packed forward ran out of device memory; the message names the forward and its prompts."""
 
@@ -165,9 +169,12 @@ def validate_prompts(model: torch.nn.Module, prompts: Sequence[Sequence[int]]) -
     """
     prompts = _normalize(prompts)
     lengths = prompt_lengths(prompts)
-    tokens = np.asarray(list(chain.from_iterable(prompts)))
-    if tokens.dtype.kind not in "iu":
-        raise ValueError(f"token ids must be integers, got dtype {tokens.dtype}")
+    try:
+        tokens = np.asarray(list(chain.from_iterable(prompts)))
+    except (ValueError, TypeError):
+        tokens = np.asarray([None])
+    if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+        raise ValueError("token ids must be integers: every prompt must be a flat list of ints")
     vocab = model.get_input_embeddings().num_embeddings
     bad = (tokens < 0) | (tokens >= vocab)
     if bad.any():
@@ -472,7 +479,7 @@ def prefill(
                     model, decoder, attn, [prompts[g] for g in members], sub, plan,
                     pad_token_id=pad_token_id, device=device, return_kv=return_kv,
                 )  # fmt: skip
-            except torch.OutOfMemoryError as exc:
+            except _OUT_OF_MEMORY as exc:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 shown = members[:16]

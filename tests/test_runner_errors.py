@@ -1,0 +1,121 @@
+"""Bad input to prefill / generate: one clear ValueError, raised before the model runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gpu_runner
+import packers
+from gpu_runner.runner import PrefillOutOfMemoryError
+from test_runner_support import MAX_POS, VOCAB, model_config, random_prompts, tiny_model
+
+
+@pytest.fixture
+def model():
+    """The tiny Llama with a hook that fails the test if its decoder runs at all."""
+    m = tiny_model("llama")
+    calls = []
+    handle = m.model.register_forward_pre_hook(lambda mod, args: calls.append(1))
+    yield m
+    handle.remove()
+    assert not calls, "the model ran before the bad input was rejected"
+
+
+GOOD = random_prompts([5, 3, 8], seed=0)
+
+
+@pytest.mark.parametrize(
+    "prompts, options, match",
+    [
+        ([], {}, "empty"),
+        ([[1, 2], []], {}, "prompt 1 is empty"),
+        ([[1, 2], [3] * (MAX_POS + 1)], {}, f"prompt 1 has {MAX_POS + 1} tokens, over the model's context"),
+        ([[1, 2], [3, -1]], {}, "prompt 1 has token id -1 outside the vocabulary"),
+        ([[1, 2], [3], [4, VOCAB]], {}, f"prompt 2 has token id {VOCAB} outside"),
+        ([[1, 2.5]], {}, "token ids must be integers"),
+        ("hello", {}, "list of token-id lists"),
+        ([[[1, 2]]], {}, "integers"),
+        (GOOD, {"backend": "nope"}, "unknown attention backend 'nope'; valid: auto, dense, flex, varlen"),
+        (GOOD, {"packer": "nope"}, "unknown packer 'nope'; valid names: .*ffd"),
+        (GOOD, {"capacity": 4}, "capacity 4 is below the longest prompt"),
+        (GOOD, {"capacity": 0}, "capacity must be a positive integer"),
+        (GOOD, {"capacity": "min"}, "capacity must be a positive integer"),
+        (GOOD, {"row_len": 4}, "row_len 4 is shorter than the fullest bin"),
+        (GOOD, {"num_rows": 0}, "positive integer"),
+        (GOOD, {"pad_token_id": VOCAB}, "pad_token_id"),
+        (GOOD, {"memory_budget_bytes": 1000}, r"bin \d+ \(prompts .*\) alone needs about \d+ bytes"),
+        (GOOD, {"backend": "varlen"}, "'varlen' cannot run here: .*CUDA"),
+    ],
+)
+def test_prefill_rejects_bad_input_before_running(model, prompts, options, match):
+    with pytest.raises(ValueError, match=match):
+        gpu_runner.prefill(model, prompts, **options)
+
+
+@pytest.mark.parametrize("lengths", [[5, 3], [5, 3, 8, 1], [5, 8, 3]])
+def test_packing_that_does_not_match_the_prompts(model, lengths):
+    packing = packers.make_packer("pad").pack(lengths, 8)
+    with pytest.raises(ValueError, match="packing does not match the prompts"):
+        gpu_runner.prefill(model, GOOD, packing=packing)
+
+
+def test_packing_must_be_a_packing(model):
+    with pytest.raises(ValueError, match="packers.Packing"):
+        gpu_runner.prefill(model, GOOD, packing=[[0, 1, 2]])
+
+
+def test_pack_inputs_rejects_mismatch():
+    packing = packers.make_packer("pad").pack([5, 3, 9], 9)
+    with pytest.raises(ValueError, match="first difference at prompt 2"):
+        gpu_runner.pack_inputs(GOOD, packing)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        ((GOOD, -1), {}, "max_new_tokens"),
+        ((GOOD, 2), {"attention_mask": None}, "generate sets"),
+        ((GOOD, 2), {"num_beams": 2}, "num_beams"),
+        ((GOOD, 2), {"decode_batch_size": 0}, "decode_batch_size"),
+        (([[1], []], 2), {}, "prompt 1 is empty"),
+        ((GOOD, 2), {"backend": "nope"}, "unknown attention backend"),
+    ],
+)
+def test_generate_rejects_bad_input_before_running(model, args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gpu_runner.generate(model, *args, **kwargs)
+
+
+def test_prompt_longer_than_the_sliding_window():
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_config(model_config("mistral", sliding_window=8)).eval()
+    with pytest.raises(ValueError, match="prompt 0 has 10 tokens, over the model's sliding window \\(8\\)"):
+        gpu_runner.prefill(m, [[1] * 10, [2] * 3])
+    assert gpu_runner.prefill(m, [[1] * 8, [2] * 3]).logits.shape == (2, VOCAB)
+
+
+def test_result_index_errors():
+    result = gpu_runner.prefill(tiny_model("llama"), GOOD, backend="dense")
+    for bad in (-1, 3, "0"):
+        with pytest.raises(ValueError, match="outside"):
+            result.cache_for(bad)
+    with pytest.raises(ValueError, match="empty"):
+        result.cache_for_batch([])
+
+
+def test_out_of_memory_becomes_an_error_naming_the_forward(monkeypatch):
+    m = tiny_model("llama")
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+    def boom(*args, **kwargs):
+        raise oom("CUDA out of memory. Tried to allocate 1 GiB")
+
+    handle = m.model.register_forward_pre_hook(lambda mod, args, kwargs: boom(), with_kwargs=True)
+    try:
+        with pytest.raises(PrefillOutOfMemoryError, match=r"forward 1/1: \d+ rows x 8 tokens, bins .*prompts \[") as info:
+            gpu_runner.prefill(m, GOOD, backend="dense")
+        assert isinstance(info.value.__cause__, oom)
+    finally:
+        handle.remove()
