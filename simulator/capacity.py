@@ -14,6 +14,7 @@ import numpy as np
 
 from packers import Packer, Packing
 from simulator.cost import CostModel, PackingCost
+from simulator.layout import RowLayout
 
 __all__ = ["CapacityChoice", "capacity_candidates", "choose_capacity", "parse_capacity"]
 
@@ -81,8 +82,9 @@ def choose_capacity(
     best: list[CapacityChoice | None] = [None] * len(cost_models)
     for cap in candidates:
         packing = packer.pack(lengths, cap)
+        layout = RowLayout.from_packing(packing)  # shared by every backend
         for i, model in enumerate(cost_models):
-            cost = model.cost(packing)
+            cost = model.cost(packing, layout)
             current = best[i]
             if current is None or _key(cost) < _key(current.cost):
                 best[i] = CapacityChoice(cap, packing, cost)

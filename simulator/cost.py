@@ -22,6 +22,7 @@ from simulator.layout import RowLayout
 from simulator.specs import ModelSpec, get_model
 
 __all__ = [
+    "ELEMENTWISE_PASSES",
     "MATMUL_EFFICIENCY",
     "CostModel",
     "PackingCost",
@@ -33,7 +34,10 @@ __all__ = [
 ]
 
 # Achieved fraction of peak bf16 FLOP/s on the linear layers (fitted, CALIBRATION.md).
-MATMUL_EFFICIENCY = 0.6
+MATMUL_EFFICIENCY = 0.752
+# HBM passes over a token's hidden + intermediate activations per layer by the elementwise
+# kernels of eager mode (norms in fp32, rotary, SiLU*mul, residual adds, copies) (fitted).
+ELEMENTWISE_PASSES = 25.0
 LOGITS_BYTES_PER_ELEMENT = 4  # last-token logits are upcast to fp32
 
 
@@ -50,6 +54,12 @@ def attention_flops(model: ModelSpec, pairs: int | np.ndarray) -> int | np.ndarr
 def logits_flops(model: ModelSpec, prompts: int | np.ndarray) -> int | np.ndarray:
     """LM head on the last token of each prompt only: 2 * hidden_size * vocab_size * prompts."""
     return 2 * model.hidden_size * model.vocab_size * prompts
+
+
+def elementwise_bytes(model: ModelSpec, tokens: int | np.ndarray, passes: float) -> float | np.ndarray:
+    """Memory traffic of the non-matmul kernels:
+    passes * activation_bytes * (hidden_size + intermediate_size) * num_layers * tokens."""
+    return passes * model.activation_bytes * (model.hidden_size + model.intermediate_size) * model.num_layers * tokens
 
 
 def kv_cache_bytes(model: ModelSpec, tokens: int | np.ndarray) -> int | np.ndarray:
@@ -120,7 +130,8 @@ class CostModel:
 
     model, gpu, attention accept names (looked up in the tables) or specs. memory_budget_bytes
     defaults to the GPU's memory. matmul_efficiency is the achieved fraction of peak on the
-    linear layers.
+    linear layers; elementwise_passes scales the per-token memory traffic of the non-matmul
+    kernels (`elementwise_bytes`).
 
     Time of one batch, with k forwards (see `row_times_s` for the per-row terms):
         est_time_s = max(sum(row_times_s), k * weight_bytes / bandwidth)
@@ -132,6 +143,7 @@ class CostModel:
     attention: AttentionBackend | str = "dense"
     memory_budget_bytes: int | None = None
     matmul_efficiency: float = MATMUL_EFFICIENCY
+    elementwise_passes: float = ELEMENTWISE_PASSES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", get_model(self.model))
@@ -143,24 +155,41 @@ class CostModel:
         object.__setattr__(self, "memory_budget_bytes", int(budget))
         if not 0 < self.matmul_efficiency <= 1:
             raise ValueError(f"matmul_efficiency must be in (0, 1], got {self.matmul_efficiency!r}")
+        if not self.elementwise_passes >= 0:
+            raise ValueError(f"elementwise_passes must be >= 0, got {self.elementwise_passes!r}")
 
     # -- per-unit prices (seconds) ------------------------------------------------------
     def _prices(self) -> tuple[float, float, float, float]:
+        """(per token, per attention pair, per materialized score element, per prompt) seconds."""
+        cached = self.__dict__.get("_prices_cache")
+        if cached is not None:
+            return cached
         m, g, a = self.model, self.gpu, self.attention
-        per_token_s = linear_flops(m, 1) / (g.peak_flops * self.matmul_efficiency)
+        per_token_s = linear_flops(m, 1) / (g.peak_flops * self.matmul_efficiency) + elementwise_bytes(
+            m, 1, self.elementwise_passes
+        ) / g.memory_bandwidth_bytes_per_s
         per_pair_s = attention_flops(m, 1) / (g.peak_flops * a.attention_efficiency)
         per_score_s = a.score_traffic_passes * m.num_heads * m.activation_bytes * m.num_layers / (
             g.memory_bandwidth_bytes_per_s
         )
         per_prompt_s = logits_flops(m, 1) / (g.peak_flops * self.matmul_efficiency)
-        return per_token_s, per_pair_s, per_score_s, per_prompt_s
+        prices = (per_token_s, per_pair_s, per_score_s, per_prompt_s)
+        object.__setattr__(self, "_prices_cache", prices)
+        return prices
 
-    def _layout(self, packing: Packing) -> RowLayout:
-        layout = RowLayout.from_packing(packing)
+    def _layout(self, packing: Packing, layout: RowLayout | None) -> RowLayout:
+        layout = RowLayout.from_packing(packing) if layout is None else layout
         self.attention.check(layout)
         return layout
 
-    def _row_times(self, layout: RowLayout) -> np.ndarray:
+    def row_times_s(self, packing: Packing, layout: RowLayout | None = None) -> np.ndarray:
+        """(num_bins,) modeled compute seconds of each packed row, in bin order:
+            per_token * row_tokens + per_pair * attention_pairs
+            + per_score * materialized score elements + per_prompt * prompts (last-token logits)
+        with per_token = matmul FLOPs at matmul_efficiency + elementwise bytes at bandwidth.
+        Excludes the per-forward terms (fixed overhead, weight-read floor), which
+        `cost().est_time_s` adds once per forward. `layout` may be passed to skip rebuilding it."""
+        layout = self._layout(packing, layout)
         per_token_s, per_pair_s, per_score_s, per_prompt_s = self._prices()
         a = self.attention
         return (
@@ -170,29 +199,25 @@ class CostModel:
             + per_prompt_s * layout.prompts_per_row()
         )
 
-    def row_times_s(self, packing: Packing) -> np.ndarray:
-        """(num_bins,) modeled compute seconds of each packed row, in bin order:
-        per_token * row_tokens + per_pair * attention_pairs + per_score * materialized score
-        elements + per_prompt * last-token logits. Excludes the per-forward terms (fixed
-        overhead, weight-read floor), which `cost().est_time_s` adds once per forward."""
-        return self._row_times(self._layout(packing))
-
     def forward_overhead_s(self) -> float:
         """Fixed seconds per forward: num_layers * attention.layer_overhead_s."""
         return self.model.num_layers * self.attention.layer_overhead_s
 
     # -- the whole batch ----------------------------------------------------------------
-    def cost(self, packing: Packing) -> PackingCost:
+    def cost(self, packing: Packing, layout: RowLayout | None = None) -> PackingCost:
+        """Price one packing (see the class docstring). `layout` (= RowLayout.from_packing
+        of this packing) may be passed to share it between backends."""
         m, a = self.model, self.attention
-        layout = self._layout(packing)
+        layout = self._layout(packing, layout)
         row_tokens = a.row_tokens(layout)
         pairs = a.pairs_per_row(layout)
         scores = a.score_elements_per_row(layout)
         forward_tokens = int(row_tokens.sum())
+        pairs_total, scores_total = int(pairs.sum()), int(scores.sum())
         real_tokens = layout.real_tokens
         n = layout.num_prompts
-        causal_pairs = int(layout.causal_pairs_per_row().sum())
-        flops = float(linear_flops(m, forward_tokens) + attention_flops(m, int(pairs.sum())) + logits_flops(m, n))
+        causal_pairs = layout.causal_pairs_total()
+        flops = float(linear_flops(m, forward_tokens) + attention_flops(m, pairs_total) + logits_flops(m, n))
         useful = float(linear_flops(m, real_tokens) + attention_flops(m, causal_pairs) + logits_flops(m, n))
         mask_bytes = a.mask_bytes(layout)
         kv_bytes = int(kv_cache_bytes(m, forward_tokens))
@@ -200,7 +225,9 @@ class CostModel:
         forwards, act_peak = self._forwards(layout, row_tokens, scores, mask_bytes, kv_bytes)
         k = forwards or 1
         weight_read_s = m.weight_bytes / self.gpu.memory_bandwidth_bytes_per_s
-        compute_s = float(self._row_times(layout).sum())
+        per_token_s, per_pair_s, per_score_s, per_prompt_s = self._prices()
+        # = sum(row_times_s), without building the per-row array
+        compute_s = per_token_s * forward_tokens + per_pair_s * pairs_total + per_score_s * scores_total + per_prompt_s * n
         est_time_s = max(compute_s, k * weight_read_s) + k * self.forward_overhead_s()
         return PackingCost(
             packer=packing.packer,
@@ -213,7 +240,7 @@ class CostModel:
             real_tokens=real_tokens,
             forward_tokens=forward_tokens,
             padded_tokens=forward_tokens - real_tokens,
-            attention_pairs=int(pairs.sum()),
+            attention_pairs=pairs_total,
             useful_attention_pairs=causal_pairs,
             flops=flops,
             useful_flops=useful,
@@ -236,6 +263,15 @@ class CostModel:
         mask + fp32 logits of their prompts. Returns (k or None, activation peak bytes)."""
         m, a = self.model, self.attention
         r_total = layout.num_rows
+        free = self.memory_budget_bytes - m.weight_bytes - kv_bytes
+        whole = int(np.ceil(
+            activation_bytes_per_token(m) * int(row_tokens.sum())
+            + m.num_heads * a.score_copies * m.activation_bytes * int(scores.sum())
+            + float(mask_bytes)
+            + LOGITS_BYTES_PER_ELEMENT * m.vocab_size * layout.num_prompts
+        ))  # fmt: skip
+        if whole <= free:  # the common case: everything in one forward
+            return 1, whole
         order = np.argsort(-row_tokens, kind="stable")
         top_tokens = np.cumsum(row_tokens[order])
         top_scores = np.cumsum(scores[order])
@@ -248,7 +284,6 @@ class CostModel:
             + LOGITS_BYTES_PER_ELEMENT * m.vocab_size * top_prompts
         )
         act = np.ceil(act).astype(np.int64)
-        free = self.memory_budget_bytes - m.weight_bytes - kv_bytes
         fitting = np.flatnonzero(act <= free)
         if fitting.size == 0:
             return None, int(act[-1])

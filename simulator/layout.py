@@ -69,7 +69,16 @@ class RowLayout:
         return int(self.loads_tokens.sum())
 
     def prompts_per_row(self) -> np.ndarray:
-        return np.bincount(self.seg_row, minlength=self.num_rows)
+        """(R,) prompts in each row (computed once, then cached)."""
+        cached = self.__dict__.get("_prompts_per_row")
+        if cached is None:
+            cached = np.bincount(self.seg_row, minlength=self.num_rows)
+            object.__setattr__(self, "_prompts_per_row", cached)
+        return cached
+
+    def causal_pairs_total(self) -> int:
+        """sum over prompts of l(l+1)/2: the pairs a per-prompt causal mask allows."""
+        return int((self.seg_lengths * (self.seg_lengths + 1) // 2).sum())
 
     def causal_pairs_per_row(self) -> np.ndarray:
         """(R,) query-key pairs a per-prompt causal mask allows: sum over the row's prompts of l(l+1)/2."""

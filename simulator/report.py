@@ -31,7 +31,14 @@ def format_table(result: SimulationResult) -> str:
     cols = ("packer", "attention", "capacity", "bins", "eff%", "gap%", "TFLOP", "ms/batch", "peak GB", "fwd", "speedup")
     lines = [head, ""]
     table = []
+    flat = next((r for r in result.results if (r.packer, r.attention) == ("pad", "varlen")), None)
+    hidden = []
     for r in _sorted_rows(result):
+        same_as_flat = flat is not None and r is not flat and r.attention == "varlen" and (
+            r.est_time_s, r.peak_memory_bytes, r.forwards) == (flat.est_time_s, flat.peak_memory_bytes, flat.forwards)
+        if same_as_flat:  # varlen does not pad rows, so the packer changes nothing here
+            hidden.append(r.packer)
+            continue
         table.append(
             (
                 r.packer, r.attention, f"{r.capacity:.0f}", str(r.num_bins), f"{100 * r.efficiency:.1f}",
@@ -43,6 +50,8 @@ def format_table(result: SimulationResult) -> str:
     widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(cols)]
     fmt = lambda row: "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731
     lines += [fmt(cols), fmt(tuple("-" * w for w in widths)), *map(fmt, table)]
+    if hidden:
+        lines.append(f"varlen rows of {', '.join(hidden)} equal pad/varlen (flat varlen pads nothing); all are in --json/--csv")
     if any(not r.fits for r in result.results):
         lines.append("! = does not fit the memory budget even one row at a time")
     return "\n".join(lines)
@@ -52,9 +61,13 @@ def recommendation_line(result: SimulationResult) -> str:
     best = result.recommendation
     if best is None:
         return "recommendation: nothing fits the memory budget; raise --memory-budget or lower --batch-size"
-    note = " (varlen does not pad rows: any packer costs the same)" if best.attention == "varlen" else ""
+    if best.attention == "varlen":
+        what = "varlen attention over the flat batch (no row padding, so no packing is needed)"
+    else:
+        what = f"packer {best.packer} with {best.attention} attention at capacity {best.capacity:.0f}"
+    note = ""
     return (
-        f"recommendation: packer {best.packer} with {best.attention} attention at capacity {best.capacity:.0f}: "
+        f"recommendation: {what}: "
         f"{1e3 * best.est_time_s / best.num_batches:.1f} ms/batch modeled, "
         f"{best.speedup_vs_padded:.2f}x vs padded{note}"
     )

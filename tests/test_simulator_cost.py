@@ -68,7 +68,7 @@ def test_time_and_forwards_by_hand():
     attn = make_attention(
         "dense", attention_efficiency=0.25, layer_overhead_s=0.1, score_traffic_passes=2.0, score_copies=1.0
     )
-    model = CostModel(TINY, TOY_GPU, attn, matmul_efficiency=0.5)
+    model = CostModel(TINY, TOY_GPU, attn, matmul_efficiency=0.5, elementwise_passes=0.0)
     # per token 2304 / 500 = 4.608 s; per pair 64 / 250 = 0.256 s;
     # per score element 2 passes * 2 heads * 2 bytes * 2 layers / 100 B/s = 0.16 s; per prompt 0.32 s
     row0 = 5 * 4.608 + 25 * 0.256 + 25 * 0.16 + 2 * 0.32
@@ -90,10 +90,18 @@ def test_time_and_forwards_by_hand():
     c3 = dataclasses.replace(model, memory_budget_bytes=2704 + 320 + act_one_row - 1).cost(HAND)
     assert c3.forwards is None and not c3.fits
     # a slow memory (10 B/s): reading the 2704 weight bytes (270.4 s) outlasts the compute
-    slow = CostModel(TINY, dataclasses.replace(TOY_GPU, memory_bandwidth_bytes_per_s=10.0), attn, matmul_efficiency=0.5)
+    slow = dataclasses.replace(model, gpu=dataclasses.replace(TOY_GPU, memory_bandwidth_bytes_per_s=10.0))
     compute = 2 * (5 * 4.608 + 25 * 0.256 + 25 * 1.6) + 3 * 0.32
     assert compute < 270.4
     assert slow.cost(HAND).est_time_s == pytest.approx(270.4 + 2 * 0.1)
+
+
+def test_elementwise_traffic_by_hand():
+    attn = make_attention("varlen", layer_overhead_s=0.0)
+    base = CostModel(TINY, TOY_GPU, attn, matmul_efficiency=0.5, elementwise_passes=0.0)
+    more = dataclasses.replace(base, elementwise_passes=3.0)
+    # 3 passes * 2 bytes * (8 + 16) * 2 layers = 288 bytes per token at 100 B/s; rows hold 5 and 4 tokens
+    np.testing.assert_allclose(more.row_times_s(HAND) - base.row_times_s(HAND), [5 * 2.88, 4 * 2.88])
 
 
 def test_padded_backend_rejects_packed_rows():
@@ -207,3 +215,20 @@ def test_monotone_in_batch_size(attention):
     if attention in ("padded", "varlen"):  # packing-independent: strictly more work, more time
         assert all(a <= b for a, b in zip(times, times[1:])), times
     assert times[-1] > times[0]
+
+
+@pytest.mark.parametrize("attention", ["padded", "dense", "flex", "varlen"])
+def test_row_times_add_up_to_the_batch_time(attention):
+    batch = np.random.default_rng(11).choice(MMLU, 96, replace=False)
+    packing = packers.make_packer("pad" if attention == "padded" else "ffd").pack(batch, int(batch.max()))
+    cm = CostModel("llama-2-7b", "h100", attention)
+    rows = cm.row_times_s(packing)
+    c = cm.cost(packing)
+    assert rows.shape == (packing.num_bins,) and (rows > 0).all()
+    weight_read_s = c.weight_bytes / cm.gpu.memory_bandwidth_bytes_per_s
+    assert c.est_time_s == pytest.approx(max(rows.sum(), weight_read_s) + cm.forward_overhead_s())
+    # rectangle rows all run at width W: rows with the same prompt count cost the same
+    if attention in ("dense", "padded"):
+        prompts = np.bincount(packing.assignment(), minlength=packing.num_bins)
+        same = prompts == prompts[0]
+        np.testing.assert_allclose(rows[same], rows[0])

@@ -1,0 +1,106 @@
+"""Speed of the simulator, end to end, written to benchmarks/results/simulate.json.
+
+Two jobs, each timed as a real `simulate` console-script subprocess (interpreter start,
+imports, drawing, packing, costing, table, JSON) and as the in-process library call:
+  big:     100,000 MMLU prompts in batches of 256, every default packer (all registered
+           except ilp), attention all (dense, flex, varlen + the padded baseline)
+  default: `simulate --lengths-dist mmlu --batch-size 64` (4,096 prompts)
+Target (issue #3): big < 10 s, default a few seconds.
+
+    python benchmarks/simulate_bench.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from simulator import default_packers, simulate
+
+JOBS = {
+    "big": ["--lengths-dist", "mmlu", "--batch-size", "256", "--num-prompts", "100000"],
+    "default": ["--lengths-dist", "mmlu", "--batch-size", "64"],
+}
+OUT = Path(__file__).resolve().parent / "results" / "simulate.json"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _library_kwargs(argv: list[str]) -> dict:
+    it = iter(argv)
+    args = dict(zip(it, it))
+    return {
+        "lengths_dist": args["--lengths-dist"],
+        "batch_size": int(args["--batch-size"]),
+        **({"num_prompts": int(args["--num-prompts"])} if "--num-prompts" in args else {}),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    exe = shutil.which("simulate")
+    if exe is None:
+        sys.exit("the simulate console script is not installed (pip install -e .)")
+    results = {}
+    for name, argv in JOBS.items():
+        cli_s, lib_s = [], []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            proc = subprocess.run([exe, *argv, "--json", "--quiet"], capture_output=True, text=True)
+            cli_s.append(time.perf_counter() - start)
+            if proc.returncode != 0:
+                sys.exit(f"{name}: simulate failed: {proc.stderr.strip()}")
+            start = time.perf_counter()
+            simulate(**_library_kwargs(argv))
+            lib_s.append(time.perf_counter() - start)
+        doc = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[name] = {
+            "command": " ".join(["simulate", *argv]),
+            "num_prompts": doc["config"]["num_prompts"],
+            "num_batches": doc["config"]["num_batches"],
+            "packers": doc["config"]["packers"],
+            "attention": doc["config"]["attention"],
+            "result_rows": len(doc["results"]),
+            "cli_wall_s": [round(x, 3) for x in cli_s],
+            "cli_wall_s_median": round(statistics.median(cli_s), 3),
+            "library_s": [round(x, 3) for x in lib_s],
+            "library_s_median": round(statistics.median(lib_s), 3),
+        }
+        print(f"{name}: CLI median {statistics.median(cli_s):.2f} s, library median {statistics.median(lib_s):.2f} s")
+    report = {
+        "machine": {
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "default_packers": default_packers(),
+        "target": "big < 10 s end to end (CLI wall); default a few seconds",
+        "jobs": results,
+        "command": "python benchmarks/simulate_bench.py --repeats %d" % args.repeats,
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
