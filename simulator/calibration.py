@@ -24,7 +24,7 @@ from simulator.distributions import load_profile
 from simulator.gpus import get_gpu
 from simulator.specs import get_model
 
-__all__ = ["ANCHORS", "METHODS", "Anchor", "anchor_batch", "fit", "predict", "report"]
+__all__ = ["ANCHORS", "METHODS", "Anchor", "Observation", "anchor_batch", "default_backends", "fit", "predict", "report"]
 
 ROOFLINE_FLOPS = 764e12  # the measured bf16 matmul rate the anchor roofline column uses
 # method label -> (packer, attention backend); flat varlen ignores rows, so the packer is moot
@@ -107,6 +107,29 @@ def predict(
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class Observation:
+    """One measured batch from elsewhere (e.g. the GPU runner's sweep CSV): the modeled time
+    uses `packer` at capacity = longest prompt, as the sweep does."""
+
+    model: str
+    gpu: str
+    packer: str
+    attention: str
+    lengths: np.ndarray
+    measured_ms: float
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        packing = packers.make_packer(self.packer).pack(self.lengths, int(self.lengths.max()))
+        object.__setattr__(self, "packing", packing)
+
+    def modeled_ms(self, backends: dict[str, AttentionBackend], globals_: tuple[float, float]) -> float:
+        m, e = globals_
+        model = CostModel(self.model, self.gpu, backends[self.attention], 10**15, matmul_efficiency=m, elementwise_passes=e)
+        return 1e3 * model.cost(self.packing).est_time_s  # type: ignore[attr-defined]
+
+
 def default_backends() -> dict[str, AttentionBackend]:
     return {name: make_attention(name) for _, name in METHODS.values()}
 
@@ -132,10 +155,11 @@ def _backends_from(
 
 
 def fit(
-    batches: Sequence[np.ndarray],
+    batches: Sequence[np.ndarray], extra: Sequence[Observation] = ()
 ) -> tuple[dict[str, float], dict[str, AttentionBackend], tuple[float, float]]:
-    """Least squares on log(modeled / measured ms) over every anchor time; score_copies is
-    then fitted alone on the two extra-memory anchors (log error)."""
+    """Least squares on log(modeled / measured ms) over every anchor time (and every `extra`
+    observation, weighted like an anchor); score_copies is then fitted alone on the two
+    extra-memory anchors (log error)."""
     from scipy.optimize import least_squares, minimize_scalar
 
     def residuals(theta: np.ndarray, copies: float = 3.0) -> np.ndarray:
@@ -144,6 +168,7 @@ def fit(
         for anchor, lengths in zip(ANCHORS, batches):
             pred = predict(anchor, lengths, backends, m)
             res += [np.log(pred[k][0] / v) for k, v in anchor.ms.items() if v is not None]
+        res += [np.log(o.modeled_ms(backends, m) / o.measured_ms) for o in extra]
         return np.array(res)
 
     x0 = [0.5, 10.0, 0.5, 5e-4, 0.5, 8e-4, 0.5, 5e-4, 1.0]

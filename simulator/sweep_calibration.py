@@ -1,0 +1,121 @@
+"""Re-pricing the GPU runner's measured sweep (`benchmarks/results/prefill_sweep_*.csv`,
+written by gpu_runner/bench_sweep.py) with the cost model, and refitting on it.
+
+The sweep CSV holds no prompt lengths, but it draws each batch reproducibly:
+`lengths = profile[default_rng(seed).choice(len(profile), size=batch, replace=len(profile) < batch)]`
+with seed 0. `load_sweep` redraws them from the shipped profiles and keeps a row only when
+the redrawn real-token count equals the CSV's `real_tokens`; every row it cannot use is
+counted by reason, never silently dropped.
+
+    python -m simulator.sweep_calibration benchmarks/results/prefill_sweep_h100.csv [--fit]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from simulator.calibration import ANCHORS, Observation, anchor_batch, default_backends, fit
+from simulator.cost import ELEMENTWISE_PASSES, MATMUL_EFFICIENCY
+from simulator.distributions import PROFILES, load_profile
+from simulator.gpus import GPUS
+
+__all__ = ["SWEEP_MODELS", "load_sweep", "sweep_lengths", "sweep_report"]
+
+# gpu_runner.bench.MODEL_SHAPES names -> simulator.specs.MODELS names (same shapes)
+SWEEP_MODELS = {"llama2-7b": "llama-2-7b", "llama-2-7b": "llama-2-7b", "sheared-llama-1.3b": "sheared-llama-1.3b"}
+SWEEP_BACKENDS = ("padded", "dense", "flex", "varlen")  # 'graph' (CUDA graphs) is not modeled
+
+
+def sweep_lengths(dataset: str, batch: int, seed: int = 0) -> np.ndarray:
+    """The batch gpu_runner.bench_sweep draws for (dataset, batch, seed)."""
+    profile = load_profile(dataset)
+    rng = np.random.default_rng(seed)
+    return profile[rng.choice(profile.size, size=batch, replace=profile.size < batch)]
+
+
+def _gpu_name(slug: str) -> str | None:
+    """'nvidia-h100-80gb-hbm3' or 'NVIDIA H100 80GB HBM3' -> 'h100' (whole-token match)."""
+    tokens = set(re.split(r"[^a-z0-9]+", slug.lower()))
+    hits = [name for name in GPUS if name.split("-")[0] in tokens]
+    return hits[0] if len(hits) == 1 else None
+
+
+def load_sweep(path: str | Path, seed: int = 0) -> tuple[list[Observation], Counter]:
+    """Observations for every usable CSV row, and a Counter of skipped rows by reason."""
+    observations, skipped = [], Counter()
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("error"):
+                skipped["measurement error (e.g. OOM)"] += 1
+                continue
+            model = SWEEP_MODELS.get(row["model"])
+            gpu = _gpu_name(row["gpu"])
+            if model is None:
+                skipped[f"model {row['model']} not in the table"] += 1
+            elif gpu is None:
+                skipped[f"GPU {row['gpu']} not in the table"] += 1
+            elif row["backend"] not in SWEEP_BACKENDS:
+                skipped[f"backend {row['backend']} not modeled"] += 1
+            elif row["dataset"] not in PROFILES:
+                skipped[f"dataset {row['dataset']} not shipped"] += 1
+            else:
+                lengths = sweep_lengths(row["dataset"], int(row["batch"]), seed)
+                if int(lengths.sum()) != int(row["real_tokens"]):
+                    skipped["redrawn batch does not match real_tokens"] += 1
+                    continue
+                packer = "pad" if row["backend"] == "padded" else row["packer"]
+                label = f"{row['model']} {row['dataset']} b{row['batch']} {row['packer']}/{row['backend']}"
+                observations.append(Observation(model, gpu, packer, row["backend"], lengths, float(row["measured_ms"]), label))
+    return observations, skipped
+
+
+def sweep_report(observations: Sequence[Observation], backends=None, globals_=None) -> str:
+    """Markdown table of measured vs modeled ms with relative errors."""
+    backends = backends or default_backends()
+    globals_ = globals_ or (MATMUL_EFFICIENCY, ELEMENTWISE_PASSES)
+    lines = ["| point | measured ms | modeled ms | error |", "|---|---:|---:|---:|"]
+    errs = []
+    for o in observations:
+        pred = o.modeled_ms(backends, globals_)
+        errs.append(pred / o.measured_ms - 1)
+        lines.append(f"| {o.label} | {o.measured_ms:.1f} | {pred:.1f} | {100 * errs[-1]:+.1f}% |")
+    if errs:
+        a = np.abs(errs)
+        lines += ["", f"{len(a)} points: mean |error| {100 * a.mean():.1f}%, median {100 * np.median(a):.1f}%, "
+                  f"max {100 * a.max():.1f}%."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("csv", nargs="+", help="prefill_sweep_*.csv files")
+    parser.add_argument("--fit", action="store_true", help="refit on the anchors + these rows, then report")
+    parser.add_argument("--seed", type=int, default=0, help="the sweep's seed (default 0)")
+    args = parser.parse_args(argv)
+    observations, skipped = [], Counter()
+    for path in args.csv:
+        obs, skip = load_sweep(path, args.seed)
+        observations += obs
+        skipped += skip
+    print(f"# {len(observations)} usable rows; skipped: {dict(skipped) or 'none'}")
+    print("## shipped constants\n")
+    print(sweep_report(observations))
+    if args.fit:
+        batches = [anchor_batch(a)[1] for a in ANCHORS]
+        params, backends, globals_ = fit(batches, observations)
+        print("\n## refit on anchors + sweep\n")
+        for k, v in params.items():
+            print(f"- {k} = {v:.4g}")
+        print()
+        print(sweep_report(observations, backends, globals_))
+
+
+if __name__ == "__main__":
+    main()
