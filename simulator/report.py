@@ -19,6 +19,22 @@ def _sorted_rows(result: SimulationResult) -> list[ResultRow]:
     return base + rest
 
 
+def _display_rows(result: SimulationResult) -> tuple[list[ResultRow], list[str]]:
+    """Sorted rows without the varlen rows that equal pad/varlen (flat varlen pads nothing,
+    so the packer changes nothing there), and the names of the packers left out."""
+    flat = next((r for r in result.results if (r.packer, r.attention) == ("pad", "varlen")), None)
+    shown, hidden = [], []
+    for r in _sorted_rows(result):
+        key = (r.est_time_s, r.peak_memory_bytes, r.forwards)
+        if flat is not None and r is not flat and r.attention == "varlen" and key == (
+            flat.est_time_s, flat.peak_memory_bytes, flat.forwards
+        ):
+            hidden.append(r.packer)
+        else:
+            shown.append(r)
+    return shown, hidden
+
+
 def format_table(result: SimulationResult) -> str:
     """One line per (packer, attention), padded baseline first, then by modeled time.
     Per-batch columns are means over the batches."""
@@ -31,14 +47,8 @@ def format_table(result: SimulationResult) -> str:
     cols = ("packer", "attention", "capacity", "bins", "eff%", "gap%", "TFLOP", "ms/batch", "peak GB", "fwd", "speedup")
     lines = [head, ""]
     table = []
-    flat = next((r for r in result.results if (r.packer, r.attention) == ("pad", "varlen")), None)
-    hidden = []
-    for r in _sorted_rows(result):
-        same_as_flat = flat is not None and r is not flat and r.attention == "varlen" and (
-            r.est_time_s, r.peak_memory_bytes, r.forwards) == (flat.est_time_s, flat.peak_memory_bytes, flat.forwards)
-        if same_as_flat:  # varlen does not pad rows, so the packer changes nothing here
-            hidden.append(r.packer)
-            continue
+    shown, hidden = _display_rows(result)
+    for r in shown:
         table.append(
             (
                 r.packer, r.attention, f"{r.capacity:.0f}", str(r.num_bins), f"{100 * r.efficiency:.1f}",
@@ -103,8 +113,9 @@ def write_plot(result: SimulationResult, path: str | Path) -> None:
     axes[1].barh(names, waste, color="#dd8452")
     axes[1].set(title="padding waste (dense rows)", xlabel="% of forward tokens that are padding")
     axes[1].invert_yaxis()
-    labels = [f"{r.packer}/{r.attention}" for r in rows]
-    times = [1e3 * r.est_time_s / r.num_batches for r in rows]
+    shown, _ = _display_rows(result)
+    labels = [f"{r.packer}/{r.attention}" if (r.packer, r.attention) != ("pad", "varlen") else "flat varlen" for r in shown]
+    times = [1e3 * r.est_time_s / r.num_batches for r in shown]
     axes[2].barh(labels, times, color="#55a868")
     axes[2].set(title=f"modeled prefill time ({result.config['model']}, {result.config['gpu']})", xlabel="ms per batch")
     axes[2].invert_yaxis()
