@@ -1,0 +1,57 @@
+"""gpu_runner.distributed: data-parallel prepacked prefill over the GPUs of one host (torch.distributed).
+
+Public API:
+  distributed_prefill(model, prompts, strategy="cost-balanced", ...) -> DistributedPrefillResult
+      every rank of an initialised group calls it with the same prompts; each runs its share
+      of the packed rows; logits come back in the caller's order (all ranks or one), KV on
+      request.
+  Assignment strategies (pure, no torch work): STRATEGIES registry ("padded-rr", "packed-rr",
+      "cost-balanced"), make_strategy, register_strategy, plan_assignment, Assignment, and
+      the partition algorithms lpt_partition, karmarkar_karp_partition, round_robin_partition.
+  Executors: RunnerExecutor (the prepacked runner), EngineExecutor (PrefillEngine).
+  Launching: init_distributed, launcher_env, torchrun_command, spawn_local, NVLS_OFF_ENV
+      (NVLink multicast stays off in every environment these build).
+
+Modules: assign (strategies), prefill (the distributed prefill), launch (process groups),
+bench (the multi-GPU benchmark).
+"""
+
+from gpu_runner.distributed.assign import (
+    PARTITIONERS,
+    STRATEGIES,
+    Assignment,
+    AssignmentStrategy,
+    available_strategies,
+    karmarkar_karp_partition,
+    lpt_partition,
+    make_strategy,
+    plan_assignment,
+    register_strategy,
+    round_robin_partition,
+)
+from gpu_runner.distributed.launch import (
+    NVLS_OFF_ENV,
+    disable_nvlink_multicast,
+    free_port,
+    init_distributed,
+    launcher_env,
+    spawn_local,
+    torchrun_command,
+)
+from gpu_runner.distributed.prefill import (
+    DistributedPrefillResult,
+    EngineExecutor,
+    RankExecutor,
+    RunnerExecutor,
+    default_cost_model,
+    distributed_prefill,
+    local_packing,
+)
+
+__all__ = [
+    "NVLS_OFF_ENV", "PARTITIONERS", "STRATEGIES", "Assignment", "AssignmentStrategy", "DistributedPrefillResult",
+    "EngineExecutor", "RankExecutor", "RunnerExecutor", "available_strategies", "default_cost_model",
+    "disable_nvlink_multicast", "distributed_prefill", "free_port", "init_distributed", "karmarkar_karp_partition",
+    "launcher_env", "local_packing", "lpt_partition", "make_strategy", "plan_assignment", "register_strategy",
+    "round_robin_partition", "spawn_local", "torchrun_command",
+]  # fmt: skip
