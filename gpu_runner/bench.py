@@ -102,6 +102,7 @@ class BenchConfig:
     seed: int = 0
     sorted_chunk: int = 16
     token_bucket: int = 128
+    q_chunk: int = 128
     device: str = "cuda"
     dtype: str = "bfloat16"
     out: str = ""
@@ -162,7 +163,7 @@ def build_model(name: str, *, device: str, dtype: str) -> torch.nn.Module:
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
-    return model.eval()
+    return model.eval().requires_grad_(False)  # inference: no autograd state in any method
 
 
 def real_token_flops(config: Any, lengths: Sequence[int]) -> float:
@@ -226,6 +227,15 @@ class _Sink:
         return None
 
 
+def _runner_notes(runner: Any) -> dict[str, Any]:
+    notes: dict[str, Any] = {}
+    if runner is not None and hasattr(runner, "engine"):
+        notes["graphs"] = runner.engine.num_graphs
+    if getattr(runner, "oom_splits", 0):
+        notes["oom_splits"] = runner.oom_splits  # padded batches that had to run as halves
+    return notes
+
+
 def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
 
@@ -251,7 +261,7 @@ def _scenario_a(model, name: str, cfg: BenchConfig, peak: float, gpu: str, sink:
     lengths = lengths_all[rng.choice(len(lengths_all), size=min(cfg.batch, len(lengths_all)), replace=False)]
     prompts = draw_prompts(lengths, model.config.vocab_size, cfg.seed)
     flops = real_token_flops(model.config, lengths)
-    opts = dict(sorted_chunk=cfg.sorted_chunk, token_bucket=cfg.token_bucket)
+    opts = dict(sorted_chunk=cfg.sorted_chunk, token_bucket=cfg.token_bucket, q_chunk=cfg.q_chunk, seed=cfg.seed)
     for method in cfg.methods:
         modes = ("ttft",) if method == "hf-cb" else cfg.modes
         modes = tuple(m for m in modes if m in cfg.modes)
@@ -273,10 +283,8 @@ def _scenario_a(model, name: str, cfg: BenchConfig, peak: float, gpu: str, sink:
             err = None
         except Exception as exc:  # noqa: BLE001 - one method failing must not lose the others
             timings, peak_bytes, err = {}, None, _error_text(exc)
-        extra_opts = {}
         runner = state.pop("runner", None)
-        if runner is not None and hasattr(runner, "engine"):
-            extra_opts["graphs"] = runner.engine.num_graphs
+        extra_opts = _runner_notes(runner)
         del runner, state
         release_memory(device)
         for mode in modes:
@@ -293,7 +301,7 @@ def _scenario_b(model, name: str, cfg: BenchConfig, peak: float, gpu: str, sink:
     batches = stream_batches(lengths_all, cfg.batch, model.config.vocab_size, cfg.seed, cfg.stream_batches)
     real = sum(len(p) for b in batches for p in b)
     flops = sum(real_token_flops(model.config, [len(p) for p in b]) for b in batches)
-    opts = dict(sorted_chunk=cfg.sorted_chunk, token_bucket=cfg.token_bucket)
+    opts = dict(sorted_chunk=cfg.sorted_chunk, token_bucket=cfg.token_bucket, q_chunk=cfg.q_chunk, seed=cfg.seed)
     for method in cfg.stream_methods:
         state: dict[str, Any] = {}
 
@@ -311,10 +319,8 @@ def _scenario_b(model, name: str, cfg: BenchConfig, peak: float, gpu: str, sink:
             ms, err = wall_s * 1e3, None
         except Exception as exc:  # noqa: BLE001
             ms, peak_bytes, err = None, None, _error_text(exc)
-        extra_opts = {}
         runner = state.pop("runner", None)
-        if runner is not None and hasattr(runner, "engine"):
-            extra_opts["graphs"] = runner.engine.num_graphs
+        extra_opts = _runner_notes(runner)
         del runner, state
         release_memory(device)
         base = dict(gpu=gpu, model=name, dataset=cfg.dataset, batch=cfg.batch, mode="stream", method=method, real_tokens=real)

@@ -56,6 +56,7 @@ class PaddedHF:
     def __init__(self, model: torch.nn.Module, *, name: str, sort: bool, chunk: int | None, pad_id: int = 0) -> None:
         self.model, self.name, self.sort, self.chunk, self.pad_id = model, name, sort, chunk, pad_id
         self.device = model.lm_head.weight.device
+        self.oom_splits = 0
 
     def _groups(self, prompts: Prompts) -> list[list[int]]:
         order = list(range(len(prompts)))
@@ -64,13 +65,30 @@ class PaddedHF:
         size = self.chunk or len(order)
         return [order[i : i + size] for i in range(0, len(order), size)]
 
+    @torch.no_grad()
     def prefill(self, prompts: Prompts) -> Any:
-        outs = []
+        outs: list[Any] = []
         for group in self._groups(prompts):
-            ids, mask = _left_padded([prompts[i] for i in group], self.pad_id, self.device)
+            self._forward([prompts[i] for i in group], outs)
+        return outs
+
+    def _forward(self, prompts: Prompts, outs: list[Any]) -> None:
+        """One HF forward; on out-of-memory, free and run the two halves (counted in oom_splits),
+        as a user would: the padded baseline then stays measurable instead of failing."""
+        try:
+            ids, mask = _left_padded(prompts, self.pad_id, self.device)
             pos = (mask.cumsum(-1) - 1).clamp_(min=0)
             outs.append(self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True))
-        return outs
+        except torch.OutOfMemoryError:
+            if len(prompts) == 1:
+                raise
+            ids = mask = pos = None
+            outs.clear()
+            torch.cuda.empty_cache()
+            self.oom_splits += 1
+            half = len(prompts) // 2
+            self._forward(prompts[:half], outs)
+            self._forward(prompts[half:], outs)
 
     def first_tokens(self, prompts: Prompts) -> list[int]:
         tokens = [0] * len(prompts)
@@ -96,6 +114,7 @@ class PaperPacked:
         self.packer = packers.make_packer(packer)
         self.device = model.lm_head.weight.device
 
+    @torch.no_grad()
     def prefill(self, prompts: Prompts) -> Any:
         from gpu_runner.inputs import pack_inputs
         from gpu_runner.masks import dense_block_causal_mask
@@ -107,6 +126,7 @@ class PaperPacked:
         out = self.model(input_ids=inp.input_ids, position_ids=inp.position_ids, attention_mask=mask, use_cache=True)
         return out, inp
 
+    @torch.no_grad()
     def first_tokens(self, prompts: Prompts) -> list[int]:
         out, inp = self.prefill(prompts)
         logits = out.logits.reshape(-1, out.logits.shape[-1]).index_select(0, inp.last_index)
@@ -118,10 +138,10 @@ class BestEngine:
 
     name = "best"
 
-    def __init__(self, model: torch.nn.Module, *, token_bucket: int = 128, cuda_graphs: bool = True) -> None:
+    def __init__(self, model: torch.nn.Module, *, token_bucket: int = 128, cuda_graphs: bool = True, q_chunk: int = 128) -> None:
         from gpu_runner.engine import PrefillEngine
 
-        self.engine = PrefillEngine(model, token_bucket=token_bucket, cuda_graphs=cuda_graphs)
+        self.engine = PrefillEngine(model, token_bucket=token_bucket, cuda_graphs=cuda_graphs, q_chunk=q_chunk)
 
     def prefill(self, prompts: Prompts) -> Any:
         return self.engine.prefill(prompts)
@@ -149,7 +169,8 @@ class HFContinuousBatching:
         return self.first_tokens(prompts)
 
     def first_tokens(self, prompts: Prompts) -> list[int]:
-        out = self.model.generate_batch(inputs=[list(p) for p in prompts], generation_config=self.config, **self.kwargs)
+        with torch.no_grad():
+            out = self.model.generate_batch(inputs=[list(p) for p in prompts], generation_config=self.config, **self.kwargs)
         values = list(out.values())
         by_prompt = {tuple(v.prompt_ids): v.generated_tokens[0] for v in values}
         return [by_prompt.get(tuple(p), -1) for p in prompts]
@@ -159,14 +180,16 @@ _FACTORIES: dict[str, Callable[..., BenchMethod]] = {
     "padded": lambda model, **o: PaddedHF(model, name="padded", sort=False, chunk=None),
     "sorted": lambda model, **o: PaddedHF(model, name="sorted", sort=True, chunk=o.get("sorted_chunk", 16)),
     "paper": lambda model, **o: PaperPacked(model),
-    "best": lambda model, **o: BestEngine(model, token_bucket=o.get("token_bucket", 128), cuda_graphs=o.get("cuda_graphs", True)),
+    "best": lambda model, **o: BestEngine(model, token_bucket=o.get("token_bucket", 128),
+                                          cuda_graphs=o.get("cuda_graphs", True), q_chunk=o.get("q_chunk", 128)),
     "hf-cb": lambda model, **o: HFContinuousBatching(model),
 }
 METHOD_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 
 
 def make_method(name: str, model: torch.nn.Module, **options: Any) -> BenchMethod:
-    """Build method `name` (one of METHOD_NAMES) on `model`; options: sorted_chunk, token_bucket, cuda_graphs."""
+    """Build method `name` (one of METHOD_NAMES) on `model`; options: sorted_chunk, token_bucket,
+    cuda_graphs, q_chunk (others are ignored)."""
     try:
         factory = _FACTORIES[name]
     except KeyError:

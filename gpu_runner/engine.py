@@ -109,13 +109,21 @@ def _attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torc
     return out.transpose(0, 1)
 
 
-def _attention_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int, scale: float) -> torch.Tensor:
+def _attention_flash(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+    used_k: torch.Tensor | None, max_q: int, max_k: int, scale: float,
+) -> torch.Tensor:
     """Flash varlen attention (the kernel behind torch.nn.attention.varlen.varlen_attn).
 
     Called through the aten op, whose positional signature is the same from torch 2.5 to
-    2.13, while varlen_attn's keywords changed (is_causal vs window_size). GQA is native.
+    2.13, while varlen_attn's keywords changed (is_causal vs window_size); GQA is native.
+    With query chunks: query segment j is rows cu_q[j]:cu_q[j+1], its keys are rows
+    cu_k[j] : cu_k[j] + used_k[j] (the prompt's start up to the chunk's end); causal masking
+    is bottom-right aligned, so each chunk sees exactly its prompt's prefix.
     """
-    out = torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, max_len, max_len, 0.0, True, False, scale=scale)
+    out = torch.ops.aten._flash_attention_forward(
+        q, k, v, cu_q, cu_k, max_q, max_k, 0.0, True, False, scale=scale, seqused_k=used_k
+    )
     return out[0]
 
 
@@ -130,6 +138,10 @@ class PrefillEngine:
                    (no duplicated weight memory); False keeps separate copies
     max_tokens:    pre-size the KV buffer for batches up to this many tokens (grows on demand;
                    growing drops the captured graphs)
+    q_chunk:       attention runs over query chunks of at most this many tokens (each with its
+                   prompt's key prefix), so the flash grid is sized by q_chunk, not by the
+                   longest prompt: no idle thread blocks, and the graph key ignores prompt
+                   lengths. 0 = one query segment per prompt, grid sized by the longest.
     """
 
     def __init__(
@@ -140,6 +152,7 @@ class PrefillEngine:
         cuda_graphs: bool = True,
         share_weights: bool = True,
         max_tokens: int = 0,
+        q_chunk: int = 128,
     ) -> None:
         if token_bucket < 1:
             raise ValueError(f"token_bucket must be >= 1, got {token_bucket}")
@@ -155,6 +168,9 @@ class PrefillEngine:
             raise ValueError(f"unsupported RoPE type {rope_type!r}: the engine needs static frequencies")
         self.model = model
         self.token_bucket = int(token_bucket)
+        if q_chunk < 0:
+            raise ValueError(f"q_chunk must be >= 0 (0 = no query chunks), got {q_chunk}")
+        self.q_chunk = int(q_chunk)
         self.device = model.lm_head.weight.device
         self.dtype = model.lm_head.weight.dtype
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
@@ -229,19 +245,40 @@ class PrefillEngine:
             torch.cuda.empty_cache()
         shape = (len(self.layers), 2, self._t_cap, self.num_kv_heads, self.head_dim)
         self._kv = torch.empty(shape, dtype=self.dtype, device=self.device)
-        n_in = 2 * self._t_cap + 2 * self._p_cap + 2
+        n_in = self._layout(self._t_cap, self._p_cap, self._num_chunks(self._t_cap, self._p_cap))["used_k"].stop
         self._in_dev = torch.zeros(n_in, dtype=torch.int64, device=self.device)
         self._in_host = torch.zeros(n_in, dtype=torch.int64, pin_memory=self.device.type == "cuda")
         self._copied = None
 
     # ------------------------------------------------------------------ the forward
 
+    def _num_chunks(self, t: int, p: int) -> int:
+        """Static count of query-chunk slots: every prompt and the tail padding, plus one per
+        q_chunk tokens (a segment of l tokens has ceil(l / q_chunk) <= 1 + l // q_chunk chunks)."""
+        return p + 1 + t // self.q_chunk if self.q_chunk else 0
+
+    @staticmethod
+    def _layout(t: int, p: int, s: int) -> dict[str, slice]:
+        """Where each input lives in the int64 input buffer (the same for host and device)."""
+        cuts = {"ids": t, "pos": t, "cu": p + 2, "last": p, "cu_q": s + 1, "cu_k": s + 1, "used_k": s}
+        out, at = {}, 0
+        for name, n in cuts.items():
+            out[name] = slice(at, at + n)
+            at += n
+        return out
+
     def _forward(self, t: int, p: int, max_len: int) -> torch.Tensor:
         """Device part of one prefill over the input buffer; returns logits [p, vocab]."""
         buf = self._in_dev
-        ids, pos = buf[:t], buf[t : 2 * t]
-        cu = buf[2 * t : 2 * t + p + 2].to(torch.int32)
-        last = buf[2 * t + p + 2 : 2 * t + 2 * p + 2]
+        s = self._num_chunks(t, p)
+        lay = self._layout(t, p, s)
+        ids, pos, last = buf[lay["ids"]], buf[lay["pos"]], buf[lay["last"]]
+        cu = buf[lay["cu"]].to(torch.int32)
+        if s:
+            cu_q, cu_k, used_k = (buf[lay[k]].to(torch.int32) for k in ("cu_q", "cu_k", "used_k"))
+            max_q, max_k = self.q_chunk, self.max_positions
+        else:
+            cu_q, cu_k, used_k, max_q, max_k = cu, cu, None, max_len, max_len
         h = F.embedding(ids, self.embed)
         delta = None
         for li, w in enumerate(self.layers):
@@ -250,7 +287,7 @@ class PrefillEngine:
             k_out, v_out = self._kv[li, 0, :t], self._kv[li, 1, :t]
             q = rope_store(qkv, pos, self.cos, self.sin, k_out, v_out, self.num_q_heads)
             if q.is_cuda:
-                a = _attention_flash(q, k_out, v_out, cu, max_len, self.scale)
+                a = _attention_flash(q, k_out, v_out, cu_q, cu_k, used_k, max_q, max_k, self.scale)
             else:
                 a = _attention_torch(q, k_out, v_out, cu, self.scale)
             x = add_rmsnorm(h, F.linear(a.reshape(t, -1), w.o), w.ln2, self.eps)
@@ -282,24 +319,55 @@ class PrefillEngine:
             raise ValueError(f"token id {lo if lo < 0 else hi} is outside the vocabulary [0, {self.vocab_size})")
         t = bucket_tokens(total, self.token_bucket)
         p = _next_pow2(n, 16)
-        max_len = _next_pow2(max(longest, t - total), 128)
+        # With query chunks the graph does not depend on prompt lengths (max_len = 0 in its key).
+        max_len = 0 if self.q_chunk else _next_pow2(max(longest, t - total), 128)
         self._ensure_capacity(t, p)
         cu = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lengths, out=cu[1:])
         if self._copied is not None:
             self._copied.synchronize()  # the previous batch's copy has left the pinned buffer
+        s = self._num_chunks(t, p)
+        lay = self._layout(t, p, s)
         host = self._in_host.numpy()
-        host[:t] = self.pad_token_id
-        host[:total] = tokens
-        host[t : 2 * t] = 0
-        host[t : t + total] = np.arange(total, dtype=np.int64) - np.repeat(cu[:-1], lengths)
-        seg = host[2 * t : 2 * t + p + 2]
+        ids, pos = host[lay["ids"]], host[lay["pos"]]
+        ids[:] = self.pad_token_id
+        ids[:total] = tokens
+        pos[:] = 0
+        pos[:total] = np.arange(total, dtype=np.int64) - np.repeat(cu[:-1], lengths)
+        seg = host[lay["cu"]]
         seg[: n + 1] = cu
         seg[n + 1 :] = t  # tail padding is one segment; then empty segments
-        last = host[2 * t + p + 2 : 2 * t + 2 * p + 2]
+        last = host[lay["last"]]
         last[:] = 0
         last[:n] = cu[1:] - 1
+        if s:
+            self._stage_chunks(host, lay, cu, t)
         return t, p, max_len, cu
+
+    def _stage_chunks(self, host: np.ndarray, lay: dict[str, slice], cu: np.ndarray, t: int) -> None:
+        """Query chunks of <= q_chunk tokens: chunk j of a segment starting at a covers queries
+        a + j c .. min(end, a + (j + 1) c) and keys a .. that end (its prompt's prefix)."""
+        c = self.q_chunk
+        starts = cu[:-1]
+        ends = cu[1:]
+        if t > cu[-1]:  # the tail padding attends within itself
+            starts = np.append(starts, cu[-1])
+            ends = np.append(ends, t)
+        counts = -(-(ends - starts) // c)
+        seg_of = np.repeat(np.arange(len(starts)), counts)
+        first = np.cumsum(counts) - counts
+        j = np.arange(len(seg_of)) - np.repeat(first, counts)
+        q_end = np.minimum(starts[seg_of] + (j + 1) * c, ends[seg_of])
+        k_start = starts[seg_of]
+        m = len(seg_of)
+        cu_q, cu_k, used_k = host[lay["cu_q"]], host[lay["cu_k"]], host[lay["used_k"]]
+        cu_q[0] = 0
+        cu_q[1 : m + 1] = q_end
+        cu_q[m + 1 :] = t  # empty chunks
+        cu_k[:m] = k_start
+        cu_k[m:] = t
+        used_k[:m] = q_end - k_start
+        used_k[m:] = 0
 
     @torch.no_grad()
     def prefill(self, prompts: Sequence[Sequence[int]]) -> EngineOutput:
@@ -309,7 +377,7 @@ class PrefillEngine:
         or token ids outside the vocabulary, before any device work.
         """
         t, p, max_len, cu = self._stage(prompts)
-        n_in = 2 * t + 2 * p + 2
+        n_in = self._layout(t, p, self._num_chunks(t, p))["used_k"].stop
         self._in_dev[:n_in].copy_(self._in_host[:n_in], non_blocking=True)
         if self.device.type == "cuda":
             self._copied = torch.cuda.Event()

@@ -91,3 +91,13 @@ def test_graph_replay_equals_eager():
     out = graph.prefill(prompts)
     torch.testing.assert_close(out.logits, eager.logits, atol=0, rtol=0)
     torch.testing.assert_close(out.kv[:, :, : eager.kv.shape[2]], eager.kv, atol=0, rtol=0)
+
+
+def test_query_chunks_match_one_segment_per_prompt():
+    from gpu_runner.engine import PrefillEngine
+
+    model = _model()
+    prompts = _prompts([17, 250, 3, 64, 900, 5, 129, 128, 127])
+    whole = PrefillEngine(model, q_chunk=0).prefill(prompts).clone()
+    chunked = PrefillEngine(model, q_chunk=64).prefill(prompts)
+    torch.testing.assert_close(chunked.logits.float(), whole.logits.float(), atol=2e-2, rtol=2e-2)
