@@ -60,6 +60,7 @@ def main() -> None:
     if exe is None:
         sys.exit("the simulate console script is not installed (pip install -e .)")
     results = {}
+    load_before = os.getloadavg()
     for name, argv in JOBS.items():
         cli_s, lib_s = [], []
         for _ in range(args.repeats):
@@ -91,6 +92,9 @@ def main() -> None:
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "load_average_1_5_15_before": [round(x, 2) for x in load_before],
+            "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
+            "note": "2-core box shared with other jobs: a load average above ~1 inflates the times",
         },
         "default_packers": default_packers(),
         "target": "big < 10 s end to end (CLI wall); default a few seconds",

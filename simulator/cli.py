@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Results over several batches: num_bins, padded_tokens, lower_bound, flops, useful_flops and "
         "est_time_s are sums; efficiency and speedup_vs_padded are ratios of those sums; peak_memory_bytes is "
         "the worst batch; capacity is the mean. The padded baseline (packer pad, attention padded) is always "
-        "included. With --json the last stdout line is one JSON document {config, results}.",
+        "included. With --json the last stdout line is one JSON document {config, results}. Times model eager "
+        "HF transformers with constants fitted on H100 measurements (simulator/CALIBRATION.md); varlen "
+        "attention pads nothing, so every packer costs the same under it.",
     )
     p.add_argument(
         "--lengths-dist", default="mmlu", metavar="SPEC",
@@ -48,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="prompts per batch (default 64)")
     p.add_argument("--num-prompts", type=int, default=DEFAULT_NUM_PROMPTS,
                    help=f"prompts drawn in all (default {DEFAULT_NUM_PROMPTS}); the last batch may be smaller")  # fmt: skip
-    p.add_argument("--model", default="llama-2-7b", help=f"one of {', '.join(available_models())}")
-    p.add_argument("--gpu", default="h100", help=f"one of {', '.join(available_gpus())}")
+    p.add_argument("--model", default="llama-2-7b", help=f"one of {', '.join(available_models())} (default llama-2-7b)")
+    p.add_argument("--gpu", default="h100", help=f"one of {', '.join(available_gpus())} (default h100)")
     p.add_argument("--packers", default=None, metavar="A,B,...",
                    help=f"comma-separated packer names (default: all registered except {', '.join(EXCLUDED_BY_DEFAULT)}; "
                    "pad is always included)")  # fmt: skip
