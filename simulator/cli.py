@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--lengths-dist", default="mmlu", metavar="SPEC",
         help=f"built-in profile ({', '.join(PROFILES)}), FAMILY:k=v,... ({', '.join(FAMILIES)}; e.g. "
         "lognormal:mean=200,sigma=1.0), a mixture 0.8*mmlu+0.2*constant:value=2000, or file:PATH "
-        "(.txt/.csv/.json/.npy). Default: mmlu",
+        "(.txt/.csv/.json/.npy). Profiles and files are sampled with replacement; parametric draws are "
+        "rounded and clipped to [1, max] (max= is optional on every family). Default: mmlu",
     )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=64, help="prompts per batch (default 64)")
     p.add_argument("--num-prompts", type=int, default=DEFAULT_NUM_PROMPTS,
