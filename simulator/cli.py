@@ -4,9 +4,10 @@ keyword. Bad input exits with code 2 and one line on stderr, never a traceback."
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
-from typing import NoReturn, Sequence
+from typing import Any, NoReturn, Sequence
 
 from simulator.attention import available_attention
 from simulator.distributions import FAMILIES, PROFILES
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--packers", default=None, metavar="A,B,...",
                    help=f"comma-separated packer names (default: all registered except {', '.join(EXCLUDED_BY_DEFAULT)}; "
                    "pad is always included)")  # fmt: skip
+    p.add_argument("--packer-param", action="append", default=[], metavar="NAME.KEY=VALUE",
+                   help="a packer hyperparameter, repeatable, e.g. ilp.time_limit_s=1 (ilp is exact and may "
+                   "spend its whole time limit on every batch)")  # fmt: skip
     p.add_argument("--capacity", default="max", help="max (longest prompt, the paper's rule), auto (search), or tokens")
     p.add_argument("--attention", default="all",
                    help=f"{'|'.join(available_attention())}|all, or a comma list (default all = dense,flex,varlen)")  # fmt: skip
@@ -66,6 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="PATH", help="write a PNG: length histogram, waste, modeled time")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     return p
+
+
+def parse_packer_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """['ilp.time_limit_s=1', ...] -> {'ilp': {'time_limit_s': 1}}; values are Python literals
+    (numbers, True/False) or plain strings. `ValueError` for a malformed item."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, eq, raw = item.partition("=")
+        name, dot, key = target.strip().rpartition(".")
+        if not (eq and dot and name and key):
+            raise ValueError(f"--packer-param {item!r}: expected NAME.KEY=VALUE, e.g. ilp.time_limit_s=1")
+        try:
+            value: Any = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            value = raw.strip()
+        out.setdefault(name, {})[key] = value
+    return out
 
 
 def _run(argv: Sequence[str] | None) -> int:
@@ -82,6 +103,7 @@ def _run(argv: Sequence[str] | None) -> int:
         model=args.model,
         gpu=args.gpu,
         packers=packer_names,
+        packer_params=parse_packer_params(args.packer_param),
         capacity=args.capacity,
         attention=args.attention,
         memory_budget_bytes=None if args.memory_budget is None else parse_bytes(args.memory_budget),

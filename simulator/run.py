@@ -14,7 +14,7 @@ The padded baseline (packer `pad`, attention `padded`) is always included.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -153,6 +153,7 @@ def _evaluate(
     model: ModelSpec,
     gpu: GPUSpec,
     packer_names: Sequence[str],
+    packer_params: Mapping[str, Mapping[str, Any]] | None = None,
     attention: Sequence[str],
     capacity: CapacitySpec,
     memory_budget_bytes: int | None,
@@ -164,7 +165,8 @@ def _evaluate(
     for name in names:
         backends = [a for a in attention if a != "padded"] if name != "pad" else ["padded", *(a for a in attention if a != "padded")]
         if backends:
-            plan.append((name, packers_lib.make_packer(name), backends, "max" if name == "pad" else capacity))
+            packer = packers_lib.make_packer(name, **dict((packer_params or {}).get(name, {})))
+            plan.append((name, packer, backends, "max" if name == "pad" else capacity))
     acc: dict[tuple[str, str], _Acc] = {(p, a): _Acc() for p, _, bs, _ in plan for a in bs}
     for batch in progress if progress is not None else batches:
         for name, packer, backends, cap in plan:
@@ -204,6 +206,7 @@ def simulate(
     model: str | ModelSpec = "llama-2-7b",
     gpu: str | GPUSpec = "h100",
     packers: Sequence[str] | None = None,
+    packer_params: Mapping[str, Mapping[str, Any]] | None = None,
     capacity: CapacitySpec = "max",
     attention: str | Sequence[str] = "all",
     memory_budget_bytes: int | None = None,
@@ -213,13 +216,17 @@ def simulate(
     """Simulate prefill of `num_prompts` prompts in batches of `batch_size` (see the module
     docstring for the aggregation). `lengths_dist` is a SPEC string
     (`simulator.distributions`), a `Distribution`, or explicit lengths (used as given, in
-    order; `num_prompts` is then ignored). packers=None means `default_packers()`.
+    order; `num_prompts` is then ignored). packers=None means `default_packers()`;
+    packer_params maps a packer name to its hyperparameters (e.g. {"ilp": {"time_limit_s": 1}}).
     attention: 'all' (= dense, flex, varlen), one name, or a list. Bad input: `ValueError`."""
     batch_size = _positive_int(batch_size, "batch size")
     model_spec, gpu_spec = get_model(model), get_gpu(gpu)
     capacity = parse_capacity(capacity)
     attn = _attention_list(attention)
     names = default_packers() if packers is None else list(dict.fromkeys(packers))
+    unused = sorted(set(packer_params or {}) - set(names) - {"pad"})
+    if unused:
+        raise ValueError(f"packer parameters given for {', '.join(unused)}, which is not in the packers run")
     if memory_budget_bytes is not None:
         memory_budget_bytes = _positive_int(memory_budget_bytes, "memory budget (bytes)")
     if isinstance(lengths_dist, (str,)) or hasattr(lengths_dist, "sample"):
@@ -238,7 +245,7 @@ def simulate(
 
         bar = tqdm(batches, desc="simulate", unit="batch", file=sys.stderr, leave=False)
     rows, best = _evaluate(
-        batches, model=model_spec, gpu=gpu_spec, packer_names=names, attention=attn,
+        batches, model=model_spec, gpu=gpu_spec, packer_names=names, packer_params=packer_params, attention=attn,
         capacity=capacity, memory_budget_bytes=memory_budget_bytes, progress=bar,
     )  # fmt: skip
     config = {
@@ -249,6 +256,7 @@ def simulate(
         "model": model_spec.name,
         "gpu": gpu_spec.name,
         "packers": sorted({r.packer for r in rows}, key=lambda n: (n != "pad", n)),
+        "packer_params": {k: dict(v) for k, v in (packer_params or {}).items()},
         "capacity": capacity,
         "attention": attn,
         "memory_budget_bytes": memory_budget_bytes if memory_budget_bytes is not None else gpu_spec.memory_bytes,

@@ -65,6 +65,18 @@ def test_quiet_prints_only_recommendation_and_json(capsys):
     assert lines[0].startswith("recommendation:")
 
 
+def test_packer_params_reach_the_packer(capsys):
+    rc, out, err = _run(capsys, [*ARGS, "--packers", "lpfhp", "--packer-param", "lpfhp.max_per_bin=2", "--json"])
+    assert rc == 0, err
+    doc = json.loads(out.strip().splitlines()[-1])
+    assert doc["config"]["packer_params"] == {"lpfhp": {"max_per_bin": 2}}
+    capped = next(r for r in doc["results"] if (r["packer"], r["attention"]) == ("lpfhp", "dense"))
+    assert capped["num_bins"] >= 16 + 16 + 16 + 2  # batches of 32, 32, 32, 4 prompts, at most 2 per row
+    rc, out, _ = _run(capsys, [*ARGS, "--packers", "lpfhp", "--json"])
+    free = next(r for r in json.loads(out.strip().splitlines()[-1])["results"] if r["packer"] == "lpfhp")
+    assert free["num_bins"] < capped["num_bins"]
+
+
 def test_file_input_matches_explicit_lengths(capsys, tmp_path):
     lengths = [5, 17, 300, 42, 42, 9, 120]
     path = tmp_path / "l.json"
@@ -130,6 +142,9 @@ BAD = [
     (["--memory-budget", "lots"], "bad size"),
     (["--csv", "{tmp}/no/such/dir/out.csv"], "No such file"),
     (["--no-such-flag"], "unrecognized"),
+    (["--packer-param", "ilp.time_limit_s"], "NAME.KEY=VALUE"),
+    (["--packers", "ffd", "--packer-param", "ilp.time_limit_s=1"], "not in the packers run"),
+    (["--packers", "ffd", "--packer-param", "ffd.bogus=1"], "bad parameters for packer"),
 ]
 
 
