@@ -231,7 +231,7 @@ def distributed_prefill(
     `RuntimeError` if the ranks' plans disagree (on every rank).
     """
     if not dist.is_available() or not dist.is_initialized():
-        raise ValueError("distributed_prefill needs an initialised process group (see dist.init_distributed)")
+        raise ValueError("distributed_prefill needs an initialised process group (see gpu_runner.distributed.init_distributed)")
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     if gather_to is not None and not (isinstance(gather_to, int) and 0 <= gather_to < world):
         raise ValueError(f"gather_to must be None or a group rank in 0..{world - 1}, got {gather_to!r}")
