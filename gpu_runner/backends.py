@@ -4,8 +4,8 @@ A backend names the transformers attention implementation the model runs under a
 the forward keyword arguments that carry the packing's attention structure:
 
   dense   4D bool block-diagonal causal mask [R, 1, L, L] under `sdpa` (the paper's method).
-  flex    FlexAttention `BlockMask` under `flex_attention` (transformers compiles the kernel
-          on first use; on CPU that needs a C compiler and `torch.no_grad`, which prefill uses).
+  flex    FlexAttention `BlockMask` under `prepack_flex` (gpu_runner.flex): transformers'
+          compiled flex_attention on CUDA, eager (exact, unfused) flex_attention on CPU.
   varlen  `torch.nn.attention.varlen.varlen_attn` over the flattened rows under
           `prepack_varlen` (gpu_runner.varlen); CUDA, fp16/bf16 and compute capability >= 8.
   auto    see `auto_backend_name`.
@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from gpu_runner import varlen as _varlen
+from gpu_runner.flex import FLEX_ATTN_IMPLEMENTATION
 from gpu_runner.inputs import PackedInputs
 from gpu_runner.masks import dense_block_causal_mask, flex_block_mask
 
@@ -176,10 +177,10 @@ register_backend(
 register_backend(
     AttentionBackend(
         name="flex",
-        attn_implementation="flex_attention",
+        attn_implementation=FLEX_ATTN_IMPLEMENTATION,
         forward_kwargs=_flex_kwargs,
         unavailable=_flex_unavailable,
-        description="FlexAttention BlockMask (document-causal mask_mod), compiled by transformers",
+        description="FlexAttention BlockMask (document-causal mask_mod); compiled on CUDA, eager on CPU",
     )
 )
 register_backend(

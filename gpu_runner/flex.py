@@ -1,0 +1,68 @@
+"""The `flex` attention function, registered with transformers as `prepack_flex`.
+
+On CUDA it is transformers' own `flex_attention_forward` (which runs a `torch.compile`d
+`flex_attention`: the fused Triton kernel that skips untouched 128 x 128 tiles). On CPU it
+calls `flex_attention` eagerly instead: in torch 2.13 the inductor CPU template that
+transformers' compiled call lowers to fails to build (C++ error "cur_qSplitSize8 was not
+declared") once shapes change and it recompiles with dynamic shapes at head_dim 64, and
+compiling costs seconds per shape anyway. Eager CPU flex materializes the scores (exact,
+slow): a correctness path, not a fast one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+__all__ = ["FLEX_ATTN_IMPLEMENTATION", "flex_attention_forward"]
+
+FLEX_ATTN_IMPLEMENTATION = "prepack_flex"
+
+
+def flex_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention contract: query [B, Hq, L, D], key/value [B, Hkv, S, D], a
+    FlexAttention `BlockMask` as attention_mask; returns ([B, L, Hq, D], None)."""
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    if query.device.type != "cpu":
+        from transformers.integrations.flex_attention import flex_attention_forward as hf_flex
+
+        return hf_flex(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    if not isinstance(attention_mask, BlockMask):
+        raise ValueError(f"{FLEX_ATTN_IMPLEMENTATION!r} needs a BlockMask, got {type(attention_mask).__name__}")
+    softcap = kwargs.get("softcap")
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score if softcap is None else softcap * torch.tanh(score / softcap)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        out = flex_attention(
+            query,
+            key,
+            value,
+            score_mod=score_mod if softcap is not None else None,
+            block_mask=attention_mask,
+            scale=scaling,
+            enable_gqa=query.shape[1] != key.shape[1],
+        )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(FLEX_ATTN_IMPLEMENTATION, flex_attention_forward)
+
+
+_register()
