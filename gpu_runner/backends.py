@@ -99,6 +99,11 @@ def auto_backend_name(device: torch.device, dtype: torch.dtype) -> str:
     pairs and no padding, and it was the fastest eager backend in every measured H100 row
     (DESIGN.md anchor table); everywhere else dense, the paper's method, which runs on any
     device and dtype with sdpa and needs no compilation (flex compiles per shape).
+
+    The simulator's cost model is deliberately not consulted: with its uncalibrated constants
+    (checked Nov 2026, 7B shape, FFD at capacity = longest of 256 prompts of 20..700 tokens)
+    it ranks dense below varlen (2807 vs 2974 modeled ms), the opposite of the measured
+    H100 order (602 vs 562 ms at batch 256), so it would make auto pick the slower kernel.
     """
     if "varlen" in BACKENDS and BACKENDS["varlen"].unavailable(device, dtype) is None:
         return "varlen"

@@ -12,12 +12,13 @@ Everything is detected from the objects at hand, never from version numbers.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from typing import Any, Sequence, overload
 
 import torch
 
 __all__ = [
     "KV",
+    "PromptKV",
     "cache_kwarg_name",
     "output_cache",
     "cache_layers_kv",
@@ -121,3 +122,55 @@ def left_padded_cache(
                 values[b, :, length - n :] = prompts_kv[b][layer][1]
         layers.append((keys, values))
     return cache_from_kv(layers, config), mask
+
+
+class PromptKV(Sequence[list[KV]]):
+    """Per-prompt K/V views into the packed caches of one or more forwards, built on access.
+
+    kv[i] is prompt i's cache: a list over layers of (key, value), each
+    [kv_heads, len_i, head_dim], a view (no copy) into the packed [rows, kv_heads, row_len,
+    head_dim] tensors of the forward prompt i ran in. Nothing is sliced until asked for, so
+    holding the result costs no per-prompt work.
+    """
+
+    def __init__(self, num_prompts: int) -> None:
+        self._where: list[tuple[int, int] | None] = [None] * num_prompts  # (part, slot)
+        self._parts: list[tuple[list[KV], tuple[torch.Tensor, ...]]] = []
+        self._spans: dict[int, list[tuple[int, int, int]]] = {}
+
+    def add_forward(
+        self, layers: list[KV], prompts: Sequence[int], row_of: torch.Tensor, start_of: torch.Tensor, lengths: torch.Tensor
+    ) -> None:
+        """Record one forward: packed `layers`, and for its j-th prompt (global index
+        prompts[j]) its row, first slot and length (int tensors [n], any device)."""
+        part = len(self._parts)
+        self._parts.append((layers, (row_of, start_of, lengths)))
+        for slot, g in enumerate(prompts):
+            self._where[g] = (part, slot)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def _spans_of(self, part: int) -> list[tuple[int, int, int]]:
+        if part not in self._spans:
+            rows, starts, lens = (t.tolist() for t in self._parts[part][1])
+            self._spans[part] = list(zip(rows, starts, lens))
+        return self._spans[part]
+
+    @overload
+    def __getitem__(self, index: int) -> list[KV]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[list[KV]]: ...
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        i = int(index)
+        if not -n <= i < n:
+            raise IndexError(f"prompt index {index} is outside 0..{n - 1}")
+        where = self._where[i % n]
+        if where is None:
+            raise IndexError(f"prompt {i} has no cache recorded")
+        part, slot = where
+        row, start, length = self._spans_of(part)[slot]
+        return [(k[row, :, start : start + length], v[row, :, start : start + length]) for k, v in self._parts[part][0]]

@@ -19,6 +19,7 @@ import packers
 from gpu_runner.backends import AttentionBackend, attention_implementation, resolve_backend
 from gpu_runner.cache import (
     KV,
+    PromptKV,
     cache_from_kv,
     cache_kwarg_name,
     cache_layers_kv,
@@ -75,14 +76,15 @@ class PrefillResult:
 
     logits:  [N, vocab], each prompt's next-token logits (model dtype), from its last token.
     kv:      kv[i][layer] = (key, value), each [num_kv_heads, len_i, head_dim]: prompt i's
-             cache, keys after RoPE as transformers caches store them (views into the packed
-             cache of its forward, no copy); None when prefill ran with return_kv=False.
+             cache, keys after RoPE as transformers caches store them (a `PromptKV`: views
+             into the packed cache of its forward, sliced on access, no copy); None when
+             prefill ran with return_kv=False.
     packing: the packing that ran; backend: the attention backend's name;
     forwards: the packed forwards, in the order they ran.
     """
 
     logits: torch.Tensor
-    kv: list[list[KV]] | None
+    kv: PromptKV | None
     packing: Packing
     backend: str
     forwards: tuple[ForwardPlan, ...]
@@ -102,7 +104,7 @@ class PrefillResult:
     def _kv_of(self, index: int) -> list[KV]:
         if self.kv is None:
             raise ValueError("this prefill ran with return_kv=False: no caches to hand out")
-        if not isinstance(index, (int, np.integer)) or not 0 <= index < self.num_prompts:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < self.num_prompts:
             raise ValueError(f"prompt index {index!r} is outside 0..{self.num_prompts - 1}")
         return self.kv[int(index)]
 
@@ -363,8 +365,12 @@ def _run_forward(
     *,
     pad_token_id: int,
     device: torch.device,
-    return_kv: bool,
-) -> tuple[torch.Tensor, list[list[KV]] | None]:
+    members: list[int],
+    kv: PromptKV | None,
+) -> torch.Tensor:
+    """Run one packed forward; return its prompts' logits [n, vocab] (sub-packing order) and
+    record their K/V in `kv` (global indices `members`) unless it is None."""
+    return_kv = kv is not None
     inputs = pack_inputs(
         prompts, packing, row_len=plan.row_len, num_rows=plan.num_rows, pad_token_id=pad_token_id, device=device
     )
@@ -380,12 +386,9 @@ def _run_forward(
     hidden = out.last_hidden_state
     last = hidden.reshape(-1, hidden.shape[-1]).index_select(0, inputs.last_index)
     logits = project_logits(model, last)
-    if not return_kv:
-        return logits, None
-    layers = cache_layers_kv(output_cache(out))
-    spans = zip(inputs.row_of.tolist(), inputs.start_of.tolist(), inputs.lengths.tolist())
-    kv = [[(k[r, :, s : s + n], v[r, :, s : s + n]) for k, v in layers] for r, s, n in spans]
-    return logits, kv
+    if kv is not None:
+        kv.add_forward(cache_layers_kv(output_cache(out)), members, inputs.row_of, inputs.start_of, inputs.lengths)
+    return logits
 
 
 def prefill(
@@ -470,14 +473,14 @@ def prefill(
     )
     decoder = _decoder(model)
     logits: torch.Tensor | None = None
-    kv: list[Any] = [None] * len(lengths) if return_kv else []
+    kv = PromptKV(len(lengths)) if return_kv else None
     with torch.no_grad(), attention_implementation(model, attn.attn_implementation):
         for k, plan in enumerate(plans):
             members, sub = _sub_packing(packing, plan.bins)
             try:
-                part_logits, part_kv = _run_forward(
+                part_logits = _run_forward(
                     model, decoder, attn, [prompts[g] for g in members], sub, plan,
-                    pad_token_id=pad_token_id, device=device, return_kv=return_kv,
+                    pad_token_id=pad_token_id, device=device, members=members, kv=kv,
                 )  # fmt: skip
             except _OUT_OF_MEMORY as exc:
                 if device.type == "cuda":
@@ -492,13 +495,10 @@ def prefill(
             if logits is None:
                 logits = part_logits.new_empty(len(lengths), part_logits.shape[-1])
             logits[torch.as_tensor(members, device=logits.device)] = part_logits
-            if return_kv:
-                for g, prompt_kv in zip(members, part_kv):
-                    kv[g] = prompt_kv
     assert logits is not None  # plan_forwards returns at least one forward
     return PrefillResult(
         logits=logits,
-        kv=kv if return_kv else None,
+        kv=kv,
         packing=packing,
         backend=attn.name,
         forwards=plans,

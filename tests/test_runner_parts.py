@@ -179,3 +179,14 @@ def test_prefill_texts_tokenizes_then_prefills():
     torch.testing.assert_close(result.logits, direct.logits)
     with pytest.raises(ValueError, match="not one string"):
         gpu_runner.prefill_texts(model, tokenizer, "hello")
+
+
+def test_prompt_kv_indexing():
+    model = tiny_model("qwen2")
+    prompts = random_prompts([4, 9, 1, 6], seed=12)
+    kv = gpu_runner.prefill(model, prompts, backend="dense").kv
+    assert len(kv) == 4 and len(list(kv)) == 4
+    assert [layers[0][0].shape[1] for layers in kv[1:3]] == [9, 1]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(kv[-1], kv[3]))
+    with pytest.raises(IndexError):
+        kv[4]
