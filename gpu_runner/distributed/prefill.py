@@ -86,7 +86,7 @@ class RunnerExecutor:
             model, prompts, packing=packing, backend=self.backend, return_kv=return_kv,
             memory_budget_bytes=self.memory_budget_bytes, row_len=self.row_len, num_rows=self.num_rows,
         )  # fmt: skip
-        return res.logits, res.kv
+        return res.logits, (None if res.kv is None else [res.kv[i] for i in range(len(prompts))])
 
 
 @dataclass
