@@ -8,7 +8,8 @@ the forward keyword arguments that carry the packing's attention structure:
           compiled flex_attention on CUDA, eager (exact, unfused) flex_attention on CPU.
   varlen  `torch.nn.attention.varlen.varlen_attn` over the flattened rows under
           `prepack_varlen` (gpu_runner.varlen); CUDA, fp16/bf16 and compute capability >= 8.
-  auto    see `auto_backend_name`.
+  auto    varlen or dense, whichever can run and the simulator's cost model prices lower
+          for this packing on this GPU (see `auto_backend_name`).
 
 One registry (`BACKENDS`), one lookup (`get_backend`) that lists valid names on a miss, and
 `register_backend` for third-party (or test) backends. `unavailable(device, dtype)` says why
@@ -30,12 +31,15 @@ from gpu_runner.masks import dense_block_causal_mask, flex_block_mask
 
 __all__ = [
     "AUTO",
+    "AUTO_CANDIDATES",
     "AttentionBackend",
     "BACKENDS",
     "attention_implementation",
     "auto_backend_name",
     "available_backends",
+    "cheapest_by_cost_model",
     "get_backend",
+    "gpu_table_name",
     "register_backend",
     "resolve_backend",
 ]
@@ -92,31 +96,76 @@ def get_backend(name: str) -> AttentionBackend:
     return BACKENDS[name]
 
 
-def auto_backend_name(device: torch.device, dtype: torch.dtype) -> str:
+# Backends auto may pick, in order of preference when the cost model cannot decide. flex is
+# not among them: it compiles per new shape, a cost the per-forward model does not price.
+AUTO_CANDIDATES = ("varlen", "dense")
+
+
+def gpu_table_name(device: torch.device) -> str | None:
+    """The simulator GPU-table name of a CUDA device ("h100", "h200", ...), or None."""
+    if device.type != "cuda":
+        return None
+    try:
+        from simulator.gpus import available_gpus
+    except ImportError:
+        return None
+    label = torch.cuda.get_device_name(device).lower()
+    matches = [g for g in available_gpus() if g.split("-")[0] in label]
+    return max(matches, key=len) if matches else None
+
+
+def cheapest_by_cost_model(candidates: list[str], config: Any, packing: Any, gpu: str) -> str | None:
+    """The candidate with the lowest modeled prefill time for `packing` (simulator
+    `CostModel(ModelSpec.from_hf_config(config), gpu, name).cost(packing).est_time_s`), or
+    None if the simulator is missing or cannot price this model / GPU / backend."""
+    try:
+        from simulator import CostModel, ModelSpec
+
+        spec = ModelSpec.from_hf_config(config)
+        times = {name: CostModel(spec, gpu, name).cost(packing).est_time_s for name in candidates}
+    except (ImportError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return min(candidates, key=lambda name: (times[name], candidates.index(name)))
+
+
+def auto_backend_name(
+    device: torch.device, dtype: torch.dtype, *, config: Any = None, packing: Any = None
+) -> str:
     """The rule behind backend="auto".
 
-    varlen where it can run (CUDA, fp16/bf16, sm80+): it computes only sum(l_i^2 / 2) query-key
-    pairs and no padding, and it was the fastest eager backend in every measured H100 row
-    (DESIGN.md anchor table); everywhere else dense, the paper's method, which runs on any
-    device and dtype with sdpa and needs no compilation (flex compiles per shape).
-
-    The simulator's cost model is deliberately not consulted: with its uncalibrated constants
-    (checked Nov 2026, 7B shape, FFD at capacity = longest of 256 prompts of 20..700 tokens)
-    it ranks dense below varlen (2807 vs 2974 modeled ms), the opposite of the measured
-    H100 order (602 vs 562 ms at batch 256), so it would make auto pick the slower kernel.
+    Candidates: varlen and dense, those that can run on `device` in `dtype` (so on CPU, or
+    on CUDA in fp32, only dense: the paper's method, which runs anywhere with sdpa). With
+    both available (CUDA, fp16/bf16, sm80+), the simulator's cost model prices this
+    packing on this GPU for each and the cheaper wins: calibrated on H100 anchors, it
+    picks dense for small batches of short prompts (1.3B shape, 16 MMLU prompts: 18.6 vs
+    20.9 modeled ms; measured 18.1 vs 19.0) and varlen for larger ones (7B, 64 prompts:
+    140 vs 149; measured 135 vs 142). Without a model config, packing, simulator or known
+    GPU, varlen (fewer attention pairs, no padding tokens) wins.
     """
-    if "varlen" in BACKENDS and BACKENDS["varlen"].unavailable(device, dtype) is None:
-        return "varlen"
-    return "dense"
+    candidates = [
+        name for name in AUTO_CANDIDATES if name in BACKENDS and BACKENDS[name].unavailable(device, dtype) is None
+    ]
+    if not candidates:
+        return "dense"
+    if len(candidates) > 1 and config is not None and packing is not None:
+        gpu = gpu_table_name(device)
+        if gpu is not None:
+            choice = cheapest_by_cost_model(candidates, config, packing, gpu)
+            if choice is not None:
+                return choice
+    return candidates[0]
 
 
-def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> AttentionBackend:
-    """Look up `name` (resolving "auto") and check it can run on `device` in `dtype`.
+def resolve_backend(
+    name: str, device: torch.device, dtype: torch.dtype, *, config: Any = None, packing: Any = None
+) -> AttentionBackend:
+    """Look up `name` (resolving "auto", with `config` and `packing` if known) and check it
+    can run on `device` in `dtype`.
 
     Raises `ValueError` for an unknown name or a backend that cannot run there (with why).
     """
     if name == AUTO:
-        name = auto_backend_name(device, dtype)
+        name = auto_backend_name(device, dtype, config=config, packing=packing)
     backend = get_backend(name)
     reason = backend.unavailable(device, dtype)
     if reason is not None:

@@ -430,7 +430,8 @@ def prefill(
     """
     prompts, lengths = validate_prompts(model, prompts)
     device, dtype = _model_device_dtype(model)
-    attn = resolve_backend(backend, device, dtype)
+    if backend != "auto":
+        attn = resolve_backend(backend, device, dtype)  # unknown / unavailable: fail before packing
     if packing is not None:
         if not isinstance(packing, Packing):
             raise ValueError(f"packing must be a packers.Packing, got {type(packing).__name__}")
@@ -445,6 +446,8 @@ def prefill(
         if not hasattr(packer_obj, "pack"):
             raise ValueError(f"packer must be a registry name or have pack(); got {packer!r}")
         packing = packer_obj.pack(lengths, cap)
+    if backend == "auto":
+        attn = resolve_backend(backend, device, dtype, config=_text_config(model.config), packing=packing)
     if row_len == "capacity":
         row_len = packing.capacity
     if row_len is not None:

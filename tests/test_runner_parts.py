@@ -190,3 +190,19 @@ def test_prompt_kv_indexing():
     assert all(torch.equal(a[0], b[0]) for a, b in zip(kv[-1], kv[3]))
     with pytest.raises(IndexError):
         kv[4]
+
+
+def test_auto_choice_follows_the_cost_model():
+    simulator = pytest.importorskip("simulator")
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16,
+                      num_key_value_heads=16, vocab_size=32000)  # fmt: skip
+    spec = simulator.ModelSpec.from_hf_config(cfg)
+    for lengths in ([40, 300, 90, 12, 150, 64] * 3, list(range(20, 700, 3))):
+        packing = packers.make_packer("ffd").pack(lengths, max(lengths))
+        times = {n: simulator.CostModel(spec, "h100", n).cost(packing).est_time_s for n in ("varlen", "dense")}
+        expected = min(times, key=times.get)
+        assert backends.cheapest_by_cost_model(["varlen", "dense"], cfg, packing, "h100") == expected
+    assert backends.cheapest_by_cost_model(["varlen", "dense"], cfg, packing, "no-such-gpu") is None
+    assert backends.gpu_table_name(torch.device("cpu")) is None
