@@ -77,8 +77,12 @@ class RowLayout:
         return cached
 
     def causal_pairs_total(self) -> int:
-        """sum over prompts of l(l+1)/2: the pairs a per-prompt causal mask allows."""
-        return int((self.seg_lengths * (self.seg_lengths + 1) // 2).sum())
+        """sum over prompts of l(l+1)/2: the pairs a per-prompt causal mask allows (cached)."""
+        cached = self.__dict__.get("_causal_pairs_total")
+        if cached is None:
+            cached = int((self.seg_lengths * (self.seg_lengths + 1) // 2).sum())
+            object.__setattr__(self, "_causal_pairs_total", cached)
+        return cached
 
     def causal_pairs_per_row(self) -> np.ndarray:
         """(R,) query-key pairs a per-prompt causal mask allows: sum over the row's prompts of l(l+1)/2."""

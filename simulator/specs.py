@@ -9,6 +9,7 @@ Nothing here imports torch; `from_hf_config` duck-types a transformers config or
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Any, Mapping
 
 __all__ = ["ModelSpec", "MODELS", "get_model", "available_models"]
@@ -54,18 +55,18 @@ class ModelSpec:
                 f"num_kv_heads {self.num_kv_heads}"
             )
 
-    # -- derived sizes ---------------------------------------------------------------
-    @property
+    # -- derived sizes (cached: the spec is frozen) -----------------------------------
+    @cached_property
     def q_width(self) -> int:
         """num_heads x head_dim (the query / attention-output width)."""
         return self.num_heads * self.head_dim
 
-    @property
+    @cached_property
     def kv_width(self) -> int:
         """num_kv_heads x head_dim (the width of K and of V)."""
         return self.num_kv_heads * self.head_dim
 
-    @property
+    @cached_property
     def layer_matmul_params(self) -> int:
         """Weights one token multiplies in one layer:
         h*q_width (Q) + 2*h*kv_width (K, V) + q_width*h (O) + (3 if gated else 2)*h*I (MLP)."""
@@ -74,18 +75,18 @@ class ModelSpec:
         mlp = (3 if self.gated_mlp else 2) * h * self.intermediate_size
         return attn + mlp
 
-    @property
+    @cached_property
     def num_params(self) -> int:
         """All parameters: layers (matmuls + 2 norms) + final norm + embeddings (+ untied LM head)."""
         h = self.hidden_size
         embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
         return self.num_layers * (self.layer_matmul_params + 2 * h) + h + embed
 
-    @property
+    @cached_property
     def weight_bytes(self) -> int:
         return self.num_params * self.param_bytes
 
-    @property
+    @cached_property
     def kv_bytes_per_token(self) -> int:
         """K and V of every layer for one token: 2 * layers * kv_width * activation_bytes."""
         return 2 * self.num_layers * self.kv_width * self.activation_bytes
