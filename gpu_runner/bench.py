@@ -103,6 +103,7 @@ class BenchConfig:
     sorted_chunk: int = 16
     token_bucket: int = 128
     q_chunk: int = 128
+    attention: str = "auto"
     device: str = "cuda"
     dtype: str = "bfloat16"
     out: str = ""
@@ -122,6 +123,8 @@ class BenchConfig:
                 raise ValueError(f"unknown scenario {s!r}; choose from a, b")
         if self.batch < 1 or self.reps < 1 or self.warmup < 0 or self.stream_batches < 0:
             raise ValueError("batch and reps must be >= 1, warmup and stream_batches >= 0")
+        if self.attention not in ("auto", "packed", "flash", "torch"):
+            raise ValueError(f"attention must be auto, packed, flash or torch, got {self.attention!r}")
         if self.dtype not in ("bfloat16", "float16", "float32"):
             raise ValueError(f"dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
 
@@ -231,6 +234,7 @@ def _runner_notes(runner: Any) -> dict[str, Any]:
     notes: dict[str, Any] = {}
     if runner is not None and hasattr(runner, "engine"):
         notes["graphs"] = runner.engine.num_graphs
+        notes["attention"] = runner.engine.attention
     if getattr(runner, "oom_splits", 0):
         notes["oom_splits"] = runner.oom_splits  # padded batches that had to run as halves
     return notes
@@ -261,7 +265,8 @@ def _scenario_a(model, name: str, cfg: BenchConfig, peak: float, gpu: str, sink:
     lengths = lengths_all[rng.choice(len(lengths_all), size=min(cfg.batch, len(lengths_all)), replace=False)]
     prompts = draw_prompts(lengths, model.config.vocab_size, cfg.seed)
     flops = real_token_flops(model.config, lengths)
-    opts = dict(sorted_chunk=cfg.sorted_chunk, token_bucket=cfg.token_bucket, q_chunk=cfg.q_chunk, seed=cfg.seed)
+    opts = dict(sorted_chunk=cfg.sorted_chunk, token_bucket=cfg.token_bucket, q_chunk=cfg.q_chunk, seed=cfg.seed,
+                attention=cfg.attention)
     for method in cfg.methods:
         modes = ("ttft",) if method == "hf-cb" else cfg.modes
         modes = tuple(m for m in modes if m in cfg.modes)
@@ -301,7 +306,11 @@ def _scenario_b(model, name: str, cfg: BenchConfig, peak: float, gpu: str, sink:
     batches = stream_batches(lengths_all, cfg.batch, model.config.vocab_size, cfg.seed, cfg.stream_batches)
     real = sum(len(p) for b in batches for p in b)
     flops = sum(real_token_flops(model.config, [len(p) for p in b]) for b in batches)
-    opts = dict(sorted_chunk=cfg.sorted_chunk, token_bucket=cfg.token_bucket, q_chunk=cfg.q_chunk, seed=cfg.seed)
+    opts = dict(sorted_chunk=cfg.sorted_chunk, token_bucket=cfg.token_bucket, q_chunk=cfg.q_chunk, seed=cfg.seed,
+                attention=cfg.attention)
+    # best: the engine is configured for the stream's largest batch (a server's "max batch
+    # tokens" setting), so its KV buffer is allocated once and graphs are never re-captured.
+    opts["max_tokens"] = max(sum(len(p) for p in b) for b in batches)
     for method in cfg.stream_methods:
         state: dict[str, Any] = {}
 

@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sorted-chunk", type=int, default=16, help="micro-batch size of the sorted method (default 16)")
     p.add_argument("--token-bucket", type=int, default=128, help="best: row length rounded up to this (default 128)")
     p.add_argument("--q-chunk", type=int, default=128, help="best: attention query chunk, 0 = off (default 128)")
+    p.add_argument("--attention", default="auto", help="best: packed (Triton), flash (FA2 varlen), torch, auto (default)")
     p.add_argument("--device", default="cuda", help="cuda or cpu (default cuda)")
     p.add_argument("--dtype", default="bfloat16", help="bfloat16, float16, float32 (default bfloat16)")
     p.add_argument("--out", default="", help="JSON records (benchmark) or CSV rows (--sweep), rewritten as results come")
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             models=args.model, dataset=args.dataset, batch=args.batch, methods=args.methods, modes=args.modes,
             scenarios=args.scenarios, stream_methods=args.stream_methods, stream_batches=args.stream_batches,
             warmup=args.warmup, reps=args.reps, seed=args.seed, sorted_chunk=args.sorted_chunk,
-            token_bucket=args.token_bucket, q_chunk=args.q_chunk, device=args.device, dtype=args.dtype, out=args.out,
+            token_bucket=args.token_bucket, q_chunk=args.q_chunk, attention=args.attention, device=args.device, dtype=args.dtype, out=args.out,
         )
         records = run_benchmark(cfg)
         print(f"{len(records)} records" + (f" -> {args.out}" if args.out else ""))

@@ -138,10 +138,12 @@ class BestEngine:
 
     name = "best"
 
-    def __init__(self, model: torch.nn.Module, *, token_bucket: int = 128, cuda_graphs: bool = True, q_chunk: int = 128) -> None:
+    def __init__(self, model: torch.nn.Module, *, token_bucket: int = 128, cuda_graphs: bool = True, q_chunk: int = 128,
+                 attention: str = "auto", max_tokens: int = 0) -> None:
         from gpu_runner.engine import PrefillEngine
 
-        self.engine = PrefillEngine(model, token_bucket=token_bucket, cuda_graphs=cuda_graphs, q_chunk=q_chunk)
+        self.engine = PrefillEngine(model, token_bucket=token_bucket, cuda_graphs=cuda_graphs, q_chunk=q_chunk,
+                                    attention=attention, max_tokens=max_tokens)
 
     def prefill(self, prompts: Prompts) -> Any:
         return self.engine.prefill(prompts)
@@ -180,8 +182,9 @@ _FACTORIES: dict[str, Callable[..., BenchMethod]] = {
     "padded": lambda model, **o: PaddedHF(model, name="padded", sort=False, chunk=None),
     "sorted": lambda model, **o: PaddedHF(model, name="sorted", sort=True, chunk=o.get("sorted_chunk", 16)),
     "paper": lambda model, **o: PaperPacked(model),
-    "best": lambda model, **o: BestEngine(model, token_bucket=o.get("token_bucket", 128),
-                                          cuda_graphs=o.get("cuda_graphs", True), q_chunk=o.get("q_chunk", 128)),
+    "best": lambda model, **o: BestEngine(
+        model, token_bucket=o.get("token_bucket", 128), cuda_graphs=o.get("cuda_graphs", True),
+        q_chunk=o.get("q_chunk", 128), attention=o.get("attention", "auto"), max_tokens=o.get("max_tokens", 0)),
     "hf-cb": lambda model, **o: HFContinuousBatching(model),
 }
 METHOD_NAMES: tuple[str, ...] = tuple(_FACTORIES)
@@ -189,7 +192,7 @@ METHOD_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 
 def make_method(name: str, model: torch.nn.Module, **options: Any) -> BenchMethod:
     """Build method `name` (one of METHOD_NAMES) on `model`; options: sorted_chunk, token_bucket,
-    cuda_graphs, q_chunk (others are ignored)."""
+    cuda_graphs, q_chunk, attention, max_tokens (others are ignored)."""
     try:
         factory = _FACTORIES[name]
     except KeyError:

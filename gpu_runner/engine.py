@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpu_runner.engine_kernels import add_rmsnorm, rope_store, silu_mul
+from gpu_runner.engine_kernels import add_rmsnorm, packed_attention, rope_store, silu_mul, use_triton
 
 __all__ = ["EngineOutput", "PrefillEngine", "bucket_tokens"]
 
@@ -138,7 +138,10 @@ class PrefillEngine:
                    (no duplicated weight memory); False keeps separate copies
     max_tokens:    pre-size the KV buffer for batches up to this many tokens (grows on demand;
                    growing drops the captured graphs)
-    q_chunk:       attention runs over query chunks of at most this many tokens (each with its
+    attention:     "packed": the Triton kernel tiled over the flat row (short prompts share
+                   tiles; the default where Triton runs), "flash": torch's flash varlen kernel
+                   (FA2) per prompt, "torch": dense-mask sdpa (CPU reference); "auto" picks
+    q_chunk:       flash only: attention runs over query chunks of at most this many tokens (each with its
                    prompt's key prefix), so the flash grid is sized by q_chunk, not by the
                    longest prompt: no idle thread blocks, and the graph key ignores prompt
                    lengths. 0 = one query segment per prompt, grid sized by the longest.
@@ -153,6 +156,7 @@ class PrefillEngine:
         share_weights: bool = True,
         max_tokens: int = 0,
         q_chunk: int = 128,
+        attention: str = "auto",
     ) -> None:
         if token_bucket < 1:
             raise ValueError(f"token_bucket must be >= 1, got {token_bucket}")
@@ -171,9 +175,19 @@ class PrefillEngine:
         if q_chunk < 0:
             raise ValueError(f"q_chunk must be >= 0 (0 = no query chunks), got {q_chunk}")
         self.q_chunk = int(q_chunk)
+        if attention not in ("auto", "packed", "flash", "torch"):
+            raise ValueError(f"attention must be auto, packed, flash or torch, got {attention!r}")
         self.device = model.lm_head.weight.device
         self.dtype = model.lm_head.weight.dtype
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        probe = torch.empty(0, device=self.device)
+        if attention == "auto":
+            attention = "packed" if use_triton(probe) else "flash" if self.device.type == "cuda" else "torch"
+        if attention == "packed" and not use_triton(probe):
+            raise ValueError("attention 'packed' needs Triton and a CUDA device")
+        if attention == "flash" and self.device.type != "cuda":
+            raise ValueError("attention 'flash' needs a CUDA device")
+        self.attention = attention
         self.num_q_heads = int(cfg.num_attention_heads)
         self.num_kv_heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
@@ -255,12 +269,12 @@ class PrefillEngine:
     def _num_chunks(self, t: int, p: int) -> int:
         """Static count of query-chunk slots: every prompt and the tail padding, plus one per
         q_chunk tokens (a segment of l tokens has ceil(l / q_chunk) <= 1 + l // q_chunk chunks)."""
-        return p + 1 + t // self.q_chunk if self.q_chunk else 0
+        return p + 1 + t // self.q_chunk if (self.q_chunk and self.attention == "flash") else 0
 
     @staticmethod
     def _layout(t: int, p: int, s: int) -> dict[str, slice]:
         """Where each input lives in the int64 input buffer (the same for host and device)."""
-        cuts = {"ids": t, "pos": t, "cu": p + 2, "last": p, "cu_q": s + 1, "cu_k": s + 1, "used_k": s}
+        cuts = {"ids": t, "pos": t, "seg": t, "cu": p + 2, "last": p, "cu_q": s + 1, "cu_k": s + 1, "used_k": s}
         out, at = {}, 0
         for name, n in cuts.items():
             out[name] = slice(at, at + n)
@@ -279,19 +293,34 @@ class PrefillEngine:
             max_q, max_k = self.q_chunk, self.max_positions
         else:
             cu_q, cu_k, used_k, max_q, max_k = cu, cu, None, max_len, max_len
+        seg = buf[lay["seg"]]
         h = F.embedding(ids, self.embed)
         delta = None
+        # References are dropped as soon as a buffer is consumed: the peak stays at about
+        # h + x + gate_up (the graph's memory pool is sized by it).
         for li, w in enumerate(self.layers):
             x = add_rmsnorm(h, delta, w.ln1, self.eps)
+            delta = None
             qkv = F.linear(x, w.qkv, w.qkv_bias)
+            x = None
             k_out, v_out = self._kv[li, 0, :t], self._kv[li, 1, :t]
             q = rope_store(qkv, pos, self.cos, self.sin, k_out, v_out, self.num_q_heads)
-            if q.is_cuda:
+            qkv = None
+            if self.attention == "packed":
+                a = packed_attention(q, k_out, v_out, seg, self.scale)
+            elif self.attention == "flash":
                 a = _attention_flash(q, k_out, v_out, cu_q, cu_k, used_k, max_q, max_k, self.scale)
             else:
                 a = _attention_torch(q, k_out, v_out, cu, self.scale)
-            x = add_rmsnorm(h, F.linear(a.reshape(t, -1), w.o), w.ln2, self.eps)
-            delta = F.linear(silu_mul(F.linear(x, w.gate_up)), w.down)
+            q = None
+            o = F.linear(a.reshape(t, -1), w.o)
+            a = None
+            x = add_rmsnorm(h, o, w.ln2, self.eps)
+            o = None
+            gate_up = F.linear(x, w.gate_up)
+            x = None
+            delta = F.linear(silu_mul(gate_up), w.down)  # SiLU * up lands in the gate half
+            gate_up = None
         hl = h.index_select(0, last) + delta.index_select(0, last)  # last tokens only
         xl = hl.float()
         xl = self.final_norm * (xl * torch.rsqrt(xl.pow(2).mean(-1, keepdim=True) + self.eps)).to(hl.dtype)
@@ -320,7 +349,7 @@ class PrefillEngine:
         t = bucket_tokens(total, self.token_bucket)
         p = _next_pow2(n, 16)
         # With query chunks the graph does not depend on prompt lengths (max_len = 0 in its key).
-        max_len = 0 if self.q_chunk else _next_pow2(max(longest, t - total), 128)
+        max_len = 0 if (self.q_chunk or self.attention != "flash") else _next_pow2(max(longest, t - total), 128)
         self._ensure_capacity(t, p)
         cu = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lengths, out=cu[1:])
@@ -334,9 +363,12 @@ class PrefillEngine:
         ids[:total] = tokens
         pos[:] = 0
         pos[:total] = np.arange(total, dtype=np.int64) - np.repeat(cu[:-1], lengths)
-        seg = host[lay["cu"]]
-        seg[: n + 1] = cu
-        seg[n + 1 :] = t  # tail padding is one segment; then empty segments
+        seg_start = host[lay["seg"]]
+        seg_start[:total] = np.repeat(cu[:-1], lengths)
+        seg_start[total:] = total  # the tail padding is its own segment
+        bounds = host[lay["cu"]]
+        bounds[: n + 1] = cu
+        bounds[n + 1 :] = t  # tail padding is one segment; then empty segments
         last = host[lay["last"]]
         last[:] = 0
         last[:n] = cu[1:] - 1

@@ -12,10 +12,16 @@ Shapes (T = tokens of the flat packed row):
   add_rmsnorm:  h [T, hidden] (updated in place: h += delta), returns normed [T, hidden]
   rope_store:   qkv [T, (Hq + 2 Hkv) * D], positions [T], cos/sin tables [P, D/2]
                 -> q [T, Hq, D]; writes roped K and V into k_out / v_out [T, Hkv, D]
-  silu_mul:     gate_up [T, 2 I] -> [T, I]
+  silu_mul:     gate_up [T, 2 I] -> [T, I] (written over the gate half, no new buffer)
+  packed_attention: q [T, Hq, D], k/v [T, Hkv, D], seg_start [T] (first token of each token's
+                prompt) -> [T, Hq, D]: block-diagonal causal attention over one flat row,
+                tiled over the row (a tile mixes prompts), so short prompts share tiles
+                instead of each occupying a mostly idle one as in per-sequence varlen kernels
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -26,12 +32,13 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
     tl = None
 
-__all__ = ["add_rmsnorm", "rope_store", "silu_mul", "use_triton"]
+__all__ = ["add_rmsnorm", "packed_attention", "rope_store", "silu_mul", "use_triton"]
 
 
 def use_triton(t: torch.Tensor) -> bool:
-    """True when the Triton kernels can run on `t` (a CUDA tensor and Triton installed)."""
-    return triton is not None and t.is_cuda
+    """True when the Triton kernels can run on `t`: Triton installed and a CUDA tensor (or
+    Triton's CPU interpreter switched on with TRITON_INTERPRET=1, for tests)."""
+    return triton is not None and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 # ---------------------------------------------------------------- torch reference versions
@@ -73,7 +80,18 @@ def _rope_store_torch(
 
 def _silu_mul_torch(gate_up: torch.Tensor) -> torch.Tensor:
     gate, up = gate_up.chunk(2, dim=-1)
-    return torch.nn.functional.silu(gate) * up
+    return gate.copy_(torch.nn.functional.silu(gate) * up)
+
+
+def _packed_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg_start: torch.Tensor, scale: float) -> torch.Tensor:
+    t, hq, _ = q.shape
+    idx = torch.arange(t, device=q.device)
+    mask = (idx[None, :] >= seg_start[:, None]) & (idx[None, :] <= idx[:, None])
+    rep = hq // k.shape[1]
+    kk = k.repeat_interleave(rep, dim=1).transpose(0, 1)
+    vv = v.repeat_interleave(rep, dim=1).transpose(0, 1)
+    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(0, 1), kk, vv, attn_mask=mask, scale=scale)
+    return out.transpose(0, 1)
 
 
 # ---------------------------------------------------------------- Triton kernels
@@ -133,6 +151,61 @@ if triton is not None:
         tl.store(v_out + HALF, tl.load(vb + HALF, mask=mk, other=0.0), mask=mk)
 
     @triton.jit
+    def _attention_block(q, k_ptr, v_ptr, start_n, offs_m, seg_q, T, kvh, qk_scale, m_i, l_i, acc,
+                         HKV: tl.constexpr, D: tl.constexpr, BN: tl.constexpr):
+        """One key/value block of the online softmax (FlashAttention's inner step)."""
+        offs_d = tl.arange(0, D)
+        offs_n = start_n + tl.arange(0, BN)
+        mask_n = offs_n < T
+        cols = offs_n.to(tl.int64)
+        k = tl.load(k_ptr + cols[None, :] * (HKV * D) + kvh * D + offs_d[:, None], mask=mask_n[None, :], other=0.0)
+        qk = tl.dot(q, k) * qk_scale
+        valid = (offs_n[None, :] >= seg_q[:, None]) & (offs_n[None, :] <= offs_m[:, None]) & mask_n[None, :]
+        qk = tl.where(valid, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet: no NaN
+        p = tl.exp2(qk - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptr + cols[:, None] * (HKV * D) + kvh * D + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        return m_new, l_i, acc
+
+    @triton.jit
+    def _packed_attention_kernel(
+        q_ptr, k_ptr, v_ptr, o_ptr, seg_ptr, T, qk_scale,
+        HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+        INTERPRET: tl.constexpr,
+    ):
+        pid_m = tl.program_id(0)
+        h = tl.program_id(1)
+        kvh = h // (HQ // HKV)
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        offs_d = tl.arange(0, D)
+        mask_m = offs_m < T
+        rows = offs_m.to(tl.int64)
+        q = tl.load(q_ptr + rows[:, None] * (HQ * D) + h * D + offs_d[None, :], mask=mask_m[:, None], other=0.0)
+        seg_q = tl.load(seg_ptr + offs_m, mask=mask_m, other=T)
+        lo = (tl.min(seg_q, axis=0) // BN) * BN  # keys before the tile's earliest prompt start: never needed
+        hi = (pid_m + 1) * BM  # causal: no key after the tile's last row
+        m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BM], dtype=tl.float32)
+        acc = tl.zeros([BM, D], dtype=tl.float32)
+        if INTERPRET:  # Triton's CPU interpreter cannot run a for loop with run-time bounds
+            start_n = lo
+            while start_n < hi:
+                m_i, l_i, acc = _attention_block(q, k_ptr, v_ptr, start_n, offs_m, seg_q, T, kvh, qk_scale,
+                                                 m_i, l_i, acc, HKV, D, BN)
+                start_n += BN
+        else:
+            for start_n in range(lo, hi, BN):
+                m_i, l_i, acc = _attention_block(q, k_ptr, v_ptr, start_n, offs_m, seg_q, T, kvh, qk_scale,
+                                                 m_i, l_i, acc, HKV, D, BN)
+        acc = acc / l_i[:, None]
+        tl.store(o_ptr + rows[:, None] * (HQ * D) + h * D + offs_d[None, :], acc.to(o_ptr.dtype.element_ty),
+                 mask=mask_m[:, None])
+
+    @triton.jit
     def _silu_mul_kernel(gu_ptr, out_ptr, n_cols, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -140,7 +213,7 @@ if triton is not None:
         g = tl.load(gu_ptr + row * 2 * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
         u = tl.load(gu_ptr + row * 2 * n_cols + n_cols + cols, mask=mask, other=0.0).to(tl.float32)
         act = (g / (1.0 + tl.exp(-g))).to(out_ptr.dtype.element_ty).to(tl.float32)  # bf16 silu, as HF
-        tl.store(out_ptr + row * n_cols + cols, (act * u).to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + row * 2 * n_cols + cols, (act * u).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------- public entry points
@@ -187,12 +260,31 @@ def rope_store(
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """SiLU(gate) * up for the fused [T, 2 I] gate/up projection; returns [T, I]."""
+    """SiLU(gate) * up for the fused [T, 2 I] gate/up projection, written over the gate half;
+    returns that [T, I] view (row stride 2 I: matmuls read it without a copy)."""
     if not use_triton(gate_up):
         return _silu_mul_torch(gate_up)
     t, two_i = gate_up.shape
     n = two_i // 2
-    out = torch.empty((t, n), dtype=gate_up.dtype, device=gate_up.device)
     block = 1024
-    _silu_mul_kernel[(t, triton.cdiv(n, block))](gate_up, out, n, BLOCK=block, num_warps=4)
+    _silu_mul_kernel[(t, triton.cdiv(n, block))](gate_up, gate_up, n, BLOCK=block, num_warps=4)
+    return gate_up[:, :n]
+
+
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg_start: torch.Tensor, scale: float,
+                     *, block_m: int = 64, block_n: int = 64) -> torch.Tensor:
+    """Causal attention of each token to the earlier tokens of its own prompt, over one flat row.
+
+    q [T, Hq, D], k/v [T, Hkv, D] contiguous; seg_start [T] int32/int64: index of the first
+    token of each token's prompt (non-decreasing). D must be a power of two >= 16.
+    """
+    if not use_triton(q):
+        return _packed_attention_torch(q, k, v, seg_start, scale)
+    t, hq, d = q.shape
+    out = torch.empty_like(q)
+    grid = (triton.cdiv(t, block_m), hq)
+    _packed_attention_kernel[grid](
+        q, k, v, out, seg_start, t, scale * 1.4426950408889634,
+        HQ=hq, HKV=k.shape[1], D=d, BM=block_m, BN=block_n, INTERPRET=not q.is_cuda, num_warps=4, num_stages=2,
+    )
     return out

@@ -54,9 +54,29 @@ def test_kernels_match_torch_reference():
     torch.testing.assert_close(v1, v2)
 
 
+def test_packed_attention_matches_reference():
+    import numpy as np
+
+    from gpu_runner import engine_kernels as ek
+
+    lengths = [5, 1, 300, 3, 130, 64, 65, 900, 20]
+    total = sum(lengths)
+    t = total + 37
+    seg = np.concatenate([np.repeat(np.cumsum([0] + lengths[:-1]), lengths), np.full(t - total, total)])
+    seg = torch.tensor(seg, device="cuda")
+    for hq, hkv in [(8, 8), (8, 2)]:
+        q = torch.randn(t, hq, 128, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(t, hkv, 128, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(t, hkv, 128, device="cuda", dtype=torch.bfloat16)
+        out = ek.packed_attention(q, k, v, seg, 128**-0.5)
+        ref = ek._packed_attention_torch(q.float(), k.float(), v.float(), seg, 128**-0.5)
+        torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("attention", ["packed", "flash"])
 @pytest.mark.parametrize("graphs", [False, True])
 @pytest.mark.parametrize("kv_heads,bias", [(4, False), (2, False), (2, True)])
-def test_engine_matches_hf_per_prompt(graphs, kv_heads, bias):
+def test_engine_matches_hf_per_prompt(attention, graphs, kv_heads, bias):
     from gpu_runner.engine import PrefillEngine
 
     model = _model(kv_heads, bias)
@@ -65,7 +85,7 @@ def test_engine_matches_hf_per_prompt(graphs, kv_heads, bias):
     with torch.no_grad():
         for prompts in batches:
             refs.append([model(torch.tensor([p], device="cuda"), use_cache=True) for p in prompts])
-    eng = PrefillEngine(model, token_bucket=64, cuda_graphs=graphs)
+    eng = PrefillEngine(model, token_bucket=64, cuda_graphs=graphs, attention=attention)
     for _ in range(2):  # second pass replays the captured graphs
         for prompts, ref in zip(batches, refs):
             res = eng.prefill(prompts)
@@ -98,6 +118,6 @@ def test_query_chunks_match_one_segment_per_prompt():
 
     model = _model()
     prompts = _prompts([17, 250, 3, 64, 900, 5, 129, 128, 127])
-    whole = PrefillEngine(model, q_chunk=0).prefill(prompts).clone()
-    chunked = PrefillEngine(model, q_chunk=64).prefill(prompts)
+    whole = PrefillEngine(model, q_chunk=0, attention="flash").prefill(prompts).clone()
+    chunked = PrefillEngine(model, q_chunk=64, attention="flash").prefill(prompts)
     torch.testing.assert_close(chunked.logits.float(), whole.logits.float(), atol=2e-2, rtol=2e-2)
