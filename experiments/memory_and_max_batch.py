@@ -1,0 +1,214 @@
+"""Experiment 3: peak memory, and the largest batch that fits before running out of memory,
+HF padding vs prepacking (the paper claims up to 16x larger batches).
+
+For each (model, dataset, method in padded / paper) the batch size is searched by doubling
+from `start` until a batch runs out of memory (or `cap` is reached), then by bisection
+until the gap is within `rel_tol` of the largest fitting batch. A batch of n prompts is the
+first n of one fixed shuffle of the length list (`nested_lengths`), so larger batches only
+add prompts. One probe = one prefill call, timed (wall, synced) and measured for peak extra
+memory; out of memory is `torch.OutOfMemoryError` (the padded method's split-into-halves
+fallback is disabled here: a split counts as not fitting). Every probe is a row
+(kind=probe, its peak memory gives the memory-vs-batch curve) and the answer is one row
+(kind=max_batch). Appends to memory_and_max_batch.csv.
+
+    python -m experiments.memory_and_max_batch           # GPU: 1.3B and 7B, MMLU
+    python -m experiments.memory_and_max_batch --smoke   # CPU, tiny model (never OOMs: capped)
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from experiments.common import (
+    GPU_MODELS, SMOKE_MODEL, Budget, add_common_args, append_rows, build_model, check_device, computed_tokens,
+    error_text, machine_label, nested_lengths, parse_list, results_dir, run_cli, versions,
+)  # fmt: skip
+
+CSV_NAME = "memory_and_max_batch.csv"
+COLUMNS = (
+    "gpu", "model", "dataset", "method", "kind", "batch", "fits", "peak_extra_bytes", "ms", "real_tokens",
+    "computed_tokens", "max_batch", "first_oom_batch", "capped", "num_probes", "seed", "versions", "error",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """max_fit: largest batch seen fitting (0 if none); first_fail: smallest batch seen not
+    fitting (None when capped: every probe up to `cap` fitted); probes: (batch, fits) in order."""
+
+    max_fit: int
+    first_fail: int | None
+    probes: tuple[tuple[int, bool], ...]
+
+    @property
+    def capped(self) -> bool:
+        return self.first_fail is None
+
+
+def find_max_batch(fits: Callable[[int], bool], *, start: int, cap: int, rel_tol: float = 1 / 16,
+                   budget: Budget | None = None) -> SearchResult:  # fmt: skip
+    """Largest n in [1, cap] with fits(n), assuming fits is monotone (true up to a threshold).
+
+    Doubling from `start` (clamped to `cap`) until a failure, then bisection between the last
+    fit and the first failure until first_fail - max_fit <= max(1, rel_tol * max_fit). If
+    `start` itself fails, bisection runs on [0, start]. Stops early (keeping what it knows)
+    when the budget is spent. ValueError on start < 1, cap < start or rel_tol < 0."""
+    if start < 1 or cap < start or rel_tol < 0:
+        raise ValueError(f"need 1 <= start <= cap and rel_tol >= 0, got start={start}, cap={cap}, rel_tol={rel_tol}")
+    probes: list[tuple[int, bool]] = []
+
+    def probe(n: int) -> bool:
+        ok = bool(fits(n))
+        probes.append((n, ok))
+        return ok
+
+    lo, hi, n = 0, None, start
+    while hi is None and not (budget and budget.expired()):
+        if probe(n):
+            lo = n
+            if n == cap:
+                break
+            n = min(2 * n, cap)
+        else:
+            hi = n
+    while hi is not None and hi - lo > max(1, int(rel_tol * lo)) and not (budget and budget.expired()):
+        mid = (lo + hi) // 2
+        if probe(mid):
+            lo = mid
+        else:
+            hi = mid
+    return SearchResult(lo, hi, tuple(probes))
+
+
+def _no_split_padded(model: Any) -> Any:
+    """The padded benchmark method with its out-of-memory split disabled: the split calls
+    `_forward` again, which here re-raises the out-of-memory error instead."""
+    import torch
+
+    from gpu_runner.bench_methods import PaddedHF
+
+    class NoSplit(PaddedHF):
+        def _forward(self, prompts, outs):  # type: ignore[override]
+            if self.oom_splits:
+                raise torch.OutOfMemoryError("the padded batch ran out of memory (split disabled)")
+            super()._forward(prompts, outs)
+
+    return NoSplit(model, name="padded", sort=False, chunk=None)
+
+
+def probe_batch(model: Any, method: str, lengths: Sequence[int], *, device: str, seed: int = 0) -> dict[str, Any]:
+    """One prefill of these prompts with `method`: {fits, peak_extra_bytes, ms, error}."""
+    import torch
+
+    from gpu_runner.bench import draw_prompts
+    from gpu_runner.bench_methods import make_method
+    from gpu_runner.timing import peak_extra_bytes, release_memory, wall_clock_s
+
+    dev = torch.device(device)
+    prompts = draw_prompts(lengths, model.config.vocab_size, seed)
+    runner = _no_split_padded(model) if method == "padded" else make_method(method, model)
+
+    def once() -> float:
+        out, wall_s = wall_clock_s(lambda: runner.prefill(prompts), device=dev)
+        del out
+        return wall_s
+
+    try:
+        wall_s, peak = peak_extra_bytes(once, device=dev)
+        result = dict(fits=True, peak_extra_bytes=peak, ms=wall_s * 1e3, error="")
+    except torch.OutOfMemoryError as exc:
+        result = dict(fits=False, peak_extra_bytes=None, ms=None, error=error_text(exc))
+    del runner, prompts
+    release_memory(dev)
+    return result
+
+
+@dataclass(frozen=True)
+class Config:
+    models: tuple[str, ...] = GPU_MODELS
+    datasets: tuple[str, ...] = ("mmlu",)
+    methods: tuple[str, ...] = ("padded", "paper")
+    start: int = 16
+    cap: int = 8192
+    rel_tol: float = 1 / 16
+    seed: int = 0
+    device: str = "cuda"
+
+    @classmethod
+    def smoke(cls, seed: int = 0) -> "Config":
+        return cls(models=(SMOKE_MODEL,), start=2, cap=8, rel_tol=0.0, seed=seed, device="cpu")
+
+
+def run_for_model(model: Any, model_name: str, cfg: Config, out_csv: str, budget: Budget | None = None) -> list[dict]:
+    gpu, vers = machine_label(cfg.device), versions()
+    rows: list[dict] = []
+    for dataset in cfg.datasets:
+        for method in cfg.methods:
+            if budget is not None and budget.expired():
+                print(f"[memory] time budget spent: skipping {model_name} {dataset} {method}", flush=True)
+                continue
+            base = dict(gpu=gpu, model=model_name, dataset=dataset, method=method, seed=cfg.seed, versions=vers)
+
+            def fits(n: int) -> bool:
+                lengths = nested_lengths(dataset, n, cfg.seed)
+                got = probe_batch(model, method, lengths, device=cfg.device, seed=cfg.seed)
+                row = dict(base, kind="probe", batch=n, real_tokens=int(lengths.sum()),
+                           computed_tokens=computed_tokens(method, lengths), max_batch="", first_oom_batch="",
+                           capped="", num_probes="", **got)  # fmt: skip
+                append_rows(out_csv, [row], COLUMNS)
+                rows.append(row)
+                mem = f"{got['peak_extra_bytes'] / 2**30:.2f} GiB" if got["fits"] else got["error"]
+                print(f"[memory {model_name} {dataset} {method} b{n}] fits={got['fits']} {mem}", flush=True)
+                return got["fits"]
+
+            res = find_max_batch(fits, start=cfg.start, cap=cfg.cap, rel_tol=cfg.rel_tol, budget=budget)
+            row = dict(base, kind="max_batch", batch=res.max_fit, fits=True, peak_extra_bytes="", ms="", real_tokens="",
+                       computed_tokens="", max_batch=res.max_fit, first_oom_batch=res.first_fail or "",
+                       capped=res.capped, num_probes=len(res.probes), error="")  # fmt: skip
+            append_rows(out_csv, [row], COLUMNS)
+            rows.append(row)
+            print(f"[memory {model_name} {dataset} {method}] max batch {res.max_fit}"
+                  f"{' (capped)' if res.capped else f', OOM at {res.first_fail}'}", flush=True)  # fmt: skip
+    return rows
+
+
+def run(cfg: Config, out_dir: str | None = None) -> list[dict]:
+    check_device(cfg.device)
+    out_csv = str(results_dir(out_dir) / CSV_NAME)
+    rows: list[dict] = []
+    for name in cfg.models:
+        model = build_model(name, cfg.device)
+        rows += run_for_model(model, name, cfg, out_csv)
+        del model
+    return rows
+
+
+def _body(args: argparse.Namespace) -> None:
+    if args.smoke:
+        cfg = Config.smoke(args.seed)
+    else:
+        cfg = Config(models=parse_list(args.models, str, "models"), datasets=parse_list(args.datasets, str, "datasets"),
+                     methods=parse_list(args.methods, str, "methods"), start=args.start, cap=args.cap,
+                     seed=args.seed, device=args.device)  # fmt: skip
+        if cfg.start < 1 or cfg.cap < cfg.start:
+            raise ValueError(f"need 1 <= --start <= --cap, got {cfg.start}, {cfg.cap}")
+    run(cfg, args.out_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="memory_and_max_batch", description=__doc__.splitlines()[0])
+    add_common_args(parser)
+    d = Config()
+    parser.add_argument("--models", default=",".join(d.models))
+    parser.add_argument("--datasets", default=",".join(d.datasets))
+    parser.add_argument("--methods", default=",".join(d.methods), help="padded and/or paper")
+    parser.add_argument("--start", type=int, default=d.start, help="first batch size of the doubling")
+    parser.add_argument("--cap", type=int, default=d.cap, help="largest batch size tried")
+    parser.add_argument("--device", default=d.device)
+    return run_cli(_body, parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
