@@ -15,7 +15,7 @@ from test_runner_support import FP32_TOL, random_lengths, random_prompts, tiny_m
 N_PROMPTS = 13
 
 
-def _worker() -> dict:
+def _worker(bench_out: str) -> dict:
     """Runs on each rank inside the process group; returns what the parent checks."""
     import torch.distributed as dist
 
@@ -45,14 +45,24 @@ def _worker() -> dict:
         out["disagree"] = None
     except RuntimeError as exc:
         out["disagree"] = str(exc)
+    from gpu_runner.distributed.bench import MultiGPUConfig, run_multigpu_benchmark
+
+    cfg = MultiGPUConfig(model="tiny", batches=(8,), warmup=0, reps=1, dtype="float32", out=bench_out,
+                         executors=("runner", "engine"))  # fmt: skip
+    out["bench"] = [r.strategy for r in run_multigpu_benchmark(cfg, device=torch.device("cpu"))]
     return out
 
 
 @pytest.fixture(scope="module")
-def ranks() -> list[dict]:
+def bench_json(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("bench") / "multigpu_{gpu}.json")
+
+
+@pytest.fixture(scope="module")
+def ranks(bench_json) -> list[dict]:
     from gpu_runner.distributed import spawn_local
 
-    return spawn_local(_worker, 2)
+    return spawn_local(_worker, 2, bench_json)
 
 
 def test_both_ranks_ran(ranks):
@@ -108,3 +118,23 @@ def test_engine_executor(ranks):
 def test_ranks_that_disagree_fail_together(ranks):
     for r in ranks:
         assert r["disagree"] is not None and "disagree" in r["disagree"]
+
+
+def test_benchmark_records(ranks, bench_json):
+    import json
+
+    records = json.load(open(bench_json.format(gpu="cpu")))
+    assert len(records) == len(ranks[0]["bench"]) == 2 * 2 * 3  # executors x world sizes x strategies
+    required = {"gpu", "gpus", "model", "dataset", "batch", "strategy", "ms", "tokens_per_s", "scaling_efficiency",
+                "per_rank_busy_ms"}  # fmt: skip
+    for r in records:
+        assert required <= r.keys() and r["error"] is None, r
+        assert r["gpu"] == "cpu" and r["batch"] == 8 and r["ms"] > 0 and len(r["per_rank_busy_ms"]) == r["gpus"]
+        assert r["tokens_per_s"] == pytest.approx(r["real_tokens"] / (r["ms"] / 1e3))
+        if r["gpus"] == 1:
+            assert r["scaling_efficiency"] == 1.0
+        else:
+            one = next(o for o in records if o["gpus"] == 1 and o["strategy"] == r["strategy"]
+                       and o["executor"] == r["executor"])  # fmt: skip
+            assert r["scaling_efficiency"] == pytest.approx(one["ms"] / (2 * r["ms"]))
+    assert {r["strategy"] for r in records} == {"padded-rr", "packed-rr", "cost-balanced"}

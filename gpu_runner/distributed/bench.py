@@ -204,13 +204,15 @@ def run_multigpu_benchmark(cfg: MultiGPUConfig, *, device: torch.device) -> list
     for name in cfg.executors:
         backends_of, factory = EXECUTORS[name]
         runs += [(name, backend, factory(backend, budget)) for backend in backends_of(cfg)]
+    draws = []  # (batch, prompts, real tokens), the same on every rank
     for batch in cfg.batches:
         rng = np.random.default_rng(cfg.seed)
         lengths = lengths_all[rng.choice(len(lengths_all), size=min(batch, len(lengths_all)), replace=False)]
-        prompts = draw_prompts(lengths, model.config.vocab_size, cfg.seed)
-        real = int(lengths.sum())
-        for ex_name, backend, executor in runs:
-            cost_model = default_cost_model(model, executor.attention(model))
+        draws.append((batch, draw_prompts(lengths, model.config.vocab_size, cfg.seed), int(lengths.sum())))
+    # runs outermost: the engine (CUDA graphs) comes after every runner measurement
+    for ex_name, backend, executor in runs:
+        cost_model = default_cost_model(model, executor.attention(model))
+        for batch, prompts, real in draws:
             one_gpu_ms: dict[str, float] = {}
             padded_ok = f"{ex_name}/{backend}" in cfg.padded_runs and batch <= cfg.max_padded_batch
             for w in worlds:
