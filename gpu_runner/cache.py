@@ -174,3 +174,56 @@ class PromptKV(Sequence[list[KV]]):
         part, slot = where
         row, start, length = self._spans_of(part)[slot]
         return [(k[row, :, start : start + length], v[row, :, start : start + length]) for k, v in self._parts[part][0]]
+
+    def left_padded(self, indices: Sequence[int | None], length: int | None = None) -> tuple[list[KV], torch.Tensor]:
+        """Caches of `indices` stacked left-padded, with one gather per layer and forward.
+
+        indices: prompt indices; None stands for a prompt with an empty cache.
+        length: cache length T (default the longest of these prompts).
+        Returns (layers, attention_mask): per layer (key, value) [B, kv_heads, T, head_dim],
+        prompt b in the last len_b slots and zeros before; attention_mask int64 [B, T].
+        """
+        if len(indices) == 0:
+            raise ValueError("no prompts to batch")
+        where = []
+        for i in indices:
+            if i is None:
+                where.append(None)
+                continue
+            if not 0 <= int(i) < len(self) or self._where[int(i)] is None:
+                raise IndexError(f"prompt index {i} is outside 0..{len(self) - 1}")
+            part, slot = self._where[int(i)]
+            where.append((part, *self._spans_of(part)[slot]))
+        lens = [0 if w is None else w[3] for w in where]
+        longest = max(lens)
+        length = longest if length is None else int(length)
+        if length < longest:
+            raise ValueError(f"cache length {length} is shorter than the longest prompt cache ({longest})")
+        ref_layers = self._parts[0][0]
+        device = ref_layers[0][0].device
+        lens_t = torch.tensor(lens, dtype=torch.int64)
+        offset = torch.arange(length, dtype=torch.int64)[None, :] - (length - lens_t)[:, None]  # [B, T]
+        valid = offset >= 0
+        mask = valid.to(torch.int64).to(device)
+        out: list[KV] = []
+        parts = sorted({w[0] for w in where if w is not None})
+        for layer, (k0, v0) in enumerate(ref_layers):
+            batch = len(where)
+            keys = k0.new_zeros(batch, k0.shape[1], length, k0.shape[3])
+            values = v0.new_zeros(batch, v0.shape[1], length, v0.shape[3])
+            for part in parts:
+                sel = [b for b, w in enumerate(where) if w is not None and w[0] == part]
+                rows = torch.tensor([where[b][1] for b in sel], dtype=torch.int64)
+                starts = torch.tensor([where[b][2] for b in sel], dtype=torch.int64)
+                src = (starts[:, None] + offset[sel].clamp(min=0)).to(device)  # [b, T] slot in row
+                ok = valid[sel].to(device)[:, None, :, None]
+                k, v = self._parts[part][0][layer]
+                rows_d = rows.to(device)[:, None]
+                # Advanced indices on dims 0 and 2 -> [b, T, heads, dim]; back to [b, heads, T, dim].
+                gathered_k = k[rows_d, :, src].transpose(1, 2) * ok
+                gathered_v = v[rows_d, :, src].transpose(1, 2) * ok
+                sel_d = torch.tensor(sel, device=device)
+                keys.index_copy_(0, sel_d, gathered_k.to(keys.dtype))
+                values.index_copy_(0, sel_d, gathered_v.to(values.dtype))
+            out.append((keys, values))
+        return out, mask

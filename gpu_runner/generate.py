@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-from gpu_runner.cache import KV, cache_kwarg_name, left_padded_cache
+from gpu_runner.cache import cache_from_kv, cache_kwarg_name
 from gpu_runner.runner import prefill, validate_prompts
 
 __all__ = ["generate"]
@@ -83,15 +83,14 @@ def generate(
 
     # Prefill every prompt but its last token, packed.
     prefixed = [i for i, n in enumerate(lengths) if n > 1]
-    prefix_kv: dict[int, list[KV]] = {}
+    slot: dict[int, int] = {i: j for j, i in enumerate(prefixed)}  # prompt -> index in the prefill
+    kv = None
     if prefixed:
         result = prefill(
             model, [prompts[i][:-1] for i in prefixed], packer, capacity, backend,
             memory_budget_bytes=memory_budget_bytes, return_kv=True,
         )  # fmt: skip
-        assert result.kv is not None
-        prefix_kv = dict(zip(prefixed, result.kv))
-        empty = [(k[:, :0], v[:, :0]) for k, v in result.kv[0]]
+        kv = result.kv
 
     cache_kw = cache_kwarg_name(model)
     device = model.get_input_embeddings().weight.device
@@ -108,10 +107,9 @@ def generate(
             mask[b, width - lengths[i] :] = 1
         call = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
         if width > 1:
-            cache, _ = left_padded_cache(
-                [prefix_kv.get(i, empty) for i in chunk], config=model.config, length=width - 1
-            )
-            call[cache_kw] = cache
+            assert kv is not None  # some prompt in the chunk is longer than one token
+            layers, _ = kv.left_padded([slot.get(i) for i in chunk], length=width - 1)
+            call[cache_kw] = cache_from_kv(layers, model.config)
         with torch.no_grad():
             generated = model.generate(**call, max_new_tokens=max_new_tokens, **generate_kwargs)
         sequences = getattr(generated, "sequences", generated)

@@ -23,7 +23,6 @@ from gpu_runner.cache import (
     cache_from_kv,
     cache_kwarg_name,
     cache_layers_kv,
-    left_padded_cache,
     new_dynamic_cache,
     output_cache,
 )
@@ -126,7 +125,10 @@ class PrefillResult:
         """
         if len(indices) == 0:
             raise ValueError("indices is empty")
-        return left_padded_cache([self._kv_of(i) for i in indices], config=self.config)
+        for i in indices:
+            self._kv_of(i)  # validates
+        layers, mask = self.kv.left_padded(indices)
+        return cache_from_kv(layers, self.config), mask
 
 
 def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:

@@ -206,3 +206,22 @@ def test_auto_choice_follows_the_cost_model():
         assert backends.cheapest_by_cost_model(["varlen", "dense"], cfg, packing, "h100") == expected
     assert backends.cheapest_by_cost_model(["varlen", "dense"], cfg, packing, "no-such-gpu") is None
     assert backends.gpu_table_name(torch.device("cpu")) is None
+
+
+def test_prompt_kv_left_padded_gather_equals_the_list_version():
+    model = tiny_model("mistral")
+    prompts = random_prompts([12, 3, 20, 1, 7, 15, 9], seed=13)
+    whole = gpu_runner.prefill(model, prompts, backend="dense")
+    budget = max(f.estimated_bytes for f in whole.forwards) // 3
+    split = gpu_runner.prefill(model, prompts, backend="dense", memory_budget_bytes=budget)
+    assert len(split.forwards) > 1
+    indices = [4, None, 0, 2, 3, 6]
+    empty = [(k[:, :0], v[:, :0]) for k, v in split.kv[0]]
+    lists = [empty if i is None else split.kv[i] for i in indices]
+    ref_cache, ref_mask = cache.left_padded_cache(lists, length=22)
+    layers, mask = split.kv.left_padded(indices, length=22)
+    assert torch.equal(mask, ref_mask)
+    for (k, v), (rk, rv) in zip(layers, cache.cache_layers_kv(ref_cache)):
+        assert torch.equal(k, rk) and torch.equal(v, rv)
+    with pytest.raises(IndexError):
+        split.kv.left_padded([7])
