@@ -18,9 +18,10 @@ a backend cannot run, before any device work.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -32,8 +33,8 @@ from gpu_runner.masks import dense_block_causal_mask, flex_block_mask
 __all__ = [
     "AUTO",
     "AUTO_CANDIDATES",
-    "AttentionBackend",
     "BACKENDS",
+    "AttentionBackend",
     "attention_implementation",
     "auto_backend_name",
     "available_backends",
@@ -143,7 +144,9 @@ def auto_backend_name(
     GPU, varlen (fewer attention pairs, no padding tokens) wins.
     """
     candidates = [
-        name for name in AUTO_CANDIDATES if name in BACKENDS and BACKENDS[name].unavailable(device, dtype) is None
+        name
+        for name in AUTO_CANDIDATES
+        if name in BACKENDS and BACKENDS[name].unavailable(device, dtype) is None
     ]
     if not candidates:
         return "dense"
@@ -194,7 +197,7 @@ def _always(device: torch.device, dtype: torch.dtype) -> str | None:
 
 def _flex_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
     try:
-        import torch.nn.attention.flex_attention  # noqa: F401
+        import torch.nn.attention.flex_attention
     except ImportError:
         return f"torch {torch.__version__} has no FlexAttention"
     return None

@@ -12,19 +12,20 @@ Everything is detected from the objects at hand, never from version numbers.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence, overload
+from collections.abc import Sequence
+from typing import Any, overload
 
 import torch
 
 __all__ = [
     "KV",
     "PromptKV",
-    "cache_kwarg_name",
-    "output_cache",
-    "cache_layers_kv",
-    "new_dynamic_cache",
     "cache_from_kv",
+    "cache_kwarg_name",
+    "cache_layers_kv",
     "left_padded_cache",
+    "new_dynamic_cache",
+    "output_cache",
 ]
 
 # One layer's (key, value), each [num_kv_heads, tokens, head_dim] for one prompt.
@@ -139,7 +140,12 @@ class PromptKV(Sequence[list[KV]]):
         self._spans: dict[int, list[tuple[int, int, int]]] = {}
 
     def add_forward(
-        self, layers: list[KV], prompts: Sequence[int], row_of: torch.Tensor, start_of: torch.Tensor, lengths: torch.Tensor
+        self,
+        layers: list[KV],
+        prompts: Sequence[int],
+        row_of: torch.Tensor,
+        start_of: torch.Tensor,
+        lengths: torch.Tensor,
     ) -> None:
         """Record one forward: packed `layers`, and for its j-th prompt (global index
         prompts[j]) its row, first slot and length (int tensors [n], any device)."""
@@ -173,9 +179,14 @@ class PromptKV(Sequence[list[KV]]):
             raise IndexError(f"prompt {i} has no cache recorded")
         part, slot = where
         row, start, length = self._spans_of(part)[slot]
-        return [(k[row, :, start : start + length], v[row, :, start : start + length]) for k, v in self._parts[part][0]]
+        return [
+            (k[row, :, start : start + length], v[row, :, start : start + length])
+            for k, v in self._parts[part][0]
+        ]
 
-    def left_padded(self, indices: Sequence[int | None], length: int | None = None) -> tuple[list[KV], torch.Tensor]:
+    def left_padded(
+        self, indices: Sequence[int | None], length: int | None = None
+    ) -> tuple[list[KV], torch.Tensor]:
         """Caches of `indices` stacked left-padded, with one gather per layer and forward.
 
         indices: prompt indices; None stands for a prompt with an empty cache.

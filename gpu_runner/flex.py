@@ -39,7 +39,9 @@ def flex_attention_forward(
 
         return hf_flex(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     if not isinstance(attention_mask, BlockMask):
-        raise ValueError(f"{FLEX_ATTN_IMPLEMENTATION!r} needs a BlockMask, got {type(attention_mask).__name__}")
+        raise ValueError(
+            f"{FLEX_ATTN_IMPLEMENTATION!r} needs a BlockMask, got {type(attention_mask).__name__}"
+        )
     softcap = kwargs.get("softcap")
 
     def score_mod(score, b, h, q_idx, kv_idx):

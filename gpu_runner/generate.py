@@ -12,7 +12,8 @@ packed prefill; no prompt is prefilled twice.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -68,7 +69,9 @@ def generate(
     if clash:
         raise ValueError(f"generate sets {clash} itself; pass only generation options")
     if generate_kwargs.get("num_return_sequences", 1) != 1 or generate_kwargs.get("num_beams", 1) != 1:
-        raise ValueError("generate returns one sequence per prompt: num_beams / num_return_sequences must be 1")
+        raise ValueError(
+            "generate returns one sequence per prompt: num_beams / num_return_sequences must be 1"
+        )
     if decode_batch_size is not None and (not isinstance(decode_batch_size, int) or decode_batch_size < 1):
         raise ValueError(f"decode_batch_size must be a positive int, got {decode_batch_size!r}")
     if max_new_tokens == 0:

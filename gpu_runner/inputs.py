@@ -11,9 +11,9 @@ Padding tokens get position 0 and `pad_token_id`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import Sequence
 
 import numpy as np
 import torch

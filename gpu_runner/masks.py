@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["dense_block_causal_mask", "flex_block_mask", "document_causal_mask_mod"]
+__all__ = ["dense_block_causal_mask", "document_causal_mask_mod", "flex_block_mask"]
 
 
 def _check_segments(segment_ids: torch.Tensor) -> None:

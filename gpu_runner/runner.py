@@ -8,9 +8,10 @@ work; an out-of-memory inside a forward becomes `PrefillOutOfMemoryError` naming
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,7 +67,9 @@ class ForwardPlan:
         if not self.bins:
             raise ValueError("a forward needs at least one bin")
         if self.num_rows < len(self.bins) or self.row_len <= 0:
-            raise ValueError(f"forward of {len(self.bins)} bins cannot fit {self.num_rows} rows x {self.row_len}")
+            raise ValueError(
+                f"forward of {len(self.bins)} bins cannot fit {self.num_rows} rows x {self.row_len}"
+            )
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,11 @@ class PrefillResult:
     def _kv_of(self, index: int) -> list[KV]:
         if self.kv is None:
             raise ValueError("this prefill ran with return_kv=False: no caches to hand out")
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < self.num_prompts:
+        if (
+            isinstance(index, bool)
+            or not isinstance(index, (int, np.integer))
+            or not 0 <= index < self.num_prompts
+        ):
             raise ValueError(f"prompt index {index!r} is outside 0..{self.num_prompts - 1}")
         return self.kv[int(index)]
 
@@ -164,7 +171,9 @@ def _sliding_window(config: Any) -> int | None:
     return int(window)
 
 
-def validate_prompts(model: torch.nn.Module, prompts: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[int]]:
+def validate_prompts(
+    model: torch.nn.Module, prompts: Sequence[Sequence[int]]
+) -> tuple[list[list[int]], list[int]]:
     """Check prompts against the model; return (prompts as lists, lengths).
 
     `ValueError` for: an empty list, an empty prompt, a non-integer token id, a token id
@@ -184,7 +193,9 @@ def validate_prompts(model: torch.nn.Module, prompts: Sequence[Sequence[int]]) -
     if bad.any():
         flat = int(np.flatnonzero(bad)[0])
         prompt = int(np.searchsorted(np.cumsum(lengths), flat, side="right"))
-        raise ValueError(f"prompt {prompt} has token id {int(tokens[flat])} outside the vocabulary [0, {vocab})")
+        raise ValueError(
+            f"prompt {prompt} has token id {int(tokens[flat])} outside the vocabulary [0, {vocab})"
+        )
     longest = max(lengths)
     context = getattr(model.config, "max_position_embeddings", None)
     if context is not None and longest > context:
@@ -374,7 +385,12 @@ def _run_forward(
     record their K/V in `kv` (global indices `members`) unless it is None."""
     return_kv = kv is not None
     inputs = pack_inputs(
-        prompts, packing, row_len=plan.row_len, num_rows=plan.num_rows, pad_token_id=pad_token_id, device=device
+        prompts,
+        packing,
+        row_len=plan.row_len,
+        num_rows=plan.num_rows,
+        pad_token_id=pad_token_id,
+        device=device,
     )
     call: dict[str, Any] = {
         "input_ids": inputs.input_ids,
@@ -389,7 +405,9 @@ def _run_forward(
     last = hidden.reshape(-1, hidden.shape[-1]).index_select(0, inputs.last_index)
     logits = project_logits(model, last)
     if kv is not None:
-        kv.add_forward(cache_layers_kv(output_cache(out)), members, inputs.row_of, inputs.start_of, inputs.lengths)
+        kv.add_forward(
+            cache_layers_kv(output_cache(out)), members, inputs.row_of, inputs.start_of, inputs.lengths
+        )
     return logits
 
 
@@ -511,7 +529,9 @@ def prefill(
     )
 
 
-def prefill_texts(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], **options: Any) -> PrefillResult:
+def prefill_texts(
+    model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], **options: Any
+) -> PrefillResult:
     """Tokenize `texts` with `tokenizer` (special tokens as it adds them) and `prefill` them."""
     if isinstance(texts, str):
         raise ValueError("texts must be a list of strings, not one string")

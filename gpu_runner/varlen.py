@@ -14,21 +14,22 @@ they exist to test this module's plumbing, never for real work.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "VARLEN_ATTN_IMPLEMENTATION",
+    "call_varlen_kernel",
     "make_varlen_attention",
+    "reference_varlen_attn",
+    "reference_varlen_attn_legacy",
     "register_varlen_attention",
     "torch_varlen_kernel",
     "varlen_unavailable_reason",
-    "call_varlen_kernel",
-    "reference_varlen_attn",
-    "reference_varlen_attn_legacy",
 ]
 
 VARLEN_ATTN_IMPLEMENTATION = "prepack_varlen"
@@ -86,7 +87,9 @@ def call_varlen_kernel(
     elif "window_size" in params:
         kwargs["window_size"] = (-1, 0)
     else:
-        raise RuntimeError("varlen kernel takes neither is_causal nor window_size: cannot ask for causal attention")
+        raise RuntimeError(
+            "varlen kernel takes neither is_causal nor window_size: cannot ask for causal attention"
+        )
     if "scale" in params:
         kwargs["scale"] = scale
     elif abs(scale - query.shape[-1] ** -0.5) > 1e-9 * scale:
@@ -104,7 +107,9 @@ def call_varlen_kernel(
     return out[0] if isinstance(out, tuple) else out
 
 
-def make_varlen_attention(kernel_factory: Callable[[], Kernel | None]) -> Callable[..., tuple[torch.Tensor, None]]:
+def make_varlen_attention(
+    kernel_factory: Callable[[], Kernel | None],
+) -> Callable[..., tuple[torch.Tensor, None]]:
     """A transformers attention function running `kernel_factory()` over packed rows.
 
     Contract (transformers `AttentionInterface`): query [B, Hq, L, D], key/value
@@ -170,7 +175,9 @@ def _reference_segments(query, key, value, cu_seq_q, scale, causal) -> torch.Ten
         q = query[start:end].transpose(0, 1)
         k = key[start:end].transpose(0, 1).repeat_interleave(groups, dim=0)
         v = value[start:end].transpose(0, 1).repeat_interleave(groups, dim=0)
-        out[start:end] = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale).transpose(0, 1)
+        out[start:end] = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale).transpose(
+            0, 1
+        )
     return out
 
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import gpu_runner
-from gpu_runner.cache import cache_kwarg_name
 from test_runner_support import (
     FAMILIES,
     hf_greedy,
@@ -16,6 +13,9 @@ from test_runner_support import (
     register_reference_varlen_backends,
     tiny_model,
 )
+
+import gpu_runner
+from gpu_runner.cache import cache_kwarg_name
 
 register_reference_varlen_backends()
 NEW = 6
@@ -94,7 +94,9 @@ def test_cache_for_continues_in_hf_generate():
         first = int(result.logits[i].argmax())
         ids = torch.tensor([prompt + [first]])
         with torch.no_grad():
-            out = model.generate(input_ids=ids, max_new_tokens=4, do_sample=False, **{kw: result.cache_for(i)})
+            out = model.generate(
+                input_ids=ids, max_new_tokens=4, do_sample=False, **{kw: result.cache_for(i)}
+            )
         assert until_eos(model, [first] + out[0, ids.shape[1] :].tolist()) == hf_greedy(model, prompt, 5)
 
 
@@ -114,7 +116,12 @@ def test_cache_for_batch_continues_left_padded():
     kw = cache_kwarg_name(model)
     with torch.no_grad():
         out = model.generate(
-            input_ids=ids, attention_mask=full_mask, max_new_tokens=3, do_sample=False, pad_token_id=0, **{kw: cache}
+            input_ids=ids,
+            attention_mask=full_mask,
+            max_new_tokens=3,
+            do_sample=False,
+            pad_token_id=0,
+            **{kw: cache},
         )
     for b, i in enumerate(indices):
         ours = ids[b, width:].tolist() + out[b, width + 1 :].tolist()

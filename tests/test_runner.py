@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import gpu_runner
 from test_runner_support import (
     FAMILIES,
     assert_matches_reference,
@@ -15,6 +13,8 @@ from test_runner_support import (
     register_reference_varlen_backends,
     tiny_model,
 )
+
+import gpu_runner
 
 register_reference_varlen_backends()
 

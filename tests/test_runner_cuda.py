@@ -16,10 +16,10 @@ import os
 
 import pytest
 import torch
+from test_runner_support import hf_greedy, model_config, random_lengths, random_prompts, reference
 
 import gpu_runner
 from gpu_runner.runner import PrefillOutOfMemoryError
-from test_runner_support import hf_greedy, model_config, random_lengths, random_prompts, reference
 
 pytestmark = pytest.mark.gpu
 

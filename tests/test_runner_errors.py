@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_runner_support import MAX_POS, VOCAB, model_config, random_prompts, tiny_model
 
 import gpu_runner
 import packers
 from gpu_runner.runner import PrefillOutOfMemoryError
-from test_runner_support import MAX_POS, VOCAB, model_config, random_prompts, tiny_model
 
 
 @pytest.fixture
@@ -114,7 +114,9 @@ def test_out_of_memory_becomes_an_error_naming_the_forward(monkeypatch):
 
     handle = m.model.register_forward_pre_hook(lambda mod, args, kwargs: boom(), with_kwargs=True)
     try:
-        with pytest.raises(PrefillOutOfMemoryError, match=r"forward 1/1: \d+ rows x 8 tokens, bins .*prompts \[") as info:
+        with pytest.raises(
+            PrefillOutOfMemoryError, match=r"forward 1/1: \d+ rows x 8 tokens, bins .*prompts \["
+        ) as info:
             gpu_runner.prefill(m, GOOD, backend="dense")
         assert isinstance(info.value.__cause__, oom)
     finally:

@@ -7,12 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_runner_support import random_prompts, tiny_model
 
 import gpu_runner
 import packers
 from gpu_runner import backends, cache, masks, varlen
 from gpu_runner.runner import plan_forwards
-from test_runner_support import random_prompts, tiny_model
 
 
 def test_dense_mask_is_block_diagonal_causal_with_padding_apart():
@@ -63,7 +63,9 @@ class _Recorder:
         return varlen.reference_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale=scale,
                                             window_size=window_size, enable_gqa=enable_gqa)  # fmt: skip
 
-    def old_style(self, query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+    def old_style(
+        self, query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None
+    ):
         self.kwargs = {"is_causal": is_causal}
         self.heads = key.shape[1]
         return query.new_zeros(query.shape), None  # tuple outputs are unwrapped
@@ -108,7 +110,7 @@ def test_cache_helpers_across_layouts():
     new = SimpleNamespace(layers=[SimpleNamespace(keys=k, values=k + 1)])
     old = SimpleNamespace(key_cache=[k], value_cache=[k + 1])
     for c in (new, old, ((k, k + 1),)):
-        (got_k, got_v), = cache.cache_layers_kv(c)
+        ((got_k, got_v),) = cache.cache_layers_kv(c)
         assert got_k is k and torch.equal(got_v, k + 1)
     with pytest.raises(ValueError, match="cannot read"):
         cache.cache_layers_kv(object())
@@ -136,7 +138,7 @@ def test_left_padded_cache_layout():
     empty = [(torch.ones(2, 0, 4), torch.ones(2, 0, 4))]
     c, mask = cache.left_padded_cache([a, b, empty], length=4)
     assert mask.tolist() == [[0, 1, 1, 1], [0, 0, 0, 1], [0, 0, 0, 0]]
-    (keys, values), = cache.cache_layers_kv(c)
+    ((keys, values),) = cache.cache_layers_kv(c)
     assert keys.shape == (3, 2, 4, 4)
     assert torch.equal(keys[:, 0, :, 0], mask.float())
     assert torch.equal(values[:, 0, :, 0], 2 * mask.float())
@@ -201,7 +203,9 @@ def test_auto_choice_follows_the_cost_model():
     spec = simulator.ModelSpec.from_hf_config(cfg)
     for lengths in ([40, 300, 90, 12, 150, 64] * 3, list(range(20, 700, 3))):
         packing = packers.make_packer("ffd").pack(lengths, max(lengths))
-        times = {n: simulator.CostModel(spec, "h100", n).cost(packing).est_time_s for n in ("varlen", "dense")}
+        times = {
+            n: simulator.CostModel(spec, "h100", n).cost(packing).est_time_s for n in ("varlen", "dense")
+        }
         expected = min(times, key=times.get)
         assert backends.cheapest_by_cost_model(["varlen", "dense"], cfg, packing, "h100") == expected
     assert backends.cheapest_by_cost_model(["varlen", "dense"], cfg, packing, "no-such-gpu") is None

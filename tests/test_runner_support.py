@@ -4,12 +4,12 @@ random prompts, and the per-prompt reference (plain transformers, unpadded, one 
 from __future__ import annotations
 
 import random
-from functools import lru_cache
+from functools import cache
 
 import torch
 
+from gpu_runner.backends import BACKENDS, AttentionBackend, register_backend, varlen_forward_kwargs
 from gpu_runner.cache import cache_layers_kv, output_cache
-from gpu_runner.backends import AttentionBackend, register_backend, varlen_forward_kwargs, BACKENDS
 from gpu_runner.varlen import reference_varlen_attn, reference_varlen_attn_legacy, register_varlen_attention
 
 VOCAB = 96
@@ -38,7 +38,7 @@ def model_config(family: str, **overrides):
     return cls(**params)
 
 
-@lru_cache(maxsize=None)
+@cache
 def tiny_model(family: str, attn: str = "sdpa", dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """A tiny random-weight causal LM of `family` (fixed seed), eval mode."""
     from transformers import AutoModelForCausalLM
@@ -76,12 +76,18 @@ def assert_matches_reference(model, prompts, result, tol=FP32_TOL) -> None:
     assert result.kv is not None and len(result.kv) == len(prompts)
     for i, prompt in enumerate(prompts):
         logits, kv = reference(model, prompt)
-        torch.testing.assert_close(result.logits[i], logits, **tol, msg=lambda m: f"prompt {i} logits: {m}")
+        torch.testing.assert_close(
+            result.logits[i], logits, **tol, msg=lambda m, i=i: f"prompt {i} logits: {m}"
+        )
         assert len(result.kv[i]) == len(kv)
         for layer, ((k, v), (rk, rv)) in enumerate(zip(result.kv[i], kv)):
             assert k.shape == rk.shape == (model.config.num_key_value_heads, len(prompt), rk.shape[-1])
-            torch.testing.assert_close(k, rk, **tol, msg=lambda m: f"prompt {i} layer {layer} keys: {m}")
-            torch.testing.assert_close(v, rv, **tol, msg=lambda m: f"prompt {i} layer {layer} values: {m}")
+            torch.testing.assert_close(
+                k, rk, **tol, msg=lambda m, i=i, layer=layer: f"prompt {i} layer {layer} keys: {m}"
+            )
+            torch.testing.assert_close(
+                v, rv, **tol, msg=lambda m, i=i, layer=layer: f"prompt {i} layer {layer} values: {m}"
+            )
 
 
 def hf_greedy(model, prompt: list[int], max_new_tokens: int, **kwargs) -> list[int]:
@@ -100,7 +106,10 @@ def hf_greedy(model, prompt: list[int], max_new_tokens: int, **kwargs) -> list[i
 def register_reference_varlen_backends() -> tuple[str, str]:
     """Test-only backends running the varlen plumbing on CPU with the reference kernels:
     "varlen-reference" (torch 2.13 signature) and "varlen-legacy" (torch 2.9/2.10)."""
-    for name, kernel in (("varlen-reference", reference_varlen_attn), ("varlen-legacy", reference_varlen_attn_legacy)):
+    for name, kernel in (
+        ("varlen-reference", reference_varlen_attn),
+        ("varlen-legacy", reference_varlen_attn_legacy),
+    ):
         if name not in BACKENDS:
             impl = register_varlen_attention(f"prepack_{name}", lambda k=kernel: k)
             register_backend(
