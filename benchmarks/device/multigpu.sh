@@ -12,7 +12,7 @@ NPROC=${NPROC:-$(nvidia-smi -L | wc -l)}
 {
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'gpus', torch.cuda.device_count(), torch.cuda.get_device_name(0))"
 nvidia-smi topo -m
-timeout 330 torchrun --nproc-per-node "$NPROC" --nnodes 1 --master-addr 127.0.0.1 --master-port 29517 \
+timeout 330 python3 -m torch.distributed.run --nproc-per-node "$NPROC" --nnodes 1 --master-addr 127.0.0.1 --master-port 29517 \
   benchmarks/multigpu_bench.py --model llama2-7b --dataset mmlu --batches 256,1024 \
   --executors runner,engine --backends dense,varlen --padded-runs runner/dense,engine/varlen \
   --max-padded-batch 256 --warmup 1 --reps 3 --out "$OUT/multigpu_{gpu}.json"
