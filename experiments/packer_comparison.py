@@ -1,0 +1,202 @@
+"""Experiment 5: every registered packer (incl. the exact `ilp`) side by side: rows (bins),
+gap to the lower bound, solve time, padding, modeled prefill time (simulator.CostModel on
+an H100 by default) for capacity = longest prompt ("max", the paper's rule) and capacity
+chosen by the cost model ("auto", simulator.choose_capacity), per attention backend; and
+with --measure, the measured prefill time of each packing on the device
+(gpu_runner.prefill with that exact packing, gpu_runner.timing.time_calls).
+
+The CPU part (everything but measured_ms) is deterministic and real on any machine. One
+row per (dataset, batch, seed, packer, capacity mode, cost model, backend); `machine` is
+where it ran, `cost_gpu` the card the cost model priced. Appends to packer_comparison.csv.
+
+    python -m experiments.packer_comparison                      # CPU: 5 datasets x 4 batches x 3 seeds
+    python -m experiments.packer_comparison --measure --device cuda --datasets mmlu,azure_conv \
+        --batches 64 --seeds 0 --models sheared-llama-1.3b       # + measured_ms on the GPU
+    python -m experiments.packer_comparison --smoke              # seconds (measures the tiny model on CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from experiments.common import (
+    ALL_DATASETS, SMOKE_MODEL, Budget, add_common_args, append_rows, draw_lengths, error_text, parse_list,
+    results_dir, run_cli,
+)  # fmt: skip
+
+CSV_NAME = "packer_comparison.csv"
+COLUMNS = (
+    "machine", "dataset", "batch", "seed", "real_tokens", "max_len", "packer", "capacity_mode", "capacity",
+    "num_bins", "lower_bound", "gap", "status", "solve_ms", "padded_tokens", "efficiency", "cost_model",
+    "cost_gpu", "backend", "modeled_ms", "forwards", "measured_ms", "measured_model", "error",
+)  # fmt: skip
+# simulator.MODELS name -> gpu_runner.bench.MODEL_SHAPES name (same shape)
+BENCH_MODEL = {"sheared-llama-1.3b": "sheared-llama-1.3b", "llama-2-7b": "llama2-7b"}
+ILP_TIME_LIMIT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Config:
+    datasets: tuple[str, ...] = ALL_DATASETS
+    batches: tuple[int, ...] = (16, 64, 256, 1024)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    packers: tuple[str, ...] = ()  # () = every registered packer
+    capacity_modes: tuple[str, ...] = ("max", "auto")
+    models: tuple[str, ...] = ("sheared-llama-1.3b", "llama-2-7b")  # simulator.MODELS names
+    cost_gpu: str = "h100"
+    backends: tuple[str, ...] = ("dense", "flex")
+    measure: bool = False
+    device: str = "cpu"
+    warmup: int = 1
+    reps: int = 3
+
+    @classmethod
+    def smoke(cls, seed: int = 0) -> "Config":
+        return cls(datasets=("mmlu",), batches=(12,), seeds=(seed,), models=("sheared-llama-1.3b",),
+                   backends=("dense",), measure=True, device="cpu", warmup=0, reps=1)  # fmt: skip
+
+
+def packer_names(cfg: Config) -> tuple[str, ...]:
+    import packers
+
+    names = cfg.packers or tuple(packers.available_packers())
+    for n in names:
+        packers.make_packer(n)  # ValueError listing the valid names on a typo
+    return names
+
+
+def _make(name: str) -> Any:
+    import packers
+
+    return packers.make_packer(name, time_limit_s=ILP_TIME_LIMIT_S) if name == "ilp" else packers.make_packer(name)
+
+
+def compare_batch(lengths: np.ndarray, cfg: Config, *, dataset: str, batch: int, seed: int) -> list[dict[str, Any]]:
+    """Rows for one batch of lengths: every packer x capacity mode x cost model x backend.
+    `auto` packs at each candidate capacity once and lets every (model, backend) pick its own."""
+    from simulator import CostModel, choose_capacity
+
+    cost_models = [(m, b, CostModel(m, cfg.cost_gpu, b)) for m in cfg.models for b in cfg.backends]
+    base = dict(machine="cpu", dataset=dataset, batch=batch, seed=seed,
+                real_tokens=int(lengths.sum()), max_len=int(lengths.max()), cost_gpu=cfg.cost_gpu,
+                measured_ms=None, measured_model="", error="")  # fmt: skip
+    rows = []
+    for name in packer_names(cfg):
+        packer = _make(name)
+        for mode in cfg.capacity_modes:
+            choices = choose_capacity(lengths, packer, [cm for _, _, cm in cost_models], mode)
+            for (model, backend, _), choice in zip(cost_models, choices):
+                p, c = choice.packing, choice.cost
+                rows.append(dict(
+                    base, packer=name, capacity_mode=mode, capacity=choice.capacity, num_bins=p.num_bins,
+                    lower_bound=p.lower_bound, gap=p.gap, status=p.meta["status"],
+                    solve_ms=1e3 * float(p.meta["solve_time_s"]), padded_tokens=p.padded_tokens,
+                    efficiency=p.efficiency, cost_model=model, backend=backend, modeled_ms=1e3 * c.est_time_s,
+                    forwards=c.forwards if c.forwards is not None else "",
+                ))  # fmt: skip
+    return rows
+
+
+def measure_rows(rows: list[dict[str, Any]], lengths: np.ndarray, model: Any, model_name: str, cfg: Config) -> None:
+    """Fill measured_ms of `rows` (those of one batch) by running each distinct packing with
+    gpu_runner.prefill on `model`; rows whose backend the runner lacks get an error."""
+    import torch
+
+    import packers
+    from gpu_runner.bench import draw_prompts
+    from gpu_runner.runner import prefill
+    from gpu_runner.timing import release_memory, time_calls
+
+    dev = torch.device(cfg.device)
+    prompts = draw_prompts(lengths, model.config.vocab_size, int(rows[0]["seed"]) if rows else 0)
+    done: dict[tuple, tuple[float | None, str]] = {}
+    for row in rows:
+        key = (row["packer"], row["capacity"], row["backend"])
+        if key not in done:
+            try:
+                packing = _make(row["packer"]).pack(lengths, int(row["capacity"]))
+                assert isinstance(packing, packers.Packing)
+                call = lambda: prefill(model, prompts, packing=packing, backend=row["backend"], return_kv=False)  # noqa: E731
+                done[key] = (time_calls(call, device=dev, warmup=cfg.warmup, reps=cfg.reps).median_ms, "")
+            except Exception as exc:  # noqa: BLE001 - OOM or an unavailable backend is a data row
+                done[key] = (None, error_text(exc))
+            release_memory(dev)
+        row["measured_ms"], row["error"] = done[key]
+        row["measured_model"] = model_name
+        if cfg.device != "cpu" or row["measured_ms"] is not None:
+            from experiments.common import machine_label
+
+            row["machine"] = machine_label(cfg.device)
+
+
+def run(cfg: Config, out_dir: str | None = None, model: Any = None, model_name: str = "",
+        budget: Budget | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """The whole grid; with cfg.measure, `model` (built here from cfg.models[0] when None)
+    is timed on each packing. Rows are appended per batch."""
+    out_csv = str(results_dir(out_dir) / CSV_NAME)
+    if cfg.measure and model is None:
+        from experiments.common import build_model, check_device
+
+        check_device(cfg.device)
+        model_name = SMOKE_MODEL if cfg.device == "cpu" else BENCH_MODEL.get(cfg.models[0], cfg.models[0])
+        model = build_model(model_name, cfg.device)
+    rows: list[dict[str, Any]] = []
+    for dataset in cfg.datasets:
+        for batch in cfg.batches:
+            for seed in cfg.seeds:
+                if budget is not None and budget.expired():
+                    print(f"[packer_comparison] time budget spent: skipping {dataset} b{batch} s{seed}", flush=True)
+                    continue
+                lengths = draw_lengths(dataset, batch, seed)
+                got = compare_batch(lengths, cfg, dataset=dataset, batch=batch, seed=seed)
+                if cfg.measure:
+                    measure_rows(got, lengths, model, model_name, cfg)
+                append_rows(out_csv, got, COLUMNS)
+                rows += got
+                best = min((r for r in got if r["capacity_mode"] == "max"), key=lambda r: r["num_bins"])
+                print(f"[packer_comparison {dataset} b{batch} s{seed}] {len(got)} rows; fewest bins {best['num_bins']} "
+                      f"(bound {best['lower_bound']})", flush=True)  # fmt: skip
+    return rows
+
+
+def _body(args: argparse.Namespace) -> None:
+    if args.smoke:
+        cfg = Config.smoke(args.seed)
+    else:
+        cfg = Config(datasets=parse_list(args.datasets, str, "datasets"), batches=parse_list(args.batches, int, "batches"),
+                     seeds=parse_list(args.seeds, int, "seeds") if args.seeds != "0" else (0,),
+                     packers=parse_list(args.packers, str, "packers") if args.packers else (),
+                     models=parse_list(args.models, str, "models"), cost_gpu=args.gpu,
+                     backends=parse_list(args.backends, str, "backends"), measure=args.measure, device=args.device)  # fmt: skip
+        from simulator import get_gpu, get_model, make_attention
+
+        for m in cfg.models:
+            get_model(m)
+        get_gpu(cfg.cost_gpu)
+        for b in cfg.backends:
+            make_attention(b)
+    run(cfg, args.out_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="packer_comparison", description=__doc__.splitlines()[0])
+    add_common_args(parser)
+    d = Config()
+    parser.add_argument("--datasets", default=",".join(d.datasets))
+    parser.add_argument("--batches", default=",".join(map(str, d.batches)))
+    parser.add_argument("--seeds", default=",".join(map(str, d.seeds)))
+    parser.add_argument("--packers", default="", help="comma-separated (default: every registered packer)")
+    parser.add_argument("--models", default=",".join(d.models), help="simulator model names")
+    parser.add_argument("--gpu", default=d.cost_gpu, help="GPU the cost model prices (simulator.GPUS)")
+    parser.add_argument("--backends", default=",".join(d.backends), help="dense, flex, varlen, padded")
+    parser.add_argument("--measure", action="store_true", help="also time each packing on --device")
+    parser.add_argument("--device", default=d.device)
+    return run_cli(_body, parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
