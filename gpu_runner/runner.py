@@ -197,11 +197,12 @@ def validate_prompts(
             f"prompt {prompt} has token id {int(tokens[flat])} outside the vocabulary [0, {vocab})"
         )
     longest = max(lengths)
-    context = getattr(model.config, "max_position_embeddings", None)
+    config = _text_config(model.config)
+    context = getattr(config, "max_position_embeddings", None)
     if context is not None and longest > context:
         i = lengths.index(longest)
         raise ValueError(f"prompt {i} has {longest} tokens, over the model's context ({context})")
-    window = _sliding_window(model.config)
+    window = _sliding_window(config)
     if window is not None and longest > window:
         i = lengths.index(longest)
         raise ValueError(
@@ -241,8 +242,8 @@ def estimate_forward_bytes(
 
     T = num_rows * row_len tokens, e = bytes per element:
       activations  T * e * (4 * hidden + q_heads*D + 2 * kv_heads*D + 3 * intermediate)
-      attention    dense: mask num_rows * row_len^2 bytes, plus on CPU the materialized
-                   scores num_rows * q_heads * row_len^2 * 4; flex / varlen: 0
+      attention    dense: mask num_rows * row_len^2 bytes; on CPU, dense and flex also
+                   materialize scores, num_rows * q_heads * row_len^2 * 4; else 0
       kv cache     2 * layers * T * kv_heads * D * e           (only with return_kv)
       logits       num_prompts * vocab * 4
     An estimate for planning, not a guarantee; a real out-of-memory is still caught.
@@ -259,8 +260,8 @@ def estimate_forward_bytes(
     total = tokens * e * (4 * hidden + (q_heads + 2 * kv_heads) * head_dim + 3 * inter)
     if backend == "dense":
         total += num_rows * row_len * row_len
-        if device.type == "cpu":
-            total += num_rows * q_heads * row_len * row_len * 4
+    if backend in ("dense", "flex") and device.type == "cpu":  # CPU sdpa / eager flex: scores
+        total += num_rows * q_heads * row_len * row_len * 4
     if return_kv:
         total += 2 * layers * tokens * kv_heads * head_dim * e
     total += num_prompts * int(cfg.vocab_size) * 4
