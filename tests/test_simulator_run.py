@@ -112,3 +112,12 @@ def test_recommend_picks_the_cheapest_fitting_option():
         alt = recommend(batch, model="llama-2-7b", gpu="h100", attention=attention, packers=["ffd"])
         assert best.est_time_s <= alt.est_time_s * (1 + 1e-12)
     assert recommend([10**6], model="llama-2-70b", gpu="l4") is None  # 70B weights alone exceed 24 GB
+
+
+def test_progress_bar_goes_to_stderr_only(capsys):
+    simulate(lengths_dist="alpaca", batch_size=8, num_prompts=32, packers=["ffd"], progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "simulate" in err and "batch" in err
+    simulate(lengths_dist="alpaca", batch_size=8, num_prompts=32, packers=["ffd"], progress=False)
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""
