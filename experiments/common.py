@@ -263,8 +263,9 @@ class Budget:
 # ------------------------------------------------------------------ CLI
 
 
-def parse_list(text: str, kind: type = int, name: str = "list") -> tuple:
-    """'4,8,16' -> (4, 8, 16); ValueError naming the option on a bad item or an empty list."""
+def parse_list(text: str, kind: type = int, name: str = "list", minimum: int = 1) -> tuple:
+    """'4,8,16' -> (4, 8, 16); ValueError naming the option on a bad item, an empty list or
+    an int below `minimum`."""
     items = [t.strip() for t in str(text).split(",") if t.strip()]
     if not items:
         raise ValueError(f"--{name} is empty")
@@ -272,8 +273,8 @@ def parse_list(text: str, kind: type = int, name: str = "list") -> tuple:
         values = tuple(kind(t) for t in items)
     except ValueError:
         raise ValueError(f"--{name} must be a comma-separated list of {kind.__name__}, got {text!r}") from None
-    if kind is int and min(values) < 1:
-        raise ValueError(f"--{name} values must be >= 1, got {text!r}")
+    if kind is int and min(values) < minimum:
+        raise ValueError(f"--{name} values must be >= {minimum}, got {text!r}")
     return values
 
 

@@ -168,7 +168,7 @@ def _body(args: argparse.Namespace) -> None:
         cfg = Config.smoke(args.seed)
     else:
         cfg = Config(datasets=parse_list(args.datasets, str, "datasets"), batches=parse_list(args.batches, int, "batches"),
-                     seeds=parse_list(args.seeds, int, "seeds") if args.seeds != "0" else (0,),
+                     seeds=parse_list(args.seeds, int, "seeds", minimum=0),
                      packers=parse_list(args.packers, str, "packers") if args.packers else (),
                      models=parse_list(args.models, str, "models"), cost_gpu=args.gpu,
                      backends=parse_list(args.backends, str, "backends"), measure=args.measure, device=args.device)  # fmt: skip
