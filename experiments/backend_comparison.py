@@ -77,7 +77,7 @@ class Config:
 
     @classmethod
     def smoke(cls, seed: int = 0) -> "Config":
-        return cls(models=(SMOKE_MODEL,), datasets=("mmlu",), batches=(6,), backends=("padded", "dense", "flex", "varlen"),
+        return cls(models=(SMOKE_MODEL,), datasets=("mmlu",), batches=(6,), backends=("padded", "dense", "varlen"),
                    warmup=0, reps=1, seed=seed, device="cpu")  # fmt: skip
 
 
