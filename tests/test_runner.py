@@ -140,3 +140,27 @@ def test_auto_is_dense_on_cpu_and_varlen_refuses_cpu():
     assert gpu_runner.prefill(model, prompts).backend == "dense"
     with pytest.raises(ValueError, match="varlen.*CUDA"):
         gpu_runner.prefill(model, prompts, backend="varlen")
+
+
+@pytest.mark.parametrize(
+    "family, extra",
+    [
+        ("cohere", {"logit_scale": 0.25}),  # logits multiplied
+        (
+            "granite",
+            {"logits_scaling": 4.0, "embedding_multiplier": 2.0, "attention_multiplier": 0.3},
+        ),  # divided
+    ],
+)
+def test_models_with_logit_scaling(family, extra):
+    from transformers import AutoModelForCausalLM, CohereConfig, GraniteConfig
+
+    cls = {"cohere": CohereConfig, "granite": GraniteConfig}[family]
+    torch.manual_seed(0)
+    cfg = cls(
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, eos_token_id=2, bos_token_id=1, pad_token_id=0, **extra,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    prompts = random_prompts([5, 1, 13, 8], seed=3)
+    assert_matches_reference(model, prompts, gpu_runner.prefill(model, prompts, backend="dense"))
