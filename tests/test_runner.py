@@ -164,3 +164,17 @@ def test_models_with_logit_scaling(family, extra):
     model = AutoModelForCausalLM.from_config(cfg).eval()
     prompts = random_prompts([5, 1, 13, 8], seed=3)
     assert_matches_reference(model, prompts, gpu_runner.prefill(model, prompts, backend="dense"))
+
+
+def test_lm_head_sees_last_tokens_only_and_padding_is_inert():
+    model = tiny_model("llama")
+    prompts = random_prompts([9, 2, 14, 5, 1], seed=14)
+    seen = []
+    handle = model.lm_head.register_forward_pre_hook(lambda mod, args: seen.append(tuple(args[0].shape)))
+    try:
+        a = gpu_runner.prefill(model, prompts, backend="dense", row_len=20, num_rows=4, pad_token_id=0)
+    finally:
+        handle.remove()
+    assert seen == [(len(prompts), model.config.hidden_size)]  # one row of hidden state per prompt
+    b = gpu_runner.prefill(model, prompts, backend="dense", row_len=20, num_rows=4, pad_token_id=95)
+    torch.testing.assert_close(a.logits, b.logits, atol=0, rtol=0)
