@@ -12,7 +12,7 @@ Public API (all importable without torch):
         forwards needed under the budget, est_time_s
     CostModel.row_times_s(packing) -> (num_bins,) modeled seconds of each packed row
     CostModel.forward_overhead_s()              fixed seconds per forward
-    linear_flops, attention_flops, logits_flops, kv_cache_bytes   the formulas
+    linear_flops, attention_flops, logits_flops, elementwise_bytes, kv_cache_bytes   the formulas
   Capacity
     choose_capacity(lengths, packer, cost_models, "max" | "auto" | int) -> [CapacityChoice]
     capacity_candidates(lengths)                what "auto" tries
@@ -22,6 +22,9 @@ Public API (all importable without torch):
   Running
     simulate(lengths_dist=..., batch_size=..., ...) -> SimulationResult (config, results rows)
     recommend(lengths, model=..., gpu=...) -> ResultRow | None   best packer/backend/capacity
+  Calibration
+    python -m simulator.calibration [--fit]             H100 anchors (CALIBRATION.md)
+    python -m simulator.sweep_calibration CSV... [--fit] the GPU runner's measured sweep
   The `simulate` console script is simulator.cli:main.
 
 Calibration constants and their error: simulator/CALIBRATION.md.
@@ -33,6 +36,7 @@ from simulator.cost import (
     CostModel,
     PackingCost,
     attention_flops,
+    elementwise_bytes,
     kv_cache_bytes,
     linear_flops,
     logits_flops,
@@ -54,7 +58,7 @@ __all__ = [
     "ATTENTION", "AttentionBackend", "CapacityChoice", "CostModel", "Distribution", "FAMILIES", "GPUS",
     "GPUSpec", "MODELS", "ModelSpec", "PROFILES", "PackingCost", "ResultRow", "RowLayout",
     "SimulationResult", "attention_flops", "available_attention", "available_gpus", "available_models",
-    "capacity_candidates", "choose_capacity", "default_packers", "get_gpu", "get_model", "kv_cache_bytes",
+    "capacity_candidates", "choose_capacity", "default_packers", "elementwise_bytes", "get_gpu", "get_model", "kv_cache_bytes",
     "linear_flops", "load_lengths_file", "load_profile", "logits_flops", "make_attention",
     "parse_capacity", "parse_distribution", "recommend", "simulate",
 ]  # fmt: skip

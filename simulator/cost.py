@@ -3,8 +3,9 @@
 `CostModel(model_spec, gpu_spec, attention).cost(packing) -> PackingCost` prices one batch
 (one `Packing`, the padded baseline included) on one GPU: FLOPs (total and useful), padded
 tokens, memory (weights, KV cache, mask, activation peak), the forward passes a memory
-budget forces, and a modeled time = roofline compute + materialized-score traffic + a
-fixed per-layer overhead per forward. Constants come from the H100 calibration
+budget forces, and a modeled time = matmul FLOPs at an achieved efficiency + elementwise
+memory traffic + attention FLOPs + materialized-score traffic + a fixed per-layer overhead
+per forward. Constants come from the H100 calibration
 (simulator/CALIBRATION.md); other GPUs reuse the same efficiencies (an assumption).
 """
 
@@ -28,6 +29,7 @@ __all__ = [
     "PackingCost",
     "activation_bytes_per_token",
     "attention_flops",
+    "elementwise_bytes",
     "kv_cache_bytes",
     "linear_flops",
     "logits_flops",
