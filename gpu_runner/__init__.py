@@ -8,11 +8,18 @@ Public API:
   generate(model, prompts, max_new_tokens, packer="ffd", backend="auto", **generate_kwargs)
       -> list[list[int]]: new tokens per prompt, continued from a prepacked prefill.
   pack_inputs / PackedInputs: the packed tensors; available_backends / get_backend /
-  register_backend: the attention-backend registry (dense, flex, varlen, auto).
+  register_backend: the attention-backend registry (dense, flex, varlen, auto);
+  estimate_forward_bytes: the memory estimate that memory_budget_bytes splitting uses.
 
-Modules: inputs (packed layout), masks (dense and flex masks), varlen (varlen attention
-function), backends (registry), cache (transformers cache compatibility), runner
-(prefill), generate (continued generation).
+Example:
+    result = gpu_runner.prefill(model, [[1, 5, 9], [1, 7]], packer="ffd", backend="auto")
+    next_tokens = result.logits.argmax(-1)          # [2]
+    key, value = result.kv[0][layer]                 # [kv_heads, 3, head_dim] each
+    new_tokens = gpu_runner.generate(model, [[1, 5, 9], [1, 7]], max_new_tokens=16)
+
+Modules: inputs (packed layout), masks (dense and flex masks), varlen / flex (attention
+functions registered with transformers), backends (registry), cache (transformers cache
+compatibility, per-prompt K/V views), runner (prefill), generate (continued generation).
 """
 
 from gpu_runner.backends import (
@@ -22,6 +29,7 @@ from gpu_runner.backends import (
     register_backend,
     resolve_backend,
 )
+from gpu_runner.cache import PromptKV
 from gpu_runner.generate import generate
 from gpu_runner.inputs import PackedInputs, pack_inputs, prompt_lengths
 from gpu_runner.runner import (
@@ -39,6 +47,7 @@ __all__ = [
     "PackedInputs",
     "PrefillOutOfMemoryError",
     "PrefillResult",
+    "PromptKV",
     "available_backends",
     "estimate_forward_bytes",
     "generate",
