@@ -93,7 +93,7 @@ class Config:
 
     @classmethod
     def smoke(cls, seed: int = 0) -> "Config":
-        return cls(models=(SMOKE_MODEL,), datasets=("samsum",), batch=8, limit=24,
+        return cls(models=(SMOKE_MODEL,), datasets=("samsum",), batch=8, limit=16,
                    strategies=("full-batching", "length-sorted", "prepacking"), seed=seed, device="cpu")  # fmt: skip
 
 

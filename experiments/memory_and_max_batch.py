@@ -166,7 +166,8 @@ def run_for_model(model: Any, model_name: str, cfg: Config, out_csv: str, budget
             res = find_max_batch(fits, start=cfg.start, cap=cfg.cap, rel_tol=cfg.rel_tol, budget=budget)
             row = dict(base, kind="max_batch", batch=res.max_fit, fits=True, peak_extra_bytes="", ms="", real_tokens="",
                        computed_tokens="", max_batch=res.max_fit, first_oom_batch=res.first_fail or "",
-                       capped=res.capped, num_probes=len(res.probes), error="")  # fmt: skip
+                       capped=res.capped, num_probes=len(res.probes),
+                       error="time budget spent: search incomplete" if budget is not None and budget.expired() else "")  # fmt: skip
             append_rows(out_csv, [row], COLUMNS)
             rows.append(row)
             print(f"[memory {model_name} {dataset} {method}] max batch {res.max_fit}"

@@ -1,0 +1,159 @@
+"""The one GPU driver: runs the GPU parts of experiments 1, 2, 3, 4, 6 (and 5's measured
+rows) in ONE process, each model built once, within a wall-clock budget, then experiment 7
+on what it measured.
+
+Per model, stages run in priority order, each with its own time allotment (capped by what
+is left of the whole budget); a stage whose allotment is spent skips its remaining points
+and says so, so a slow stage never starves the others and the run ends on time. Every row
+is appended to its CSV as soon as it is measured (a killed run keeps its data). CSVs go to
+$OUT when set, else experiments/results/ (or --out-dir).
+
+    PYTHONPATH=. python3 -m experiments.run_gpu_all              # one H100, about 7 minutes
+    python -m experiments.run_gpu_all --smoke                    # CPU, tiny model, every stage
+    bash experiments/run_gpu_all.sh                              # the same, logging to $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
+
+from experiments import backend_comparison as exp6
+from experiments import cost_model_validation as exp7
+from experiments import dataset_level as exp4
+from experiments import memory_and_max_batch as exp3
+from experiments import packer_comparison as exp5
+from experiments import speedup_by_batch as exp2
+from experiments import speedup_by_dataset as exp1
+from experiments.common import SMOKE_MODEL, Budget, build_model, check_device, results_dir, run_cli
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One experiment on one built model: `run(model, model_name, out_dir, budget)`."""
+
+    name: str
+    allot_s: float
+    run: Callable[[Any, str, str, Budget], Any]
+
+
+def _csv(out_dir: str, name: str) -> str:
+    return str(results_dir(out_dir) / name)
+
+
+def gpu_plan(device: str = "cuda") -> list[tuple[str, list[Stage]]]:
+    """(model, stages) in run order. Sizes are chosen to fit about 7 minutes on one H100."""
+    e1 = exp1.Config(device=device)
+    e2 = exp2.Config(device=device)
+    e3 = exp3.Config(device=device)
+    e4 = exp4.Config(device=device)
+    backends = ("padded", "dense", "varlen", "graph", "flex")  # flex (compiles per shape) last
+    e6_small = exp6.Config(backends=backends, device=device)
+    e6_7b = exp6.Config(batches=(16,), backends=("padded", "dense", "varlen", "graph"), device=device)
+    e5 = exp5.Config(datasets=("mmlu", "azure_conv"), batches=(64,), seeds=(0,), models=("sheared-llama-1.3b",),
+                     backends=("dense",), measure=True, device=device)  # fmt: skip
+
+    def s(name: str, allot: float, module: Any, cfg: Any) -> Stage:
+        return Stage(name, allot, lambda m, n, o, b: module.run_for_model(m, n, cfg, _csv(o, module.CSV_NAME), b))
+
+    def s5(allot: float) -> Stage:
+        return Stage("packer_comparison (measured)", allot, lambda m, n, o, b: exp5.run(e5, o, model=m, model_name=n, budget=b))
+
+    return [
+        ("sheared-llama-1.3b", [
+            s("speedup_by_dataset", 30, exp1, e1), s("backend_comparison", 80, exp6, e6_small),
+            s("speedup_by_batch", 30, exp2, e2), s("dataset_level", 30, exp4, e4),
+            s("memory_and_max_batch", 45, exp3, e3), s5(20),
+        ]),
+        ("llama2-7b", [
+            s("speedup_by_dataset", 35, exp1, e1), s("backend_comparison", 35, exp6, e6_7b),
+            s("speedup_by_batch", 40, exp2, e2), s("memory_and_max_batch", 45, exp3, e3),
+        ]),
+    ]  # fmt: skip
+
+
+def smoke_plan() -> list[tuple[str, list[Stage]]]:
+    """Every stage on the tiny model on CPU, with the scripts' smoke sizes."""
+    e5 = replace(exp5.Config.smoke(), packers=("ffd", "pad"))
+
+    def s(name: str, module: Any) -> Stage:
+        cfg = module.Config.smoke()
+        return Stage(name, 0, lambda m, n, o, b: module.run_for_model(m, n, cfg, _csv(o, module.CSV_NAME), b))
+
+    return [(SMOKE_MODEL, [
+        s("speedup_by_dataset", exp1), s("backend_comparison", exp6), s("speedup_by_batch", exp2),
+        s("dataset_level", exp4), s("memory_and_max_batch", exp3),
+        Stage("packer_comparison (measured)", 0, lambda m, n, o, b: exp5.run(e5, o, model=m, model_name=n, budget=b)),
+    ])]  # fmt: skip
+
+
+def run_all(plan: list[tuple[str, list[Stage]]], *, out_dir: str | None, device: str, budget_s: float,
+            stages: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+    """Run the plan; returns {stage timings, validation summary or its error}."""
+    from gpu_runner.timing import release_memory
+
+    import torch
+
+    check_device(device)
+    out = str(results_dir(out_dir))
+    total = Budget(budget_s)
+    report: dict[str, Any] = {"out_dir": out, "stages": []}
+    for model_name, model_stages in plan:
+        if total.expired():
+            print(f"[run_gpu_all] budget spent: skipping {model_name}", flush=True)
+            continue
+        t0 = time.perf_counter()
+        model = build_model(model_name, device)
+        print(f"[run_gpu_all] built {model_name} in {time.perf_counter() - t0:.1f} s", flush=True)
+        for stage in model_stages:
+            if stages and stage.name.split(" ")[0] not in stages:
+                continue
+            allot = min(stage.allot_s, total.left_s()) if stage.allot_s > 0 else total.left_s()
+            if allot <= 0:
+                print(f"[run_gpu_all] budget spent: skipping {model_name} {stage.name}", flush=True)
+                continue
+            t0 = time.perf_counter()
+            try:
+                stage.run(model, model_name, out, Budget(allot if allot != float("inf") else 0))
+                err = ""
+            except Exception as exc:  # noqa: BLE001 - one broken stage must not lose the others
+                err = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                print(f"[run_gpu_all] {model_name} {stage.name} FAILED: {err}", flush=True)
+            release_memory(torch.device(device))
+            took = time.perf_counter() - t0
+            report["stages"].append(dict(model=model_name, stage=stage.name, seconds=round(took, 1), error=err))
+            print(f"[run_gpu_all] {model_name} {stage.name}: {took:.1f} s (allotted {allot:.0f})", flush=True)
+        del model
+        release_memory(torch.device(device))
+    try:
+        report["validation"] = exp7.validate([results_dir(out) / exp6.CSV_NAME], out) if device != "cpu" else "skipped on CPU"
+    except ValueError as exc:
+        report["validation"] = f"not run: {exc}"
+    return report
+
+
+def _body(args: argparse.Namespace) -> None:
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    if args.smoke:
+        report = run_all(smoke_plan(), out_dir=args.out_dir, device="cpu", budget_s=0, stages=stages)
+    else:
+        report = run_all(gpu_plan(args.device), out_dir=args.out_dir, device=args.device, budget_s=args.budget_s,
+                         stages=stages)  # fmt: skip
+    print(json.dumps(report, default=str))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="run_gpu_all", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="every stage on CPU with the tiny model")
+    parser.add_argument("--out-dir", default=None, help="folder of the CSVs (default: $OUT, else experiments/results)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--budget-s", type=float, default=390.0, help="wall-clock budget of the measurements")
+    parser.add_argument("--stages", default="", help="only these stages (comma-separated names), default all")
+    return run_cli(_body, parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
