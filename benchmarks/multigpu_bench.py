@@ -42,27 +42,56 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="multigpu_bench", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="llama2-7b", help="shape: llama2-7b, sheared-llama-1.3b, tiny (default llama2-7b)")
+    p.add_argument(
+        "--model", default="llama2-7b", help="shape: llama2-7b, sheared-llama-1.3b, tiny (default llama2-7b)"
+    )
     p.add_argument("--dataset", default="mmlu", help="length list name (default mmlu)")
     p.add_argument("--batches", type=_ints, default=(256, 1024), help="prompts per batch (default 256,1024)")
-    p.add_argument("--strategies", type=_csv, default=("packed-rr", "cost-balanced", "padded-rr"),
-                   help="packed-rr, cost-balanced, padded-rr (default all, in this order)")
-    p.add_argument("--executors", type=_csv, default=("runner",),
-                   help="runner (prepacked runner, --backends) and/or engine (PrefillEngine) (default runner)")
-    p.add_argument("--backends", type=_csv, default=("dense",),
-                   help="runner attention backends, one run each: dense, varlen, flex, auto (default dense)")
-    p.add_argument("--padded-runs", type=_csv, default=("runner/dense", "engine/varlen"),
-                   help="executor/backend runs that include padded-rr (default runner/dense,engine/varlen)")
+    p.add_argument(
+        "--strategies",
+        type=_csv,
+        default=("packed-rr", "cost-balanced", "padded-rr", "prompt-balanced"),
+        help="packed-rr, cost-balanced, padded-rr, prompt-balanced (default all, in this order; "
+        "prompt-balanced only with executors that ignore rows, i.e. engine)",
+    )
+    p.add_argument(
+        "--executors",
+        type=_csv,
+        default=("runner",),
+        help="runner (prepacked runner, --backends) and/or engine (PrefillEngine) (default runner)",
+    )
+    p.add_argument(
+        "--backends",
+        type=_csv,
+        default=("dense",),
+        help="runner attention backends, one run each: dense, varlen, flex, auto (default dense)",
+    )
+    p.add_argument(
+        "--padded-runs",
+        type=_csv,
+        default=("runner/dense", "engine/varlen"),
+        help="executor/backend runs that include padded-rr (default runner/dense,engine/varlen)",
+    )
     p.add_argument("--world-sizes", type=_ints, default=(), help="GPU counts to measure (default 1 and all)")
-    p.add_argument("--max-padded-batch", type=int, default=256, help="run padded-rr only up to this batch (default 256)")
+    p.add_argument(
+        "--max-padded-batch", type=int, default=256, help="run padded-rr only up to this batch (default 256)"
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed calls first (default 1)")
     p.add_argument("--reps", type=int, default=3, help="timed calls, median reported (default 3)")
     p.add_argument("--seed", type=int, default=0, help="length draw and token seed (default 0)")
     p.add_argument("--dtype", default="bfloat16", help="bfloat16, float16, float32 (default bfloat16)")
-    p.add_argument("--memory-fraction", type=float, default=0.6,
-                   help="runner memory budget per forward, fraction of free GPU memory (default 0.6)")
-    p.add_argument("--out", default="", help="JSON records, '{gpu}' replaced by the card (e.g. multigpu_{gpu}.json)")
-    p.add_argument("--smoke", action="store_true", help="CPU + gloo, tiny model, float32, small batches, 1 rep")
+    p.add_argument(
+        "--memory-fraction",
+        type=float,
+        default=0.6,
+        help="runner memory budget per forward, fraction of free GPU memory (default 0.6)",
+    )
+    p.add_argument(
+        "--out", default="", help="JSON records, '{gpu}' replaced by the card (e.g. multigpu_{gpu}.json)"
+    )
+    p.add_argument(
+        "--smoke", action="store_true", help="CPU + gloo, tiny model, float32, small batches, 1 rep"
+    )
     return p
 
 
@@ -76,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
         options = dict(
             model=args.model, dataset=args.dataset, batches=args.batches, strategies=args.strategies,
-            executors=args.executors, world_sizes=args.world_sizes, backends=args.backends, padded_runs=args.padded_runs,
+            executors=args.executors, world_sizes=args.world_sizes, backends=args.backends,
+            padded_runs=args.padded_runs,
             max_padded_batch=args.max_padded_batch, warmup=args.warmup, reps=args.reps, seed=args.seed,
             dtype=args.dtype, memory_fraction=args.memory_fraction, out=args.out,
         )  # fmt: skip

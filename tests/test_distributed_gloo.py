@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from test_runner_support import FP32_TOL, random_lengths, random_prompts, tiny_model
 
 N_PROMPTS = 13
+STRATEGY_NAMES = ("padded-rr", "packed-rr", "cost-balanced", "prompt-balanced")
 
 
 def _worker(bench_out: str) -> dict:
@@ -25,10 +25,13 @@ def _worker(bench_out: str) -> dict:
     rank = dist.get_rank()
     model = tiny_model("llama")
     prompts = random_prompts(random_lengths(N_PROMPTS, longest=40, seed=5), seed=5)
-    out: dict = {"rank": rank, "reference": gpu_runner.prefill(model, prompts, backend="dense", return_kv=True)}
+    out: dict = {
+        "rank": rank,
+        "reference": gpu_runner.prefill(model, prompts, backend="dense", return_kv=True),
+    }
     out["reference_kv"] = [out["reference"].kv[i] for i in range(N_PROMPTS)]
     out["reference"] = out["reference"].logits
-    for strategy in ("padded-rr", "packed-rr", "cost-balanced"):
+    for strategy in STRATEGY_NAMES:
         res = distributed_prefill(model, prompts, strategy, time_ranks=True)
         out[strategy] = dict(logits=res.logits, local=res.local_indices, bins=res.assignment.rank_bins,
                              busy=res.busy_ms, num_bins=res.packing.num_bins)  # fmt: skip
@@ -38,7 +41,9 @@ def _worker(bench_out: str) -> dict:
     res = distributed_prefill(model, short, "cost-balanced", capacity=64)
     out["empty"] = dict(logits=res.logits, local=res.local_indices,
                         reference=gpu_runner.prefill(model, short, backend="dense").logits)  # fmt: skip
-    res = distributed_prefill(model, prompts, "cost-balanced", executor=EngineExecutor(options={"cuda_graphs": False}))
+    res = distributed_prefill(
+        model, prompts, "cost-balanced", executor=EngineExecutor(options={"cuda_graphs": False})
+    )
     out["engine"] = dict(logits=res.logits, local=res.local_indices)
     try:
         distributed_prefill(model, prompts[: N_PROMPTS - rank], "cost-balanced")
@@ -69,7 +74,7 @@ def test_both_ranks_ran(ranks):
     assert [r["rank"] for r in ranks] == [0, 1]
 
 
-@pytest.mark.parametrize("strategy", ["padded-rr", "packed-rr", "cost-balanced"])
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 def test_gathered_logits_equal_single_process_prefill_in_caller_order(ranks, strategy):
     for r in ranks:
         got = r[strategy]["logits"]
@@ -78,7 +83,7 @@ def test_gathered_logits_equal_single_process_prefill_in_caller_order(ranks, str
     torch.testing.assert_close(ranks[0][strategy]["logits"], ranks[1][strategy]["logits"], atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("strategy", ["padded-rr", "packed-rr", "cost-balanced"])
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 def test_every_prompt_runs_exactly_once(ranks, strategy):
     a, b = ranks[0][strategy], ranks[1][strategy]
     assert a["local"] and b["local"]
@@ -124,12 +129,16 @@ def test_benchmark_records(ranks, bench_json):
     import json
 
     records = json.load(open(bench_json.format(gpu="cpu")))
-    assert len(records) == len(ranks[0]["bench"]) == 2 * 2 * 3  # executors x world sizes x strategies
-    required = {"gpu", "gpus", "model", "dataset", "batch", "strategy", "ms", "tokens_per_s", "scaling_efficiency",
+    # world sizes x (runner: 3 strategies, engine: 4, prompt-balanced only where rows are ignored)
+    assert len(records) == len(ranks[0]["bench"]) == 2 * (3 + 4)
+    required = {"gpu", "gpus", "model", "dataset", "batch", "strategy", "ms", "tokens_per_s",
+                "scaling_efficiency",
                 "per_rank_busy_ms"}  # fmt: skip
     for r in records:
         assert required <= r.keys() and r["error"] is None, r
-        assert r["gpu"] == "cpu" and r["batch"] == 8 and r["ms"] > 0 and len(r["per_rank_busy_ms"]) == r["gpus"]
+        assert (
+            r["gpu"] == "cpu" and r["batch"] == 8 and r["ms"] > 0 and len(r["per_rank_busy_ms"]) == r["gpus"]
+        )
         assert r["tokens_per_s"] == pytest.approx(r["real_tokens"] / (r["ms"] / 1e3))
         if r["gpus"] == 1:
             assert r["scaling_efficiency"] == 1.0
@@ -137,4 +146,5 @@ def test_benchmark_records(ranks, bench_json):
             one = next(o for o in records if o["gpus"] == 1 and o["strategy"] == r["strategy"]
                        and o["executor"] == r["executor"])  # fmt: skip
             assert r["scaling_efficiency"] == pytest.approx(one["ms"] / (2 * r["ms"]))
-    assert {r["strategy"] for r in records} == {"padded-rr", "packed-rr", "cost-balanced"}
+    assert {r["strategy"] for r in records if r["executor"] == "engine"} == set(STRATEGY_NAMES)
+    assert "prompt-balanced" not in {r["strategy"] for r in records if r["executor"] == "runner"}

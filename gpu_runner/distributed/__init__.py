@@ -49,9 +49,11 @@ from gpu_runner.distributed.prefill import (
 )
 
 __all__ = [
-    "NVLS_OFF_ENV", "PARTITIONERS", "STRATEGIES", "Assignment", "AssignmentStrategy", "DistributedPrefillResult",
+    "NVLS_OFF_ENV", "PARTITIONERS", "STRATEGIES", "Assignment", "AssignmentStrategy",
+    "DistributedPrefillResult",
     "EngineExecutor", "RankExecutor", "RunnerExecutor", "available_strategies", "default_cost_model",
-    "disable_nvlink_multicast", "distributed_prefill", "free_port", "init_distributed", "karmarkar_karp_partition",
+    "disable_nvlink_multicast", "distributed_prefill", "free_port", "init_distributed",
+    "karmarkar_karp_partition",
     "launcher_env", "local_packing", "lpt_partition", "make_strategy", "plan_assignment", "register_strategy",
     "round_robin_partition", "spawn_local", "torchrun_command",
 ]  # fmt: skip

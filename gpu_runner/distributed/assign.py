@@ -8,7 +8,11 @@ strategy says which packer makes the rows (`packer`) and how rows go to ranks (`
   packed-rr      FFD rows at capacity, dealt round-robin by bin index (prepacking, no balance)
   cost-balanced  FFD rows at capacity, partitioned so that the modeled busy time per rank
                  (sum of the cost model's per-row seconds) is balanced: LPT, Karmarkar-Karp
-                 (largest differencing, k-way) or the better of both ("best", the default)
+                 (largest differencing, k-way) or the best of both and round-robin ("best",
+                 the default: never modeled worse than packed-rr)
+  prompt-balanced  cost-balanced at prompt granularity (one prompt per "row", `pad`): for
+                 executors that ignore rows (the PrefillEngine runs a rank's prompts as one
+                 flat varlen row), where whole packed rows are too coarse a unit to balance
 
 `STRATEGIES` is the one registry; `make_strategy(name, **params)` builds one and
 `register_strategy` plugs in a new one. `plan_assignment` packs the lengths with the
@@ -35,6 +39,7 @@ __all__ = [
     "CostBalanced",
     "PackedRoundRobin",
     "PaddedRoundRobin",
+    "PromptBalanced",
     "available_strategies",
     "karmarkar_karp_partition",
     "lpt_partition",
@@ -118,11 +123,11 @@ def _makespan(costs: np.ndarray, parts: RankBins) -> float:
 
 
 def _best_partition(costs_s: Sequence[float], num_ranks: int) -> RankBins:
-    """The lower-makespan partition of LPT and Karmarkar-Karp (LPT on a tie)."""
+    """The lowest-makespan partition of LPT, Karmarkar-Karp and round-robin (earlier on a
+    tie), so cost balancing never models worse than dealing the rows round-robin."""
     arr = _costs(costs_s, num_ranks)
-    lpt = lpt_partition(arr, num_ranks)
-    kk = karmarkar_karp_partition(arr, num_ranks)
-    return kk if _makespan(arr, kk) < _makespan(arr, lpt) else lpt
+    candidates = [f(arr, num_ranks) for f in (lpt_partition, karmarkar_karp_partition, round_robin_partition)]
+    return min(candidates, key=lambda parts: _makespan(arr, parts))
 
 
 # name -> partition function (costs_s, num_ranks) -> item indices per rank
@@ -185,7 +190,9 @@ class Assignment:
         if not 0 <= rank < self.world_size:
             raise ValueError(f"rank {rank} is outside 0..{self.world_size - 1}")
         if packing.num_bins != len(self.row_costs_s):
-            raise ValueError(f"the packing has {packing.num_bins} bins, the assignment {len(self.row_costs_s)}")
+            raise ValueError(
+                f"the packing has {packing.num_bins} bins, the assignment {len(self.row_costs_s)}"
+            )
         return tuple(i for b in self.rank_bins[rank] for i in packing.bins[b])
 
     def digest(self, packing: Packing) -> int:
@@ -269,7 +276,7 @@ class PackedRoundRobin:
 @dataclass(frozen=True)
 class CostBalanced:
     """`cost-balanced`: packed rows (`ffd`) partitioned on their modeled seconds by `method`
-    (a `PARTITIONERS` name: "best" = the better of LPT and Karmarkar-Karp, "lpt", "kk")."""
+    (a `PARTITIONERS` name: "best" = the best of LPT, Karmarkar-Karp and round-robin, "lpt", "kk")."""
 
     name: ClassVar[str] = "cost-balanced"
     packer: str = "ffd"
@@ -282,6 +289,16 @@ class CostBalanced:
 
     def assign(self, row_costs_s: Sequence[float], world_size: int) -> RankBins:
         return PARTITIONERS[self.method](row_costs_s, world_size)
+
+
+@register_strategy
+@dataclass(frozen=True)
+class PromptBalanced(CostBalanced):
+    """`prompt-balanced`: prompts (`pad`: one per row) partitioned on their modeled seconds, for
+    executors that ignore rows; with a row-running executor each prompt would be a padded row."""
+
+    name: ClassVar[str] = "prompt-balanced"
+    packer: str = "pad"
 
 
 def available_strategies() -> list[str]:

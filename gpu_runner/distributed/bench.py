@@ -27,13 +27,24 @@ import torch.distributed as dist
 
 from gpu_runner.bench import MODEL_SHAPES, build_model, draw_prompts, gpu_slug, load_lengths
 from gpu_runner.distributed.assign import STRATEGIES, make_strategy
-from gpu_runner.distributed.prefill import EngineExecutor, RunnerExecutor, default_cost_model, distributed_prefill
+from gpu_runner.distributed.prefill import (
+    EngineExecutor,
+    RunnerExecutor,
+    default_cost_model,
+    distributed_prefill,
+)
 
 __all__ = ["EXECUTORS", "MultiGPUConfig", "MultiGPURecord", "run_multigpu_benchmark"]
 
-# executor name -> (attention backends it runs under the config, factory(backend, memory budget bytes or None))
-EXECUTORS: dict[str, tuple[Callable[["MultiGPUConfig"], tuple[str, ...]], Callable[[str, int | None], Any]]] = {
-    "runner": (lambda cfg: cfg.backends, lambda backend, budget: RunnerExecutor(backend=backend, memory_budget_bytes=budget)),
+# executor name -> (the attention backends it runs under a config,
+#                   factory(backend, memory budget bytes or None))
+EXECUTORS: dict[
+    str, tuple[Callable[["MultiGPUConfig"], tuple[str, ...]], Callable[[str, int | None], Any]]
+] = {
+    "runner": (
+        lambda cfg: cfg.backends,
+        lambda backend, budget: RunnerExecutor(backend=backend, memory_budget_bytes=budget),
+    ),
     "engine": (lambda cfg: ("varlen",), lambda backend, budget: EngineExecutor()),
 }
 
@@ -48,12 +59,14 @@ class MultiGPUConfig:
     padded-rr is plain prompt round-robin); max_padded_batch: padded-rr runs only on batches
     up to this (it pads every prompt to the longest: seconds per call). memory_fraction: the runner's
     memory budget per forward, as a fraction of the device memory free after the model.
+    prompt-balanced runs only with executors that ignore rows (`uses_rows` False): under the
+    runner it would mean one padded row per prompt.
     """
 
     model: str = "llama2-7b"
     dataset: str = "mmlu"
     batches: tuple[int, ...] = (256, 1024)
-    strategies: tuple[str, ...] = ("packed-rr", "cost-balanced", "padded-rr")
+    strategies: tuple[str, ...] = ("packed-rr", "cost-balanced", "padded-rr", "prompt-balanced")
     executors: tuple[str, ...] = ("runner",)
     world_sizes: tuple[int, ...] = ()
     backends: tuple[str, ...] = ("dense",)
@@ -131,7 +144,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed_calls(call: Callable[[], Any], cfg: MultiGPUConfig, group: Any, device: torch.device) -> tuple[list[float], list[tuple[float, ...]], Any]:
+def _timed_calls(
+    call: Callable[[], Any], cfg: MultiGPUConfig, group: Any, device: torch.device
+) -> tuple[list[float], list[tuple[float, ...]], Any]:
     """(per-rep ms of the slowest rank, per-rep busy ms of each rank, the last result)."""
     for _ in range(cfg.warmup):
         call()
@@ -173,9 +188,17 @@ class _Sink:
             with open(tmp, "w") as f:
                 json.dump([asdict(r) for r in self.records], f, indent=1)
             os.replace(tmp, self.path)
-        shown = f"{rec.ms:9.1f} ms {rec.tokens_per_s:10.0f} tok/s eff {rec.scaling_efficiency or 0:.3f}" if rec.ms else f"ERROR {rec.error}"
+        shown = (
+            f"{rec.ms:9.1f} ms {rec.tokens_per_s:10.0f} tok/s eff {rec.scaling_efficiency or 0:.3f}"
+            if rec.ms
+            else f"ERROR {rec.error}"
+        )
         busy = ", ".join(f"{b:.1f}" for b in rec.per_rank_busy_ms or [])
-        print(f"[{rec.model} b{rec.batch} {rec.gpus} gpu {rec.executor}/{rec.backend} {rec.strategy:13s}] {shown} busy [{busy}]", flush=True)
+        print(
+            f"[{rec.model} b{rec.batch} {rec.gpus} gpu {rec.executor}/{rec.backend} {rec.strategy:13s}] "
+            f"{shown} busy [{busy}]",
+            flush=True,
+        )
 
 
 def _error_text(exc: BaseException) -> str:
@@ -198,7 +221,9 @@ def run_multigpu_benchmark(cfg: MultiGPUConfig, *, device: torch.device) -> list
         budget = int(cfg.memory_fraction * torch.cuda.mem_get_info(device)[0])
     sink = _Sink(cfg.out.format(gpu=gpu), active=rank == 0)
     if rank == 0:
-        print(f"gpu={gpu} world={world} worlds={worlds} torch {torch.__version__} model {cfg.model}", flush=True)
+        print(
+            f"gpu={gpu} world={world} worlds={worlds} torch {torch.__version__} model {cfg.model}", flush=True
+        )
     lengths_all = load_lengths(cfg.dataset)
     runs = []  # (executor name, backend, executor), one executor object per run for the whole benchmark
     for name in cfg.executors:
@@ -217,20 +242,44 @@ def run_multigpu_benchmark(cfg: MultiGPUConfig, *, device: torch.device) -> list
             padded_ok = f"{ex_name}/{backend}" in cfg.padded_runs and batch <= cfg.max_padded_batch
             for w in worlds:
                 for strategy in cfg.strategies:
-                    if strategy == "padded-rr" and not padded_ok:
+                    if (strategy == "padded-rr" and not padded_ok) or (
+                        strategy == "prompt-balanced" and executor.uses_rows
+                    ):
                         continue
                     if rank < w:
                         rec = _measure(model, prompts, strategy, executor, cost_model, groups[w], cfg, device)
-                        base = dict(gpu=gpu, gpus=w, model=cfg.model, dataset=cfg.dataset, batch=len(prompts),
-                                    strategy=strategy, executor=ex_name, backend=backend, real_tokens=real,
-                                    options=dict(warmup=cfg.warmup, reps=cfg.reps, seed=cfg.seed, dtype=cfg.dtype,
-                                                 memory_budget_bytes=budget, capacity="max"))
+                        base = dict(
+                            gpu=gpu,
+                            gpus=w,
+                            model=cfg.model,
+                            dataset=cfg.dataset,
+                            batch=len(prompts),
+                            strategy=strategy,
+                            executor=ex_name,
+                            backend=backend,
+                            real_tokens=real,
+                            options=dict(
+                                warmup=cfg.warmup,
+                                reps=cfg.reps,
+                                seed=cfg.seed,
+                                dtype=cfg.dtype,
+                                memory_budget_bytes=budget,
+                                capacity="max",
+                            ),
+                        )
                         ms = rec.pop("ms")
                         if ms is not None and w == 1:
                             one_gpu_ms[strategy] = ms
                         eff = one_gpu_ms[strategy] / (w * ms) if (ms and strategy in one_gpu_ms) else None
-                        sink.add(MultiGPURecord(**base, **rec, ms=ms, scaling_efficiency=eff,
-                                                tokens_per_s=real / (ms * 1e-3) if ms else None))
+                        sink.add(
+                            MultiGPURecord(
+                                **base,
+                                **rec,
+                                ms=ms,
+                                scaling_efficiency=eff,
+                                tokens_per_s=real / (ms * 1e-3) if ms else None,
+                            )
+                        )
                     dist.barrier()
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
@@ -243,8 +292,9 @@ def _measure(model: torch.nn.Module, prompts: list[list[int]], strategy: str, ex
     strat = make_strategy(strategy)
 
     def call() -> Any:
-        return distributed_prefill(model, prompts, strat, executor=executor, cost_model=cost_model, group=group,
-                                   time_ranks=True)  # fmt: skip
+        return distributed_prefill(
+            model, prompts, strat, executor=executor, cost_model=cost_model, group=group, time_ranks=True
+        )
 
     try:
         times, busy, res = _timed_calls(call, cfg, group, device)

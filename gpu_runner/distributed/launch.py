@@ -79,7 +79,9 @@ def torchrun_command(
     ]  # fmt: skip
 
 
-def init_distributed(backend: str | None = None, *, timeout_s: float = 600.0) -> tuple[int, int, torch.device]:
+def init_distributed(
+    backend: str | None = None, *, timeout_s: float = 600.0
+) -> tuple[int, int, torch.device]:
     """Join the process group described by the environment (torchrun's RANK, WORLD_SIZE,
     LOCAL_RANK, MASTER_ADDR, MASTER_PORT); without RANK, a group of one on a free local port.
 
@@ -111,9 +113,15 @@ def init_distributed(backend: str | None = None, *, timeout_s: float = 600.0) ->
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def _bootstrap(rank: int, fn: Callable[..., Any], nprocs: int, port: int, backend: str, out_dir: str, args: tuple) -> None:
+def _bootstrap(
+    rank: int, fn: Callable[..., Any], nprocs: int, port: int, backend: str, out_dir: str, args: tuple
+) -> None:
     os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nprocs), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(nprocs),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
     )
     init_distributed(backend, timeout_s=120.0)
     try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, ClassVar, Protocol, Sequence
 
 import torch
 import torch.distributed as dist
@@ -45,12 +45,16 @@ _SIM_ATTENTION = {"dense": "dense", "flex": "flex", "varlen": "varlen"}
 class RankExecutor(Protocol):
     """Runs one rank's share of the prefill.
 
+    uses_rows: True when the packed rows are what runs (a rank's cost is its rows'); False
+               for executors that ignore rows (then balance prompts: "prompt-balanced").
     attention: the simulator attention backend that prices this executor's rows
                ("dense", "flex", "varlen"), used when no cost model is given.
     run(model, prompts, packing, return_kv) -> (logits [n, vocab], kv per prompt or None),
         prompts and the rows of `packing` in the rank's local numbering, results in the
         order of `prompts`. Must accept being called with the same inputs repeatedly.
     """
+
+    uses_rows: ClassVar[bool]
 
     def attention(self, model: torch.nn.Module) -> str: ...
 
@@ -67,6 +71,7 @@ class RunnerExecutor:
     memory_budget_bytes / row_len / num_rows: passed to `prefill` (split or fix forwards).
     """
 
+    uses_rows: ClassVar[bool] = True
     backend: str = "auto"
     memory_budget_bytes: int | None = None
     row_len: int | str | None = None
@@ -95,6 +100,7 @@ class EngineExecutor:
     calls so its CUDA graphs stay warm). Rows do not matter to it (one flat varlen row of
     the rank's prompts); the assignment decides only which prompts a rank gets."""
 
+    uses_rows: ClassVar[bool] = False
     options: dict[str, Any] = field(default_factory=dict)
     engine: Any = None
 
@@ -217,7 +223,8 @@ def distributed_prefill(
 
     Every rank of the group must call this with the same prompts and options; each holds its
     own replica of `model` on its device.
-    strategy:   `STRATEGIES` name ("padded-rr", "packed-rr", "cost-balanced") or an instance.
+    strategy:   `STRATEGIES` name ("padded-rr", "packed-rr", "cost-balanced", "prompt-balanced")
+                or an instance.
     capacity:   tokens per packed row: "max" (the longest prompt) or an int >= it.
     executor:   runs this rank's rows (default `RunnerExecutor()`: the prepacked runner, "auto").
     cost_model: prices rows for cost balancing (`row_times_s(packing)`); default
@@ -231,7 +238,10 @@ def distributed_prefill(
     `RuntimeError` if the ranks' plans disagree (on every rank).
     """
     if not dist.is_available() or not dist.is_initialized():
-        raise ValueError("distributed_prefill needs an initialised process group (see gpu_runner.distributed.init_distributed)")
+        raise ValueError(
+            "distributed_prefill needs an initialised process group "
+            "(see gpu_runner.distributed.init_distributed)"
+        )
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     if gather_to is not None and not (isinstance(gather_to, int) and 0 <= gather_to < world):
         raise ValueError(f"gather_to must be None or a group rank in 0..{world - 1}, got {gather_to!r}")
@@ -241,7 +251,9 @@ def distributed_prefill(
     strat = make_strategy(strategy)
     if cost_model is None:
         cost_model = default_cost_model(model, executor.attention(model))
-    packing, assignment = plan_assignment(lengths, world, strategy=strat, cost_model=cost_model, capacity=capacity)
+    packing, assignment = plan_assignment(
+        lengths, world, strategy=strat, cost_model=cost_model, capacity=capacity
+    )
     device = _comm_device(group)
     _check_agreement(assignment, packing, group, device)
 
@@ -287,7 +299,12 @@ def distributed_prefill(
 
 
 def _gather_logits(
-    local: torch.Tensor, assignment: Assignment, packing: Packing, group: Any, gather_to: int | None, device: torch.device
+    local: torch.Tensor,
+    assignment: Assignment,
+    packing: Packing,
+    group: Any,
+    gather_to: int | None,
+    device: torch.device,
 ) -> torch.Tensor | None:
     """Pad each rank's [n_r, V] to the largest n_r, gather, and scatter into caller order."""
     world, rank = assignment.world_size, dist.get_rank(group)
@@ -311,7 +328,11 @@ def _gather_logits(
 
 
 def _gather_kv(
-    local_kv: list[KVList] | None, members: tuple[int, ...], num_prompts: int, group: Any, gather_to: int | None
+    local_kv: list[KVList] | None,
+    members: tuple[int, ...],
+    num_prompts: int,
+    group: Any,
+    gather_to: int | None,
 ) -> list[KVList] | None:
     """Every prompt's KV as CPU tensors on the receiving rank(s), via (all_)gather_object."""
     mine = (members, [[(k.cpu(), v.cpu()) for k, v in layers] for layers in (local_kv or [])])
