@@ -6,8 +6,9 @@ Public API:
       of the packed rows; logits come back in the caller's order (all ranks or one), KV on
       request.
   Assignment strategies (pure, no torch work): STRATEGIES registry ("padded-rr", "packed-rr",
-      "cost-balanced"), make_strategy, register_strategy, plan_assignment, Assignment, and
-      the partition algorithms lpt_partition, karmarkar_karp_partition, round_robin_partition.
+      "cost-balanced", "prompt-balanced"), make_strategy, register_strategy, plan_assignment,
+      Assignment, and the partition algorithms lpt_partition, karmarkar_karp_partition,
+      round_robin_partition.
   Executors: RunnerExecutor (the prepacked runner), EngineExecutor (PrefillEngine).
   Launching: init_distributed, launcher_env, torchrun_command, spawn_local, NVLS_OFF_ENV
       (NVLink multicast stays off in every environment these build).

@@ -235,7 +235,9 @@ def distributed_prefill(
                 rank(s): slow, for small batches and tests; implies return_kv.
     time_ranks: measure each rank's executor time (CUDA events / host clock) into `busy_ms`.
     Raises `ValueError` on bad input (before any collective, identically on every rank),
-    `RuntimeError` if the ranks' plans disagree (on every rank).
+    `RuntimeError` if the ranks' plans disagree (on every rank). An error inside one rank's
+    executor alone (e.g. out of memory) leaves the other ranks waiting in the gather until
+    the process group's timeout.
     """
     if not dist.is_available() or not dist.is_initialized():
         raise ValueError(
