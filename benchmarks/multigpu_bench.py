@@ -72,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
         default=("runner/dense", "engine/varlen"),
         help="executor/backend runs that include padded-rr (default runner/dense,engine/varlen)",
     )
-    p.add_argument("--world-sizes", type=_ints, default=(), help="GPU counts to measure (default 1 and all)")
+    p.add_argument(
+        "--world-sizes", type=_ints, default=(), help="GPU counts to measure (default 1, 2, 4 ... and all)"
+    )
     p.add_argument(
         "--max-padded-batch", type=int, default=256, help="run padded-rr only up to this batch (default 256)"
     )

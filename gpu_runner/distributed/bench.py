@@ -1,9 +1,9 @@
 """The multi-GPU prefill benchmark: strategies side by side on 1 GPU and N GPUs of one host.
 
 Runs inside a process group started by torchrun (every rank runs `run_multigpu_benchmark`).
-For each batch (MMLU-like lengths drawn with a fixed seed, random token ids), each world
-size w (1 and the full world by default: ranks 0..w-1 form a subgroup, the others wait),
-each executor and each strategy:
+For each executor run, each batch (MMLU-like lengths drawn with a fixed seed, random token
+ids), each world size w (by default 1, 2, 4 ... below the world, and the full world; ranks
+0..w-1 form a subgroup, the others wait) and each strategy:
   warmup calls, then `reps` calls, each started right after a barrier of the subgroup and
   timed with CUDA events (host clock on CPU) up to the moment the gathered logits are
   there; a call's time is the slowest rank's; the median is reported.
@@ -53,12 +53,15 @@ EXECUTORS: dict[
 class MultiGPUConfig:
     """What to run. model: a `gpu_runner.bench.MODEL_SHAPES` key; dataset: a length list.
 
-    world_sizes: () = 1 and the full world. backends: the runner's attention backends (each
-    one a run). padded_runs: the "executor/backend" runs that include padded-rr (the runner
-    on padded rows is HF's padded batch only under dense; the engine never pads, so there
-    padded-rr is plain prompt round-robin); max_padded_batch: padded-rr runs only on batches
-    up to this (it pads every prompt to the longest: seconds per call). memory_fraction: the runner's
-    memory budget per forward, as a fraction of the device memory free after the model.
+    world_sizes: () = 1, 2, 4 ... below the world, and the full world.
+    backends: the runner's attention backends, one run each.
+    padded_runs: the "executor/backend" runs that include padded-rr (the runner on padded
+        rows is HF's padded batch only under dense; the engine never pads, so there
+        padded-rr is plain prompt round-robin).
+    max_padded_batch: padded-rr runs only on batches up to this (it pads every prompt to the
+        longest: seconds per call).
+    memory_fraction: the runner's memory budget per forward, as a fraction of the device
+        memory free after the model.
     prompt-balanced runs only with executors that ignore rows (`uses_rows` False): under the
     runner it would mean one padded row per prompt.
     """
@@ -209,7 +212,7 @@ def run_multigpu_benchmark(cfg: MultiGPUConfig, *, device: torch.device) -> list
     """Run the benchmark on every rank of the initialised world; `device` is this rank's.
     Returns the records (complete on rank 0; others hold their own view)."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    worlds = sorted(set(cfg.world_sizes or (1, world)))
+    worlds = sorted(set(cfg.world_sizes or [w for w in (1, 2, 4, 8) if w < world] + [world]))
     if worlds[-1] > world:
         raise ValueError(f"world size {worlds[-1]} asked for, but only {world} ranks run")
     # every rank creates every subgroup, in the same order
