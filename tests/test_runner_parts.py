@@ -229,3 +229,26 @@ def test_prompt_kv_left_padded_gather_equals_the_list_version():
         assert torch.equal(k, rk) and torch.equal(v, rv)
     with pytest.raises(IndexError):
         split.kv.left_padded([7])
+
+
+def test_attention_switch_is_replayed_after_the_first_time(monkeypatch):
+    from test_runner_support import model_config, register_reference_varlen_backends
+    from transformers import AutoModelForCausalLM
+
+    register_reference_varlen_backends()
+    model = AutoModelForCausalLM.from_config(model_config("llama")).eval()
+    calls = []
+    original = model.set_attn_implementation
+    monkeypatch.setattr(model, "set_attn_implementation", lambda impl: (calls.append(impl), original(impl)))
+    prompts = random_prompts([5, 8, 2], seed=15)
+    results = [gpu_runner.prefill(model, prompts, backend="varlen-reference") for _ in range(3)]
+    assert calls == ["prepack_varlen-reference", "sdpa"]  # then replayed
+    assert model.config._attn_implementation == "sdpa"
+    seen = []
+    handle = model.model.layers[1].self_attn.register_forward_pre_hook(
+        lambda mod, args: seen.append(mod.config._attn_implementation)
+    )
+    gpu_runner.prefill(model, prompts, backend="varlen-reference")
+    handle.remove()
+    assert seen == ["prepack_varlen-reference"]
+    torch.testing.assert_close(results[2].logits, gpu_runner.prefill(model, prompts, backend="dense").logits)
