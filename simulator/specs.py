@@ -17,7 +17,8 @@ __all__ = ["ModelSpec", "MODELS", "get_model", "available_models"]
 # HF `model_type`s whose MLP is a plain up/down projection (no gate). Everything else
 # we accept (llama, mistral, qwen2, ...) uses a gated (SwiGLU) MLP.
 _UNGATED_MODEL_TYPES = frozenset({"gpt2", "opt", "gpt_neox", "bloom", "falcon", "gptj", "phi"})
-_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4, "float8_e4m3fn": 1}
+# "auto" (load as the checkpoint says) is taken as bf16, what current checkpoints ship.
+_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4, "float8_e4m3fn": 1, "auto": 2}
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,9 @@ class ModelSpec:
         hidden = int(get("hidden_size"))
         heads = int(get("num_attention_heads"))
         head_dim = get("head_dim") or hidden // heads
-        dtype = get("dtype") or get("torch_dtype") or "bfloat16"
+        # transformers 5 names it `dtype` (reading the deprecated `torch_dtype` warns)
+        has_dtype = "dtype" in config if isinstance(config, Mapping) else hasattr(config, "dtype")
+        dtype = (get("dtype") if has_dtype else get("torch_dtype")) or "bfloat16"
         dtype_name = str(dtype).removeprefix("torch.")
         if dtype_name not in _DTYPE_BYTES:
             raise ValueError(f"config dtype {dtype!r} is not one of {sorted(_DTYPE_BYTES)}")
