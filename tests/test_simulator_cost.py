@@ -166,6 +166,12 @@ def test_from_hf_config_matches_table():
     assert as_dict == MODELS["llama-2-7b"]
     with pytest.raises(ValueError, match="lacks hidden_size"):
         ModelSpec.from_hf_config({"vocab_size": 10})
+    fp32 = LlamaConfig(**{**sheared.to_dict(), "dtype": "float32"})
+    assert ModelSpec.from_hf_config(fp32).param_bytes == 4
+    legacy = {k: v for k, v in llama.to_dict().items() if k != "dtype"} | {"torch_dtype": "float32"}
+    assert ModelSpec.from_hf_config(legacy).param_bytes == 4
+    with pytest.raises(ValueError, match="dtype"):
+        ModelSpec.from_hf_config({**llama.to_dict(), "dtype": "int4"})
 
 
 def test_imports_do_not_pull_torch():
