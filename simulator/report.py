@@ -40,7 +40,8 @@ def format_table(result: SimulationResult) -> str:
     Per-batch columns are means over the batches."""
     cfg = result.config
     head = (
-        f"{cfg['num_prompts']} prompts from {cfg['lengths_dist']} in {cfg['num_batches']} batches of "
+        f"{cfg['num_prompts']} prompts from {cfg['lengths_dist']} in {cfg['num_batches']} "
+        f"batch{'es' if cfg['num_batches'] != 1 else ''} of "
         f"{cfg['batch_size']}; {cfg['model']} on {cfg['gpu']} (budget {cfg['memory_budget_bytes'] / 1e9:.1f} GB); "
         f"capacity {cfg['capacity']}"
     )
