@@ -170,7 +170,7 @@ def smoke(out_dir: str | None, seed: int = 0) -> dict[str, Any]:
     from gpu_runner.bench import MODEL_SHAPES
     from simulator import GPUSpec, ModelSpec
 
-    cfg = replace(exp6.Config.smoke(seed), batches=(3, 6, 9), backends=("padded", "dense"))
+    cfg = replace(exp6.Config.smoke(seed), batches=(3, 6), backends=("padded", "dense"))
     exp6.run(cfg, out_dir)
     tiny = ModelSpec.from_hf_config(dict(MODEL_SHAPES["tiny"], dtype="float32", model_type="llama"), name="tiny")
     cpu = GPUSpec("cpu", peak_flops=1e11, memory_bandwidth_bytes_per_s=2e10, memory_bytes=16 * 10**9)

@@ -50,6 +50,7 @@ class Config:
     cost_gpu: str = "h100"
     backends: tuple[str, ...] = ("dense", "flex")
     measure: bool = False
+    measure_packers: tuple[str, ...] = ()  # () = measure every packer's rows
     device: str = "cpu"
     warmup: int = 1
     reps: int = 3
@@ -57,7 +58,8 @@ class Config:
     @classmethod
     def smoke(cls, seed: int = 0) -> "Config":
         return cls(datasets=("mmlu",), batches=(12,), seeds=(seed,), models=("sheared-llama-1.3b",),
-                   backends=("dense",), measure=True, device="cpu", warmup=0, reps=1)  # fmt: skip
+                   backends=("dense",), measure=True, measure_packers=("ffd", "pad"), device="cpu", warmup=0,
+                   reps=1)  # fmt: skip
 
 
 def packer_names(cfg: Config) -> tuple[str, ...]:
@@ -115,6 +117,8 @@ def measure_rows(rows: list[dict[str, Any]], lengths: np.ndarray, model: Any, mo
     prompts = draw_prompts(lengths, model.config.vocab_size, int(rows[0]["seed"]) if rows else 0)
     done: dict[tuple, tuple[float | None, str]] = {}
     for row in rows:
+        if cfg.measure_packers and row["packer"] not in cfg.measure_packers:
+            continue
         key = (row["packer"], row["capacity"], row["backend"])
         if key not in done:
             try:
