@@ -19,7 +19,8 @@ Example:
 
 Modules: inputs (packed layout), masks (dense and flex masks), varlen / flex (attention
 functions registered with transformers), backends (registry), cache (transformers cache
-compatibility, per-prompt K/V views), runner (prefill), generate (continued generation).
+compatibility, per-prompt K/V views), plan (memory estimate, forwards under a budget),
+runner (prefill), generate (continued generation).
 """
 
 from gpu_runner.backends import (

@@ -2,7 +2,7 @@
 packed forward, and hand back per-prompt next-token logits and KV caches.
 
 `prefill(model, prompts, ...)` is the public entry point; `PrefillResult` carries the
-results in the caller's prompt order. Every check on the input happens before any device
+results in the caller's prompt order; `gpu_runner.plan` decides the forwards (re-exported here). Every check on the input happens before any device
 work; an out-of-memory inside a forward becomes `PrefillOutOfMemoryError` naming the batch.
 """
 
@@ -28,6 +28,7 @@ from gpu_runner.cache import (
     output_cache,
 )
 from gpu_runner.inputs import pack_inputs, prompt_lengths
+from gpu_runner.plan import ForwardPlan, estimate_forward_bytes, plan_forwards, text_config
 from packers import Packing
 
 __all__ = [
@@ -49,27 +50,6 @@ _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 class PrefillOutOfMemoryError(RuntimeError):
     """A packed forward ran out of device memory; the message names the forward and its prompts."""
-
-
-@dataclass(frozen=True)
-class ForwardPlan:
-    """One packed forward: which bins of the packing, padded to num_rows x row_len tokens.
-
-    estimated_bytes: `estimate_forward_bytes` of this forward (peak extra device memory).
-    """
-
-    bins: tuple[int, ...]
-    num_rows: int
-    row_len: int
-    estimated_bytes: int
-
-    def __post_init__(self) -> None:
-        if not self.bins:
-            raise ValueError("a forward needs at least one bin")
-        if self.num_rows < len(self.bins) or self.row_len <= 0:
-            raise ValueError(
-                f"forward of {len(self.bins)} bins cannot fit {self.num_rows} rows x {self.row_len}"
-            )
 
 
 @dataclass(frozen=True)
@@ -197,7 +177,7 @@ def validate_prompts(
             f"prompt {prompt} has token id {int(tokens[flat])} outside the vocabulary [0, {vocab})"
         )
     longest = max(lengths)
-    config = _text_config(model.config)
+    config = text_config(model.config)
     context = getattr(config, "max_position_embeddings", None)
     if context is not None and longest > context:
         i = lengths.index(longest)
@@ -222,103 +202,6 @@ def _resolve_capacity(capacity: int | str, lengths: Sequence[int]) -> int:
     return value
 
 
-def _text_config(config: Any) -> Any:
-    getter = getattr(config, "get_text_config", None)
-    return getter() if callable(getter) else config
-
-
-def estimate_forward_bytes(
-    config: Any,
-    *,
-    num_rows: int,
-    row_len: int,
-    num_prompts: int,
-    backend: str,
-    dtype: torch.dtype,
-    device: torch.device,
-    return_kv: bool,
-) -> int:
-    """Estimated peak extra device memory of one packed forward, bytes.
-
-    T = num_rows * row_len tokens, e = bytes per element:
-      activations  T * e * (4 * hidden + q_heads*D + 2 * kv_heads*D + 3 * intermediate)
-      attention    dense: mask num_rows * row_len^2 bytes; on CPU, dense and flex also
-                   materialize scores, num_rows * q_heads * row_len^2 * 4; else 0
-      kv cache     2 * layers * T * kv_heads * D * e           (only with return_kv)
-      logits       num_prompts * vocab * 4
-    An estimate for planning, not a guarantee; a real out-of-memory is still caught.
-    """
-    cfg = _text_config(config)
-    hidden = int(cfg.hidden_size)
-    q_heads = int(cfg.num_attention_heads)
-    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or q_heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or hidden // q_heads)
-    inter = int(getattr(cfg, "intermediate_size", None) or 4 * hidden)
-    layers = int(cfg.num_hidden_layers)
-    e = torch.empty((), dtype=dtype).element_size()
-    tokens = num_rows * row_len
-    total = tokens * e * (4 * hidden + (q_heads + 2 * kv_heads) * head_dim + 3 * inter)
-    if backend == "dense":
-        total += num_rows * row_len * row_len
-    if backend in ("dense", "flex") and device.type == "cpu":  # CPU sdpa / eager flex: scores
-        total += num_rows * q_heads * row_len * row_len * 4
-    if return_kv:
-        total += 2 * layers * tokens * kv_heads * head_dim * e
-    total += num_prompts * int(cfg.vocab_size) * 4
-    return int(total)
-
-
-def plan_forwards(
-    packing: Packing,
-    estimate: Any,
-    *,
-    row_len: int | None = None,
-    num_rows: int | None = None,
-    memory_budget_bytes: int | None = None,
-) -> tuple[ForwardPlan, ...]:
-    """Group the packing's bins (in bin order) into packed forwards.
-
-    estimate(num_rows, row_len, num_prompts) -> bytes. Each forward takes consecutive bins
-    while it stays within `memory_budget_bytes` and `num_rows` bins. row_len: fixed tokens
-    per row (static shapes) or None for the longest bin load of each forward; num_rows:
-    fixed rows per forward (padded with empty rows) or None for as many as fit.
-    `ValueError` if a single bin alone exceeds the budget.
-    """
-    loads = packing.loads
-    sizes = [len(b) for b in packing.bins]
-    plans: list[ForwardPlan] = []
-    group: list[int] = []
-
-    def shape(bins: list[int]) -> tuple[int, int, int]:
-        rows = len(bins) if num_rows is None else num_rows
-        width = max(loads[b] for b in bins) if row_len is None else row_len
-        return rows, width, sum(sizes[b] for b in bins)
-
-    def close() -> None:
-        rows, width, n = shape(group)
-        plans.append(ForwardPlan(tuple(group), rows, width, int(estimate(rows, width, n))))
-
-    for b in range(packing.num_bins):
-        candidate = group + [b]
-        too_many = num_rows is not None and len(candidate) > num_rows
-        too_big = memory_budget_bytes is not None and estimate(*shape(candidate)) > memory_budget_bytes
-        if group and (too_many or too_big):
-            close()
-            group = [b]
-        else:
-            group = candidate
-        if memory_budget_bytes is not None and len(group) == 1:
-            need = int(estimate(*shape(group)))
-            if need > memory_budget_bytes:
-                raise ValueError(
-                    f"bin {b} (prompts {list(packing.bins[b])}, {loads[b]} tokens) alone needs about "
-                    f"{need} bytes, over memory_budget_bytes={memory_budget_bytes}: lower the capacity"
-                    + (" or row_len/num_rows" if row_len or num_rows else "")
-                )
-    close()
-    return tuple(plans)
-
-
 def _decoder(model: torch.nn.Module) -> torch.nn.Module:
     getter = getattr(model, "get_decoder", None)
     decoder = getter() if callable(getter) else None
@@ -340,7 +223,7 @@ def project_logits(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor
     if head is None:
         raise ValueError(f"{type(model).__name__} has no output embedding (lm_head)")
     logits = head(hidden)
-    cfg = _text_config(model.config)
+    cfg = text_config(model.config)
     scale = getattr(cfg, "logit_scale", None)
     if scale is not None:
         logits = logits * scale
@@ -468,7 +351,7 @@ def prefill(
             raise ValueError(f"packer must be a registry name or have pack(); got {packer!r}")
         packing = packer_obj.pack(lengths, cap)
     if backend == "auto":
-        attn = resolve_backend(backend, device, dtype, config=_text_config(model.config), packing=packing)
+        attn = resolve_backend(backend, device, dtype, config=text_config(model.config), packing=packing)
     if row_len == "capacity":
         row_len = packing.capacity
     if row_len is not None:
@@ -481,7 +364,7 @@ def prefill(
         memory_budget_bytes = packers.validate_capacity(memory_budget_bytes)
     vocab = model.get_input_embeddings().num_embeddings
     if pad_token_id is None:
-        pad_token_id = getattr(_text_config(model.config), "pad_token_id", None)
+        pad_token_id = getattr(text_config(model.config), "pad_token_id", None)
         pad_token_id = pad_token_id if isinstance(pad_token_id, int) and 0 <= pad_token_id < vocab else 0
     elif not 0 <= int(pad_token_id) < vocab:
         raise ValueError(f"pad_token_id {pad_token_id} is outside the vocabulary [0, {vocab})")
