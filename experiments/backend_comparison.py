@@ -90,36 +90,39 @@ def run_for_model(model: Any, model_name: str, cfg: Config, out_csv: str, budget
     dev = torch.device(cfg.device)
     gpu, vers = machine_label(cfg.device), versions()
     rows: list[dict] = []
+    batches = {}
     for dataset in cfg.datasets:
         for batch in cfg.batches:
             lengths = draw_lengths(dataset, batch, cfg.seed, MAX_PROMPT_TOKENS)
-            prompts = draw_prompts(lengths, model.config.vocab_size, cfg.seed)
-            for backend in cfg.backends:
-                if budget is not None and budget.expired():
-                    print(f"[backend_comparison] time budget spent: skipping {model_name} {dataset} b{batch} {backend}")
-                    continue
-                row: dict[str, Any] = dict(
-                    gpu=gpu, model=model_name, dataset=dataset, batch=batch, seed=cfg.seed, max_len=MAX_PROMPT_TOKENS,
-                    packer="pad" if backend == "padded" else ("flat" if backend == "graph" else "ffd"), backend=backend,
-                    mode="graph" if backend == "graph" else "eager", num_bins="", row_len="",
-                    real_tokens=int(lengths.sum()), computed_tokens="", measured_ms=None, ms_min=None, ms_max=None,
-                    reps=0, peak_extra_bytes=None, versions=vers, error="",
-                )  # fmt: skip
-                try:
-                    call, packer, bins, row_len, runner = backend_call(model, prompts, backend)
-                    row.update(packer=packer, num_bins=bins, row_len=row_len, computed_tokens=bins * row_len)
-                    t, peak = peak_extra_bytes(lambda: time_calls(call, device=dev, warmup=cfg.warmup, reps=cfg.reps), device=dev)
-                    row.update(measured_ms=t.median_ms, ms_min=t.min_ms, ms_max=t.max_ms, reps=cfg.reps, peak_extra_bytes=peak)
-                    if getattr(runner, "oom_splits", 0):
-                        row["error"] = "padded batch ran out of memory and was split"
-                except Exception as exc:  # noqa: BLE001 - a failing point is a data row, not the end
-                    row["error"] = error_text(exc)
-                call = runner = None
-                release_memory(dev)
-                append_rows(out_csv, [row], COLUMNS)
-                rows.append(row)
-                shown = f"{row['measured_ms']:.2f} ms" if row["measured_ms"] else row["error"]
-                print(f"[backend_comparison {model_name} {dataset} b{batch} {backend}] {shown}", flush=True)
+            batches[(dataset, batch)] = (lengths, draw_prompts(lengths, model.config.vocab_size, cfg.seed))
+    # backends outermost: a slow backend (flex compiles per shape) listed last cannot starve the others
+    for backend in cfg.backends:
+        for (dataset, batch), (lengths, prompts) in batches.items():
+            if budget is not None and budget.expired():
+                print(f"[backend_comparison] time budget spent: skipping {model_name} {dataset} b{batch} {backend}")
+                continue
+            row: dict[str, Any] = dict(
+                gpu=gpu, model=model_name, dataset=dataset, batch=batch, seed=cfg.seed, max_len=MAX_PROMPT_TOKENS,
+                packer="pad" if backend == "padded" else ("flat" if backend == "graph" else "ffd"), backend=backend,
+                mode="graph" if backend == "graph" else "eager", num_bins="", row_len="",
+                real_tokens=int(lengths.sum()), computed_tokens="", measured_ms=None, ms_min=None, ms_max=None,
+                reps=0, peak_extra_bytes=None, versions=vers, error="",
+            )  # fmt: skip
+            try:
+                call, packer, bins, row_len, runner = backend_call(model, prompts, backend)
+                row.update(packer=packer, num_bins=bins, row_len=row_len, computed_tokens=bins * row_len)
+                t, peak = peak_extra_bytes(lambda: time_calls(call, device=dev, warmup=cfg.warmup, reps=cfg.reps), device=dev)
+                row.update(measured_ms=t.median_ms, ms_min=t.min_ms, ms_max=t.max_ms, reps=cfg.reps, peak_extra_bytes=peak)
+                if getattr(runner, "oom_splits", 0):
+                    row["error"] = "padded batch ran out of memory and was split"
+            except Exception as exc:  # noqa: BLE001 - a failing point is a data row, not the end
+                row["error"] = error_text(exc)
+            call = runner = None
+            release_memory(dev)
+            append_rows(out_csv, [row], COLUMNS)
+            rows.append(row)
+            shown = f"{row['measured_ms']:.2f} ms" if row["measured_ms"] else row["error"]
+            print(f"[backend_comparison {model_name} {dataset} b{batch} {backend}] {shown}", flush=True)
     return rows
 
 

@@ -48,6 +48,7 @@ def gpu_plan(device: str = "cuda") -> list[tuple[str, list[Stage]]]:
     """(model, stages) in run order. Sizes are chosen to fit about 7 minutes on one H100."""
     e1 = exp1.Config(device=device)
     e2 = exp2.Config(device=device)
+    e2_7b = exp2.Config(batches=(4, 8, 16, 32, 64, 128), device=device)  # 7B padded 256 needs 4+ OOM splits
     e3 = exp3.Config(device=device)
     e4 = exp4.Config(device=device)
     backends = ("padded", "dense", "varlen", "graph", "flex")  # flex (compiles per shape) last
@@ -70,7 +71,7 @@ def gpu_plan(device: str = "cuda") -> list[tuple[str, list[Stage]]]:
         ]),
         ("llama2-7b", [
             s("speedup_by_dataset", 35, exp1, e1), s("backend_comparison", 35, exp6, e6_7b),
-            s("speedup_by_batch", 40, exp2, e2), s("memory_and_max_batch", 45, exp3, e3),
+            s("speedup_by_batch", 40, exp2, e2_7b), s("memory_and_max_batch", 45, exp3, e3),
         ]),
     ]  # fmt: skip
 
