@@ -167,7 +167,63 @@ def run(cfg: Config, out_dir: str | None = None, model: Any = None, model_name: 
     return rows
 
 
+def summary_tables(rows: list[dict[str, str]], cost_model: str = "sheared-llama-1.3b", backend: str = "dense") -> str:
+    """Markdown tables from packer_comparison.csv rows (CPU columns only):
+    1. per packer at capacity = longest prompt, over every batch: mean and max gap to the best
+       lower bound any packer proved for that batch, share of batches at that bound, median
+       solve ms, geometric-mean modeled time relative to ffd (`cost_model`, `backend`);
+    2. per dataset: modeled time of ffd at capacity auto relative to max, and the mean chosen
+       capacity over the longest prompt (geometric means over batches and seeds)."""
+    import math
+    import statistics
+
+    key = lambda r: (r["dataset"], r["batch"], r["seed"], r["capacity"])  # noqa: E731
+    mx = [r for r in rows if r["capacity_mode"] == "max" and r["cost_model"] == cost_model and r["backend"] == backend]
+    if not mx:
+        raise ValueError(f"no capacity-max rows for {cost_model}/{backend} in the CSV")
+    bound: dict[tuple, int] = {}
+    for r in mx:
+        bound[key(r)] = max(bound.get(key(r), 0), int(r["lower_bound"]))
+    ffd = {key(r): float(r["modeled_ms"]) for r in mx if r["packer"] == "ffd"}
+    gm = lambda v: math.exp(sum(map(math.log, v)) / len(v))  # noqa: E731
+    lines = [f"| packer | batches | mean gap to best bound | max gap | at the bound | status optimal | median solve ms | "
+             f"max solve ms | modeled time / ffd ({cost_model}, {backend}) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name in sorted({r["packer"] for r in mx}):
+        sub = [r for r in mx if r["packer"] == name]
+        gaps = [int(r["num_bins"]) / bound[key(r)] - 1 for r in sub]
+        rel = gm([float(r["modeled_ms"]) / ffd[key(r)] for r in sub if key(r) in ffd])
+        lines.append(f"| {name} | {len(sub)} | {100 * statistics.mean(gaps):.2f}% | {100 * max(gaps):.1f}% | "
+                     f"{100 * sum(g == 0 for g in gaps) / len(gaps):.0f}% | "
+                     f"{100 * sum(r['status'] == 'optimal' for r in sub) / len(sub):.0f}% | "
+                     f"{statistics.median(float(r['solve_ms']) for r in sub):.2f} | "
+                     f"{max(float(r['solve_ms']) for r in sub):.1f} | {rel:.3f} |")  # fmt: skip
+    lines += ["", f"| dataset | ffd modeled time, capacity auto / max ({cost_model}, {backend}) | "
+              "chosen capacity / longest prompt |", "|---|---:|---:|"]  # fmt: skip
+    auto = {(r["dataset"], r["batch"], r["seed"]): r for r in rows if r["capacity_mode"] == "auto"
+            and r["packer"] == "ffd" and r["cost_model"] == cost_model and r["backend"] == backend}  # fmt: skip
+    for dataset in sorted({r["dataset"] for r in mx}):
+        pairs = [(auto[(r["dataset"], r["batch"], r["seed"])], r) for r in mx
+                 if r["packer"] == "ffd" and r["dataset"] == dataset and (r["dataset"], r["batch"], r["seed"]) in auto]
+        if pairs:
+            t = gm([float(a["modeled_ms"]) / float(m["modeled_ms"]) for a, m in pairs])
+            c = gm([int(a["capacity"]) / int(a["max_len"]) for a, _ in pairs])
+            lines.append(f"| {dataset} | {t:.3f} | {c:.2f} |")
+    return "\n".join(lines)
+
+
 def _body(args: argparse.Namespace) -> None:
+    if args.summary:
+        from experiments.common import read_rows
+
+        path = results_dir(args.out_dir) / CSV_NAME
+        rows = read_rows(path)
+        if not rows:
+            raise ValueError(f"no rows in {path}")
+        for backend in ("dense", "flex"):
+            print(f"\n### {backend}\n")
+            print(summary_tables(rows, backend=backend))
+        return
     if args.smoke:
         cfg = Config.smoke(args.seed)
     else:
@@ -199,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backends", default=",".join(d.backends), help="dense, flex, varlen, padded")
     parser.add_argument("--measure", action="store_true", help="also time each packing on --device")
     parser.add_argument("--device", default=d.device)
+    parser.add_argument("--summary", action="store_true", help="print the README tables from the CSV and exit")
     return run_cli(_body, parser, argv)
 
 
