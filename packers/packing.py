@@ -59,18 +59,24 @@ def validate_lengths(lengths: Sequence[int] | np.ndarray, capacity: int | None =
     if arr.size == 0:
         raise ValueError("lengths is empty: nothing to pack")
     if arr.dtype == np.bool_:
-        raise ValueError(f"prompt 0 has length {arr[0]!r}: lengths must be integers, not booleans")
+        raise ValueError(f"prompt 0 has length {arr[0].item()!r}: lengths must be integers, not booleans")
+    if arr.dtype.kind in "iuf" and not isinstance(lengths, np.ndarray):
+        # numpy turns a True among ints into 1: find it in the caller's own values
+        for i, value in enumerate(lengths):
+            if isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"prompt {i} has length {value!r}: lengths must be integers, not booleans")
     if arr.dtype.kind in "iu":
         out = arr.astype(np.int64, copy=True)
     elif arr.dtype.kind == "f":
         bad = ~np.isfinite(arr) | (arr != np.floor(arr))
         if bad.any():
             i = _first_bad(bad)
-            raise ValueError(f"prompt {i} has length {arr[i]!r}: lengths must be integers")
+            raise ValueError(f"prompt {i} has length {arr[i].item()!r}: lengths must be integers")
         out = arr.astype(np.int64)
     else:
         out = np.empty(arr.size, dtype=np.int64)
-        for i, value in enumerate(arr.tolist()):
+        # numpy made every value a str/object here: report the caller's own values
+        for i, value in enumerate(arr.tolist() if isinstance(lengths, np.ndarray) else lengths):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ValueError(f"prompt {i} has length {value!r}: lengths must be integers")
             as_float = float(value)
