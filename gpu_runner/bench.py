@@ -31,7 +31,7 @@ from gpu_runner.timing import matmul_peak_flops, peak_extra_bytes, release_memor
 
 __all__ = [
     "MODEL_SHAPES", "MODES", "BenchConfig", "BenchRecord", "build_model", "draw_prompts", "gpu_slug",
-    "load_lengths", "real_token_flops", "run_benchmark", "stream_batches",
+    "load_lengths", "merge_records", "real_token_flops", "run_benchmark", "stream_batches",
 ]
 
 # Llama-architecture shapes (random weights). max_position_embeddings covers the datasets.
@@ -366,3 +366,43 @@ def _replace(cfg: BenchConfig, **changes: Any) -> BenchConfig:
     from dataclasses import replace
 
     return replace(cfg, **changes)
+
+
+def merge_records(paths: Sequence[str], out: str = "") -> list[BenchRecord]:
+    """Merge record files of several runs on one card into one list (later files replace
+    earlier records of the same model, dataset, batch, mode and method), recomputing each
+    record's speedups from the padded and paper records of its group; write `out` if given.
+
+    Runs split across processes (e.g. one per model, or a stream rerun) then share baselines.
+    """
+    from dataclasses import replace
+
+    merged: dict[tuple, BenchRecord] = {}
+    for path in paths:
+        with open(path) as f:
+            for row in json.load(f):
+                rec = BenchRecord(**row)
+                merged[(rec.gpu, rec.model, rec.dataset, rec.batch, rec.mode, rec.method)] = rec
+    records = list(merged.values())
+    cards = {r.gpu for r in records}
+    if len(cards) > 1:
+        raise ValueError(f"records from several cards ({', '.join(sorted(cards))}): merge one card at a time")
+
+    def ms_of(rec: BenchRecord, method: str) -> float | None:
+        other = merged.get((rec.gpu, rec.model, rec.dataset, rec.batch, rec.mode, method))
+        return other.ms if other is not None else None
+
+    out_records = []
+    for rec in records:
+        padded, paper = ms_of(rec, "padded"), ms_of(rec, "paper")
+        out_records.append(replace(
+            rec,
+            speedup_vs_padded=(padded / rec.ms) if (padded and rec.ms and rec.method != "padded") else None,
+            speedup_vs_paper=(paper / rec.ms) if (paper and rec.ms and rec.method != "paper") else None,
+        ))
+    order = {m: i for i, m in enumerate(METHOD_NAMES)}
+    out_records.sort(key=lambda r: (r.model, r.dataset, r.batch, MODES.index(r.mode), order[r.method]))
+    if out:
+        with open(out, "w") as f:
+            json.dump([asdict(r) for r in out_records], f, indent=1)
+    return out_records

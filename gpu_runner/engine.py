@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import chain
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -444,6 +444,24 @@ class PrefillEngine:
         with torch.cuda.graph(graph, pool=self._pool):
             logits = self._forward(*key)
         return graph, logits
+
+    def prefill_result(self, prompts: Sequence[Sequence[int]]) -> "Any":
+        """`prefill`, handed back as the library's `runner.PrefillResult` (one flat row as the
+        packing, backend "engine"); its logits and kv are views into the engine's buffers,
+        valid until the next call. Building per-prompt kv lists costs host time (N x layers
+        views): use `prefill` in hot loops."""
+        from gpu_runner.runner import ForwardPlan, PrefillResult
+        from packers import Packing
+
+        out = self.prefill(prompts)
+        lengths = tuple(int(x) for x in np.diff(out.cu_seqlens))
+        total = int(out.cu_seqlens[-1])
+        packing = Packing(lengths=lengths, capacity=total, bins=(tuple(range(len(lengths))),), packer="flat",
+                          meta={"lower_bound": 1, "status": "optimal", "solve_time_s": 0.0})
+        plan = ForwardPlan(bins=(0,), num_rows=1, row_len=int(out.kv.shape[2]), estimated_bytes=0)
+        kv = [out.prompt_kv(i) for i in range(out.num_prompts)]
+        return PrefillResult(logits=out.logits, kv=kv, packing=packing, backend="engine", forwards=(plan,),
+                             config=self.model.config)
 
     @property
     def num_graphs(self) -> int:

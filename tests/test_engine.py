@@ -105,3 +105,15 @@ def test_bad_options():
         PrefillEngine(model, attention="nope")
     with pytest.raises(ValueError, match="CUDA"):
         PrefillEngine(model, attention="flash")
+
+
+def test_prefill_result_is_the_library_type():
+    from gpu_runner.runner import PrefillResult
+
+    model = _model()
+    prompts = _prompts([7, 3, 20])
+    res = PrefillEngine(model, token_bucket=16).prefill_result(prompts)
+    assert isinstance(res, PrefillResult) and res.backend == "engine"
+    assert res.logits.shape == (3, 97) and len(res.kv) == 3 and res.kv[2][0][0].shape == (2, 20, 16)
+    cache = res.cache_for(1)  # a transformers cache that generate can continue from
+    assert cache is not None
