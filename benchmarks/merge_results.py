@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_runner.bench import merge_records  # noqa: E402
+from gpu_runner.bench import merge_records
 
 
 def main(argv: list[str]) -> int:

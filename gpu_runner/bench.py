@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -259,6 +261,31 @@ def _finish(sink: _Sink, base: dict[str, Any], ms: float | None, flops: float, p
     return sink.add(rec)
 
 
+def _time_method(method: str, model: Any, prompts: list[list[int]], modes: tuple[str, ...], opts: dict[str, Any],
+                 cfg: BenchConfig, device: torch.device, holder: dict[str, Any]) -> dict[str, Any]:
+    """Build one method and time each mode on `prompts`; the runner is left in `holder`."""
+    runner = make_method(method, model, **opts)
+    holder["runner"] = runner
+    timings = {}
+    for mode in modes:
+        call = partial(runner.prefill if mode == "prefill" else runner.first_tokens, prompts)
+        timings[mode] = time_calls(call, device=device, warmup=cfg.warmup, reps=cfg.reps)
+    return timings
+
+
+def _run_stream(method: str, model: Any, batches: list[list[list[int]]], opts: dict[str, Any],
+                device: torch.device, holder: dict[str, Any]) -> float:
+    """Wall seconds of the whole stream, method construction included; the runner is left in `holder`."""
+
+    def body() -> None:
+        runner = make_method(method, model, **opts)  # construction counts (fusing, graphs)
+        holder["runner"] = runner
+        for batch in batches:
+            runner.prefill(batch)
+
+    return wall_clock_s(body, device=device)[1]
+
+
 def _scenario_a(model, name: str, cfg: BenchConfig, peak: float, gpu: str, sink: _Sink, device: torch.device) -> None:
     lengths_all = load_lengths(cfg.dataset)
     rng = np.random.default_rng(cfg.seed)
@@ -272,25 +299,15 @@ def _scenario_a(model, name: str, cfg: BenchConfig, peak: float, gpu: str, sink:
         modes = tuple(m for m in modes if m in cfg.modes)
         if not modes:
             continue
-        state: dict[str, Any] = {}
-
-        def measure() -> dict[str, Any]:
-            runner = make_method(method, model, **opts)
-            state["runner"] = runner
-            timings = {}
-            for mode in modes:
-                call: Callable[[], Any] = (lambda: runner.prefill(prompts)) if mode == "prefill" else (lambda: runner.first_tokens(prompts))
-                timings[mode] = time_calls(call, device=device, warmup=cfg.warmup, reps=cfg.reps)
-            return timings
-
+        holder: dict[str, Any] = {}
         try:
-            timings, peak_bytes = peak_extra_bytes(measure, device=device)
+            timings, peak_bytes = peak_extra_bytes(
+                partial(_time_method, method, model, prompts, modes, opts, cfg, device, holder), device=device
+            )
             err = None
         except Exception as exc:  # noqa: BLE001 - one method failing must not lose the others
             timings, peak_bytes, err = {}, None, _error_text(exc)
-        runner = state.pop("runner", None)
-        extra_opts = _runner_notes(runner)
-        del runner, state
+        extra_opts = _runner_notes(holder.pop("runner", None))
         release_memory(device)
         for mode in modes:
             base = dict(gpu=gpu, model=name, dataset=cfg.dataset, batch=len(prompts), mode=mode, method=method,
@@ -312,25 +329,14 @@ def _scenario_b(model, name: str, cfg: BenchConfig, peak: float, gpu: str, sink:
     # tokens" setting), so its KV buffer is allocated once and graphs are never re-captured.
     opts["max_tokens"] = max(sum(len(p) for p in b) for b in batches)
     for method in cfg.stream_methods:
-        state: dict[str, Any] = {}
-
-        def run_stream() -> float:
-            def body() -> None:
-                runner = make_method(method, model, **opts)  # construction counts (fusing, graphs)
-                state["runner"] = runner
-                for b in batches:
-                    runner.prefill(b)
-
-            return wall_clock_s(body, device=device)[1]
-
+        holder: dict[str, Any] = {}
         try:
-            wall_s, peak_bytes = peak_extra_bytes(run_stream, device=device)
+            wall_s, peak_bytes = peak_extra_bytes(partial(_run_stream, method, model, batches, opts, device, holder),
+                                                  device=device)
             ms, err = wall_s * 1e3, None
         except Exception as exc:  # noqa: BLE001
             ms, peak_bytes, err = None, None, _error_text(exc)
-        runner = state.pop("runner", None)
-        extra_opts = _runner_notes(runner)
-        del runner, state
+        extra_opts = _runner_notes(holder.pop("runner", None))
         release_memory(device)
         base = dict(gpu=gpu, model=name, dataset=cfg.dataset, batch=cfg.batch, mode="stream", method=method, real_tokens=real)
         _finish(sink, base, ms, flops, peak, peak_extra_bytes=peak_bytes, num_batches=len(batches), error=err,

@@ -18,12 +18,13 @@ for the call) and `first_tokens(prompts)` (prefill + greedy first token on the h
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-__all__ = ["BenchMethod", "METHOD_NAMES", "make_method"]
+__all__ = ["METHOD_NAMES", "BenchMethod", "make_method"]
 
 Prompts = Sequence[Sequence[int]]
 

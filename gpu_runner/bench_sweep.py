@@ -13,8 +13,9 @@ A point that fails (out of memory, unavailable backend) becomes a row with `erro
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

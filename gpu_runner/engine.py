@@ -29,9 +29,10 @@ keeps them).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,7 +91,7 @@ class EngineOutput:
         a, b = int(self.cu_seqlens[i]), int(self.cu_seqlens[i + 1])
         return [(layer[0, a:b].transpose(0, 1), layer[1, a:b].transpose(0, 1)) for layer in self.kv]
 
-    def clone(self) -> "EngineOutput":
+    def clone(self) -> EngineOutput:
         """A copy that the next `prefill` call does not overwrite."""
         total = int(self.cu_seqlens[-1])
         return EngineOutput(self.logits.clone(), self.kv[:, :, :total].clone(), self.cu_seqlens.copy())
@@ -445,7 +446,7 @@ class PrefillEngine:
             logits = self._forward(*key)
         return graph, logits
 
-    def prefill_result(self, prompts: Sequence[Sequence[int]]) -> "Any":
+    def prefill_result(self, prompts: Sequence[Sequence[int]]) -> Any:
         """`prefill`, handed back as the library's `runner.PrefillResult` (one flat row as the
         packing, backend "engine"); its logits and kv are views into the engine's buffers,
         valid until the next call. Building per-prompt kv lists costs host time (N x layers

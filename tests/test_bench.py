@@ -10,7 +10,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from gpu_runner.bench import MODEL_SHAPES, BenchConfig, BenchRecord, real_token_flops, run_benchmark, stream_batches
+from gpu_runner.bench import (
+    MODEL_SHAPES,
+    BenchConfig,
+    BenchRecord,
+    real_token_flops,
+    run_benchmark,
+    stream_batches,
+)
 from gpu_runner.bench_cli import main
 
 

@@ -2,6 +2,7 @@
 per-kernel-category totals of one eager forward. Usage: profile_engine.py MODEL [MODEL...]"""
 import sys
 from collections import defaultdict
+from functools import partial
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ for name in sys.argv[1:]:
     for attention in ("packed", "flash"):
         try:
             eng = PrefillEngine(model, attention=attention)
-            t = time_calls(lambda: eng.prefill(prompts), device=dev, warmup=3, reps=20)
+            t = time_calls(partial(eng.prefill, prompts), device=dev, warmup=3, reps=20)
             print(f"{name} attention={attention}: graph median {t.median_ms:.2f} ms (min {t.min_ms:.2f}) "
                   f"roofline {roof_ms:.2f} ms -> {roof_ms / t.median_ms:.3f}")
         except Exception as exc:  # noqa: BLE001
