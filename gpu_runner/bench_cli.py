@@ -13,8 +13,12 @@ __all__ = ["main"]
 
 _EPILOG = """\
 methods: padded (HF default, left-padded batch), sorted (length-sorted micro-batches),
-paper (FFD at capacity = longest, dense 4D mask, sdpa), best (PrefillEngine: flat varlen row,
-token buckets, CUDA graphs), hf-cb (HF generate_batch, 1 new token).
+paper (FFD at capacity = longest, dense 4D mask, sdpa), best (PrefillEngine: one flat row,
+token buckets, CUDA graphs, fused matmuls, Triton kernels incl. packed-tile attention),
+hf-cb (HF generate_batch, 1 new token; TTFT only).
+records: gpu, model, dataset, batch, mode, method, ms, peak_extra_bytes, roofline_fraction,
+speedup_vs_padded, speedup_vs_paper, tokens_per_s, ...; merge runs with
+benchmarks/merge_results.py.
 scenario a: one batch repeated (median ms, CUDA events); b: the whole dataset shuffled in
 batches, end-to-end wall time incl. packing and graph capture.
 examples:
@@ -42,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated shapes: llama2-7b, sheared-llama-1.3b, tiny (default sheared-llama-1.3b)")
     p.add_argument("--dataset", default="mmlu", help="length list name: mmlu, alpaca, samsum, wikitext256 (default mmlu)")
     p.add_argument("--batch", type=int, default=64, help="prompts per batch (default 64)")
-    p.add_argument("--methods", type=_csv, default=("padded", "sorted", "paper", "best", "hf-cb"), help="scenario a methods")
-    p.add_argument("--stream-methods", type=_csv, default=("padded", "sorted", "paper", "best"), help="scenario b methods")
+    p.add_argument("--methods", type=_csv, default=("padded", "sorted", "paper", "best", "hf-cb"), help="scenario a methods (default padded,sorted,paper,best,hf-cb)")
+    p.add_argument("--stream-methods", type=_csv, default=("padded", "sorted", "paper", "best"), help="scenario b methods (default padded,sorted,paper,best)")
     p.add_argument("--modes", type=_csv, default=("prefill", "ttft"), help="prefill, ttft (default both)")
     p.add_argument("--scenarios", type=_csv, default=("a", "b"), help="a (one batch), b (dataset stream); default both")
     p.add_argument("--stream-batches", type=int, default=0, help="limit scenario b to this many batches (0 = all)")
@@ -52,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="prompt draw and shuffle seed (default 0)")
     p.add_argument("--sorted-chunk", type=int, default=16, help="micro-batch size of the sorted method (default 16)")
     p.add_argument("--token-bucket", type=int, default=128, help="best: row length rounded up to this (default 128)")
-    p.add_argument("--q-chunk", type=int, default=128, help="best: attention query chunk, 0 = off (default 128)")
+    p.add_argument("--q-chunk", type=int, default=128, help="best with --attention flash: query chunk, 0 = off (default 128)")
     p.add_argument("--attention", default="auto", help="best: packed (Triton), flash (FA2 varlen), torch, auto (default)")
     p.add_argument("--device", default="cuda", help="cuda or cpu (default cuda)")
     p.add_argument("--dtype", default="bfloat16", help="bfloat16, float16, float32 (default bfloat16)")
@@ -60,8 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="tiny random model on CPU, float32, 2 batches: checks the plumbing")
     s = p.add_argument_group("sweep (--sweep): measured ms per (model, dataset, batch, packer, backend)")
     s.add_argument("--sweep", action="store_true", help="run the cost-model sweep instead of the benchmark")
-    s.add_argument("--datasets", type=_csv, default=("mmlu", "wikitext256", "alpaca", "samsum"), help="sweep datasets")
-    s.add_argument("--batches", type=_ints, default=(16, 64, 256), help="sweep batch sizes")
+    s.add_argument("--datasets", type=_csv, default=("mmlu", "wikitext256", "alpaca", "samsum"), help="sweep datasets (default mmlu,wikitext256,alpaca,samsum)")
+    s.add_argument("--batches", type=_ints, default=(16, 64, 256), help="sweep batch sizes (default 16,64,256)")
     s.add_argument("--combos", type=_csv, default=("pad/padded", "ffd/dense", "ffd/varlen", "pad/varlen"),
                    help="packer/backend pairs; backends padded, dense, flex, varlen, graph (packer flat)")
     return p
