@@ -32,13 +32,15 @@ class LPBound:
 
     bound: proven lower bound on rows (int, >= 1); lp_value: last restricted-master optimum
     (an upper estimate of the LP); patterns: (num_patterns, num_types) int array of every
-    pattern generated; converged: True when no pattern with negative reduced cost is left
+    pattern generated; usage: the last master solution (rows per pattern, fractional);
+    converged: True when no pattern with negative reduced cost is left
     (then ceil(lp_value) is the bound, up to float tolerance); iterations; time_s.
     """
 
     bound: int
     lp_value: float
     patterns: np.ndarray
+    usage: np.ndarray
     converged: bool
     iterations: int
     time_s: float
@@ -115,6 +117,7 @@ def lp_bound(
     objective.SetMinimization()
     known: set[bytes] = set()
     found: list[np.ndarray] = []
+    columns: list = []
 
     def add_column(pattern: np.ndarray) -> bool:
         key = pattern.tobytes()
@@ -123,6 +126,7 @@ def lp_bound(
         known.add(key)
         found.append(pattern)
         var = solver.NumVar(0.0, solver.infinity(), "")
+        columns.append(var)
         for t in np.flatnonzero(pattern).tolist():
             rows[t].SetCoefficient(var, float(pattern[t]))
         objective.SetCoefficient(var, 1.0)
@@ -131,10 +135,12 @@ def lp_bound(
     for pattern in np.asarray(initial_patterns, dtype=np.int64):
         add_column(pattern)
     bound, lp_value, converged, it = 1, math.inf, False, 0
+    usage = np.zeros(len(found))
     for it in range(1, max_iterations + 1):
         if solver.Solve() != pywraplp.Solver.OPTIMAL:
             break
         lp_value = objective.Value()
+        usage = np.array([var.solution_value() for var in columns])
         duals = np.maximum(np.array([row.dual_value() for row in rows]), 0.0)
         priced = best_patterns(sizes, limits, duals, capacity, columns_per_iteration)
         value = priced[0][0]
@@ -148,4 +154,5 @@ def lp_bound(
         added = [add_column(pattern) for v, pattern in priced if v > 1 + 1e-9]
         if not any(added):
             break  # numerical stall: the pricing repeats patterns the master already has
-    return LPBound(bound, lp_value, np.array(found), converged, it, time.perf_counter() - start)
+    usage = np.concatenate((usage, np.zeros(len(found) - usage.size)))
+    return LPBound(bound, lp_value, np.array(found), usage, converged, it, time.perf_counter() - start)

@@ -3,9 +3,12 @@
 Steps, each skipped once the packing in hand meets the lower bound (that is the proof):
 1. FFD gives the first packing; L2 (Martello-Toth) the first lower bound.
 2. Column generation on the pattern LP (`packers.colgen`) raises the bound to
-   ceil(LP), which proves FFD optimal on most real batches where FFD = L2 + 1.
+   ceil(LP), which proves FFD optimal on many real batches where FFD = L2 + 1; where it
+   does not, rounding the LP down (FFD on the rest) and *diving* (fix the patterns the LP
+   uses whole, re-solve the LP on what is left, repeat) usually find a packing with
+   ceil(LP) rows: bin packing almost always has OPT = ceil(LP).
 3. CP-SAT on the *pattern* model: how many rows use each pattern generated in step 2
-   (a small integer program; bin packing almost always has OPT = ceil(LP)).
+   (a small integer program).
 4. CP-SAT on the *item* model for exactly `bound` rows: one boolean per (prompt, row),
    prompts longest first, prompt i only in rows 0..i (symmetry breaking). A packing
    found is optimal; infeasibility raises the bound by one, and the step repeats.
@@ -84,12 +87,21 @@ class ILPPacker(BasePacker):
         def left_s() -> float:
             return self.time_limit_s - (time.perf_counter() - start)
 
+        found_by = "ffd"
         patterns = best.T
         if sizes.size * capacity <= MAX_DP_CELLS:  # the pricing DP is O(types x capacity)
             lp = lp_bound(sizes, counts, capacity, best.T, time_limit_s=0.4 * self.time_limit_s, stop_at=upper)
             bound, patterns = max(bound, lp.bound), lp.patterns
+            for label, heuristic in (("lp rounding", _residual_rounding), ("lp diving", _dive)):
+                if _num_bins(best) > bound and left_s() > 0:
+                    found = heuristic(lp.patterns, lp.usage, sizes, counts, capacity, 0.4 * left_s())
+                    if _num_bins(found) < _num_bins(best):
+                        best, found_by = found, label
+            if _num_bins(best) > bound and not lp.converged and left_s() > 0:  # more LP: the bound may rise
+                lp = lp_bound(sizes, counts, capacity, lp.patterns, time_limit_s=0.5 * left_s(), stop_at=_num_bins(best))
+                bound, patterns = max(bound, lp.bound), lp.patterns
             meta.update(lp_bound=lp.bound, lp_value=lp.lp_value, lp_converged=lp.converged, lp_iterations=lp.iterations)
-        proof = "ffd = lp bound"
+        proof = f"{found_by} = lp bound"
         if _num_bins(best) > bound and left_s() > 0:
             found = _pattern_model(patterns, counts, bound, _num_bins(best) - 1, 0.5 * left_s(), self)
             if found is not None:
@@ -121,6 +133,73 @@ def _configure(solver: Any, time_s: float, packer: ILPPacker) -> None:
     params.max_time_in_seconds = max(time_s, 0.01)
 
 
+def _residual_rounding(
+    patterns: np.ndarray, usage: np.ndarray, sizes: np.ndarray, counts: np.ndarray, capacity: int, time_s: float = 0.0
+) -> np.ndarray:
+    """Round the LP down (floor of each pattern's rows), FFD the prompts left uncovered."""
+    take = _drop_surplus(np.repeat(patterns, np.floor(usage + 1e-9).astype(np.int64), axis=0).T, counts)
+    left = counts - take.sum(axis=1)
+    if left.any():
+        rest = np.repeat(sizes, left)
+        order, bin_of = first_fit_decreasing(rest, capacity)
+        extra = np.zeros((sizes.size, int(bin_of.max()) + 1), dtype=np.int64)
+        np.add.at(extra, (np.searchsorted(sizes, rest[order]), bin_of), 1)
+        take = np.hstack([take, extra])
+    return take
+
+
+def _dive(
+    patterns: np.ndarray, usage: np.ndarray, sizes: np.ndarray, counts: np.ndarray, capacity: int, time_s: float
+) -> np.ndarray:
+    """Diving: fix the rows the LP uses whole (or its most used pattern once), re-solve the
+    LP on what is left (column generation again), repeat; FFD whatever is left at the end."""
+    start = time.perf_counter()
+    rows: list[np.ndarray] = []
+    left = counts.copy()
+    while left.any() and time.perf_counter() - start < time_s:
+        whole = np.floor(usage + 1e-9).astype(np.int64)
+        if not whole.any():
+            whole = np.zeros_like(whole)
+            whole[int(np.argmax(usage))] = 1
+        for p in np.flatnonzero(whole).tolist():
+            for _ in range(int(whole[p])):
+                row = np.minimum(patterns[p], left)
+                if row.any():
+                    rows.append(row)
+                    left = left - row
+        if not left.any():
+            break
+        pool = np.unique(np.minimum(patterns, left), axis=0)
+        pool = pool[pool.any(axis=1)]
+        budget = time_s - (time.perf_counter() - start)
+        if budget <= 0:
+            break
+        lp = lp_bound(sizes, left, capacity, pool, time_limit_s=budget)
+        patterns, usage = lp.patterns, lp.usage
+    take = np.array(rows, dtype=np.int64).T if rows else np.zeros((sizes.size, 0), dtype=np.int64)
+    if left.any():
+        rest = np.repeat(sizes, left)
+        order, bin_of = first_fit_decreasing(rest, capacity)
+        extra = np.zeros((sizes.size, int(bin_of.max()) + 1), dtype=np.int64)
+        np.add.at(extra, (np.searchsorted(sizes, rest[order]), bin_of), 1)
+        take = np.hstack([take, extra])
+    return take
+
+
+def _drop_surplus(take: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Remove prompts beyond each type's count, from the last rows first; drop empty rows."""
+    take = take.copy()
+    for t in range(counts.size):
+        excess = int(take[t].sum()) - int(counts[t])
+        for b in np.flatnonzero(take[t])[::-1].tolist():
+            if excess <= 0:
+                break
+            cut = min(excess, int(take[t, b]))
+            take[t, b] -= cut
+            excess -= cut
+    return take[:, take.any(axis=0)]
+
+
 def _pattern_model(
     patterns: np.ndarray, counts: np.ndarray, lo: int, hi: int, time_s: float, packer: ILPPacker
 ) -> np.ndarray | None:
@@ -141,16 +220,7 @@ def _pattern_model(
     if solver.solve(model) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
     reps = np.array([solver.value(u) for u in uses], dtype=np.int64)
-    take = np.repeat(patterns, reps, axis=0).T.copy()  # (types, rows); may over-cover
-    for t in range(counts.size):
-        excess = int(take[t].sum()) - int(counts[t])
-        for b in np.flatnonzero(take[t])[::-1].tolist():  # drop surplus from the last rows
-            if excess <= 0:
-                break
-            cut = min(excess, int(take[t, b]))
-            take[t, b] -= cut
-            excess -= cut
-    return take[:, take.any(axis=0)]
+    return _drop_surplus(np.repeat(patterns, reps, axis=0).T, counts)  # (types, rows)
 
 
 def _item_model(
