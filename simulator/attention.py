@@ -17,8 +17,10 @@ Backends:
           to 4D): costed like dense; a row holding several prompts is a ValueError.
   flex    FlexAttention: only the 128x128 tiles the per-prompt causal triangles touch
           (boundary tiles included, padding tiles skipped), block-mask metadata only.
-  varlen  flash varlen over the flat batch: sum of l(l+1)/2 pairs, no row padding at all
-          (so every packer costs the same here; the rows only matter for memory chunking).
+  varlen  flash varlen attention inside the packed rows: sum of l(l+1)/2 pairs (no padding
+          and no cross-prompt pairs), while the linear layers still run the R x W rectangle,
+          as gpu_runner's varlen backend does. "Flat varlen" (every prompt in one row, no
+          padding at all) is the packing with a single row (`simulator.run.flat_packing`).
 """
 
 from __future__ import annotations
@@ -101,10 +103,10 @@ class DenseAttention(AttentionBackend):
 
     name: ClassVar[str] = "dense"
     materializes_scores: ClassVar[bool] = True
-    # fitted on the H100 anchors (CALIBRATION.md); padded shares these
-    attention_efficiency: float = 0.592
-    layer_overhead_s: float = 3.82e-4
-    score_traffic_passes: float = 1.88
+    # fitted on the H100 anchors + the GPU runner's H100 sweep (CALIBRATION.md); padded shares these
+    attention_efficiency: float = 0.422
+    layer_overhead_s: float = 4.25e-4
+    score_traffic_passes: float = 4.72
     score_copies: float = 0.0  # the anchors' memory shows no materialized score matrix
 
     def pairs_per_row(self, layout: RowLayout) -> np.ndarray:
@@ -138,7 +140,7 @@ class FlexAttention(AttentionBackend):
     name: ClassVar[str] = "flex"
     block_tokens: int = 128
     attention_efficiency: float = 0.35  # a prior, not fitted (see CALIBRATION.md)
-    layer_overhead_s: float = 8.84e-4
+    layer_overhead_s: float = 9.92e-4
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -156,15 +158,12 @@ class FlexAttention(AttentionBackend):
 @_register
 @dataclass(frozen=True)
 class VarlenAttention(AttentionBackend):
-    """Flash varlen on the flat batch: tokens = real tokens, pairs = sum l(l+1)/2,
-    mask = cu_seqlens, (n + 1) int32."""
+    """Flash varlen in packed rows: tokens = R x W (the rows are padded to W for the linear
+    layers), pairs = sum l(l+1)/2, mask = cu_seqlens, (n + 1) int32."""
 
     name: ClassVar[str] = "varlen"
     attention_efficiency: float = 0.35  # a prior, not fitted (see CALIBRATION.md)
-    layer_overhead_s: float = 5.28e-4
-
-    def row_tokens(self, layout: RowLayout) -> np.ndarray:
-        return layout.loads_tokens.copy()
+    layer_overhead_s: float = 5.19e-4
 
     def pairs_per_row(self, layout: RowLayout) -> np.ndarray:
         return layout.causal_pairs_per_row()

@@ -22,18 +22,26 @@ from simulator.attention import AttentionBackend, make_attention
 from simulator.cost import ELEMENTWISE_PASSES, MATMUL_EFFICIENCY, CostModel, attention_flops, linear_flops
 from simulator.distributions import load_profile
 from simulator.gpus import get_gpu
+from simulator.run import flat_packing
 from simulator.specs import get_model
 
 __all__ = ["ANCHORS", "METHODS", "Anchor", "Observation", "anchor_batch", "default_backends", "fit", "predict", "report"]
 
 ROOFLINE_FLOPS = 764e12  # the measured bf16 matmul rate the anchor roofline column uses
-# method label -> (packer, attention backend); flat varlen ignores rows, so the packer is moot
+# method label -> (packer, attention backend); packer "flat" = every prompt in one row
 METHODS = {
     "HF padded": ("pad", "padded"),
     "prepack-sdpa": ("ffd", "dense"),
     "prepack-flex": ("ffd", "flex"),
-    "flat-varlen": ("pad", "varlen"),
+    "flat-varlen": ("flat", "varlen"),
 }
+
+
+def _pack(packer: str, lengths: np.ndarray) -> packers.Packing:
+    """`packer` at capacity = longest prompt, or the one-row flat batch for 'flat'."""
+    if packer == "flat":
+        return flat_packing(lengths)
+    return packers.make_packer(packer).pack(lengths, int(lengths.max()))
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,7 @@ def predict(
     out = {}
     m, e = globals_
     for method, (packer, attention) in METHODS.items():
-        packing = packers.make_packer(packer).pack(lengths, int(lengths.max()))
+        packing = _pack(packer, lengths)
         model = CostModel(anchor.model, "h100", backends[attention], 10**15, matmul_efficiency=m, elementwise_passes=e)
         cost = model.cost(packing)
         out[method] = (1e3 * cost.est_time_s, (cost.peak_memory_bytes - cost.weight_bytes) / 1e9)
@@ -121,8 +129,7 @@ class Observation:
     label: str = ""
 
     def __post_init__(self) -> None:
-        packing = packers.make_packer(self.packer).pack(self.lengths, int(self.lengths.max()))
-        object.__setattr__(self, "packing", packing)
+        object.__setattr__(self, "packing", _pack(self.packer, self.lengths))
 
     def modeled_ms(self, backends: dict[str, AttentionBackend], globals_: tuple[float, float]) -> float:
         m, e = globals_

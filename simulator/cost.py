@@ -36,10 +36,10 @@ __all__ = [
 ]
 
 # Achieved fraction of peak bf16 FLOP/s on the linear layers (fitted, CALIBRATION.md).
-MATMUL_EFFICIENCY = 0.767
+MATMUL_EFFICIENCY = 0.718
 # HBM passes over a token's hidden + intermediate activations per layer by the elementwise
 # kernels of eager mode (norms in fp32, rotary, SiLU*mul, residual adds, copies) (fitted).
-ELEMENTWISE_PASSES = 37.0
+ELEMENTWISE_PASSES = 26.7
 LOGITS_BYTES_PER_ELEMENT = 4  # last-token logits are upcast to fp32
 
 

@@ -19,22 +19,6 @@ def _sorted_rows(result: SimulationResult) -> list[ResultRow]:
     return base + rest
 
 
-def _display_rows(result: SimulationResult) -> tuple[list[ResultRow], list[str]]:
-    """Sorted rows without the varlen rows that equal pad/varlen (flat varlen pads nothing,
-    so the packer changes nothing there), and the names of the packers left out."""
-    flat = next((r for r in result.results if (r.packer, r.attention) == ("pad", "varlen")), None)
-    shown, hidden = [], []
-    for r in _sorted_rows(result):
-        key = (r.est_time_s, r.peak_memory_bytes, r.forwards)
-        if flat is not None and r is not flat and r.attention == "varlen" and key == (
-            flat.est_time_s, flat.peak_memory_bytes, flat.forwards
-        ):
-            hidden.append(r.packer)
-        else:
-            shown.append(r)
-    return shown, hidden
-
-
 def format_table(result: SimulationResult) -> str:
     """One line per (packer, attention), padded baseline first, then by modeled time.
     Per-batch columns are means over the batches."""
@@ -48,8 +32,7 @@ def format_table(result: SimulationResult) -> str:
     cols = ("packer", "attention", "capacity", "bins", "eff%", "gap%", "TFLOP", "ms/batch", "peak GB", "fwd", "speedup")
     lines = [head, ""]
     table = []
-    shown, hidden = _display_rows(result)
-    for r in shown:
+    for r in _sorted_rows(result):
         table.append(
             (
                 r.packer, r.attention, f"{r.capacity:.0f}", str(r.num_bins), f"{100 * r.efficiency:.1f}",
@@ -61,8 +44,7 @@ def format_table(result: SimulationResult) -> str:
     widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(cols)]
     fmt = lambda row: "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731
     lines += [fmt(cols), fmt(tuple("-" * w for w in widths)), *map(fmt, table)]
-    if hidden:
-        lines.append(f"varlen rows of {', '.join(hidden)} equal pad/varlen (flat varlen pads nothing); all are in --json/--csv")
+    lines.append("flat = every prompt of a batch in one row (no padding); fwd = forward passes in all")
     if any(not r.fits for r in result.results):
         lines.append("! = does not fit the memory budget even one row at a time")
     return "\n".join(lines)
@@ -72,8 +54,8 @@ def recommendation_line(result: SimulationResult) -> str:
     best = result.recommendation
     if best is None:
         return "recommendation: nothing fits the memory budget; raise --memory-budget or lower --batch-size"
-    if best.attention == "varlen":
-        what = "varlen attention over the flat batch (no row padding, so no packing is needed)"
+    if best.packer == "flat":
+        what = f"{best.attention} attention over the flat batch (all prompts in one row, no packing needed)"
     else:
         what = f"packer {best.packer} with {best.attention} attention at capacity {best.capacity:.0f}"
     note = ""
@@ -114,9 +96,8 @@ def write_plot(result: SimulationResult, path: str | Path) -> None:
     axes[1].barh(names, waste, color="#dd8452")
     axes[1].set(title="padding waste (dense rows)", xlabel="% of forward tokens that are padding")
     axes[1].invert_yaxis()
-    shown, _ = _display_rows(result)
-    labels = [f"{r.packer}/{r.attention}" if (r.packer, r.attention) != ("pad", "varlen") else "flat varlen" for r in shown]
-    times = [1e3 * r.est_time_s / r.num_batches for r in shown]
+    labels = [f"{r.packer}/{r.attention}" for r in rows]
+    times = [1e3 * r.est_time_s / r.num_batches for r in rows]
     axes[2].barh(labels, times, color="#55a868")
     axes[2].set(title=f"modeled prefill time ({result.config['model']}, {result.config['gpu']})", xlabel="ms per batch")
     axes[2].invert_yaxis()

@@ -8,7 +8,9 @@ every packing with every attention backend, and aggregate over batches:
   ratios: efficiency = real tokens / forward tokens (of the sums),
           speedup_vs_padded = est_time_s of (pad, padded) / est_time_s of the row
   max:    peak_memory_bytes (the worst batch); capacity is the mean over batches.
-The padded baseline (packer `pad`, attention `padded`) is always included.
+The padded baseline (packer `pad`, attention `padded`) is always included, and so is the
+flat batch (packer `flat`: every prompt of the batch in one row, no padding) for the varlen
+and flex backends.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ from simulator.specs import ModelSpec, get_model
 
 __all__ = [
     "BASELINE",
+    "FLAT_ATTENTION",
+    "FlatPacker",
     "DEFAULT_NUM_PROMPTS",
     "JSON_RESULT_FIELDS",
     "ResultRow",
     "SimulationResult",
     "default_packers",
+    "flat_packing",
     "recommend",
     "simulate",
 ]
@@ -45,6 +50,26 @@ JSON_RESULT_FIELDS = (
     "packer", "capacity", "attention", "num_bins", "padded_tokens", "efficiency", "lower_bound",
     "flops", "useful_flops", "est_time_s", "peak_memory_bytes", "speedup_vs_padded",
 )  # fmt: skip
+
+
+FLAT_ATTENTION = ("varlen", "flex")  # backends the flat one-row batch is priced with
+
+
+def flat_packing(lengths: Sequence[int] | np.ndarray) -> packers_lib.Packing:
+    """Every prompt in one row, in the caller's order: capacity = sum(lengths), no padding."""
+    arr = packers_lib.validate_lengths(lengths)
+    meta = {"lower_bound": 1, "status": "optimal", "solve_time_s": 0.0}
+    return packers_lib.Packing(lengths=arr, capacity=int(arr.sum()), bins=(tuple(range(arr.size)),), packer="flat", meta=meta)
+
+
+@dataclass(frozen=True)
+class FlatPacker:
+    """The flat batch as a packer: ignores `capacity` and returns `flat_packing(lengths)`."""
+
+    name = "flat"
+
+    def pack(self, lengths: Sequence[int] | np.ndarray, capacity: int) -> packers_lib.Packing:
+        return flat_packing(lengths)
 
 
 def default_packers() -> list[str]:
@@ -167,6 +192,9 @@ def _evaluate(
         if backends:
             packer = packers_lib.make_packer(name, **dict((packer_params or {}).get(name, {})))
             plan.append((name, packer, backends, "max" if name == "pad" else capacity))
+    flat_backends = [a for a in attention if a in FLAT_ATTENTION]
+    if flat_backends:
+        plan.append(("flat", FlatPacker(), flat_backends, "max"))
     acc: dict[tuple[str, str], _Acc] = {(p, a): _Acc() for p, _, bs, _ in plan for a in bs}
     for batch in progress if progress is not None else batches:
         for name, packer, backends, cap in plan:
@@ -194,7 +222,7 @@ def _evaluate(
         for (p, a), x in acc.items()
     ]
     fitting = [r for r in rows if r.fits]
-    best = min(fitting, key=lambda r: (r.est_time_s, r.packer == "pad", r.num_bins)) if fitting else None
+    best = min(fitting, key=lambda r: (r.est_time_s, r.packer in ("pad", "flat"), r.num_bins)) if fitting else None
     return rows, best
 
 

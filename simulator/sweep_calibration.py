@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from simulator.calibration import ANCHORS, Observation, anchor_batch, default_backends, fit
+from simulator.calibration import ANCHORS, Observation, anchor_batch, default_backends, fit, report
 from simulator.cost import ELEMENTWISE_PASSES, MATMUL_EFFICIENCY
 from simulator.distributions import PROFILES, load_profile
 from simulator.gpus import GPUS
@@ -105,17 +105,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         observations += obs
         skipped += skip
     print(f"# {len(observations)} usable rows; skipped: {dict(skipped) or 'none'}")
-    print("## shipped constants\n")
-    print(sweep_report(observations))
+    drawn = [anchor_batch(a) for a in ANCHORS]
+    seeds, batches = [s for s, _ in drawn], [b for _, b in drawn]
     if args.fit:
-        batches = [anchor_batch(a)[1] for a in ANCHORS]
         params, backends, globals_ = fit(batches, observations)
-        print("\n## refit on anchors + sweep\n")
+        print("## refit on anchors + sweep\n")
         for k, v in params.items():
             print(f"- {k} = {v:.4g}")
-        print()
-        print(sweep_report(observations, backends, globals_))
-
+    else:
+        backends, globals_ = default_backends(), (MATMUL_EFFICIENCY, ELEMENTWISE_PASSES)
+        print("## shipped constants")
+    print("\n### sweep\n")
+    print(sweep_report(observations, backends, globals_))
+    print("\n### anchors\n")
+    print(report(batches, seeds, backends, globals_))
 
 if __name__ == "__main__":
     main()

@@ -54,7 +54,7 @@ def test_table_csv_and_plot(capsys, tmp_path):
     assert rc == 0
     assert "packer" in out and "speedup" in out and "recommendation:" in out.splitlines()[-1]
     rows = list(csv.DictReader(csv_path.open()))
-    assert {r["packer"] for r in rows} == {"pad", "ffd", "next-fit"}
+    assert {r["packer"] for r in rows} == {"pad", "ffd", "next-fit", "flat"}
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import packers
 from packers import Packing
 from simulator import CostModel, GPUSpec, ModelSpec, RowLayout, get_gpu, get_model, make_attention
+from simulator.run import flat_packing
 from simulator.specs import MODELS
 
 TINY = ModelSpec(
@@ -56,8 +57,13 @@ def test_dense_flops_and_bytes_by_hand():
 
 def test_varlen_and_flex_by_hand():
     v = CostModel(TINY, TOY_GPU, "varlen").cost(HAND)
-    assert v.flops == v.useful_flops == 2304 * 9 + 64 * 19 + 160 * 3
-    assert v.padded_tokens == 0 and v.mask_bytes == 4 * 4
+    # the linear layers run the 2 x 5 rectangle; attention only the 19 causal pairs
+    assert v.flops == 2304 * 10 + 64 * 19 + 160 * 3
+    assert v.useful_flops == 2304 * 9 + 64 * 19 + 160 * 3
+    assert v.padded_tokens == 1 and v.mask_bytes == 4 * 4
+    flat = CostModel(TINY, TOY_GPU, "varlen").cost(flat_packing((3, 2, 4)))
+    assert flat.flops == flat.useful_flops == 2304 * 9 + 64 * 19 + 160 * 3
+    assert flat.padded_tokens == 0 and flat.num_bins == 1 and flat.capacity == 9
     f = CostModel(TINY, TOY_GPU, make_attention("flex", block_tokens=2)).cost(HAND)
     # row 0 (prompts [0,3) and [3,5)): query blocks touch 1 + 2 + 2 tiles; row 1: 1 + 2
     assert f.attention_pairs == (5 + 3) * 4
@@ -100,8 +106,8 @@ def test_elementwise_traffic_by_hand():
     attn = make_attention("varlen", layer_overhead_s=0.0)
     base = CostModel(TINY, TOY_GPU, attn, matmul_efficiency=0.5, elementwise_passes=0.0)
     more = dataclasses.replace(base, elementwise_passes=3.0)
-    # 3 passes * 2 bytes * (8 + 16) * 2 layers = 288 bytes per token at 100 B/s; rows hold 5 and 4 tokens
-    np.testing.assert_allclose(more.row_times_s(HAND) - base.row_times_s(HAND), [5 * 2.88, 4 * 2.88])
+    # 3 passes * 2 bytes * (8 + 16) * 2 layers = 288 bytes per token at 100 B/s; both rows run W = 5 tokens
+    np.testing.assert_allclose(more.row_times_s(HAND) - base.row_times_s(HAND), [5 * 2.88, 5 * 2.88])
 
 
 def test_padded_backend_rejects_packed_rows():
@@ -208,17 +214,20 @@ def test_padded_costs_at_least_any_packing(seed, model):
 @pytest.mark.parametrize("attention", ["padded", "dense", "flex", "varlen"])
 def test_monotone_in_batch_size(attention):
     prompts = np.random.default_rng(7).choice(MMLU, 256, replace=False)
-    name = "pad" if attention == "padded" else "ffd"
     cm = CostModel("llama-2-7b", "h100", attention)
     costs = []
     for b in (1, 2, 4, 8, 16, 32, 64, 128, 256):
         batch = prompts[:b]
-        costs.append(cm.cost(packers.make_packer(name).pack(batch, int(prompts.max()))))
+        if attention == "varlen":
+            packing = flat_packing(batch)
+        else:
+            packing = packers.make_packer("pad" if attention == "padded" else "ffd").pack(batch, int(prompts.max()))
+        costs.append(cm.cost(packing))
     times = [c.est_time_s for c in costs]
     useful = [c.useful_flops for c in costs]
     assert all(a <= b for a, b in zip(useful, useful[1:]))
     assert all(a < b for a, b in zip(useful, useful[1:]))  # every prompt adds work
-    if attention in ("padded", "varlen"):  # packing-independent: strictly more work, more time
+    if attention in ("padded", "varlen"):  # padded rows / one flat row: more prompts, more time
         assert all(a <= b for a, b in zip(times, times[1:])), times
     assert times[-1] > times[0]
 

@@ -121,3 +121,16 @@ def test_progress_bar_goes_to_stderr_only(capsys):
     simulate(lengths_dist="alpaca", batch_size=8, num_prompts=32, packers=["ffd"], progress=False)
     out, err = capsys.readouterr()
     assert out == "" and err == ""
+
+
+def test_flat_batch_row_pads_nothing():
+    lengths = np.random.default_rng(9).integers(1, 300, 48)
+    res = simulate(lengths_dist=lengths, batch_size=16, packers=["ffd"], attention="all", model="sheared-llama-1.3b")
+    pairs = {(r.packer, r.attention): r for r in res.results}
+    assert ("flat", "varlen") in pairs and ("flat", "flex") in pairs and ("flat", "dense") not in pairs
+    flat = pairs[("flat", "varlen")]
+    assert flat.num_bins == 3 and flat.padded_tokens == 0 and flat.efficiency == 1.0
+    assert flat.flops == pytest.approx(flat.useful_flops)
+    assert flat.capacity == pytest.approx(lengths.sum() / 3)  # mean over batches of each batch's total
+    packed = pairs[("ffd", "varlen")]  # same kernel, rows padded to the longest row
+    assert packed.padded_tokens > 0 and packed.flops > flat.flops
