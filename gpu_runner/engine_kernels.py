@@ -272,11 +272,13 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg_start: torch.Tensor, scale: float,
-                     *, block_m: int = 64, block_n: int = 64) -> torch.Tensor:
+                     *, block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
     """Causal attention of each token to the earlier tokens of its own prompt, over one flat row.
 
     q [T, Hq, D], k/v [T, Hkv, D] contiguous; seg_start [T] int32/int64: index of the first
     token of each token's prompt (non-decreasing). D must be a power of two >= 16.
+    Tiles: block_m query rows x block_n keys (the defaults are the measured configuration;
+    benchmarks/device/tune_attention.py times others).
     """
     if not use_triton(q):
         return _packed_attention_torch(q, k, v, seg_start, scale)
@@ -285,6 +287,7 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg_star
     grid = (triton.cdiv(t, block_m), hq)
     _packed_attention_kernel[grid](
         q, k, v, out, seg_start, t, scale * 1.4426950408889634,
-        HQ=hq, HKV=k.shape[1], D=d, BM=block_m, BN=block_n, INTERPRET=not q.is_cuda, num_warps=4, num_stages=2,
+        HQ=hq, HKV=k.shape[1], D=d, BM=block_m, BN=block_n, INTERPRET=not q.is_cuda, num_warps=num_warps,
+        num_stages=num_stages,
     )
     return out

@@ -6,3 +6,5 @@ set -o pipefail; export PYTHONUNBUFFERED=1 PYTHONPATH=.
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 timeout 110 python3 -m gpu_runner.bench_cli --model llama2-7b --scenarios b --stream-methods best \
     --out $OUT/stream_best_7b.json 2>&1 | tee $OUT/log.txt
+# Optional second step (~90 s): packed-attention tile configurations vs flash varlen.
+timeout 90 python3 benchmarks/device/tune_attention.py 2>&1 | tee $OUT/tune_attention.txt
