@@ -17,10 +17,11 @@ Backends:
           to 4D): costed like dense; a row holding several prompts is a ValueError.
   flex    FlexAttention: only the 128x128 tiles the per-prompt causal triangles touch
           (boundary tiles included, padding tiles skipped), block-mask metadata only.
-  varlen  flash varlen attention inside the packed rows: sum of l(l+1)/2 pairs (no padding
-          and no cross-prompt pairs), while the linear layers still run the R x W rectangle,
-          as gpu_runner's varlen backend does. "Flat varlen" (every prompt in one row, no
-          padding at all) is the packing with a single row (`simulator.run.flat_packing`).
+  varlen  flash varlen: sum of l(l+1)/2 pairs (no padding, no cross-prompt pairs) and, by
+          default, no row padding either (the rows are run ragged / concatenated, so the
+          packer changes nothing: `simulate` reports varlen once, as the flat batch).
+          `make_attention("varlen", pad_rows=True)` prices gpu_runner's varlen backend on
+          packed rows, whose linear layers run the padded R x W rectangle.
 """
 
 from __future__ import annotations
@@ -158,12 +159,17 @@ class FlexAttention(AttentionBackend):
 @_register
 @dataclass(frozen=True)
 class VarlenAttention(AttentionBackend):
-    """Flash varlen in packed rows: tokens = R x W (the rows are padded to W for the linear
-    layers), pairs = sum l(l+1)/2, mask = cu_seqlens, (n + 1) int32."""
+    """Flash varlen: pairs = sum l(l+1)/2, mask = cu_seqlens, (n + 1) int32; tokens = the
+    real load of each row (ragged rows), or R x W with pad_rows=True (rows padded to W for
+    the linear layers, as gpu_runner's varlen backend runs packed rows)."""
 
     name: ClassVar[str] = "varlen"
     attention_efficiency: float = 0.35  # a prior, not fitted (see CALIBRATION.md)
     layer_overhead_s: float = 5.19e-4
+    pad_rows: bool = False
+
+    def row_tokens(self, layout: RowLayout) -> np.ndarray:
+        return super().row_tokens(layout) if self.pad_rows else layout.loads_tokens.copy()
 
     def pairs_per_row(self, layout: RowLayout) -> np.ndarray:
         return layout.causal_pairs_per_row()

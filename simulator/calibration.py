@@ -25,7 +25,7 @@ from simulator.gpus import get_gpu
 from simulator.run import flat_packing
 from simulator.specs import get_model
 
-__all__ = ["ANCHORS", "METHODS", "Anchor", "Observation", "anchor_batch", "default_backends", "fit", "predict", "report"]
+__all__ = ["ANCHORS", "METHODS", "PADDED_VARLEN", "Anchor", "Observation", "anchor_batch", "default_backends", "fit", "predict", "report"]
 
 ROOFLINE_FLOPS = 764e12  # the measured bf16 matmul rate the anchor roofline column uses
 # method label -> (packer, attention backend); packer "flat" = every prompt in one row
@@ -137,8 +137,15 @@ class Observation:
         return 1e3 * model.cost(self.packing).est_time_s  # type: ignore[attr-defined]
 
 
+# gpu_runner's varlen backend on packed rows: the rows are padded to W for the linear layers
+PADDED_VARLEN = "varlen-padded-rows"
+
+
 def default_backends() -> dict[str, AttentionBackend]:
-    return {name: make_attention(name) for _, name in METHODS.values()}
+    """The shipped backends by name, plus PADDED_VARLEN = varlen with pad_rows=True."""
+    out = {name: make_attention(name) for _, name in METHODS.values()}
+    out[PADDED_VARLEN] = make_attention("varlen", pad_rows=True)
+    return out
 
 
 # Fitted parameters: matmul efficiency, elementwise passes, dense's (shared by padded)
@@ -164,6 +171,7 @@ def _backends_from(
         "padded": make_attention("padded", **dense),
         "flex": make_attention("flex", attention_efficiency=flash, layer_overhead_s=fo),
         "varlen": make_attention("varlen", attention_efficiency=flash, layer_overhead_s=vo),
+        PADDED_VARLEN: make_attention("varlen", attention_efficiency=flash, layer_overhead_s=vo, pad_rows=True),
     }, (m, ew)
 
 

@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         "est_time_s are sums; efficiency and speedup_vs_padded are ratios of those sums; peak_memory_bytes is "
         "the worst batch; capacity is the mean. The padded baseline (packer pad, attention padded) is always "
         "included. With --json the last stdout line is one JSON document {config, results}. Times model eager "
-        "HF transformers with constants fitted on H100 measurements (simulator/CALIBRATION.md); varlen "
-        "attention pads nothing, so every packer costs the same under it.",
+        "HF transformers with constants fitted on H100 measurements (simulator/CALIBRATION.md). Varlen "
+        "attention pads nothing, so every packer costs the same under it: it is reported once, for packer "
+        "'flat' (every prompt of a batch in one row).",
     )
     p.add_argument(
         "--lengths-dist", default="mmlu", metavar="SPEC",

@@ -44,7 +44,8 @@ def format_table(result: SimulationResult) -> str:
     widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(cols)]
     fmt = lambda row: "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731
     lines += [fmt(cols), fmt(tuple("-" * w for w in widths)), *map(fmt, table)]
-    lines.append("flat = every prompt of a batch in one row (no padding); fwd = forward passes in all")
+    lines.append("flat = every prompt of a batch in one row (varlen pads nothing, so it is shown for flat only); "
+                 "fwd = forward passes in all")
     if any(not r.fits for r in result.results):
         lines.append("! = does not fit the memory budget even one row at a time")
     return "\n".join(lines)

@@ -8,9 +8,9 @@ every packing with every attention backend, and aggregate over batches:
   ratios: efficiency = real tokens / forward tokens (of the sums),
           speedup_vs_padded = est_time_s of (pad, padded) / est_time_s of the row
   max:    peak_memory_bytes (the worst batch); capacity is the mean over batches.
-The padded baseline (packer `pad`, attention `padded`) is always included, and so is the
-flat batch (packer `flat`: every prompt of the batch in one row, no padding) for the varlen
-and flex backends.
+The padded baseline (packer `pad`, attention `padded`) is always included. Varlen pads
+nothing, so the packer changes nothing under it: varlen is reported once, as the flat batch
+(packer `flat`: every prompt of the batch in one row), which is also priced with flex.
 """
 
 from __future__ import annotations
@@ -188,7 +188,8 @@ def _evaluate(
     plan: list[tuple[str, Any, list[str], CapacitySpec]] = []  # packer, instance, backends, capacity rule
     names = ["pad", *(n for n in packer_names if n != "pad")]
     for name in names:
-        backends = [a for a in attention if a != "padded"] if name != "pad" else ["padded", *(a for a in attention if a != "padded")]
+        rows_matter = [a for a in attention if a not in ("padded", "varlen")]  # varlen: see `flat`
+        backends = ["padded", *rows_matter] if name == "pad" else rows_matter
         if backends:
             packer = packers_lib.make_packer(name, **dict((packer_params or {}).get(name, {})))
             plan.append((name, packer, backends, "max" if name == "pad" else capacity))

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from simulator.calibration import ANCHORS, Observation, anchor_batch, default_backends, fit, report
+from simulator.calibration import ANCHORS, PADDED_VARLEN, Observation, anchor_batch, default_backends, fit, report
 from simulator.cost import ELEMENTWISE_PASSES, MATMUL_EFFICIENCY
 from simulator.distributions import PROFILES, load_profile
 from simulator.gpus import GPUS
@@ -71,8 +71,10 @@ def load_sweep(path: str | Path, seed: int = 0) -> tuple[list[Observation], Coun
                     skipped["redrawn batch does not match real_tokens"] += 1
                     continue
                 packer = "pad" if row["backend"] == "padded" else row["packer"]
+                # the runner's varlen backend pads packed rows to W for the linear layers
+                attention = PADDED_VARLEN if row["backend"] == "varlen" and packer != "flat" else row["backend"]
                 label = f"{row['model']} {row['dataset']} b{row['batch']} {row['packer']}/{row['backend']}"
-                observations.append(Observation(model, gpu, packer, row["backend"], lengths, float(row["measured_ms"]), label))
+                observations.append(Observation(model, gpu, packer, attention, lengths, float(row["measured_ms"]), label))
     return observations, skipped
 
 

@@ -57,12 +57,14 @@ def test_dense_flops_and_bytes_by_hand():
 
 def test_varlen_and_flex_by_hand():
     v = CostModel(TINY, TOY_GPU, "varlen").cost(HAND)
-    # the linear layers run the 2 x 5 rectangle; attention only the 19 causal pairs
-    assert v.flops == 2304 * 10 + 64 * 19 + 160 * 3
-    assert v.useful_flops == 2304 * 9 + 64 * 19 + 160 * 3
-    assert v.padded_tokens == 1 and v.mask_bytes == 4 * 4
-    flat = CostModel(TINY, TOY_GPU, "varlen").cost(flat_packing((3, 2, 4)))
-    assert flat.flops == flat.useful_flops == 2304 * 9 + 64 * 19 + 160 * 3
+    # ragged rows: 9 real tokens through the linear layers, the 19 causal pairs in attention
+    assert v.flops == v.useful_flops == 2304 * 9 + 64 * 19 + 160 * 3
+    assert v.padded_tokens == 0 and v.mask_bytes == 4 * 4
+    # gpu_runner's varlen on packed rows: the linear layers run the 2 x 5 rectangle
+    p = CostModel(TINY, TOY_GPU, make_attention("varlen", pad_rows=True)).cost(HAND)
+    assert p.flops == 2304 * 10 + 64 * 19 + 160 * 3 and p.padded_tokens == 1
+    flat = CostModel(TINY, TOY_GPU, make_attention("varlen", pad_rows=True)).cost(flat_packing((3, 2, 4)))
+    assert flat.flops == flat.useful_flops == v.flops
     assert flat.padded_tokens == 0 and flat.num_bins == 1 and flat.capacity == 9
     f = CostModel(TINY, TOY_GPU, make_attention("flex", block_tokens=2)).cost(HAND)
     # row 0 (prompts [0,3) and [3,5)): query blocks touch 1 + 2 + 2 tiles; row 1: 1 + 2
@@ -106,8 +108,10 @@ def test_elementwise_traffic_by_hand():
     attn = make_attention("varlen", layer_overhead_s=0.0)
     base = CostModel(TINY, TOY_GPU, attn, matmul_efficiency=0.5, elementwise_passes=0.0)
     more = dataclasses.replace(base, elementwise_passes=3.0)
-    # 3 passes * 2 bytes * (8 + 16) * 2 layers = 288 bytes per token at 100 B/s; both rows run W = 5 tokens
-    np.testing.assert_allclose(more.row_times_s(HAND) - base.row_times_s(HAND), [5 * 2.88, 5 * 2.88])
+    # 3 passes * 2 bytes * (8 + 16) * 2 layers = 288 bytes per token at 100 B/s; ragged rows of 5 and 4 tokens
+    np.testing.assert_allclose(more.row_times_s(HAND) - base.row_times_s(HAND), [5 * 2.88, 4 * 2.88])
+    padded = dataclasses.replace(more, attention=make_attention("varlen", layer_overhead_s=0.0, pad_rows=True))
+    np.testing.assert_allclose(padded.row_times_s(HAND) - base.row_times_s(HAND), [5 * 2.88, 5 * 2.88 + 2304 / 500])
 
 
 def test_padded_backend_rejects_packed_rows():

@@ -8,6 +8,7 @@ import pytest
 import packers
 from simulator import (
     CostModel,
+    make_attention,
     capacity_candidates,
     choose_capacity,
     load_profile,
@@ -128,9 +129,12 @@ def test_flat_batch_row_pads_nothing():
     res = simulate(lengths_dist=lengths, batch_size=16, packers=["ffd"], attention="all", model="sheared-llama-1.3b")
     pairs = {(r.packer, r.attention): r for r in res.results}
     assert ("flat", "varlen") in pairs and ("flat", "flex") in pairs and ("flat", "dense") not in pairs
+    assert ("ffd", "varlen") not in pairs and ("pad", "varlen") not in pairs  # varlen: once, as flat
     flat = pairs[("flat", "varlen")]
     assert flat.num_bins == 3 and flat.padded_tokens == 0 and flat.efficiency == 1.0
     assert flat.flops == pytest.approx(flat.useful_flops)
     assert flat.capacity == pytest.approx(lengths.sum() / 3)  # mean over batches of each batch's total
-    packed = pairs[("ffd", "varlen")]  # same kernel, rows padded to the longest row
-    assert packed.padded_tokens > 0 and packed.flops > flat.flops
+    # the same kernel on ffd's rows padded to their longest row (gpu_runner's varlen) costs more
+    cm = CostModel("sheared-llama-1.3b", "h100", make_attention("varlen", pad_rows=True))
+    padded_rows = sum(cm.cost(packers.make_packer("ffd").pack(b, int(b.max()))).flops for b in np.split(lengths, 3))
+    assert padded_rows > flat.flops
