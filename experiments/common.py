@@ -97,6 +97,22 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def code_rev(paths: Sequence[str] = ("packers", "simulator", "gpu_runner")) -> str:
+    """Short git commit of the checkout, '+dirty' when `paths` have uncommitted changes;
+    'unknown' without git (e.g. a copied working tree)."""
+    import subprocess
+
+    repo = EXPERIMENTS_DIR.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=repo, capture_output=True,
+                               text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 # ------------------------------------------------------------------ prompt lengths
 
 

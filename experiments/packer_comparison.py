@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from experiments.common import (
-    ALL_DATASETS, SMOKE_MODEL, Budget, add_common_args, append_rows, draw_lengths, error_text, parse_list,
+    ALL_DATASETS, SMOKE_MODEL, Budget, add_common_args, append_rows, code_rev, draw_lengths, error_text, parse_list,
     results_dir, run_cli,
 )  # fmt: skip
 
@@ -32,7 +32,7 @@ CSV_NAME = "packer_comparison.csv"
 COLUMNS = (
     "machine", "dataset", "batch", "seed", "real_tokens", "max_len", "packer", "capacity_mode", "capacity",
     "num_bins", "lower_bound", "gap", "status", "solve_ms", "padded_tokens", "efficiency", "cost_model",
-    "cost_gpu", "backend", "modeled_ms", "forwards", "measured_ms", "measured_model", "error",
+    "cost_gpu", "backend", "modeled_ms", "forwards", "measured_ms", "measured_model", "code_rev", "error",
 )  # fmt: skip
 # simulator.MODELS name -> gpu_runner.bench.MODEL_SHAPES name (same shape)
 BENCH_MODEL = {"sheared-llama-1.3b": "sheared-llama-1.3b", "llama-2-7b": "llama2-7b"}
@@ -85,7 +85,7 @@ def compare_batch(lengths: np.ndarray, cfg: Config, *, dataset: str, batch: int,
     cost_models = [(m, b, CostModel(m, cfg.cost_gpu, b)) for m in cfg.models for b in cfg.backends]
     base = dict(machine="cpu", dataset=dataset, batch=batch, seed=seed,
                 real_tokens=int(lengths.sum()), max_len=int(lengths.max()), cost_gpu=cfg.cost_gpu,
-                measured_ms=None, measured_model="", error="")  # fmt: skip
+                measured_ms=None, measured_model="", code_rev=code_rev(("packers", "simulator")), error="")  # fmt: skip
     rows = []
     for name in packer_names(cfg):
         packer = _make(name)
