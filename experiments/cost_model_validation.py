@@ -116,15 +116,32 @@ def price_rows(rows: Sequence[Mapping[str, str]], source: str, specs: Specs = Sp
     return out, skipped
 
 
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1 with ties given their average rank."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    start = np.cumsum(counts) - counts
+    return (start + (counts - 1) / 2)[inverse]
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation: Pearson correlation of the (tie-averaged) ranks; NaN below
+    3 points or when either side is constant. numpy only (the GPU machine may lack scipy)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size < 3:
+        return float("nan")
+    rx, ry = _ranks(x), _ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
 def summarize(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Spearman rank correlation of predicted vs measured, median / mean / max absolute
     percentage error (fractions), per-backend MdAPE, and whether both targets are met."""
-    from scipy.stats import spearmanr
-
     pred = np.array([p["predicted_ms"] for p in points], dtype=float)
     meas = np.array([p["measured_ms"] for p in points], dtype=float)
     ape = np.abs(pred / meas - 1)
-    rho = float(spearmanr(pred, meas).statistic) if len(points) >= 3 else float("nan")
+    rho = spearman(pred, meas)
     per_backend = {
         b: round(float(np.median([p["ape"] for p in points if p["backend"] == b])), 4)
         for b in sorted({p["backend"] for p in points})

@@ -44,6 +44,17 @@ def _csv(out_dir: str, name: str) -> str:
     return str(results_dir(out_dir) / name)
 
 
+def _packers_here() -> tuple[str, ...]:
+    """Every registered packer, less `ilp` where OR-Tools is not installed (the GPU machine
+    may lack it; its CPU rows come from experiment 5's CPU run anyway)."""
+    import importlib.util
+
+    import packers
+
+    names = packers.available_packers()
+    return tuple(n for n in names if n != "ilp" or importlib.util.find_spec("ortools") is not None)
+
+
 def gpu_plan(device: str = "cuda") -> list[tuple[str, list[Stage]]]:
     """(model, stages) in run order. Sizes are chosen to fit about 7 minutes on one H100."""
     e1 = exp1.Config(device=device)
@@ -54,8 +65,8 @@ def gpu_plan(device: str = "cuda") -> list[tuple[str, list[Stage]]]:
     backends = ("padded", "dense", "varlen", "graph", "flex")  # flex (compiles per shape) last
     e6_small = exp6.Config(backends=backends, device=device)
     e6_7b = exp6.Config(batches=(16,), backends=("padded", "dense", "varlen", "graph"), device=device)
-    e5 = exp5.Config(datasets=("mmlu", "azure_conv"), batches=(64,), seeds=(0,), models=("sheared-llama-1.3b",),
-                     backends=("dense",), measure=True, device=device)  # fmt: skip
+    e5 = exp5.Config(datasets=("mmlu", "azure_conv"), batches=(64,), seeds=(0,), packers=_packers_here(),
+                     models=("sheared-llama-1.3b",), backends=("dense",), measure=True, device=device)  # fmt: skip
 
     def s(name: str, allot: float, module: Any, cfg: Any) -> Stage:
         return Stage(name, allot, lambda m, n, o, b: module.run_for_model(m, n, cfg, _csv(o, module.CSV_NAME), b))
