@@ -6,6 +6,7 @@ Public API (all importable without torch):
     ModelSpec, MODELS, get_model(name)          model shapes; ModelSpec.from_hf_config(cfg)
     GPUSpec, GPUS, get_gpu(name)                dense bf16 peak, bandwidth, memory
     ATTENTION, make_attention(name, **consts)   backends: dense, padded, flex, varlen
+                                                (varlen pad_rows=True = gpu_runner's varlen on packed rows)
   Cost
     CostModel(model, gpu, attention, memory_budget_bytes=None).cost(packing) -> PackingCost
         total/useful FLOPs, padded tokens, weight/KV/mask/activation/peak bytes,
@@ -21,6 +22,7 @@ Public API (all importable without torch):
     load_lengths_file(path), load_profile(name), PROFILES, FAMILIES
   Running
     simulate(lengths_dist=..., batch_size=..., ...) -> SimulationResult (config, results rows)
+    flat_packing(lengths) -> Packing            every prompt in one row (the flat varlen batch)
     recommend(lengths, model=..., gpu=...) -> ResultRow | None   best packer/backend/capacity
   Calibration
     python -m simulator.calibration [--fit]             H100 anchors (CALIBRATION.md)
@@ -51,14 +53,14 @@ from simulator.distributions import (
 )
 from simulator.gpus import GPUS, GPUSpec, available_gpus, get_gpu
 from simulator.layout import RowLayout
-from simulator.run import ResultRow, SimulationResult, default_packers, recommend, simulate
+from simulator.run import ResultRow, SimulationResult, default_packers, flat_packing, recommend, simulate
 from simulator.specs import MODELS, ModelSpec, available_models, get_model
 
 __all__ = [
     "ATTENTION", "AttentionBackend", "CapacityChoice", "CostModel", "Distribution", "FAMILIES", "GPUS",
     "GPUSpec", "MODELS", "ModelSpec", "PROFILES", "PackingCost", "ResultRow", "RowLayout",
     "SimulationResult", "attention_flops", "available_attention", "available_gpus", "available_models",
-    "capacity_candidates", "choose_capacity", "default_packers", "elementwise_bytes", "get_gpu", "get_model", "kv_cache_bytes",
+    "capacity_candidates", "choose_capacity", "default_packers", "elementwise_bytes", "flat_packing", "get_gpu", "get_model", "kv_cache_bytes",
     "linear_flops", "load_lengths_file", "load_profile", "logits_flops", "make_attention",
     "parse_capacity", "parse_distribution", "recommend", "simulate",
 ]  # fmt: skip
