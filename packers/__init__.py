@@ -11,12 +11,12 @@ from packers.packing import Packing, validate_capacity, validate_lengths
 from packers.registry import ENTRY_POINT_GROUP, PACKERS, available_packers, make_packer, register
 
 # Importing these modules registers the built-in packers.
-from packers import baselines, decreasing, histogram, ilp, online  # noqa: E402,F401  isort: skip
+from packers import baselines, decreasing, histogram, ilp, online  # noqa: F401  isort: skip
 
 __all__ = [
-    "BasePacker",
     "ENTRY_POINT_GROUP",
     "PACKERS",
+    "BasePacker",
     "Packer",
     "Packing",
     "available_packers",

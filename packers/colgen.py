@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["LPBound", "lp_bound", "best_patterns"]
+__all__ = ["LPBound", "best_patterns", "lp_bound"]
 
 _EPS = 1e-9
 

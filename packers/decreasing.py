@@ -32,7 +32,7 @@ from packers.base import BasePacker, bins_from_assignment
 from packers.online import best_fit, first_fit, worst_fit
 from packers.registry import register
 
-__all__ = ["FFDPacker", "BFDPacker", "WFDPacker", "first_fit_decreasing", "best_fit_decreasing"]
+__all__ = ["BFDPacker", "FFDPacker", "WFDPacker", "best_fit_decreasing", "first_fit_decreasing"]
 
 
 # Batches pay a fixed numpy cost per distinct length; below MIN_RUN prompts per distinct
@@ -52,14 +52,22 @@ def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray
     Bins are numbered in opening order. O(D log_64 B) numpy calls for D distinct lengths.
     """
     order = decreasing_order(lengths, capacity)
-    starts, sizes, counts = size_runs(lengths[order])
-    if sizes.size * MIN_RUN > lengths.size:
+    sorted_lengths = lengths[order]
+    starts, sizes, counts = size_runs(sorted_lengths)
+    # Prompts over half the capacity never share a row with each other, and come first:
+    # each opens its own row, all in one step.
+    big_runs = int(np.count_nonzero(2 * sizes > capacity))
+    num_bins = int(starts[big_runs]) if big_runs < sizes.size else lengths.size
+    if (sizes.size - big_runs) * MIN_RUN > lengths.size - num_bins:
         return order, first_fit(lengths, order, capacity)
     tree = FreeSpaceTree(_max_bins(lengths, capacity))
     free = tree.free
     bin_of = np.empty(lengths.size, dtype=np.int64)
-    num_bins = 0
-    for start, s, k in zip(starts.tolist(), sizes.tolist(), counts.tolist()):
+    bin_of[:num_bins] = np.arange(num_bins)
+    if num_bins:
+        tree.update_range(0, capacity - sorted_lengths[:num_bins])
+    runs = zip(starts[big_runs:].tolist(), sizes[big_runs:].tolist(), counts[big_runs:].tolist())
+    for start, s, k in runs:
         pos = start
         limit = min(k, FAN_START)
         while num_bins:  # fill the leftmost bins with room
@@ -100,7 +108,7 @@ def best_fit_decreasing(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray,
     Work: O(n) list moves in C plus O(1) Python steps per group of equal-free bins used.
     """
     order = decreasing_order(lengths, capacity)
-    starts, sizes, counts = size_runs(lengths[order])
+    _, sizes, counts = size_runs(lengths[order])
     if sizes.size * MIN_RUN > lengths.size:
         return order, best_fit(lengths, order, capacity)
     groups: dict[int, list[int]] = {}  # free tokens -> bins with exactly that much room

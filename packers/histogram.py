@@ -15,8 +15,9 @@ Without a limit this is exactly worst-fit decreasing: same row count and loads a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

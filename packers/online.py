@@ -24,13 +24,13 @@ from packers.base import BasePacker, bins_from_assignment
 from packers.registry import register
 
 __all__ = [
-    "NextFitPacker",
-    "FirstFitPacker",
     "BestFitPacker",
+    "FirstFitPacker",
+    "NextFitPacker",
     "WorstFitPacker",
-    "next_fit",
-    "first_fit",
     "best_fit",
+    "first_fit",
+    "next_fit",
     "worst_fit",
 ]
 
@@ -71,7 +71,7 @@ def first_fit(lengths: np.ndarray, order: np.ndarray, capacity: int) -> np.ndarr
         tree[i] = free
         i >>= 1
         while i:
-            best = tree[2 * i] if tree[2 * i] >= tree[2 * i + 1] else tree[2 * i + 1]
+            best = max(tree[2 * i], tree[2 * i + 1])
             if tree[i] == best:
                 break  # ancestors above already hold the right maximum
             tree[i] = best

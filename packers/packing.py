@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Packing", "validate_capacity", "validate_lengths", "STATUSES"]
+__all__ = ["STATUSES", "Packing", "validate_capacity", "validate_lengths"]
 
 STATUSES = ("optimal", "feasible", "heuristic")
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packer_oracles import optimal_bins, perfect_instance
 
 from packers import bounds
 from packers.colgen import best_patterns, lp_bound
-from packer_oracles import optimal_bins, perfect_instance
 
 
 @st.composite

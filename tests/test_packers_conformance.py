@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from packer_oracles import optimal_bins, perfect_instance
 
 import packers
 from packers import bounds
-from packer_oracles import optimal_bins, perfect_instance
 
 # Hyperparameters used in the suite: keep the exact packer's budget small; one CP-SAT
 # worker makes its runs repeatable (several workers: only the proven row count is).

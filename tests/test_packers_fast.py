@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packer_oracles import loads_of, reference_fit
 
 import packers
 from packers import decreasing
@@ -21,7 +22,6 @@ from packers._structures import FreeSpaceTree, IntSet
 from packers.decreasing import best_fit_decreasing, first_fit_decreasing
 from packers.histogram import pack_histogram
 from packers.online import best_fit, first_fit
-from packer_oracles import loads_of, reference_fit
 
 # name -> (reference rule, decreasing?, exact bins?)
 REFERENCES = {
@@ -87,7 +87,7 @@ def test_batched_equals_one_at_a_time_on_many_bins(seed):
     np.testing.assert_array_equal(order_b, order)
     slow_b = best_fit(lengths, order, capacity)
     assert fast_b.max() == slow_b.max()
-    loads = lambda bin_of: np.sort(np.bincount(bin_of, weights=lengths[order]))  # noqa: E731
+    loads = lambda bin_of: np.sort(np.bincount(bin_of, weights=lengths[order]))
     np.testing.assert_array_equal(loads(fast_b), loads(slow_b))
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packer_oracles import optimal_bins, perfect_instance
 
 import packers
 from packers import ilp
 from packers.colgen import lp_bound
-from packer_oracles import optimal_bins, perfect_instance
 
 FAST = {"time_limit_s": 5.0, "num_workers": 1}
 
@@ -94,14 +94,14 @@ def test_item_model_finds_or_refutes_a_bin_count():
     take, infeasible = ilp._item_model(arr, type_of, sizes.size, capacity, 3, 5.0, packer)
     _check_take(take, sizes, counts, capacity)
     assert not infeasible
-    _, sizes2, type2, counts2 = _problem([6, 6, 6], 10)
+    _, sizes2, type2, _ = _problem([6, 6, 6], 10)
     take, infeasible = ilp._item_model(np.array([6, 6, 6]), type2, sizes2.size, 10, 2, 5.0, packer)
     assert take is None and infeasible
 
 
 def test_lp_heuristics_and_pattern_model_give_valid_packings():
     lengths = perfect_instance(np.random.default_rng(2), 15, 100, max_parts=4)
-    arr, sizes, type_of, counts = _problem(lengths, 100)
+    _, sizes, type_of, counts = _problem(lengths, 100)
     lp = lp_bound(sizes, counts, 100, np.diag(np.minimum(counts, 100 // sizes)))
     packer = packers.make_packer("ilp", num_workers=1)
     for take in (
