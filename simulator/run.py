@@ -186,7 +186,7 @@ def _evaluate(
 ) -> tuple[list[ResultRow], ResultRow | None]:
     cost_models = {a: CostModel(model, gpu, a, memory_budget_bytes) for a in (*attention, "padded")}
     plan: list[tuple[str, Any, list[str], CapacitySpec]] = []  # packer, instance, backends, capacity rule
-    names = ["pad", *(n for n in packer_names if n != "pad")]
+    names = ["pad", *(n for n in packer_names if n not in ("pad", "flat"))]  # both always run
     for name in names:
         rows_matter = [a for a in attention if a not in ("padded", "varlen")]  # varlen: see `flat`
         backends = ["padded", *rows_matter] if name == "pad" else rows_matter
