@@ -253,8 +253,8 @@ def simulate(
     capacity = parse_capacity(capacity)
     attn = _attention_list(attention)
     names = default_packers() if packers is None else list(dict.fromkeys(packers))
-    unused = sorted(set(packer_params or {}) - set(names) - {"pad"})
-    if unused:
+    unused = sorted(set(packer_params or {}) - (set(names) | {"pad"}) | (set(packer_params or {}) & {"flat"}))
+    if unused:  # flat takes no parameters
         raise ValueError(f"packer parameters given for {', '.join(unused)}, which is not in the packers run")
     if memory_budget_bytes is not None:
         memory_budget_bytes = _positive_int(memory_budget_bytes, "memory budget (bytes)")
