@@ -22,12 +22,27 @@ backend_comparison.csv.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from experiments.common import (
-    ALL_DATASETS, GPU_MODELS, MAX_PROMPT_TOKENS, SMOKE_MODEL, Budget, add_common_args, append_rows, build_model,
-    check_device, draw_lengths, error_text, machine_label, parse_list, results_dir, run_cli, versions,
+    ALL_DATASETS,
+    GPU_MODELS,
+    MAX_PROMPT_TOKENS,
+    SMOKE_MODEL,
+    Budget,
+    add_common_args,
+    append_rows,
+    build_model,
+    check_device,
+    draw_lengths,
+    error_text,
+    machine_label,
+    parse_list,
+    results_dir,
+    run_cli,
+    versions,
 )  # fmt: skip
 
 CSV_NAME = "backend_comparison.csv"
@@ -60,8 +75,13 @@ def backend_call(model: Any, prompts: list[list[int]], backend: str,
     from gpu_runner.runner import prefill
 
     packing = packers.make_packer(packer).pack(lengths, max(lengths))
-    return (lambda: prefill(model, prompts, packing=packing, backend=backend, return_kv=False)), packer, \
-        packing.num_bins, packing.max_load, None
+    return (
+        (lambda: prefill(model, prompts, packing=packing, backend=backend, return_kv=False)),
+        packer,
+        packing.num_bins,
+        packing.max_load,
+        None,
+    )
 
 
 @dataclass(frozen=True)
@@ -76,12 +96,14 @@ class Config:
     device: str = "cuda"
 
     @classmethod
-    def smoke(cls, seed: int = 0) -> "Config":
+    def smoke(cls, seed: int = 0) -> Config:
         return cls(models=(SMOKE_MODEL,), datasets=("mmlu",), batches=(6,), backends=("padded", "dense", "varlen"),
                    warmup=0, reps=1, seed=seed, device="cpu")  # fmt: skip
 
 
-def run_for_model(model: Any, model_name: str, cfg: Config, out_csv: str, budget: Budget | None = None) -> list[dict]:
+def run_for_model(
+    model: Any, model_name: str, cfg: Config, out_csv: str, budget: Budget | None = None
+) -> list[dict]:
     import torch
 
     from gpu_runner.bench import draw_prompts
@@ -99,7 +121,9 @@ def run_for_model(model: Any, model_name: str, cfg: Config, out_csv: str, budget
     for backend in cfg.backends:
         for (dataset, batch), (lengths, prompts) in batches.items():
             if budget is not None and budget.expired():
-                print(f"[backend_comparison] time budget spent: skipping {model_name} {dataset} b{batch} {backend}")
+                print(
+                    f"[backend_comparison] time budget spent: skipping {model_name} {dataset} b{batch} {backend}"
+                )
                 continue
             row: dict[str, Any] = dict(
                 gpu=gpu, model=model_name, dataset=dataset, batch=batch, seed=cfg.seed, max_len=MAX_PROMPT_TOKENS,
@@ -111,11 +135,19 @@ def run_for_model(model: Any, model_name: str, cfg: Config, out_csv: str, budget
             try:
                 call, packer, bins, row_len, runner = backend_call(model, prompts, backend)
                 row.update(packer=packer, num_bins=bins, row_len=row_len, computed_tokens=bins * row_len)
-                t, peak = peak_extra_bytes(lambda: time_calls(call, device=dev, warmup=cfg.warmup, reps=cfg.reps), device=dev)
-                row.update(measured_ms=t.median_ms, ms_min=t.min_ms, ms_max=t.max_ms, reps=cfg.reps, peak_extra_bytes=peak)
+                t, peak = peak_extra_bytes(
+                    lambda: time_calls(call, device=dev, warmup=cfg.warmup, reps=cfg.reps), device=dev
+                )
+                row.update(
+                    measured_ms=t.median_ms,
+                    ms_min=t.min_ms,
+                    ms_max=t.max_ms,
+                    reps=cfg.reps,
+                    peak_extra_bytes=peak,
+                )
                 if getattr(runner, "oom_splits", 0):
                     row["error"] = "padded batch ran out of memory and was split"
-            except Exception as exc:  # noqa: BLE001 - a failing point is a data row, not the end
+            except Exception as exc:
                 row["error"] = error_text(exc)
             call = runner = None
             release_memory(dev)

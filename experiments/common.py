@@ -16,16 +16,35 @@ import csv
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 __all__ = [
-    "ALL_DATASETS", "DATASETS", "GPU_MODELS", "MAX_PROMPT_TOKENS", "RESULTS_DIR", "FIGURES_DIR", "SMOKE_MODEL",
-    "Budget", "MethodResult", "add_common_args", "append_rows", "computed_tokens", "draw_lengths", "error_text",
-    "machine_label", "nested_lengths", "parse_list", "read_rows", "results_dir", "run_cli", "time_methods",
+    "ALL_DATASETS",
+    "DATASETS",
+    "FIGURES_DIR",
+    "GPU_MODELS",
+    "MAX_PROMPT_TOKENS",
+    "RESULTS_DIR",
+    "SMOKE_MODEL",
+    "Budget",
+    "MethodResult",
+    "add_common_args",
+    "append_rows",
+    "computed_tokens",
+    "draw_lengths",
+    "error_text",
+    "machine_label",
+    "nested_lengths",
+    "parse_list",
+    "read_rows",
+    "results_dir",
+    "run_cli",
+    "time_methods",
     "versions",
 ]  # fmt: skip
 
@@ -68,7 +87,9 @@ def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]], columns: Se
         with open(path, newline="") as fh:
             header = next(csv.reader(fh), [])
         if header != list(columns):
-            raise ValueError(f"{path} has header {header}, expected {list(columns)}: move it aside or use --out-dir")
+            raise ValueError(
+                f"{path} has header {header}, expected {list(columns)}: move it aside or use --out-dir"
+            )
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns))
         if new:
@@ -104,10 +125,22 @@ def code_rev(paths: Sequence[str] = ("packers", "simulator", "gpu_runner")) -> s
 
     repo = EXPERIMENTS_DIR.parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=repo, capture_output=True,
-                               text=True, timeout=10, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", *paths],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
@@ -116,7 +149,9 @@ def code_rev(paths: Sequence[str] = ("packers", "simulator", "gpu_runner")) -> s
 # ------------------------------------------------------------------ prompt lengths
 
 
-def draw_lengths(dataset: str, batch: int, seed: int = 0, max_len: int | None = MAX_PROMPT_TOKENS) -> np.ndarray:
+def draw_lengths(
+    dataset: str, batch: int, seed: int = 0, max_len: int | None = MAX_PROMPT_TOKENS
+) -> np.ndarray:
     """`batch` prompt lengths of a shipped length list, drawn exactly as gpu_runner.bench_sweep
     does (`simulator.sweep_calibration.sweep_lengths`: without replacement unless the batch
     is larger than the list), then clipped to `max_len` tokens (None: no clipping).
@@ -129,7 +164,9 @@ def draw_lengths(dataset: str, batch: int, seed: int = 0, max_len: int | None = 
     return np.minimum(lengths, max_len) if max_len else lengths
 
 
-def nested_lengths(dataset: str, n: int, seed: int = 0, max_len: int | None = MAX_PROMPT_TOKENS) -> np.ndarray:
+def nested_lengths(
+    dataset: str, n: int, seed: int = 0, max_len: int | None = MAX_PROMPT_TOKENS
+) -> np.ndarray:
     """The first `n` prompts of one fixed shuffle of the length list (tiled when n is larger),
     so a batch of n is a prefix of every larger batch: memory grows monotonically with n."""
     from simulator.distributions import load_profile
@@ -140,7 +177,9 @@ def nested_lengths(dataset: str, n: int, seed: int = 0, max_len: int | None = MA
     return np.minimum(lengths, max_len) if max_len else lengths
 
 
-def computed_tokens(method: str, lengths: Sequence[int], sorted_chunk: int = SORTED_CHUNK, token_bucket: int = 128) -> int:
+def computed_tokens(
+    method: str, lengths: Sequence[int], sorted_chunk: int = SORTED_CHUNK, token_bucket: int = 128
+) -> int:
     """Tokens the method pushes through the model for one batch (real + padding):
     padded: N x longest; sorted: each micro-batch of the length-sorted batch x its longest;
     paper: FFD rows at capacity = longest x fullest row; best: the flat row rounded up to
@@ -200,14 +239,18 @@ def time_methods(model: Any, prompts: Sequence[Sequence[int]], methods: Sequence
             state["runner"] = runner
             timings = {}
             for mode in modes:
-                call = (lambda: runner.prefill(prompts)) if mode == "prefill" else (lambda: runner.first_tokens(prompts))
+                call = (
+                    (lambda: runner.prefill(prompts))
+                    if mode == "prefill"
+                    else (lambda: runner.first_tokens(prompts))
+                )
                 timings[mode] = time_calls(call, device=device, warmup=warmup, reps=reps)
             return timings
 
         try:
             timings, peak = peak_extra_bytes(measure, device=device)
             err = ""
-        except Exception as exc:  # noqa: BLE001 - one method failing (OOM) must not lose the others
+        except Exception as exc:
             timings, peak, err = {}, None, error_text(exc)
         splits = int(getattr(state.get("runner"), "oom_splits", 0) or 0)
         state.clear()
@@ -288,15 +331,21 @@ def parse_list(text: str, kind: type = int, name: str = "list", minimum: int = 1
     try:
         values = tuple(kind(t) for t in items)
     except ValueError:
-        raise ValueError(f"--{name} must be a comma-separated list of {kind.__name__}, got {text!r}") from None
+        raise ValueError(
+            f"--{name} must be a comma-separated list of {kind.__name__}, got {text!r}"
+        ) from None
     if kind is int and min(values) < minimum:
         raise ValueError(f"--{name} values must be >= {minimum}, got {text!r}")
     return values
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--smoke", action="store_true", help="tiny random model on CPU, a few points, seconds")
-    parser.add_argument("--out-dir", default=None, help="folder of the CSV (default: $OUT, else experiments/results)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny random model on CPU, a few points, seconds"
+    )
+    parser.add_argument(
+        "--out-dir", default=None, help="folder of the CSV (default: $OUT, else experiments/results)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the drawn batches (default 0)")
 
 
@@ -333,7 +382,9 @@ def speedup_rows(model: Any, model_name: str, dataset: str, batch: int, *, metho
 
     lengths = draw_lengths(dataset, batch, seed)
     prompts = draw_prompts(lengths, model.config.vocab_size, seed)
-    results = time_methods(model, prompts, methods, modes, device=torch.device(device), warmup=warmup, reps=reps)
+    results = time_methods(
+        model, prompts, methods, modes, device=torch.device(device), warmup=warmup, reps=reps
+    )
     padded = {r.method: r for r in results}.get("padded")
     gpu, vers, real = machine_label(device), versions(), int(lengths.sum())
     rows = []
@@ -355,4 +406,7 @@ def speedup_rows(model: Any, model_name: str, dataset: str, batch: int, *, metho
 def print_row(prefix: str, row: Mapping[str, Any]) -> None:
     shown = f"{row['ms']:.2f} ms" if row.get("ms") else f"ERROR {row.get('error')}"
     sp = f" x{row['speedup_vs_padded']:.2f}" if row.get("speedup_vs_padded") else ""
-    print(f"[{prefix} {row['model']} {row['dataset']} b{row['batch']} {row['method']} {row['mode']}] {shown}{sp}", flush=True)
+    print(
+        f"[{prefix} {row['model']} {row['dataset']} b{row['batch']} {row['method']} {row['mode']}] {shown}{sp}",
+        flush=True,
+    )

@@ -29,19 +29,39 @@ import argparse
 import json
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from experiments.common import (
-    EXPERIMENTS_DIR, add_common_args, append_rows, draw_lengths, parse_list, read_rows, results_dir, run_cli,
+    EXPERIMENTS_DIR,
+    add_common_args,
+    append_rows,
+    draw_lengths,
+    parse_list,
+    read_rows,
+    results_dir,
+    run_cli,
 )  # fmt: skip
 
 CSV_NAME = "cost_model_validation.csv"
 SUMMARY_NAME = "cost_model_validation_summary.csv"
-COLUMNS = ("model", "dataset", "batch", "packer", "backend", "predicted_ms", "measured_ms", "ape", "gpu", "seed", "source")
+COLUMNS = (
+    "model",
+    "dataset",
+    "batch",
+    "packer",
+    "backend",
+    "predicted_ms",
+    "measured_ms",
+    "ape",
+    "gpu",
+    "seed",
+    "source",
+)
 SUMMARY_COLUMNS = (
     "time", "points", "spearman", "mdape", "mean_ape", "max_ape", "spearman_target", "mdape_target", "met",
     "per_backend", "skipped", "inputs",
@@ -78,7 +98,9 @@ def default_inputs(out_dir: str | None = None) -> list[Path]:
     return found + ([exp6] if exp6.exists() else [])
 
 
-def price_rows(rows: Sequence[Mapping[str, str]], source: str, specs: Specs = Specs()) -> tuple[list[dict], Counter]:
+def price_rows(
+    rows: Sequence[Mapping[str, str]], source: str, specs: Specs = Specs()
+) -> tuple[list[dict], Counter]:
     """Predicted vs measured for every priceable row, and the skipped rows by reason."""
     import packers
     from simulator import CostModel
@@ -152,7 +174,9 @@ def summarize(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 met=bool(rho >= SPEARMAN_TARGET and mdape <= MDAPE_TARGET), per_backend=per_backend)  # fmt: skip
 
 
-def validate(inputs: Sequence[str | Path], out_dir: str | None = None, specs: Specs = Specs()) -> dict[str, Any]:
+def validate(
+    inputs: Sequence[str | Path], out_dir: str | None = None, specs: Specs = Specs()
+) -> dict[str, Any]:
     """Price every input row, write the validation CSV and a summary row; return the summary.
     ValueError when an input is missing or no row can be priced."""
     points, skipped = [], Counter()
@@ -189,7 +213,9 @@ def smoke(out_dir: str | None, seed: int = 0) -> dict[str, Any]:
 
     cfg = replace(exp6.Config.smoke(seed), batches=(3, 6), backends=("padded", "dense"))
     exp6.run(cfg, out_dir)
-    tiny = ModelSpec.from_hf_config(dict(MODEL_SHAPES["tiny"], dtype="float32", model_type="llama"), name="tiny")
+    tiny = ModelSpec.from_hf_config(
+        dict(MODEL_SHAPES["tiny"], dtype="float32", model_type="llama"), name="tiny"
+    )
     cpu = GPUSpec("cpu", peak_flops=1e11, memory_bandwidth_bytes_per_s=2e10, memory_bytes=16 * 10**9)
     return validate([results_dir(out_dir) / exp6.CSV_NAME], out_dir, Specs({"tiny": tiny}, {"cpu": cpu}))
 
@@ -206,7 +232,9 @@ def _body(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cost_model_validation", description=__doc__.splitlines()[0])
     add_common_args(parser)
-    parser.add_argument("--inputs", default="", help="comma-separated measured CSVs (default: see the docstring)")
+    parser.add_argument(
+        "--inputs", default="", help="comma-separated measured CSVs (default: see the docstring)"
+    )
     return run_cli(_body, parser, argv)
 
 

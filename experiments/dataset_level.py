@@ -15,14 +15,28 @@ shuffled dataset; 0 = all). Appends to dataset_level.csv.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from experiments.common import (
-    MAX_PROMPT_TOKENS, SMOKE_MODEL, SORTED_CHUNK, Budget, add_common_args, append_rows, build_model, check_device, computed_tokens,
-    error_text, machine_label, parse_list, results_dir, run_cli, versions,
+    MAX_PROMPT_TOKENS,
+    SMOKE_MODEL,
+    SORTED_CHUNK,
+    Budget,
+    add_common_args,
+    append_rows,
+    build_model,
+    check_device,
+    computed_tokens,
+    error_text,
+    machine_label,
+    parse_list,
+    results_dir,
+    run_cli,
+    versions,
 )  # fmt: skip
 
 CSV_NAME = "dataset_level.csv"
@@ -74,7 +88,7 @@ def run_strategy(model: Any, prompts: list[list[int]], lengths: np.ndarray, stra
 
         wall_s = wall_clock_s(stream, device=dev)[1]
         res = dict(wall_ms=wall_s * 1e3, error="")
-    except Exception as exc:  # noqa: BLE001 - one failing strategy (OOM) is a data row
+    except Exception as exc:
         res = dict(wall_ms=None, error=error_text(exc))
     runner = None
     release_memory(dev)
@@ -92,12 +106,14 @@ class Config:
     device: str = "cuda"
 
     @classmethod
-    def smoke(cls, seed: int = 0) -> "Config":
+    def smoke(cls, seed: int = 0) -> Config:
         return cls(models=(SMOKE_MODEL,), datasets=("samsum",), batch=8, limit=16,
                    strategies=("full-batching", "length-sorted", "prepacking"), seed=seed, device="cpu")  # fmt: skip
 
 
-def run_for_model(model: Any, model_name: str, cfg: Config, out_csv: str, budget: Budget | None = None) -> list[dict]:
+def run_for_model(
+    model: Any, model_name: str, cfg: Config, out_csv: str, budget: Budget | None = None
+) -> list[dict]:
     from gpu_runner.bench import draw_prompts
     from simulator.distributions import load_profile
 
@@ -111,10 +127,15 @@ def run_for_model(model: Any, model_name: str, cfg: Config, out_csv: str, budget
         got: list[dict] = []
         for strategy in cfg.strategies:
             if budget is not None and budget.expired():
-                print(f"[dataset_level] time budget spent: skipping {model_name} {dataset} {strategy}", flush=True)
+                print(
+                    f"[dataset_level] time budget spent: skipping {model_name} {dataset} {strategy}",
+                    flush=True,
+                )
                 continue
             method, order = STRATEGIES[strategy]
-            res = run_strategy(model, prompts, lengths, strategy, batch=cfg.batch, device=cfg.device, seed=cfg.seed)
+            res = run_strategy(
+                model, prompts, lengths, strategy, batch=cfg.batch, device=cfg.device, seed=cfg.seed
+            )
             row = dict(gpu=gpu, model=model_name, dataset=dataset, batch=cfg.batch, strategy=strategy, method=method,
                        order=order, num_prompts=int(lengths.size), real_tokens=int(lengths.sum()),
                        per_prompt_ms=res["wall_ms"] / lengths.size if res["wall_ms"] else None,

@@ -18,12 +18,26 @@ fallback is disabled here: a split counts as not fitting). Every probe is a row
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from experiments.common import (
-    GPU_MODELS, SMOKE_MODEL, Budget, add_common_args, append_rows, build_model, check_device, computed_tokens,
-    error_text, machine_label, nested_lengths, parse_list, results_dir, run_cli, versions,
+    GPU_MODELS,
+    SMOKE_MODEL,
+    Budget,
+    add_common_args,
+    append_rows,
+    build_model,
+    check_device,
+    computed_tokens,
+    error_text,
+    machine_label,
+    nested_lengths,
+    parse_list,
+    results_dir,
+    run_cli,
+    versions,
 )  # fmt: skip
 
 CSV_NAME = "memory_and_max_batch.csv"
@@ -56,7 +70,9 @@ def find_max_batch(fits: Callable[[int], bool], *, start: int, cap: int, rel_tol
     `start` itself fails, bisection runs on [0, start]. Stops early (keeping what it knows)
     when the budget is spent. ValueError on start < 1, cap < start or rel_tol < 0."""
     if start < 1 or cap < start or rel_tol < 0:
-        raise ValueError(f"need 1 <= start <= cap and rel_tol >= 0, got start={start}, cap={cap}, rel_tol={rel_tol}")
+        raise ValueError(
+            f"need 1 <= start <= cap and rel_tol >= 0, got start={start}, cap={cap}, rel_tol={rel_tol}"
+        )
     probes: list[tuple[int, bool]] = []
 
     def probe(n: int) -> bool:
@@ -98,7 +114,9 @@ def _no_split_padded(model: Any) -> Any:
     return NoSplit(model, name="padded", sort=False, chunk=None)
 
 
-def probe_batch(model: Any, method: str, lengths: Sequence[int], *, device: str, seed: int = 0) -> dict[str, Any]:
+def probe_batch(
+    model: Any, method: str, lengths: Sequence[int], *, device: str, seed: int = 0
+) -> dict[str, Any]:
     """One prefill of these prompts with `method`: {fits, peak_extra_bytes, ms, error}."""
     import torch
 
@@ -120,7 +138,7 @@ def probe_batch(model: Any, method: str, lengths: Sequence[int], *, device: str,
         result = dict(fits=True, peak_extra_bytes=peak, ms=wall_s * 1e3, error="")
     except torch.OutOfMemoryError as exc:
         result = dict(fits=False, peak_extra_bytes=None, ms=None, error=error_text(exc))
-    del runner, prompts
+    runner = prompts = None  # drop them before freeing memory
     release_memory(dev)
     return result
 
@@ -137,11 +155,13 @@ class Config:
     device: str = "cuda"
 
     @classmethod
-    def smoke(cls, seed: int = 0) -> "Config":
+    def smoke(cls, seed: int = 0) -> Config:
         return cls(models=(SMOKE_MODEL,), start=2, cap=8, rel_tol=0.0, seed=seed, device="cpu")
 
 
-def run_for_model(model: Any, model_name: str, cfg: Config, out_csv: str, budget: Budget | None = None) -> list[dict]:
+def run_for_model(
+    model: Any, model_name: str, cfg: Config, out_csv: str, budget: Budget | None = None
+) -> list[dict]:
     gpu, vers = machine_label(cfg.device), versions()
     rows: list[dict] = []
     for dataset in cfg.datasets:
@@ -149,7 +169,9 @@ def run_for_model(model: Any, model_name: str, cfg: Config, out_csv: str, budget
             if budget is not None and budget.expired():
                 print(f"[memory] time budget spent: skipping {model_name} {dataset} {method}", flush=True)
                 continue
-            base = dict(gpu=gpu, model=model_name, dataset=dataset, method=method, seed=cfg.seed, versions=vers)
+            base = dict(
+                gpu=gpu, model=model_name, dataset=dataset, method=method, seed=cfg.seed, versions=vers
+            )
 
             def fits(n: int) -> bool:
                 lengths = nested_lengths(dataset, n, cfg.seed)

@@ -18,14 +18,24 @@ where it ran, `cost_gpu` the card the cost model priced. Appends to packer_compa
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from experiments.common import (
-    ALL_DATASETS, SMOKE_MODEL, Budget, add_common_args, append_rows, code_rev, draw_lengths, error_text, parse_list,
-    results_dir, run_cli,
+    ALL_DATASETS,
+    SMOKE_MODEL,
+    Budget,
+    add_common_args,
+    append_rows,
+    code_rev,
+    draw_lengths,
+    error_text,
+    parse_list,
+    results_dir,
+    run_cli,
 )  # fmt: skip
 
 CSV_NAME = "packer_comparison.csv"
@@ -56,7 +66,7 @@ class Config:
     reps: int = 3
 
     @classmethod
-    def smoke(cls, seed: int = 0) -> "Config":
+    def smoke(cls, seed: int = 0) -> Config:
         return cls(datasets=("mmlu",), batches=(12,), seeds=(seed,), models=("sheared-llama-1.3b",),
                    backends=("dense",), measure=True, measure_packers=("ffd", "pad"), device="cpu", warmup=0,
                    reps=1)  # fmt: skip
@@ -74,10 +84,16 @@ def packer_names(cfg: Config) -> tuple[str, ...]:
 def _make(name: str) -> Any:
     import packers
 
-    return packers.make_packer(name, time_limit_s=ILP_TIME_LIMIT_S) if name == "ilp" else packers.make_packer(name)
+    return (
+        packers.make_packer(name, time_limit_s=ILP_TIME_LIMIT_S)
+        if name == "ilp"
+        else packers.make_packer(name)
+    )
 
 
-def compare_batch(lengths: np.ndarray, cfg: Config, *, dataset: str, batch: int, seed: int) -> list[dict[str, Any]]:
+def compare_batch(
+    lengths: np.ndarray, cfg: Config, *, dataset: str, batch: int, seed: int
+) -> list[dict[str, Any]]:
     """Rows for one batch of lengths: every packer x capacity mode x cost model x backend.
     `auto` packs at each candidate capacity once and lets every (model, backend) pick its own."""
     from simulator import CostModel, choose_capacity
@@ -103,7 +119,9 @@ def compare_batch(lengths: np.ndarray, cfg: Config, *, dataset: str, batch: int,
     return rows
 
 
-def measure_rows(rows: list[dict[str, Any]], lengths: np.ndarray, model: Any, model_name: str, cfg: Config) -> None:
+def measure_rows(
+    rows: list[dict[str, Any]], lengths: np.ndarray, model: Any, model_name: str, cfg: Config
+) -> None:
     """Fill measured_ms of `rows` (those of one batch) by running each distinct packing with
     gpu_runner.prefill on `model`; rows whose backend the runner lacks get an error."""
     import torch
@@ -124,9 +142,11 @@ def measure_rows(rows: list[dict[str, Any]], lengths: np.ndarray, model: Any, mo
             try:
                 packing = _make(row["packer"]).pack(lengths, int(row["capacity"]))
                 assert isinstance(packing, packers.Packing)
-                call = lambda: prefill(model, prompts, packing=packing, backend=row["backend"], return_kv=False)  # noqa: E731
+                call = lambda: prefill(
+                    model, prompts, packing=packing, backend=row["backend"], return_kv=False
+                )
                 done[key] = (time_calls(call, device=dev, warmup=cfg.warmup, reps=cfg.reps).median_ms, "")
-            except Exception as exc:  # noqa: BLE001 - OOM or an unavailable backend is a data row
+            except Exception as exc:
                 done[key] = (None, error_text(exc))
             release_memory(dev)
         row["measured_ms"], row["error"] = done[key]
@@ -153,7 +173,10 @@ def run(cfg: Config, out_dir: str | None = None, model: Any = None, model_name: 
         for batch in cfg.batches:
             for seed in cfg.seeds:
                 if budget is not None and budget.expired():
-                    print(f"[packer_comparison] time budget spent: skipping {dataset} b{batch} s{seed}", flush=True)
+                    print(
+                        f"[packer_comparison] time budget spent: skipping {dataset} b{batch} s{seed}",
+                        flush=True,
+                    )
                     continue
                 lengths = draw_lengths(dataset, batch, seed)
                 got = compare_batch(lengths, cfg, dataset=dataset, batch=batch, seed=seed)
@@ -167,7 +190,9 @@ def run(cfg: Config, out_dir: str | None = None, model: Any = None, model_name: 
     return rows
 
 
-def summary_tables(rows: list[dict[str, str]], cost_model: str = "sheared-llama-1.3b", backend: str = "dense") -> str:
+def summary_tables(
+    rows: list[dict[str, str]], cost_model: str = "sheared-llama-1.3b", backend: str = "dense"
+) -> str:
     """Markdown tables from packer_comparison.csv rows (CPU columns only):
     1. per packer at capacity = longest prompt, over every batch: mean and max gap to the best
        lower bound any packer proved for that batch, share of batches at that bound, median
@@ -177,15 +202,19 @@ def summary_tables(rows: list[dict[str, str]], cost_model: str = "sheared-llama-
     import math
     import statistics
 
-    key = lambda r: (r["dataset"], r["batch"], r["seed"], r["capacity"])  # noqa: E731
-    mx = [r for r in rows if r["capacity_mode"] == "max" and r["cost_model"] == cost_model and r["backend"] == backend]
+    key = lambda r: (r["dataset"], r["batch"], r["seed"], r["capacity"])
+    mx = [
+        r
+        for r in rows
+        if r["capacity_mode"] == "max" and r["cost_model"] == cost_model and r["backend"] == backend
+    ]
     if not mx:
         raise ValueError(f"no capacity-max rows for {cost_model}/{backend} in the CSV")
     bound: dict[tuple, int] = {}
     for r in mx:
         bound[key(r)] = max(bound.get(key(r), 0), int(r["lower_bound"]))
     ffd = {key(r): float(r["modeled_ms"]) for r in mx if r["packer"] == "ffd"}
-    gm = lambda v: math.exp(sum(map(math.log, v)) / len(v))  # noqa: E731
+    gm = lambda v: math.exp(sum(map(math.log, v)) / len(v))
     lines = [f"| packer | batches | mean gap to best bound | max gap | at the bound | status optimal | median solve ms | "
              f"max solve ms | modeled time / ffd ({cost_model}, {backend}) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
@@ -203,8 +232,13 @@ def summary_tables(rows: list[dict[str, str]], cost_model: str = "sheared-llama-
     auto = {(r["dataset"], r["batch"], r["seed"]): r for r in rows if r["capacity_mode"] == "auto"
             and r["packer"] == "ffd" and r["cost_model"] == cost_model and r["backend"] == backend}  # fmt: skip
     for dataset in sorted({r["dataset"] for r in mx}):
-        pairs = [(auto[(r["dataset"], r["batch"], r["seed"])], r) for r in mx
-                 if r["packer"] == "ffd" and r["dataset"] == dataset and (r["dataset"], r["batch"], r["seed"]) in auto]
+        pairs = [
+            (auto[(r["dataset"], r["batch"], r["seed"])], r)
+            for r in mx
+            if r["packer"] == "ffd"
+            and r["dataset"] == dataset
+            and (r["dataset"], r["batch"], r["seed"]) in auto
+        ]
         if pairs:
             t = gm([float(a["modeled_ms"]) / float(m["modeled_ms"]) for a, m in pairs])
             c = gm([int(a["capacity"]) / int(a["max_len"]) for a, _ in pairs])
@@ -255,7 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backends", default=",".join(d.backends), help="dense, flex, varlen, padded")
     parser.add_argument("--measure", action="store_true", help="also time each packing on --device")
     parser.add_argument("--device", default=d.device)
-    parser.add_argument("--summary", action="store_true", help="print the README tables from the CSV and exit")
+    parser.add_argument(
+        "--summary", action="store_true", help="print the README tables from the CSV and exit"
+    )
     return run_cli(_body, parser, argv)
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import math
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
 
 from experiments.common import FIGURES_DIR, RESULTS_DIR, read_rows, run_cli
 
@@ -55,7 +55,11 @@ def _bars(ax, groups: list[str], series: dict[str, dict[str, float]], ylabel: st
 
 
 def plot_speedup_by_dataset(rows, path: Path) -> bool:
-    rows = [r for r in latest(rows, ("gpu", "model", "dataset", "batch", "method", "mode")) if _f(r["speedup_vs_padded"])]
+    rows = [
+        r
+        for r in latest(rows, ("gpu", "model", "dataset", "batch", "method", "mode"))
+        if _f(r["speedup_vs_padded"])
+    ]
     rows = [r for r in rows if r["method"] != "padded"]
     if not rows:
         return False
@@ -87,7 +91,8 @@ def plot_speedup_by_batch(rows, path: Path) -> bool:
     lines: dict[str, list[tuple[int, float, float | None]]] = defaultdict(list)
     for r in rows:
         lines[f"{r['model']} {r['method']} {r['dataset']} ({r['gpu']})"].append(
-            (int(r["batch"]), _f(r["speedup_vs_padded"]) or float("nan"), _f(r["peak_extra_bytes"])))
+            (int(r["batch"]), _f(r["speedup_vs_padded"]) or float("nan"), _f(r["peak_extra_bytes"]))
+        )
     for name, pts in lines.items():
         pts.sort()
         if "padded" not in name.split(" ")[1]:
@@ -123,7 +128,9 @@ def plot_memory(rows, path: Path) -> bool:
     a1.set_yscale("log")
     curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for r in probes:
-        curves[f"{r['model']} {r['method']} ({r['gpu']})"].append((int(r["batch"]), float(r["peak_extra_bytes"]) / 2**30))
+        curves[f"{r['model']} {r['method']} ({r['gpu']})"].append(
+            (int(r["batch"]), float(r["peak_extra_bytes"]) / 2**30)
+        )
     for name, pts in curves.items():
         pts = sorted(set(pts))
         a2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
@@ -139,7 +146,9 @@ def plot_memory(rows, path: Path) -> bool:
 
 
 def plot_dataset_level(rows, path: Path) -> bool:
-    rows = [r for r in latest(rows, ("gpu", "model", "dataset", "batch", "strategy")) if _f(r["per_prompt_ms"])]
+    rows = [
+        r for r in latest(rows, ("gpu", "model", "dataset", "batch", "strategy")) if _f(r["per_prompt_ms"])
+    ]
     if not rows:
         return False
     plt = _plt()
@@ -175,33 +184,63 @@ def best_bounds(rows: list[dict[str, str]]) -> dict[tuple, int]:
 
 
 def plot_packers(rows, path: Path) -> bool:
-    rows = latest(rows, ("machine", "dataset", "batch", "seed", "packer", "capacity_mode", "cost_model", "cost_gpu", "backend"))
+    rows = latest(
+        rows,
+        (
+            "machine",
+            "dataset",
+            "batch",
+            "seed",
+            "packer",
+            "capacity_mode",
+            "cost_model",
+            "cost_gpu",
+            "backend",
+        ),
+    )
     rows = [r for r in rows if _f(r["modeled_ms"])]
     if not rows:
         return False
     plt = _plt()
     model = rows[0]["cost_model"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.5))
-    mx = [r for r in rows if r["capacity_mode"] == "max" and r["cost_model"] == model and r["backend"] == rows[0]["backend"]]
+    mx = [
+        r
+        for r in rows
+        if r["capacity_mode"] == "max" and r["cost_model"] == model and r["backend"] == rows[0]["backend"]
+    ]
     datasets = sorted({r["dataset"] for r in mx})
     packers = sorted({r["packer"] for r in mx if r["packer"] not in ("pad", "sorted")})
     bound = best_bounds(mx)
     gap: dict[str, dict[str, float]] = defaultdict(dict)
     for p in packers:
         for d in datasets:
-            vals = [int(r["num_bins"]) / bound[_batch_key(r)] - 1 for r in mx if r["packer"] == p and r["dataset"] == d]
+            vals = [
+                int(r["num_bins"]) / bound[_batch_key(r)] - 1
+                for r in mx
+                if r["packer"] == p and r["dataset"] == d
+            ]
             gap[p][d] = 100 * sum(vals) / len(vals) if vals else 0
     _bars(a1, datasets, gap, "mean gap to the best lower bound (%)")
     a1.set_title("rows over the best bound, capacity = longest prompt")
     # modeled time relative to the paper's choice (ffd at capacity = max), geometric mean over batches
-    ref = {(r["dataset"], r["batch"], r["seed"], r["backend"]): float(r["modeled_ms"])
-           for r in rows if r["packer"] == "ffd" and r["capacity_mode"] == "max" and r["cost_model"] == model}
+    ref = {
+        (r["dataset"], r["batch"], r["seed"], r["backend"]): float(r["modeled_ms"])
+        for r in rows
+        if r["packer"] == "ffd" and r["capacity_mode"] == "max" and r["cost_model"] == model
+    }
     rel: dict[str, dict[str, float]] = defaultdict(dict)
     for p in ["pad"] + packers:
         for mode in ("max", "auto"):
-            vals = [float(r["modeled_ms"]) / ref[(r["dataset"], r["batch"], r["seed"], r["backend"])]
-                    for r in rows if r["packer"] == p and r["capacity_mode"] == mode and r["cost_model"] == model
-                    and r["backend"] == "dense" and (r["dataset"], r["batch"], r["seed"], r["backend"]) in ref]
+            vals = [
+                float(r["modeled_ms"]) / ref[(r["dataset"], r["batch"], r["seed"], r["backend"])]
+                for r in rows
+                if r["packer"] == p
+                and r["capacity_mode"] == mode
+                and r["cost_model"] == model
+                and r["backend"] == "dense"
+                and (r["dataset"], r["batch"], r["seed"], r["backend"]) in ref
+            ]
             if vals:
                 rel[f"capacity {mode}"][p] = _gmean(vals)
     _bars(a2, ["pad"] + packers, rel, "modeled time / ffd at capacity max")
@@ -242,8 +281,12 @@ def plot_validation(rows, path: Path) -> bool:
     plt = _plt()
     from experiments.cost_model_validation import summarize
 
-    pts = [dict(r, predicted_ms=float(r["predicted_ms"]), measured_ms=float(r["measured_ms"]), ape=float(r["ape"]))
-           for r in rows]
+    pts = [
+        dict(
+            r, predicted_ms=float(r["predicted_ms"]), measured_ms=float(r["measured_ms"]), ape=float(r["ape"])
+        )
+        for r in rows
+    ]
     s = summarize(pts)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for b in sorted({p["backend"] for p in pts}):

@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from experiments import backend_comparison as exp6
 from experiments import cost_model_validation as exp7
@@ -69,10 +70,16 @@ def gpu_plan(device: str = "cuda") -> list[tuple[str, list[Stage]]]:
                      models=("sheared-llama-1.3b",), backends=("dense",), measure=True, device=device)  # fmt: skip
 
     def s(name: str, allot: float, module: Any, cfg: Any) -> Stage:
-        return Stage(name, allot, lambda m, n, o, b: module.run_for_model(m, n, cfg, _csv(o, module.CSV_NAME), b))
+        return Stage(
+            name, allot, lambda m, n, o, b: module.run_for_model(m, n, cfg, _csv(o, module.CSV_NAME), b)
+        )
 
     def s5(allot: float) -> Stage:
-        return Stage("packer_comparison (measured)", allot, lambda m, n, o, b: exp5.run(e5, o, model=m, model_name=n, budget=b))
+        return Stage(
+            "packer_comparison (measured)",
+            allot,
+            lambda m, n, o, b: exp5.run(e5, o, model=m, model_name=n, budget=b),
+        )
 
     return [
         ("sheared-llama-1.3b", [
@@ -105,9 +112,9 @@ def smoke_plan() -> list[tuple[str, list[Stage]]]:
 def run_all(plan: list[tuple[str, list[Stage]]], *, out_dir: str | None, device: str, budget_s: float,
             stages: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
     """Run the plan; returns {stage timings, validation summary or its error}."""
-    from gpu_runner.timing import release_memory
-
     import torch
+
+    from gpu_runner.timing import release_memory
 
     check_device(device)
     out = str(results_dir(out_dir))
@@ -131,17 +138,21 @@ def run_all(plan: list[tuple[str, list[Stage]]], *, out_dir: str | None, device:
             try:
                 stage.run(model, model_name, out, Budget(allot if allot != float("inf") else 0))
                 err = ""
-            except Exception as exc:  # noqa: BLE001 - one broken stage must not lose the others
+            except Exception as exc:
                 err = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
                 print(f"[run_gpu_all] {model_name} {stage.name} FAILED: {err}", flush=True)
             release_memory(torch.device(device))
             took = time.perf_counter() - t0
-            report["stages"].append(dict(model=model_name, stage=stage.name, seconds=round(took, 1), error=err))
+            report["stages"].append(
+                dict(model=model_name, stage=stage.name, seconds=round(took, 1), error=err)
+            )
             print(f"[run_gpu_all] {model_name} {stage.name}: {took:.1f} s (allotted {allot:.0f})", flush=True)
         del model
         release_memory(torch.device(device))
     try:
-        report["validation"] = exp7.validate([results_dir(out) / exp6.CSV_NAME], out) if device != "cpu" else "skipped on CPU"
+        report["validation"] = (
+            exp7.validate([results_dir(out) / exp6.CSV_NAME], out) if device != "cpu" else "skipped on CPU"
+        )
     except ValueError as exc:
         report["validation"] = f"not run: {exc}"
     return report
@@ -160,7 +171,9 @@ def _body(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_gpu_all", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="every stage on CPU with the tiny model")
-    parser.add_argument("--out-dir", default=None, help="folder of the CSVs (default: $OUT, else experiments/results)")
+    parser.add_argument(
+        "--out-dir", default=None, help="folder of the CSVs (default: $OUT, else experiments/results)"
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--budget-s", type=float, default=390.0, help="wall-clock budget of the measurements")
     parser.add_argument("--stages", default="", help="only these stages (comma-separated names), default all")

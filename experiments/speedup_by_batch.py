@@ -13,12 +13,24 @@ Appends to speedup_by_batch.csv.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from experiments.common import (
-    GPU_MODELS, SMOKE_MODEL, SPEEDUP_COLUMNS, Budget, add_common_args, append_rows, build_model, check_device,
-    parse_list, print_row, results_dir, run_cli, speedup_rows,
+    GPU_MODELS,
+    SMOKE_MODEL,
+    SPEEDUP_COLUMNS,
+    Budget,
+    add_common_args,
+    append_rows,
+    build_model,
+    check_device,
+    parse_list,
+    print_row,
+    results_dir,
+    run_cli,
+    speedup_rows,
 )  # fmt: skip
 
 CSV_NAME = "speedup_by_batch.csv"
@@ -37,18 +49,23 @@ class Config:
     device: str = "cuda"
 
     @classmethod
-    def smoke(cls, seed: int = 0) -> "Config":
+    def smoke(cls, seed: int = 0) -> Config:
         return cls(models=(SMOKE_MODEL,), batches=(2, 8), methods=("padded", "paper"), warmup=0, reps=1,
                    seed=seed, device="cpu")  # fmt: skip
 
 
-def run_for_model(model: Any, model_name: str, cfg: Config, out_csv: str, budget: Budget | None = None) -> list[dict]:
+def run_for_model(
+    model: Any, model_name: str, cfg: Config, out_csv: str, budget: Budget | None = None
+) -> list[dict]:
     """Every (dataset, batch) of `cfg` on one built model, smallest batch first."""
     rows: list[dict] = []
     for dataset in cfg.datasets:
         for batch in sorted(cfg.batches):
             if budget is not None and budget.expired():
-                print(f"[speedup_by_batch] time budget spent: skipping {model_name} {dataset} b{batch}", flush=True)
+                print(
+                    f"[speedup_by_batch] time budget spent: skipping {model_name} {dataset} b{batch}",
+                    flush=True,
+                )
                 continue
             got = speedup_rows(model, model_name, dataset, batch, methods=cfg.methods, modes=cfg.modes,
                                device=cfg.device, warmup=cfg.warmup, reps=cfg.reps, seed=cfg.seed)  # fmt: skip

@@ -12,12 +12,25 @@ graphs; GPU only). Appends SPEEDUP_COLUMNS rows to speedup_by_dataset.csv.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from experiments.common import (
-    DATASETS, GPU_MODELS, SMOKE_MODEL, SPEEDUP_COLUMNS, Budget, add_common_args, append_rows, build_model,
-    check_device, parse_list, print_row, results_dir, run_cli, speedup_rows,
+    DATASETS,
+    GPU_MODELS,
+    SMOKE_MODEL,
+    SPEEDUP_COLUMNS,
+    Budget,
+    add_common_args,
+    append_rows,
+    build_model,
+    check_device,
+    parse_list,
+    print_row,
+    results_dir,
+    run_cli,
+    speedup_rows,
 )  # fmt: skip
 
 CSV_NAME = "speedup_by_dataset.csv"
@@ -36,12 +49,14 @@ class Config:
     device: str = "cuda"
 
     @classmethod
-    def smoke(cls, seed: int = 0) -> "Config":
+    def smoke(cls, seed: int = 0) -> Config:
         return cls(models=(SMOKE_MODEL,), datasets=("mmlu",), batch=6, methods=("padded", "paper"),
                    warmup=0, reps=1, seed=seed, device="cpu")  # fmt: skip
 
 
-def run_for_model(model: Any, model_name: str, cfg: Config, out_csv: str, budget: Budget | None = None) -> list[dict]:
+def run_for_model(
+    model: Any, model_name: str, cfg: Config, out_csv: str, budget: Budget | None = None
+) -> list[dict]:
     """Every dataset of `cfg` on one built model; rows are appended as each dataset finishes."""
     rows: list[dict] = []
     for dataset in cfg.datasets:

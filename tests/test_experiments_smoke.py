@@ -14,9 +14,19 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from experiments import backend_comparison, common, cost_model_validation, dataset_level, memory_and_max_batch  # noqa: E402
-from experiments import packer_comparison, plot, run_gpu_all, speedup_by_batch, speedup_by_dataset  # noqa: E402
-from experiments.memory_and_max_batch import find_max_batch  # noqa: E402
+from experiments import (
+    backend_comparison,
+    common,
+    cost_model_validation,
+    dataset_level,
+    memory_and_max_batch,
+    packer_comparison,
+    plot,
+    run_gpu_all,
+    speedup_by_batch,
+    speedup_by_dataset,
+)
+from experiments.memory_and_max_batch import find_max_batch
 
 SCRIPTS = (speedup_by_dataset, speedup_by_batch, memory_and_max_batch, dataset_level, packer_comparison,
            backend_comparison)  # fmt: skip
@@ -100,7 +110,9 @@ def test_speedup_csvs(smoke_dir: Path) -> None:
             assert int(r["real_tokens"]) == int(padded["real_tokens"])
             if method == "paper":
                 assert 0 <= int(r["padded_tokens"]) <= int(padded["padded_tokens"])
-                assert math.isclose(float(r["speedup_vs_padded"]), float(padded["ms"]) / float(r["ms"]), rel_tol=1e-4)
+                assert math.isclose(
+                    float(r["speedup_vs_padded"]), float(padded["ms"]) / float(r["ms"]), rel_tol=1e-4
+                )
 
 
 def test_memory_csv(smoke_dir: Path) -> None:
@@ -124,7 +136,12 @@ def test_dataset_level_csv(smoke_dir: Path) -> None:
     assert set(by) == {"full-batching", "length-sorted", "prepacking"}
     assert len({r["real_tokens"] for r in rows}) == 1 and all(float(r["wall_ms"]) > 0 for r in rows)
     comp = {k: int(v["computed_tokens"]) for k, v in by.items()}
-    assert int(by["prepacking"]["real_tokens"]) <= comp["prepacking"] <= comp["length-sorted"] <= comp["full-batching"]
+    assert (
+        int(by["prepacking"]["real_tokens"])
+        <= comp["prepacking"]
+        <= comp["length-sorted"]
+        <= comp["full-batching"]
+    )
 
 
 def test_packer_comparison_csv(smoke_dir: Path) -> None:
@@ -171,7 +188,9 @@ def test_cost_model_validation_csv(smoke_dir: Path) -> None:
 def test_plot_draws_every_figure(smoke_dir: Path, tmp_path: Path) -> None:
     import shutil
 
-    shutil.copy(smoke_dir / "validation" / cost_model_validation.CSV_NAME, smoke_dir / cost_model_validation.CSV_NAME)
+    shutil.copy(
+        smoke_dir / "validation" / cost_model_validation.CSV_NAME, smoke_dir / cost_model_validation.CSV_NAME
+    )
     written = plot.plot_all(smoke_dir, tmp_path)
     assert {p.name for p in written} == {png for png, _ in plot.PLOTS.values()}
     assert all(p.stat().st_size > 5000 for p in written)
