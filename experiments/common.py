@@ -120,8 +120,12 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
 
 def code_rev(paths: Sequence[str] = ("packers", "simulator", "gpu_runner")) -> str:
     """Short git commit of the checkout, '+dirty' when `paths` have uncommitted changes;
-    'unknown' without git (e.g. a copied working tree)."""
+    $PREPACKING_CODE_REV when set (a run from an exported snapshot of a commit); 'unknown'
+    without git (e.g. a copied working tree)."""
     import subprocess
+
+    if os.environ.get("PREPACKING_CODE_REV"):
+        return os.environ["PREPACKING_CODE_REV"]
 
     repo = EXPERIMENTS_DIR.parent
     try:
