@@ -7,14 +7,18 @@ runner's committed sweep `benchmarks/results/prefill_sweep_<gpu>.csv` when it ex
 experiment 6's `backend_comparison.csv`. Each batch is redrawn exactly as it was measured
 (`draw_lengths(dataset, batch, seed, max_len)`) and kept only when the redrawn real-token
 count equals the CSV's; it is packed with the row's packer at capacity = longest prompt
-(`pad` for padded) and priced with no memory budget (as the calibration does). Rows that
+(`pad` for padded) and priced with no memory budget (as the calibration does); the runner's
+varlen backend runs packed rows padded to the row width through the linear layers, so its
+rows are priced with `make_attention("varlen", pad_rows=True)` (simulator/CALIBRATION.md),
+while a `flat` one-row varlen batch keeps the ragged default. Rows that
 cannot be priced are counted by reason, never silently dropped: errors (OOM), backends the
 model does not cover (graph), unknown models or cards.
 
 Writes (rewrites: it is derived from the inputs) cost_model_validation.csv with columns
-model, dataset, batch, packer, backend, predicted_ms, measured_ms, ape, gpu, seed, source;
-appends one summary row (Spearman rank correlation, median absolute percentage error, per
-backend too) to cost_model_validation_summary.csv and prints it as one JSON line. Targets:
+model, dataset, batch, packer, backend, predicted_ms, measured_ms, ape, gpu, seed, source,
+held_out (False for sources the shipped constants were fitted on: FITTED_SOURCES); appends
+one summary row (Spearman rank correlation, median absolute percentage error, per
+backend too, and the same over held-out points only) to cost_model_validation_summary.csv and prints it as one JSON line. Targets:
 Spearman >= 0.95 and MdAPE <= 15%; the summary says whether they are met. The data is never
 adjusted to meet them.
 
@@ -40,6 +44,7 @@ from experiments.common import (
     EXPERIMENTS_DIR,
     add_common_args,
     append_rows,
+    code_rev,
     draw_lengths,
     parse_list,
     read_rows,
@@ -61,10 +66,15 @@ COLUMNS = (
     "gpu",
     "seed",
     "source",
+    "held_out",
 )
+# Inputs the shipped constants were fitted on (simulator/CALIBRATION.md: "fitted on anchors +
+# sweep (shipped)"): their points are in-sample, reported but not a validation.
+FITTED_SOURCES = ("prefill_sweep_h100.csv",)
 SUMMARY_COLUMNS = (
     "time", "points", "spearman", "mdape", "mean_ape", "max_ape", "spearman_target", "mdape_target", "met",
-    "per_backend", "skipped", "inputs",
+    "per_backend", "held_out_points", "held_out_spearman", "held_out_mdape", "held_out_met", "skipped", "inputs",
+    "code_rev",
 )  # fmt: skip
 SPEARMAN_TARGET, MDAPE_TARGET = 0.95, 0.15
 MODELED_BACKENDS = ("padded", "dense", "flex", "varlen")
@@ -103,7 +113,8 @@ def price_rows(
 ) -> tuple[list[dict], Counter]:
     """Predicted vs measured for every priceable row, and the skipped rows by reason."""
     import packers
-    from simulator import CostModel
+    from simulator import CostModel, make_attention
+    from simulator.run import flat_packing
 
     out, skipped = [], Counter()
     for row in rows:
@@ -129,12 +140,14 @@ def price_rows(
             skipped["redrawn batch does not match real_tokens"] += 1
             continue
         packer = "pad" if row["backend"] == "padded" else row["packer"]
-        packing = packers.make_packer(packer).pack(lengths, int(lengths.max()))
-        cost = CostModel(model, gpu, row["backend"], NO_BUDGET_BYTES).cost(packing)
+        packing = flat_packing(lengths) if packer == "flat" else packers.make_packer(packer).pack(lengths, int(lengths.max()))
+        attention = make_attention("varlen", pad_rows=True) if row["backend"] == "varlen" and packer != "flat" else row["backend"]
+        cost = CostModel(model, gpu, attention, NO_BUDGET_BYTES).cost(packing)
         predicted, measured = 1e3 * cost.est_time_s, float(row["measured_ms"])
         out.append(dict(model=row["model"], dataset=row["dataset"], batch=int(row["batch"]), packer=packer,
                         backend=row["backend"], predicted_ms=predicted, measured_ms=measured,
-                        ape=abs(predicted / measured - 1), gpu=row["gpu"], seed=seed, source=source))  # fmt: skip
+                        ape=abs(predicted / measured - 1), gpu=row["gpu"], seed=seed, source=source,
+                        held_out=source not in FITTED_SOURCES))  # fmt: skip
     return out, skipped
 
 
@@ -194,9 +207,13 @@ def validate(
     (out / CSV_NAME).unlink(missing_ok=True)
     append_rows(out / CSV_NAME, points, COLUMNS)
     summary = summarize(points)
+    held = [p for p in points if p["held_out"]]
+    h = summarize(held) if held else {}
+    summary.update(held_out_points=len(held), held_out_spearman=h.get("spearman"), held_out_mdape=h.get("mdape"),
+                   held_out_met=h.get("met"))  # fmt: skip
     row = dict(summary, time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                per_backend=json.dumps(summary["per_backend"]), skipped=json.dumps(dict(skipped)),
-               inputs=";".join(Path(p).name for p in inputs))  # fmt: skip
+               inputs=";".join(Path(p).name for p in inputs), code_rev=code_rev(("simulator",)))  # fmt: skip
     append_rows(out / SUMMARY_NAME, [row], SUMMARY_COLUMNS)
     return dict(summary, skipped=dict(skipped))
 

@@ -290,8 +290,11 @@ def plot_validation(rows, path: Path) -> bool:
     s = summarize(pts)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for b in sorted({p["backend"] for p in pts}):
-        sub = [p for p in pts if p["backend"] == b]
-        ax.scatter([p["measured_ms"] for p in sub], [p["predicted_ms"] for p in sub], label=b, s=18)
+        for held, marker, note in (("True", "o", "held out"), ("False", "x", "in-sample")):
+            sub = [p for p in pts if p["backend"] == b and p.get("held_out", "True") == held]
+            if sub:
+                ax.scatter([p["measured_ms"] for p in sub], [p["predicted_ms"] for p in sub], marker=marker, s=22,
+                           label=f"{b} ({note})")  # fmt: skip
     lo = min(min(p["measured_ms"], p["predicted_ms"]) for p in pts)
     hi = max(max(p["measured_ms"], p["predicted_ms"]) for p in pts)
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
@@ -299,7 +302,12 @@ def plot_validation(rows, path: Path) -> bool:
     ax.set_yscale("log")
     ax.set_xlabel(f"measured ms ({', '.join(sorted({p['gpu'] for p in pts}))})")
     ax.set_ylabel("cost model ms")
-    ax.set_title(f"{s['points']} points: Spearman {s['spearman']:.3f}, MdAPE {100 * s['mdape']:.1f}%")
+    from matplotlib.ticker import NullFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_minor_formatter(NullFormatter())
+    held = sum(p.get("held_out", "True") == "True" for p in pts)
+    ax.set_title(f"{s['points']} points ({held} held out): Spearman {s['spearman']:.3f}, MdAPE {100 * s['mdape']:.1f}%")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
