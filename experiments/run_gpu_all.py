@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -150,8 +151,11 @@ def run_all(plan: list[tuple[str, list[Stage]]], *, out_dir: str | None, device:
         del model
         release_memory(torch.device(device))
     try:
+        # into a subfolder, so that collecting the run's CSVs never touches the committed validation
         report["validation"] = (
-            exp7.validate([results_dir(out) / exp6.CSV_NAME], out) if device != "cpu" else "skipped on CPU"
+            exp7.validate([results_dir(out) / exp6.CSV_NAME], str(Path(out) / "validation"))
+            if device != "cpu"
+            else "skipped on CPU"
         )
     except ValueError as exc:
         report["validation"] = f"not run: {exc}"

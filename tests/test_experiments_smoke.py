@@ -226,3 +226,19 @@ def test_driver_smoke_runs_a_stage(tmp_path: Path) -> None:
     plan = run_gpu_all.gpu_plan("cuda")
     assert [m for m, _ in plan] == ["sheared-llama-1.3b", "llama2-7b"]
     assert sum(s.allot_s for _, stages in plan for s in stages) <= 480
+
+
+def test_collect_appends_a_runs_rows_and_refuses_other_schemas(tmp_path: Path) -> None:
+    from experiments import collect
+
+    run, results = tmp_path / "run", tmp_path / "results"
+    run.mkdir()
+    common.append_rows(run / "dataset_level.csv", [{"a": 1, "b": 2}], ("a", "b"))
+    common.append_rows(results / "dataset_level.csv", [{"a": 0, "b": 0}], ("a", "b"))
+    assert collect.collect(run, str(results)) == {"dataset_level.csv": 1}
+    assert [r["a"] for r in common.read_rows(results / "dataset_level.csv")] == ["0", "1"]
+    common.append_rows(run / "backend_comparison.csv", [{"x": 1}], ("x",))
+    common.append_rows(results / "backend_comparison.csv", [{"y": 1}], ("y",))
+    with pytest.raises(ValueError):
+        collect.collect(run, str(results))
+    assert collect.main([str(tmp_path / "nothing-here"), "--out-dir", str(results)]) == 2
