@@ -82,6 +82,7 @@ def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]], columns: Se
         if set(row) != set(columns):
             extra, missing = sorted(set(row) - set(columns)), sorted(set(columns) - set(row))
             raise ValueError(f"row does not match the {path.name} schema: extra {extra}, missing {missing}")
+    path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
     if not new:
         with open(path, newline="") as fh:
