@@ -86,13 +86,13 @@ def gpu_plan(device: str = "cuda") -> list[tuple[str, list[Stage]]]:
 
     return [
         ("sheared-llama-1.3b", [
-            s("speedup_by_dataset", 30, exp1, e1), s("backend_comparison", 55, exp6, e6_small),
-            s("speedup_by_batch", 30, exp2, e2), s("dataset_level", 30, exp4, e4),
-            s("memory_and_max_batch", 45, exp3, e3), s5(20), s("backend_comparison (flex)", 25, exp6, e6_flex),
+            s("speedup_by_dataset", 30, exp1, e1), s("backend_comparison", 50, exp6, e6_small),
+            s("speedup_by_batch", 25, exp2, e2), s("dataset_level", 25, exp4, e4),
+            s("memory_and_max_batch", 40, exp3, e3), s5(15), s("backend_comparison (flex)", 20, exp6, e6_flex),
         ]),
         ("llama2-7b", [
-            s("speedup_by_dataset", 35, exp1, e1), s("backend_comparison", 35, exp6, e6_7b),
-            s("speedup_by_batch", 40, exp2, e2_7b), s("memory_and_max_batch", 45, exp3, e3),
+            s("speedup_by_dataset", 30, exp1, e1), s("backend_comparison", 30, exp6, e6_7b),
+            s("speedup_by_batch", 35, exp2, e2_7b), s("memory_and_max_batch", 40, exp3, e3),
         ]),
     ]  # fmt: skip
 
@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out-dir", default=None, help="folder of the CSVs (default: $OUT, else experiments/results)"
     )
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--budget-s", type=float, default=390.0, help="wall-clock budget of the measurements")
+    parser.add_argument("--budget-s", type=float, default=340.0, help="wall-clock budget of the measurements")
     parser.add_argument("--stages", default="", help="only these stages (comma-separated names), default all")
     return run_cli(_body, parser, argv)
 
