@@ -140,8 +140,16 @@ def price_rows(
             skipped["redrawn batch does not match real_tokens"] += 1
             continue
         packer = "pad" if row["backend"] == "padded" else row["packer"]
-        packing = flat_packing(lengths) if packer == "flat" else packers.make_packer(packer).pack(lengths, int(lengths.max()))
-        attention = make_attention("varlen", pad_rows=True) if row["backend"] == "varlen" and packer != "flat" else row["backend"]
+        packing = (
+            flat_packing(lengths)
+            if packer == "flat"
+            else packers.make_packer(packer).pack(lengths, int(lengths.max()))
+        )
+        attention = (
+            make_attention("varlen", pad_rows=True)
+            if row["backend"] == "varlen" and packer != "flat"
+            else row["backend"]
+        )
         cost = CostModel(model, gpu, attention, NO_BUDGET_BYTES).cost(packing)
         predicted, measured = 1e3 * cost.est_time_s, float(row["measured_ms"])
         out.append(dict(model=row["model"], dataset=row["dataset"], batch=int(row["batch"]), packer=packer,

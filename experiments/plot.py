@@ -307,7 +307,9 @@ def plot_validation(rows, path: Path) -> bool:
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_minor_formatter(NullFormatter())
     held = sum(p.get("held_out", "True") == "True" for p in pts)
-    ax.set_title(f"{s['points']} points ({held} held out): Spearman {s['spearman']:.3f}, MdAPE {100 * s['mdape']:.1f}%")
+    ax.set_title(
+        f"{s['points']} points ({held} held out): Spearman {s['spearman']:.3f}, MdAPE {100 * s['mdape']:.1f}%"
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
