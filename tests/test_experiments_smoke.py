@@ -242,3 +242,24 @@ def test_collect_appends_a_runs_rows_and_refuses_other_schemas(tmp_path: Path) -
     with pytest.raises(ValueError):
         collect.collect(run, str(results))
     assert collect.main([str(tmp_path / "nothing-here"), "--out-dir", str(results)]) == 2
+
+
+def test_memory_probe_counts_out_of_memory_as_not_fitting() -> None:
+    """A forward that raises torch.OutOfMemoryError above 4 rows: the probe says it does not
+    fit (the padded method's split-into-halves fallback stays disabled), below it fits."""
+    import torch
+
+    model = common.build_model(common.SMOKE_MODEL, "cpu")
+    real_forward = model.forward
+
+    def forward(*args, **kwargs):
+        if kwargs["input_ids"].shape[0] > 4:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return real_forward(*args, **kwargs)
+
+    model.forward = forward
+    lengths = common.nested_lengths("mmlu", 8)
+    small = memory_and_max_batch.probe_batch(model, "padded", lengths[:4], device="cpu")
+    big = memory_and_max_batch.probe_batch(model, "padded", lengths, device="cpu")
+    assert small["fits"] and small["ms"] > 0
+    assert not big["fits"] and "OutOfMemoryError" in big["error"] and big["ms"] is None
