@@ -38,6 +38,7 @@ from packers.registry import register
 __all__ = ["ILPPacker"]
 
 MAX_DP_CELLS = 50_000_000  # skip the LP bound above distinct lengths x capacity of this
+DIVE_LP_ITERATIONS = 40  # column-generation rounds per diving step: a near-optimal LP guides as well
 
 
 @register("ilp")
@@ -90,11 +91,11 @@ class ILPPacker(BasePacker):
         found_by = "ffd"
         patterns = best.T
         if sizes.size * capacity <= MAX_DP_CELLS:  # the pricing DP is O(types x capacity)
-            lp = lp_bound(sizes, counts, capacity, best.T, time_limit_s=0.4 * self.time_limit_s, stop_at=upper)
+            lp = lp_bound(sizes, counts, capacity, best.T, time_limit_s=0.3 * self.time_limit_s, stop_at=upper)
             bound, patterns = max(bound, lp.bound), lp.patterns
             for label, heuristic in (("lp rounding", _residual_rounding), ("lp diving", _dive)):
                 if _num_bins(best) > bound and left_s() > 0:
-                    found = heuristic(lp.patterns, lp.usage, sizes, counts, capacity, 0.4 * left_s())
+                    found = heuristic(lp.patterns, lp.usage, sizes, counts, capacity, 0.7 * left_s())
                     if _num_bins(found) < _num_bins(best):
                         best, found_by = found, label
             if _num_bins(best) > bound and not lp.converged and left_s() > 0:  # more LP: the bound may rise
@@ -174,7 +175,7 @@ def _dive(
         budget = time_s - (time.perf_counter() - start)
         if budget <= 0:
             break
-        lp = lp_bound(sizes, left, capacity, pool, time_limit_s=budget)
+        lp = lp_bound(sizes, left, capacity, pool, time_limit_s=budget, max_iterations=DIVE_LP_ITERATIONS)
         patterns, usage = lp.patterns, lp.usage
     take = np.array(rows, dtype=np.int64).T if rows else np.zeros((sizes.size, 0), dtype=np.int64)
     if left.any():
