@@ -263,3 +263,12 @@ def test_memory_probe_counts_out_of_memory_as_not_fitting() -> None:
     big = memory_and_max_batch.probe_batch(model, "padded", lengths, device="cpu")
     assert small["fits"] and small["ms"] > 0
     assert not big["fits"] and "OutOfMemoryError" in big["error"] and big["ms"] is None
+
+
+def test_tables_print_every_gpu_experiment(smoke_dir: Path) -> None:
+    from experiments import tables
+
+    text = tables.all_tables(smoke_dir)
+    for _, (title, _) in tables.TABLES.items():
+        assert title in text
+    assert "no rows yet" not in text and "paper ms (speedup)" in text and "largest batch" in text
