@@ -307,6 +307,25 @@ def check_device(device: str) -> None:
             raise ValueError("CUDA is not available here: run with --smoke (CPU, tiny model) or --device cpu")
 
 
+def run_models(
+    cfg: Any,
+    out_dir: str | None,
+    csv_name: str,
+    run_for_model: Callable[[Any, str, Any, str], list[dict]],
+) -> list[dict]:
+    """Build each model of `cfg.models` on `cfg.device` in turn (one at a time, so memory
+    holds one replica) and run `run_for_model(model, name, cfg, out_csv)` on it; rows are
+    appended to `results_dir(out_dir) / csv_name` by `run_for_model` as they are measured."""
+    check_device(cfg.device)
+    out_csv = str(results_dir(out_dir) / csv_name)
+    rows: list[dict] = []
+    for name in cfg.models:
+        model = build_model(name, cfg.device)
+        rows += run_for_model(model, name, cfg, out_csv)
+        del model
+    return rows
+
+
 class Budget:
     """Wall-clock budget shared by the stages of a run: `left_s()`; `expired()` once spent.
     `seconds <= 0` means no limit."""

@@ -28,15 +28,13 @@ from experiments.common import (
     Budget,
     add_common_args,
     append_rows,
-    build_model,
-    check_device,
     computed_tokens,
     error_text,
     machine_label,
     nested_lengths,
     parse_list,
-    results_dir,
     run_cli,
+    run_models,
     versions,
 )  # fmt: skip
 
@@ -198,14 +196,7 @@ def run_for_model(
 
 
 def run(cfg: Config, out_dir: str | None = None) -> list[dict]:
-    check_device(cfg.device)
-    out_csv = str(results_dir(out_dir) / CSV_NAME)
-    rows: list[dict] = []
-    for name in cfg.models:
-        model = build_model(name, cfg.device)
-        rows += run_for_model(model, name, cfg, out_csv)
-        del model
-    return rows
+    return run_models(cfg, out_dir, CSV_NAME, run_for_model)
 
 
 def _body(args: argparse.Namespace) -> None:
