@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # benchmark this checkout, whatever an editable install points at
 import packers
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_LENGTHS = [REPO.parent / "shared" / "data" / "lengths", REPO / "simulator" / "data"]
 SPEED_PACKERS = ["ffd", "bfd", "lpfhp", "wfd", "next-fit", "first-fit", "best-fit", "worst-fit"]
 
@@ -45,10 +46,17 @@ def lognormal_lengths(n: int, capacity: int, seed: int = 0) -> np.ndarray:
 def machine() -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    import subprocess
+
     import ortools
     import scipy
 
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "packers"], capture_output=True, text=True, check=False).stdout
     return {
+        "packers_from": str(Path(packers.__file__).parent),
+        "git_commit": commit,
+        "packers_dirty": bool(dirty.strip()),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],

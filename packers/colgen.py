@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -90,6 +91,84 @@ def best_patterns(
     return out
 
 
+class PatternLP:
+    """The restricted master LP over patterns, kept alive between calls.
+
+    GLOP re-solves from its last basis after columns are added or demands change, so a
+    diving heuristic can lower the demands step by step without rebuilding the LP.
+    """
+
+    def __init__(self, sizes: np.ndarray, capacity: int, demand: np.ndarray, patterns: np.ndarray) -> None:
+        from ortools.linear_solver import pywraplp
+
+        self._pywraplp = pywraplp
+        self.sizes, self.capacity = sizes, capacity
+        self.solver = pywraplp.Solver.CreateSolver("GLOP")
+        self.solver.SetSolverSpecificParametersAsString("use_dual_simplex: false")  # new columns keep primal feasibility
+        self.rows = [self.solver.Constraint(0.0, self.solver.infinity()) for _ in range(sizes.size)]
+        self.objective = self.solver.Objective()
+        self.objective.SetMinimization()
+        self._known: set[bytes] = set()
+        self.patterns: list[np.ndarray] = []
+        self._columns: list[Any] = []
+        self.set_demand(demand)
+        for pattern in np.asarray(patterns, dtype=np.int64):
+            self.add_column(pattern)
+
+    def set_demand(self, demand: np.ndarray) -> None:
+        """Prompts of each length the patterns must cover (>= constraints)."""
+        self.demand = np.asarray(demand, dtype=np.int64).copy()
+        for row, d in zip(self.rows, self.demand.tolist()):
+            row.SetLb(float(d))
+
+    def add_column(self, pattern: np.ndarray) -> bool:
+        """Add a pattern (False if it is already there)."""
+        key = pattern.tobytes()
+        if key in self._known:
+            return False
+        self._known.add(key)
+        self.patterns.append(pattern)
+        var = self.solver.NumVar(0.0, self.solver.infinity(), "")
+        self._columns.append(var)
+        for t in np.flatnonzero(pattern).tolist():
+            self.rows[t].SetCoefficient(var, float(pattern[t]))
+        self.objective.SetCoefficient(var, 1.0)
+        return True
+
+    def run(
+        self, time_limit_s: float, max_iterations: int = 500, stop_at: int | None = None, columns_per_iteration: int = 8
+    ) -> LPBound:
+        """Column generation from the current state; see `lp_bound` for the result."""
+        start = time.perf_counter()
+        limits = np.minimum(self.demand, self.capacity // self.sizes)
+        demand = self.demand.astype(float)
+        bound, lp_value, converged, solved, it = 1, math.inf, False, False, 0
+        for it in range(1, max_iterations + 1):
+            solved = self.solver.Solve() == self._pywraplp.Solver.OPTIMAL
+            if not solved:
+                break
+            lp_value = self.objective.Value()
+            duals = np.maximum(np.array([row.dual_value() for row in self.rows]), 0.0)
+            priced = best_patterns(self.sizes, limits, duals, self.capacity, columns_per_iteration)
+            value = priced[0][0]
+            farley = float(demand @ duals) / max(value, 1.0)
+            bound = max(bound, math.ceil(farley - 1e-6 * max(1.0, farley)))
+            if value <= 1 + 1e-9:
+                converged = True
+                break
+            if (stop_at is not None and bound >= stop_at) or time.perf_counter() - start > time_limit_s:
+                break
+            added = [self.add_column(pattern) for v, pattern in priced if v > 1 + 1e-9]
+            if not any(added):
+                break  # numerical stall: the pricing repeats patterns the master already has
+        else:  # out of iterations right after adding columns: solve once more for a current solution
+            solved = self.solver.Solve() == self._pywraplp.Solver.OPTIMAL
+            lp_value = self.objective.Value() if solved else lp_value
+        n = len(self.patterns)
+        usage = np.array([var.solution_value() for var in self._columns]) if solved else np.zeros(n)
+        return LPBound(bound, lp_value, np.array(self.patterns), usage, converged, it, time.perf_counter() - start)
+
+
 def lp_bound(
     sizes: np.ndarray,
     counts: np.ndarray,
@@ -105,54 +184,5 @@ def lp_bound(
     initial_patterns: (P, T) feasible patterns covering every type (e.g. the FFD bins).
     stop_at: stop as soon as the bound reaches this many rows (e.g. FFD's count: proven).
     """
-    from ortools.linear_solver import pywraplp
-
-    start = time.perf_counter()
-    limits = np.minimum(counts, capacity // sizes)
-    demand = counts.astype(float)
-    solver = pywraplp.Solver.CreateSolver("GLOP")  # incremental: re-solves from the last basis
-    solver.SetSolverSpecificParametersAsString("use_dual_simplex: false")
-    rows = [solver.Constraint(float(d), solver.infinity()) for d in demand]
-    objective = solver.Objective()
-    objective.SetMinimization()
-    known: set[bytes] = set()
-    found: list[np.ndarray] = []
-    columns: list = []
-
-    def add_column(pattern: np.ndarray) -> bool:
-        key = pattern.tobytes()
-        if key in known:
-            return False
-        known.add(key)
-        found.append(pattern)
-        var = solver.NumVar(0.0, solver.infinity(), "")
-        columns.append(var)
-        for t in np.flatnonzero(pattern).tolist():
-            rows[t].SetCoefficient(var, float(pattern[t]))
-        objective.SetCoefficient(var, 1.0)
-        return True
-
-    for pattern in np.asarray(initial_patterns, dtype=np.int64):
-        add_column(pattern)
-    bound, lp_value, converged, it = 1, math.inf, False, 0
-    usage = np.zeros(len(found))
-    for it in range(1, max_iterations + 1):
-        if solver.Solve() != pywraplp.Solver.OPTIMAL:
-            break
-        lp_value = objective.Value()
-        usage = np.array([var.solution_value() for var in columns])
-        duals = np.maximum(np.array([row.dual_value() for row in rows]), 0.0)
-        priced = best_patterns(sizes, limits, duals, capacity, columns_per_iteration)
-        value = priced[0][0]
-        farley = float(demand @ duals) / max(value, 1.0)
-        bound = max(bound, math.ceil(farley - 1e-6 * max(1.0, farley)))
-        if value <= 1 + 1e-9:
-            converged = True
-            break
-        if (stop_at is not None and bound >= stop_at) or time.perf_counter() - start > time_limit_s:
-            break
-        added = [add_column(pattern) for v, pattern in priced if v > 1 + 1e-9]
-        if not any(added):
-            break  # numerical stall: the pricing repeats patterns the master already has
-    usage = np.concatenate((usage, np.zeros(len(found) - usage.size)))
-    return LPBound(bound, lp_value, np.array(found), usage, converged, it, time.perf_counter() - start)
+    master = PatternLP(sizes, capacity, counts, initial_patterns)
+    return master.run(time_limit_s, max_iterations, stop_at, columns_per_iteration)

@@ -31,14 +31,13 @@ import numpy as np
 
 from packers.base import BasePacker, bins_from_assignment
 from packers.bounds import lower_bound
-from packers.colgen import lp_bound
+from packers.colgen import PatternLP, lp_bound
 from packers.decreasing import first_fit_decreasing
 from packers.registry import register
 
 __all__ = ["ILPPacker"]
 
 MAX_DP_CELLS = 50_000_000  # skip the LP bound above distinct lengths x capacity of this
-DIVE_LP_ITERATIONS = 40  # column-generation rounds per diving step: a near-optimal LP guides as well
 
 
 @register("ilp")
@@ -93,9 +92,14 @@ class ILPPacker(BasePacker):
         if sizes.size * capacity <= MAX_DP_CELLS:  # the pricing DP is O(types x capacity)
             lp = lp_bound(sizes, counts, capacity, best.T, time_limit_s=0.3 * self.time_limit_s, stop_at=upper)
             bound, patterns = max(bound, lp.bound), lp.patterns
-            for label, heuristic in (("lp rounding", _residual_rounding), ("lp diving", _dive)):
+            heuristics = (  # (label, function, column-generation rounds per diving step, share of time left)
+                ("lp rounding", _residual_rounding, 0, 1.0),
+                ("lp diving", _dive, 3, 0.5),  # quick and rough
+                ("lp diving", _dive, 20, 0.8),  # slower, follows the LP more closely
+            )
+            for label, heuristic, rounds, share in heuristics:
                 if _num_bins(best) > bound and left_s() > 0:
-                    found = heuristic(lp.patterns, lp.usage, sizes, counts, capacity, 0.7 * left_s())
+                    found = heuristic(lp.patterns, lp.usage, sizes, counts, capacity, share * left_s(), rounds)
                     if _num_bins(found) < _num_bins(best):
                         best, found_by = found, label
             if _num_bins(best) > bound and not lp.converged and left_s() > 0:  # more LP: the bound may rise
@@ -135,7 +139,13 @@ def _configure(solver: Any, time_s: float, packer: ILPPacker) -> None:
 
 
 def _residual_rounding(
-    patterns: np.ndarray, usage: np.ndarray, sizes: np.ndarray, counts: np.ndarray, capacity: int, time_s: float = 0.0
+    patterns: np.ndarray,
+    usage: np.ndarray,
+    sizes: np.ndarray,
+    counts: np.ndarray,
+    capacity: int,
+    time_s: float = 0.0,
+    rounds: int = 0,
 ) -> np.ndarray:
     """Round the LP down (floor of each pattern's rows), FFD the prompts left uncovered."""
     take = _drop_surplus(np.repeat(patterns, np.floor(usage + 1e-9).astype(np.int64), axis=0).T, counts)
@@ -150,13 +160,21 @@ def _residual_rounding(
 
 
 def _dive(
-    patterns: np.ndarray, usage: np.ndarray, sizes: np.ndarray, counts: np.ndarray, capacity: int, time_s: float
+    patterns: np.ndarray,
+    usage: np.ndarray,
+    sizes: np.ndarray,
+    counts: np.ndarray,
+    capacity: int,
+    time_s: float,
+    rounds: int = 20,
 ) -> np.ndarray:
-    """Diving: fix the rows the LP uses whole (or its most used pattern once), re-solve the
-    LP on what is left (column generation again), repeat; FFD whatever is left at the end."""
+    """Diving: fix the rows the LP uses whole (or its most used pattern once), lower the
+    demands by what they cover, re-solve the LP (same master, warm, at most `rounds`
+    column-generation rounds), repeat; FFD whatever is left at the end."""
     start = time.perf_counter()
     rows: list[np.ndarray] = []
     left = counts.copy()
+    master = None
     while left.any() and time.perf_counter() - start < time_s:
         whole = np.floor(usage + 1e-9).astype(np.int64)
         if not whole.any():
@@ -168,14 +186,14 @@ def _dive(
                 if row.any():
                     rows.append(row)
                     left = left - row
-        if not left.any():
-            break
-        pool = np.unique(np.minimum(patterns, left), axis=0)
-        pool = pool[pool.any(axis=1)]
         budget = time_s - (time.perf_counter() - start)
-        if budget <= 0:
+        if not left.any() or budget <= 0:
             break
-        lp = lp_bound(sizes, left, capacity, pool, time_limit_s=budget, max_iterations=DIVE_LP_ITERATIONS)
+        if master is None:
+            master = PatternLP(sizes, capacity, left, np.vstack([patterns, np.diag(np.minimum(left, capacity // sizes))]))
+        else:
+            master.set_demand(left)
+        lp = master.run(budget, max_iterations=rounds)
         patterns, usage = lp.patterns, lp.usage
     take = np.array(rows, dtype=np.int64).T if rows else np.zeros((sizes.size, 0), dtype=np.int64)
     if left.any():
