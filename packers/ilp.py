@@ -38,6 +38,9 @@ from packers.registry import register
 __all__ = ["ILPPacker"]
 
 MAX_DP_CELLS = 50_000_000  # skip the LP bound above distinct lengths x capacity of this
+# Diving runs, in order: (column-generation rounds per step, rebuild the LP each step, share of
+# the time left). A quick rough dive first (often enough), then dives over other columns.
+DIVES = ((3, False, 0.25), (40, True, 0.5), (20, False, 0.8))
 
 
 @register("ilp")
@@ -92,14 +95,11 @@ class ILPPacker(BasePacker):
         if sizes.size * capacity <= MAX_DP_CELLS:  # the pricing DP is O(types x capacity)
             lp = lp_bound(sizes, counts, capacity, best.T, time_limit_s=0.3 * self.time_limit_s, stop_at=upper)
             bound, patterns = max(bound, lp.bound), lp.patterns
-            heuristics = (  # (label, function, column-generation rounds per diving step, share of time left)
-                ("lp rounding", _residual_rounding, 0, 1.0),
-                ("lp diving", _dive, 3, 0.5),  # quick and rough
-                ("lp diving", _dive, 20, 0.8),  # slower, follows the LP more closely
-            )
-            for label, heuristic, rounds, share in heuristics:
+            heuristics = [("lp rounding", _residual_rounding, 0, False, 1.0)]
+            heuristics += [("lp diving", _dive, *dive) for dive in DIVES]
+            for label, heuristic, rounds, rebuild, share in heuristics:
                 if _num_bins(best) > bound and left_s() > 0:
-                    found = heuristic(lp.patterns, lp.usage, sizes, counts, capacity, share * left_s(), rounds)
+                    found = heuristic(lp.patterns, lp.usage, sizes, counts, capacity, share * left_s(), rounds, rebuild)
                     if _num_bins(found) < _num_bins(best):
                         best, found_by = found, label
             if _num_bins(best) > bound and not lp.converged and left_s() > 0:  # more LP: the bound may rise
@@ -146,6 +146,7 @@ def _residual_rounding(
     capacity: int,
     time_s: float = 0.0,
     rounds: int = 0,
+    rebuild: bool = False,
 ) -> np.ndarray:
     """Round the LP down (floor of each pattern's rows), FFD the prompts left uncovered."""
     take = _drop_surplus(np.repeat(patterns, np.floor(usage + 1e-9).astype(np.int64), axis=0).T, counts)
@@ -167,10 +168,12 @@ def _dive(
     capacity: int,
     time_s: float,
     rounds: int = 20,
+    rebuild: bool = False,
 ) -> np.ndarray:
     """Diving: fix the rows the LP uses whole (or its most used pattern once), lower the
-    demands by what they cover, re-solve the LP (same master, warm, at most `rounds`
-    column-generation rounds), repeat; FFD whatever is left at the end."""
+    demands by what they cover, re-solve the LP (at most `rounds` column-generation rounds;
+    the same master warm, or with `rebuild` a new one over the cut-down patterns), repeat;
+    FFD whatever is left at the end."""
     start = time.perf_counter()
     rows: list[np.ndarray] = []
     left = counts.copy()
@@ -189,10 +192,14 @@ def _dive(
         budget = time_s - (time.perf_counter() - start)
         if not left.any() or budget <= 0:
             break
-        if master is None:
-            master = PatternLP(sizes, capacity, left, np.vstack([patterns, np.diag(np.minimum(left, capacity // sizes))]))
+        if master is None or rebuild:
+            # Restart from every pattern so far cut down to what is left (plus one single-length
+            # pattern per length, always feasible): other columns, so another dive.
+            pool = np.vstack([np.minimum(patterns, left), np.diag(np.minimum(left, capacity // sizes))])
+            pool = np.unique(pool[pool.any(axis=1)], axis=0)
+            master = PatternLP(sizes, capacity, left, pool)
         else:
-            master.set_demand(left)
+            master.set_demand(left)  # same columns, warm start
         lp = master.run(budget, max_iterations=rounds)
         patterns, usage = lp.patterns, lp.usage
     take = np.array(rows, dtype=np.int64).T if rows else np.zeros((sizes.size, 0), dtype=np.int64)
