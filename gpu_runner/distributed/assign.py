@@ -244,21 +244,6 @@ def _check_packer(packer: str) -> None:
 
 @register_strategy
 @dataclass(frozen=True)
-class PaddedRoundRobin:
-    """`padded-rr`: one prompt per row (`pad`), prompts dealt round-robin (prompt i to rank i mod W)."""
-
-    name: ClassVar[str] = "padded-rr"
-    packer: str = "pad"
-
-    def __post_init__(self) -> None:
-        _check_packer(self.packer)
-
-    def assign(self, row_costs_s: Sequence[float], world_size: int) -> RankBins:
-        return round_robin_partition(row_costs_s, world_size)
-
-
-@register_strategy
-@dataclass(frozen=True)
 class PackedRoundRobin:
     """`packed-rr`: packed rows (`ffd`) dealt round-robin by bin index."""
 
@@ -270,6 +255,15 @@ class PackedRoundRobin:
 
     def assign(self, row_costs_s: Sequence[float], world_size: int) -> RankBins:
         return round_robin_partition(row_costs_s, world_size)
+
+
+@register_strategy
+@dataclass(frozen=True)
+class PaddedRoundRobin(PackedRoundRobin):
+    """`padded-rr`: one prompt per row (`pad`), prompts dealt round-robin (prompt i to rank i mod W)."""
+
+    name: ClassVar[str] = "padded-rr"
+    packer: str = "pad"
 
 
 @register_strategy
