@@ -123,18 +123,20 @@ def run_for_model(
                     f"[backend_comparison] time budget spent: skipping {model_name} {dataset} b{batch} {backend}"
                 )
                 continue
-            row: dict[str, Any] = dict(
-                gpu=gpu, model=model_name, dataset=dataset, batch=batch, seed=cfg.seed, max_len=MAX_PROMPT_TOKENS,
-                packer="pad" if backend == "padded" else ("flat" if backend == "graph" else "ffd"), backend=backend,
-                mode="graph" if backend == "graph" else "eager", num_bins="", row_len="",
-                real_tokens=int(lengths.sum()), computed_tokens="", measured_ms=None, ms_min=None, ms_max=None,
-                reps=0, peak_extra_bytes=None, versions=vers, error="",
-            )  # fmt: skip
+            row: dict[str, Any] = {
+                "gpu": gpu, "model": model_name, "dataset": dataset, "batch": batch, "seed": cfg.seed,
+                "max_len": MAX_PROMPT_TOKENS,
+                "packer": "pad" if backend == "padded" else ("flat" if backend == "graph" else "ffd"),
+                "backend": backend, "mode": "graph" if backend == "graph" else "eager", "num_bins": "", "row_len": "",
+                "real_tokens": int(lengths.sum()), "computed_tokens": "", "measured_ms": None, "ms_min": None,
+                "ms_max": None, "reps": 0, "peak_extra_bytes": None, "versions": vers, "error": "",
+            }  # fmt: skip
             try:
                 call, packer, bins, row_len, runner = backend_call(model, prompts, backend)
                 row.update(packer=packer, num_bins=bins, row_len=row_len, computed_tokens=bins * row_len)
                 t, peak = peak_extra_bytes(
-                    lambda: time_calls(call, device=dev, warmup=cfg.warmup, reps=cfg.reps), device=dev
+                    lambda call=call: time_calls(call, device=dev, warmup=cfg.warmup, reps=cfg.reps),
+                    device=dev,
                 )
                 row.update(
                     measured_ms=t.median_ms,
@@ -145,7 +147,7 @@ def run_for_model(
                 )
                 if getattr(runner, "oom_splits", 0):
                     row["error"] = "padded batch ran out of memory and was split"
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure (OOM, backend unavailable) is an error row
                 row["error"] = error_text(exc)
             call = runner = None
             release_memory(dev)

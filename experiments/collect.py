@@ -2,7 +2,8 @@
 
 Each known experiment CSV in SOURCE is appended row by row to the CSV of the same name in
 the results folder (header checked: a different schema is an error, nothing is
-overwritten). The validation files are not copied: re-run
+overwritten). A row identical to one already there is not appended again, so collecting
+the same run twice changes nothing. The validation files are not copied: re-run
 `python -m experiments.cost_model_validation` afterwards, which re-prices every measured row.
 
     python -m experiments.collect /path/to/fetched/out
@@ -11,8 +12,8 @@ overwritten). The validation files are not copied: re-run
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from experiments.common import append_rows, read_rows, results_dir, run_cli
 
@@ -27,7 +28,8 @@ EXPERIMENT_CSVS = (
 
 
 def collect(source: str | Path, out_dir: str | None = None) -> dict[str, int]:
-    """Rows appended per CSV name. ValueError when SOURCE is not a folder or holds none of them."""
+    """Rows appended per CSV name (exact repeats of rows already there are skipped).
+    ValueError when SOURCE is not a folder or holds none of them."""
     source = Path(source)
     if not source.is_dir():
         raise ValueError(f"{source} is not a folder")
@@ -38,7 +40,9 @@ def collect(source: str | Path, out_dir: str | None = None) -> dict[str, int]:
     for name in EXPERIMENT_CSVS:
         rows = read_rows(source / name)
         if rows:
-            counts[name] = append_rows(dest / name, rows, list(rows[0]))
+            have = {tuple(r.items()) for r in read_rows(dest / name)}
+            new = [r for r in rows if tuple(r.items()) not in have]
+            counts[name] = append_rows(dest / name, new, list(rows[0]))
     if not counts:
         raise ValueError(f"no experiment CSVs in {source} (looked for {', '.join(EXPERIMENT_CSVS)})")
     return counts

@@ -26,6 +26,7 @@ import numpy as np
 __all__ = [
     "ALL_DATASETS",
     "DATASETS",
+    "EXTRA_SHAPES",
     "FIGURES_DIR",
     "GPU_MODELS",
     "MAX_PROMPT_TOKENS",
@@ -55,6 +56,14 @@ DATASETS = ("mmlu", "wikitext256", "alpaca", "samsum")  # the paper's four
 ALL_DATASETS = DATASETS + ("azure_conv",)  # + the production trace's long prompts
 GPU_MODELS = ("sheared-llama-1.3b", "llama2-7b")  # gpu_runner.bench.MODEL_SHAPES keys
 SMOKE_MODEL = "tiny"
+# Optional shapes beyond gpu_runner.bench.MODEL_SHAPES, built by `build_model` the same way
+# (random weights, sdpa). Llama-2-13B: 26 GB of bf16 weights, fits one 80 GB card; its
+# simulator spec is "llama-2-13b" (cost_model_validation maps the name).
+EXTRA_SHAPES: dict[str, dict[str, int]] = {
+    "llama2-13b": {"hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
+                   "num_attention_heads": 40, "num_key_value_heads": 40, "vocab_size": 32000,
+                   "max_position_embeddings": 4096},
+}  # fmt: skip
 MAX_PROMPT_TOKENS = 4096  # max_position_embeddings of the benchmark shapes: longer prompts are clipped
 SORTED_CHUNK = 16  # micro-batch of the `sorted` method (gpu_runner.bench_methods default)
 
@@ -239,7 +248,7 @@ def time_methods(model: Any, prompts: Sequence[Sequence[int]], methods: Sequence
     for method in methods:
         state: dict[str, Any] = {}
 
-        def measure() -> dict[str, Any]:
+        def measure(method: str = method, state: dict[str, Any] = state) -> dict[str, Any]:
             runner = make_method(method, model, sorted_chunk=SORTED_CHUNK)
             state["runner"] = runner
             timings = {}
@@ -255,7 +264,7 @@ def time_methods(model: Any, prompts: Sequence[Sequence[int]], methods: Sequence
         try:
             timings, peak = peak_extra_bytes(measure, device=device)
             err = ""
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failing method is a result with `error`
             timings, peak, err = {}, None, error_text(exc)
         splits = int(getattr(state.get("runner"), "oom_splits", 0) or 0)
         state.clear()
@@ -288,14 +297,25 @@ def versions() -> str:
 
 
 def build_model(name: str, device: str) -> Any:
-    """A random-weight model of shape `name` (gpu_runner.bench.MODEL_SHAPES): bf16 on a GPU,
+    """A random-weight model of shape `name` (gpu_runner.bench.MODEL_SHAPES, or EXTRA_SHAPES:
+    the optional 13B), built as gpu_runner.bench.build_model builds its shapes: bf16 on a GPU,
     fp32 on CPU (the smoke runs)."""
     from gpu_runner.bench import MODEL_SHAPES
     from gpu_runner.bench import build_model as _build
 
+    dtype = "float32" if device == "cpu" else "bfloat16"
+    if name in EXTRA_SHAPES and name not in MODEL_SHAPES:
+        import torch
+        from transformers import AutoModelForCausalLM, LlamaConfig
+
+        cfg = LlamaConfig(**EXTRA_SHAPES[name], attn_implementation="sdpa", pad_token_id=0)
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
+        return model.eval().requires_grad_(False)
     if name not in MODEL_SHAPES:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_SHAPES)}")
-    return _build(name, device=device, dtype="float32" if device == "cpu" else "bfloat16")
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join([*MODEL_SHAPES, *EXTRA_SHAPES])}")
+    return _build(name, device=device, dtype=dtype)
 
 
 def check_device(device: str) -> None:
@@ -417,13 +437,14 @@ def speedup_rows(model: Any, model_name: str, dataset: str, batch: int, *, metho
         for mode in modes:
             ms = r.ms[mode]
             base = padded.ms.get(mode) if padded else None
-            rows.append(dict(
-                gpu=gpu, model=model_name, dataset=dataset, batch=batch, seed=seed, method=r.method, mode=mode,
-                ms=ms, ms_min=r.ms_min[mode], ms_max=r.ms_max[mode], reps=reps if ms else 0,
-                speedup_vs_padded=(base / ms) if (ms and base) else None, real_tokens=real, computed_tokens=comp,
-                padded_tokens=(comp - real) if comp != "" else "", peak_extra_bytes=r.peak_extra_bytes,
-                oom_splits=r.oom_splits, versions=vers, error=r.error or ("" if ms else "not run"),
-            ))  # fmt: skip
+            rows.append({
+                "gpu": gpu, "model": model_name, "dataset": dataset, "batch": batch, "seed": seed,
+                "method": r.method, "mode": mode, "ms": ms, "ms_min": r.ms_min[mode], "ms_max": r.ms_max[mode],
+                "reps": reps if ms else 0, "speedup_vs_padded": (base / ms) if (ms and base) else None,
+                "real_tokens": real, "computed_tokens": comp,
+                "padded_tokens": (comp - real) if comp != "" else "", "peak_extra_bytes": r.peak_extra_bytes,
+                "oom_splits": r.oom_splits, "versions": vers, "error": r.error or ("" if ms else "not run"),
+            })  # fmt: skip
     return rows
 
 

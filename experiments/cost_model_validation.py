@@ -79,6 +79,7 @@ SUMMARY_COLUMNS = (
 SPEARMAN_TARGET, MDAPE_TARGET = 0.95, 0.15
 MODELED_BACKENDS = ("padded", "dense", "flex", "varlen")
 SWEEP_GLOB = "prefill_sweep_*.csv"
+MODEL_ALIASES = {"llama2-13b": "llama-2-13b"}  # experiments.common.EXTRA_SHAPES -> simulator.specs names
 NO_BUDGET_BYTES = 10**15  # price every batch in one forward, as simulator.calibration does
 
 
@@ -93,7 +94,7 @@ class Specs:
         from simulator import get_model
         from simulator.sweep_calibration import SWEEP_MODELS
 
-        return self.models.get(name) or get_model(SWEEP_MODELS.get(name, name))
+        return self.models.get(name) or get_model(SWEEP_MODELS.get(name, MODEL_ALIASES.get(name, name)))
 
     def gpu(self, name: str) -> Any:
         from simulator import get_gpu
@@ -152,10 +153,10 @@ def price_rows(
         )
         cost = CostModel(model, gpu, attention, NO_BUDGET_BYTES).cost(packing)
         predicted, measured = 1e3 * cost.est_time_s, float(row["measured_ms"])
-        out.append(dict(model=row["model"], dataset=row["dataset"], batch=int(row["batch"]), packer=packer,
-                        backend=row["backend"], predicted_ms=predicted, measured_ms=measured,
-                        ape=abs(predicted / measured - 1), gpu=row["gpu"], seed=seed, source=source,
-                        held_out=source not in FITTED_SOURCES))  # fmt: skip
+        out.append({"model": row["model"], "dataset": row["dataset"], "batch": int(row["batch"]),
+                    "packer": packer, "backend": row["backend"], "predicted_ms": predicted, "measured_ms": measured,
+                    "ape": abs(predicted / measured - 1), "gpu": row["gpu"], "seed": seed, "source": source,
+                    "held_out": source not in FITTED_SOURCES})  # fmt: skip
     return out, skipped
 
 
@@ -190,9 +191,9 @@ def summarize(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for b in sorted({p["backend"] for p in points})
     }
     mdape = float(np.median(ape))
-    return dict(points=len(points), spearman=rho, mdape=mdape, mean_ape=float(ape.mean()), max_ape=float(ape.max()),
-                spearman_target=SPEARMAN_TARGET, mdape_target=MDAPE_TARGET,
-                met=bool(rho >= SPEARMAN_TARGET and mdape <= MDAPE_TARGET), per_backend=per_backend)  # fmt: skip
+    return {"points": len(points), "spearman": rho, "mdape": mdape, "mean_ape": float(ape.mean()),
+            "max_ape": float(ape.max()), "spearman_target": SPEARMAN_TARGET, "mdape_target": MDAPE_TARGET,
+            "met": bool(rho >= SPEARMAN_TARGET and mdape <= MDAPE_TARGET), "per_backend": per_backend}  # fmt: skip
 
 
 def validate(

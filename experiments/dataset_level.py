@@ -85,9 +85,9 @@ def run_strategy(model: Any, prompts: list[list[int]], lengths: np.ndarray, stra
                 del out
 
         wall_s = wall_clock_s(stream, device=dev)[1]
-        res = dict(wall_ms=wall_s * 1e3, error="")
-    except Exception as exc:
-        res = dict(wall_ms=None, error=error_text(exc))
+        res = {"wall_ms": wall_s * 1e3, "error": ""}
+    except Exception as exc:  # noqa: BLE001 - a failing strategy is a row with `error`
+        res = {"wall_ms": None, "error": error_text(exc)}
     runner = None
     release_memory(dev)
     return dict(res, num_batches=len(batches), computed_tokens=comp)

@@ -60,17 +60,23 @@ class SearchResult:
 
 
 def find_max_batch(fits: Callable[[int], bool], *, start: int, cap: int, rel_tol: float = 1 / 16,
-                   budget: Budget | None = None) -> SearchResult:  # fmt: skip
+                   budget: Budget | None = None, known_fit: int = 0,
+                   known_oom: int | None = None) -> SearchResult:  # fmt: skip
     """Largest n in [1, cap] with fits(n), assuming fits is monotone (true up to a threshold).
 
     Doubling from `start` (clamped to `cap`) until a failure, then bisection between the last
     fit and the first failure until first_fail - max_fit <= max(1, rel_tol * max_fit). If
     `start` itself fails, bisection runs on [0, start]. Stops early (keeping what it knows)
-    when the budget is spent. ValueError on start < 1, cap < start or rel_tol < 0."""
+    when the budget is spent. `known_fit` / `known_oom` resume an earlier, unfinished search:
+    a batch already seen fitting and one already seen running out of memory; with both, only
+    the bisection between them runs (no probe repeats a known batch). ValueError on start < 1,
+    cap < start, rel_tol < 0 or known_oom <= known_fit."""
     if start < 1 or cap < start or rel_tol < 0:
         raise ValueError(
             f"need 1 <= start <= cap and rel_tol >= 0, got start={start}, cap={cap}, rel_tol={rel_tol}"
         )
+    if known_fit < 0 or (known_oom is not None and known_oom <= known_fit):
+        raise ValueError(f"need 0 <= known_fit < known_oom, got {known_fit}, {known_oom}")
     probes: list[tuple[int, bool]] = []
 
     def probe(n: int) -> bool:
@@ -78,8 +84,9 @@ def find_max_batch(fits: Callable[[int], bool], *, start: int, cap: int, rel_tol
         probes.append((n, ok))
         return ok
 
-    lo, hi, n = 0, None, start
-    while hi is None and not (budget and budget.expired()):
+    lo, hi, n = known_fit, known_oom, max(start, 2 * known_fit) if known_fit else start
+    n = min(n, cap)
+    while hi is None and lo < cap and not (budget and budget.expired()):
         if probe(n):
             lo = n
             if n == cap:
@@ -133,9 +140,9 @@ def probe_batch(
 
     try:
         wall_s, peak = peak_extra_bytes(once, device=dev)
-        result = dict(fits=True, peak_extra_bytes=peak, ms=wall_s * 1e3, error="")
+        result = {"fits": True, "peak_extra_bytes": peak, "ms": wall_s * 1e3, "error": ""}
     except torch.OutOfMemoryError as exc:
-        result = dict(fits=False, peak_extra_bytes=None, ms=None, error=error_text(exc))
+        result = {"fits": False, "peak_extra_bytes": None, "ms": None, "error": error_text(exc)}
     runner = prompts = None  # drop them before freeing memory
     release_memory(dev)
     return result
@@ -149,6 +156,8 @@ class Config:
     start: int = 16
     cap: int = 8192
     rel_tol: float = 1 / 16
+    known_fit: int = 0  # resume an earlier search: a batch seen fitting (0: none)
+    known_oom: int | None = None  # ... and one seen running out of memory (None: none)
     seed: int = 0
     device: str = "cuda"
 
@@ -167,11 +176,16 @@ def run_for_model(
             if budget is not None and budget.expired():
                 print(f"[memory] time budget spent: skipping {model_name} {dataset} {method}", flush=True)
                 continue
-            base = dict(
-                gpu=gpu, model=model_name, dataset=dataset, method=method, seed=cfg.seed, versions=vers
-            )
+            base = {
+                "gpu": gpu,
+                "model": model_name,
+                "dataset": dataset,
+                "method": method,
+                "seed": cfg.seed,
+                "versions": vers,
+            }
 
-            def fits(n: int) -> bool:
+            def fits(n: int, dataset: str = dataset, method: str = method, base: dict = base) -> bool:
                 lengths = nested_lengths(dataset, n, cfg.seed)
                 got = probe_batch(model, method, lengths, device=cfg.device, seed=cfg.seed)
                 row = dict(base, kind="probe", batch=n, real_tokens=int(lengths.sum()),
@@ -183,7 +197,8 @@ def run_for_model(
                 print(f"[memory {model_name} {dataset} {method} b{n}] fits={got['fits']} {mem}", flush=True)
                 return got["fits"]
 
-            res = find_max_batch(fits, start=cfg.start, cap=cfg.cap, rel_tol=cfg.rel_tol, budget=budget)
+            res = find_max_batch(fits, start=cfg.start, cap=cfg.cap, rel_tol=cfg.rel_tol, budget=budget,
+                                 known_fit=cfg.known_fit, known_oom=cfg.known_oom)  # fmt: skip
             row = dict(base, kind="max_batch", batch=res.max_fit, fits=True, peak_extra_bytes="", ms="", real_tokens="",
                        computed_tokens="", max_batch=res.max_fit, first_oom_batch=res.first_fail or "",
                        capped=res.capped, num_probes=len(res.probes),

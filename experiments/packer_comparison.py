@@ -99,9 +99,10 @@ def compare_batch(
     from simulator import CostModel, choose_capacity
 
     cost_models = [(m, b, CostModel(m, cfg.cost_gpu, b)) for m in cfg.models for b in cfg.backends]
-    base = dict(machine="cpu", dataset=dataset, batch=batch, seed=seed,
-                real_tokens=int(lengths.sum()), max_len=int(lengths.max()), cost_gpu=cfg.cost_gpu,
-                measured_ms=None, measured_model="", code_rev=code_rev(("packers", "simulator")), error="")  # fmt: skip
+    base = {"machine": "cpu", "dataset": dataset, "batch": batch, "seed": seed,
+            "real_tokens": int(lengths.sum()), "max_len": int(lengths.max()), "cost_gpu": cfg.cost_gpu,
+            "measured_ms": None, "measured_model": "", "code_rev": code_rev(("packers", "simulator")),
+            "error": ""}  # fmt: skip
     rows = []
     for name in packer_names(cfg):
         packer = _make(name)
@@ -142,11 +143,11 @@ def measure_rows(
             try:
                 packing = _make(row["packer"]).pack(lengths, int(row["capacity"]))
                 assert isinstance(packing, packers.Packing)
-                call = lambda: prefill(
-                    model, prompts, packing=packing, backend=row["backend"], return_kv=False
+                call = lambda packing=packing, backend=row["backend"]: prefill(
+                    model, prompts, packing=packing, backend=backend, return_kv=False
                 )
                 done[key] = (time_calls(call, device=dev, warmup=cfg.warmup, reps=cfg.reps).median_ms, "")
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a failing point is a row with `error`
                 done[key] = (None, error_text(exc))
             release_memory(dev)
         row["measured_ms"], row["error"] = done[key]
@@ -202,6 +203,9 @@ def summary_tables(
     import math
     import statistics
 
+    rows = [
+        r for r in rows if r["machine"] == "cpu"
+    ] or rows  # the CPU grid, not a GPU run's few measured batches
     key = lambda r: (r["dataset"], r["batch"], r["seed"], r["capacity"])
     mx = [
         r
@@ -215,8 +219,8 @@ def summary_tables(
         bound[key(r)] = max(bound.get(key(r), 0), int(r["lower_bound"]))
     ffd = {key(r): float(r["modeled_ms"]) for r in mx if r["packer"] == "ffd"}
     gm = lambda v: math.exp(sum(map(math.log, v)) / len(v))
-    lines = [f"| packer | batches | mean gap to best bound | max gap | at the bound | status optimal | median solve ms | "
-             f"max solve ms | modeled time / ffd ({cost_model}, {backend}) |",
+    lines = [(f"| packer | batches | mean gap to best bound | max gap | at the bound | status optimal | "
+              f"median solve ms | max solve ms | modeled time / ffd ({cost_model}, {backend}) |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for name in sorted({r["packer"] for r in mx}):
         sub = [r for r in mx if r["packer"] == name]
@@ -227,8 +231,8 @@ def summary_tables(
                      f"{100 * sum(r['status'] == 'optimal' for r in sub) / len(sub):.0f}% | "
                      f"{statistics.median(float(r['solve_ms']) for r in sub):.2f} | "
                      f"{max(float(r['solve_ms']) for r in sub):.1f} | {rel:.3f} |")  # fmt: skip
-    lines += ["", f"| dataset | ffd modeled time, capacity auto / max ({cost_model}, {backend}) | "
-              "chosen capacity / longest prompt |", "|---|---:|---:|"]  # fmt: skip
+    lines += ["", (f"| dataset | ffd modeled time, capacity auto / max ({cost_model}, {backend}) | "
+                   "chosen capacity / longest prompt |"), "|---|---:|---:|"]  # fmt: skip
     auto = {(r["dataset"], r["batch"], r["seed"]): r for r in rows if r["capacity_mode"] == "auto"
             and r["packer"] == "ffd" and r["cost_model"] == cost_model and r["backend"] == backend}  # fmt: skip
     for dataset in sorted({r["dataset"] for r in mx}):
@@ -246,6 +250,41 @@ def summary_tables(
     return "\n".join(lines)
 
 
+def measured_table(rows: list[dict[str, str]]) -> str:
+    """Markdown table of the measured rows (a GPU run with --measure): per batch, backend,
+    packer and capacity mode, the rows, the modeled and measured ms, measured time relative
+    to ffd at capacity max on the same batch, and modeled / measured. Last row per point; an
+    `auto` row whose capacity equals the `max` row's is the same packing (measured once) and
+    is left out."""
+    from experiments.plot import _f, latest
+
+    rows = latest(
+        [r for r in rows if _f(r["measured_ms"])],
+        ("machine", "measured_model", "dataset", "batch", "seed", "backend", "packer", "capacity_mode"),
+    )
+    if not rows:
+        return "no measured rows"
+    point = lambda r: (r["machine"], r["measured_model"], r["dataset"], r["batch"], r["seed"], r["backend"])
+    ffd = {
+        point(r): float(r["measured_ms"])
+        for r in rows
+        if r["packer"] == "ffd" and r["capacity_mode"] == "max"
+    }
+    lines = [("| card | model | dataset | batch | backend | packer | capacity | rows | capacity tokens | modeled ms | "
+              "measured ms | measured / ffd max | modeled / measured |"),
+             "|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    max_cap = {(*point(r), r["packer"]): r["capacity"] for r in rows if r["capacity_mode"] == "max"}
+    for r in rows:
+        if r["capacity_mode"] == "auto" and max_cap.get((*point(r), r["packer"])) == r["capacity"]:
+            continue
+        m, ref = float(r["measured_ms"]), ffd.get(point(r))
+        lines.append(f"| {r['machine']} | {r['measured_model']} | {r['dataset']} | {r['batch']} | {r['backend']} | "
+                     f"{r['packer']} | {r['capacity_mode']} | {r['num_bins']} | {r['capacity']} | "
+                     f"{float(r['modeled_ms']):.1f} | {m:.1f} | {f'{m / ref:.3f}' if ref else '-'} | "
+                     f"{float(r['modeled_ms']) / m:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def _body(args: argparse.Namespace) -> None:
     if args.summary:
         from experiments.common import read_rows
@@ -257,6 +296,8 @@ def _body(args: argparse.Namespace) -> None:
         for backend in ("dense", "flex"):
             print(f"\n### {backend}\n")
             print(summary_tables(rows, backend=backend))
+        print("\n### measured\n")
+        print(measured_table(rows))
         return
     if args.smoke:
         cfg = Config.smoke(args.seed)

@@ -201,9 +201,12 @@ def plot_packers(rows, path: Path) -> bool:
     rows = [r for r in rows if _f(r["modeled_ms"])]
     if not rows:
         return False
+    measured = [r for r in rows if _f(r["measured_ms"]) and r["capacity_mode"] == "max"]
+    rows = [r for r in rows if r["machine"] == "cpu"] or rows  # the CPU grid, not a GPU run's few batches
     plt = _plt()
     model = rows[0]["cost_model"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = plt.subplots(1, 3 if measured else 2, figsize=(19.5 if measured else 13, 4.5))
+    a1, a2 = axes[0], axes[1]
     mx = [
         r
         for r in rows
@@ -246,10 +249,32 @@ def plot_packers(rows, path: Path) -> bool:
     _bars(a2, ["pad"] + packers, rel, "modeled time / ffd at capacity max")
     a2.set_title(f"geometric mean over batches ({model}, dense, {rows[0]['cost_gpu']})")
     a2.set_yscale("log")
+    if measured:
+        _plot_measured_packers(axes[2], measured)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def _plot_measured_packers(ax, rows: list[dict[str, str]]) -> None:
+    """Measured and modeled time of each packer (capacity = longest prompt) relative to ffd on
+    the same batch: one bar pair per packer and measured batch."""
+    point = lambda r: (r["machine"], r["measured_model"], r["dataset"], r["batch"], r["seed"], r["backend"])
+    ffd = {point(r): r for r in rows if r["packer"] == "ffd"}
+    packers = sorted({r["packer"] for r in rows})
+    series: dict[str, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        ref = ffd.get(point(r))
+        if ref:
+            label = f"{r['dataset']} b{r['batch']}"
+            series[f"{label} measured ({r['machine']})"][r["packer"]] = float(r["measured_ms"]) / float(
+                ref["measured_ms"]
+            )
+            series[f"{label} modeled"][r["packer"]] = float(r["modeled_ms"]) / float(ref["modeled_ms"])
+    _bars(ax, packers, series, "time / ffd on the same batch")
+    ax.set_yscale("log")
+    ax.set_title(f"measured vs modeled, {rows[0]['measured_model']}, {rows[0]['backend']}, capacity max")
 
 
 def plot_backends(rows, path: Path) -> bool:

@@ -1,7 +1,8 @@
 #!/bin/bash
 # GPU driver for one H100 (about 7 minutes): experiments 1-4 and 6 (+5 measured, 7 on the
-# result) in one Python process. CSVs and the log go to $OUT (default /tmp/out); copy
-# $OUT/*.csv into experiments/results/ and commit them, then `python -m experiments.plot`.
+# result) in one Python process. CSVs and the log go to $OUT (default /tmp/out); arguments
+# pass through (e.g. --plan fill, --plan 13b, --models, --stages). Then, with $OUT fetched:
+# `python -m experiments.collect $OUT`, commit experiments/results, `python -m experiments.plot`.
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 OUT=${OUT:-/tmp/out}; export OUT; mkdir -p "$OUT"

@@ -68,13 +68,24 @@ def memory_table(rows: list[dict[str, str]]) -> str:
 
 
 def dataset_level_table(rows: list[dict[str, str]]) -> str:
+    """One line per strategy. The speedup is the row's own `speedup_vs_full` (full batching
+    timed in the same run), else its time against the latest full-batching row of the same
+    point from another run (marked `+`)."""
     rows = latest(rows, ("gpu", "model", "dataset", "batch", "strategy"))
+    full = {(r["gpu"], r["model"], r["dataset"], r["batch"], r["num_prompts"]): _f(r["per_prompt_ms"])
+            for r in rows if r["strategy"] == "full-batching"}  # fmt: skip
     lines = ["| gpu | model | dataset | prompts | batch | strategy | ms per prompt | speedup vs full batching |",
              "|---|---|---|---:|---:|---|---:|---:|"]  # fmt: skip
     for r in rows:
         pp = _f(r["per_prompt_ms"])
+        speedup = _x(_f(r["speedup_vs_full"]))
+        ref = full.get((r["gpu"], r["model"], r["dataset"], r["batch"], r["num_prompts"]))
+        if speedup == "-" and pp and ref:
+            speedup = _x(ref / pp) + "+"
         lines.append(f"| {r['gpu']} | {r['model']} | {r['dataset']} | {r['num_prompts']} | {r['batch']} | "
-                     f"{r['strategy']} | {f'{pp:.3f}' if pp else r['error'] or '-'} | {_x(_f(r['speedup_vs_full']))} |")  # fmt: skip
+                     f"{r['strategy']} | {f'{pp:.3f}' if pp else r['error'] or '-'} | {speedup} |")  # fmt: skip
+    if any(line.endswith("+ |") for line in lines):
+        lines.append("\n`+` = against full batching timed in another run of the same point.")
     return "\n".join(lines)
 
 

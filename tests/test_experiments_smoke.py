@@ -68,6 +68,20 @@ def test_find_max_batch_tolerance_and_bad_input() -> None:
         find_max_batch(lambda n: True, start=0, cap=8)
 
 
+def test_find_max_batch_resumes_between_known_points() -> None:
+    """known_fit / known_oom finish an earlier search by bisection alone, never re-probing a
+    batch already known, and keep the known OOM batch as first_fail when every probe fits."""
+    res = find_max_batch(lambda n: n <= 230, start=16, cap=8192, rel_tol=1 / 16, known_fit=192, known_oom=256)
+    assert all(192 < n < 256 for n, _ in res.probes) and len(res.probes) <= 3
+    assert res.max_fit <= 230 < res.first_fail and res.first_fail - res.max_fit <= max(1, res.max_fit // 16)
+    res = find_max_batch(lambda n: True, start=16, cap=8192, rel_tol=1 / 16, known_fit=192, known_oom=256)
+    assert res.first_fail == 256 and res.max_fit >= 240
+    res = find_max_batch(lambda n: n <= 1000, start=16, cap=8192, rel_tol=0.0, known_fit=300)
+    assert res.max_fit == 1000 and res.probes[0][0] == 600
+    with pytest.raises(ValueError):
+        find_max_batch(lambda n: True, start=16, cap=8192, known_fit=256, known_oom=192)
+
+
 def test_append_rows_refuses_a_different_schema(tmp_path: Path) -> None:
     path = tmp_path / "x.csv"
     common.append_rows(path, [{"a": 1, "b": 2.0}], ("a", "b"))
@@ -237,6 +251,8 @@ def test_collect_appends_a_runs_rows_and_refuses_other_schemas(tmp_path: Path) -
     common.append_rows(results / "dataset_level.csv", [{"a": 0, "b": 0}], ("a", "b"))
     assert collect.collect(run, str(results)) == {"dataset_level.csv": 1}
     assert [r["a"] for r in common.read_rows(results / "dataset_level.csv")] == ["0", "1"]
+    assert collect.collect(run, str(results)) == {"dataset_level.csv": 0}  # the same run again: no repeats
+    assert len(common.read_rows(results / "dataset_level.csv")) == 2
     common.append_rows(run / "backend_comparison.csv", [{"x": 1}], ("x",))
     common.append_rows(results / "backend_comparison.csv", [{"y": 1}], ("y",))
     with pytest.raises(ValueError):
@@ -269,6 +285,50 @@ def test_tables_print_every_gpu_experiment(smoke_dir: Path) -> None:
     from experiments import tables
 
     text = tables.all_tables(smoke_dir)
-    for _, (title, _) in tables.TABLES.items():
+    for title, _ in tables.TABLES.values():
         assert title in text
     assert "no rows yet" not in text and "paper ms (speedup)" in text and "largest batch" in text
+
+
+def test_driver_plans_and_selection() -> None:
+    """The default plan's budget is unchanged (340 s); the fill plan names only points the
+    first run skipped; --models / --stages select within a plan; bad names exit 2."""
+    default = run_gpu_all.build_plan(["default"], "cuda")
+    assert sum(s.allot_s for _, st in default for s in st) == 340
+    fill = run_gpu_all.build_plan(["fill"], "cuda")
+    assert [m for m, _ in fill] == ["llama2-7b", "sheared-llama-1.3b"]
+    assert sum(s.allot_s for _, st in fill for s in st) <= 180
+    only_7b = run_gpu_all.select(fill, models=["llama2-7b"], stages=["memory_and_max_batch"])
+    assert [(m, [s.name for s in st]) for m, st in only_7b] == [
+        ("llama2-7b", ["memory_and_max_batch (paper)", "memory_and_max_batch (padded, resumed)"])
+    ]
+    assert [m for m, _ in run_gpu_all.build_plan(["fill", "13b"], "cuda")][-1] == "llama2-13b"
+    for bad in (["--plan", "nope"], ["--plan", "fill", "--models", "gpt2"],
+                ["--plan", "13b", "--stages", "dataset_level"], ["--plan", "default,default"]):  # fmt: skip
+        assert run_gpu_all.main(["--device", "cpu", *bad]) == 2
+
+
+def test_driver_smoke_selects_models(tmp_path: Path) -> None:
+    assert run_gpu_all.main(["--smoke", "--models", common.SMOKE_MODEL, "--stages", "backend_comparison",
+                             "--out-dir", str(tmp_path)]) == 0  # fmt: skip
+    assert common.read_rows(tmp_path / backend_comparison.CSV_NAME)
+    assert run_gpu_all.main(["--smoke", "--models", "llama2-7b", "--out-dir", str(tmp_path)]) == 2
+
+
+def test_13b_shape_is_priced_as_the_simulator_spec() -> None:
+    shape = common.EXTRA_SHAPES["llama2-13b"]
+    spec = cost_model_validation.Specs().model("llama2-13b")
+    assert (spec.num_layers, spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.intermediate_size) == (
+        shape["num_hidden_layers"], shape["hidden_size"], shape["num_attention_heads"],
+        shape["num_key_value_heads"], shape["intermediate_size"],
+    )  # fmt: skip
+
+
+def test_dataset_level_table_uses_full_batching_of_another_run() -> None:
+    from experiments import tables
+
+    base = {"gpu": "h100", "model": "m", "dataset": "samsum", "batch": "32", "num_prompts": "10", "error": ""}
+    rows = [dict(base, strategy="full-batching", per_prompt_ms="4.0", speedup_vs_full="1"),
+            dict(base, strategy="engine", per_prompt_ms="1.0", speedup_vs_full="")]  # fmt: skip
+    text = tables.dataset_level_table(rows)
+    assert "| engine | 1.000 | 4.00x+ |" in text
