@@ -8,11 +8,14 @@ How one batch runs (T = the batch's real tokens rounded up to `token_bucket`):
   1. host: prompts are laid out back to back in the caller's order in one row of T tokens
      (positions restart at 0 per prompt; the tail padding is its own segment), written with
      one host-to-device copy from a pinned buffer: no syncs, no Python loop over tokens;
-  2. device: embedding, then per layer: fused residual-add + RMSNorm (Triton), one QKV
-     matmul (weights concatenated once), RoPE + K/V into the KV buffer (Triton), flash
-     varlen attention over `cu_seqlens` (block-diagonal causal, no mask tensor, no work on
-     padding pairs), O matmul, add + RMSNorm, one gate/up matmul, SiLU * up (Triton), down
-     matmul; finally the norm and lm_head on each prompt's LAST token only;
+  2. device: embedding, then per layer: RMSNorm (Triton), one QKV matmul (weights
+     concatenated once), RoPE fused with block-diagonal causal attention over the flat row
+     (Triton `rope_attention`: Q is roped in registers, roped K and V go to the KV buffer,
+     no mask tensor, no work on padding pairs; `attention="flash"` runs RoPE then torch's
+     flash varlen kernel instead), the O matmul adding into the residual stream (addmm_,
+     beta = 1: no separate add pass), RMSNorm, one gate/up matmul, SiLU * up (Triton), the
+     down matmul adding into the residual; finally the norm and lm_head on each prompt's
+     LAST token only;
   3. on CUDA the whole device part is one CUDA graph per bucket (T, prompt slots, longest
      segment), captured the first time the bucket is seen into one shared memory pool and
      replayed afterwards.
@@ -38,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpu_runner.engine_kernels import add_rmsnorm, packed_attention, rope_store, silu_mul, use_triton
+from gpu_runner.engine_kernels import rmsnorm, rope_attention, rope_store, silu_mul, use_triton
 
 __all__ = ["EngineOutput", "PrefillEngine", "bucket_tokens"]
 
@@ -139,8 +142,8 @@ class PrefillEngine:
                    (no duplicated weight memory); False keeps separate copies
     max_tokens:    pre-size the KV buffer for batches up to this many tokens (grows on demand;
                    growing drops the captured graphs)
-    attention:     "packed": the Triton kernel tiled over the flat row (short prompts share
-                   tiles; the default where Triton runs), "flash": torch's flash varlen kernel
+    attention:     "packed": the fused RoPE + attention Triton kernel tiled over the flat row
+                   (short prompts share tiles; the default where Triton runs), "flash": torch's flash varlen kernel
                    (FA2) per prompt, "torch": dense-mask sdpa (CPU reference); "auto" picks
     q_chunk:       flash only: attention runs over query chunks of at most this many tokens (each with its
                    prompt's key prefix), so the flash grid is sized by q_chunk, not by the
@@ -221,6 +224,10 @@ class PrefillEngine:
 
     def _fuse(self, layer: torch.nn.Module, share: bool) -> _Layer:
         attn, mlp = layer.self_attn, layer.mlp
+        for name, m in (("o_proj", attn.o_proj), ("gate_proj", mlp.gate_proj), ("up_proj", mlp.up_proj),
+                        ("down_proj", mlp.down_proj)):
+            if getattr(m, "bias", None) is not None:
+                raise ValueError(f"unsupported model: {name} has a bias (the engine supports QKV biases only)")
         projs = [attn.q_proj, attn.k_proj, attn.v_proj]
         with torch.no_grad():
             qkv = torch.cat([p.weight for p in projs]).contiguous()
@@ -296,33 +303,32 @@ class PrefillEngine:
             cu_q, cu_k, used_k, max_q, max_k = cu, cu, None, max_len, max_len
         seg = buf[lay["seg"]]
         h = F.embedding(ids, self.embed)
-        delta = None
         # References are dropped as soon as a buffer is consumed: the peak stays at about
-        # h + x + gate_up (the graph's memory pool is sized by it).
+        # h + x + gate_up (the graph's memory pool is sized by it). The residual stream h is
+        # updated inside the O and down matmuls (addmm_, beta = 1): no separate add pass.
         for li, w in enumerate(self.layers):
-            x = add_rmsnorm(h, delta, w.ln1, self.eps)
-            delta = None
+            x = rmsnorm(h, w.ln1, self.eps)
             qkv = F.linear(x, w.qkv, w.qkv_bias)
             x = None
             k_out, v_out = self._kv[li, 0, :t], self._kv[li, 1, :t]
-            q = rope_store(qkv, pos, self.cos, self.sin, k_out, v_out, self.num_q_heads)
-            qkv = None
             if self.attention == "packed":
-                a = packed_attention(q, k_out, v_out, seg, self.scale)
-            elif self.attention == "flash":
-                a = _attention_flash(q, k_out, v_out, cu_q, cu_k, used_k, max_q, max_k, self.scale)
+                a = rope_attention(qkv, pos, self.cos, self.sin, seg, k_out, v_out, self.num_q_heads, self.scale)
             else:
-                a = _attention_torch(q, k_out, v_out, cu, self.scale)
-            q = None
-            o = F.linear(a.reshape(t, -1), w.o)
+                q = rope_store(qkv, pos, self.cos, self.sin, k_out, v_out, self.num_q_heads)
+                if self.attention == "flash":
+                    a = _attention_flash(q, k_out, v_out, cu_q, cu_k, used_k, max_q, max_k, self.scale)
+                else:
+                    a = _attention_torch(q, k_out, v_out, cu, self.scale)
+                q = None
+            qkv = None
+            h.addmm_(a.reshape(t, -1), w.o.t())
             a = None
-            x = add_rmsnorm(h, o, w.ln2, self.eps)
-            o = None
+            x = rmsnorm(h, w.ln2, self.eps)
             gate_up = F.linear(x, w.gate_up)
             x = None
-            delta = F.linear(silu_mul(gate_up), w.down)  # SiLU * up lands in the gate half
+            h.addmm_(silu_mul(gate_up), w.down.t())  # SiLU * up lands in the gate half
             gate_up = None
-        hl = h.index_select(0, last) + delta.index_select(0, last)  # last tokens only
+        hl = h.index_select(0, last)  # last tokens only
         xl = hl.float()
         xl = self.final_norm * (xl * torch.rsqrt(xl.pow(2).mean(-1, keepdim=True) + self.eps)).to(hl.dtype)
         return F.linear(xl, self.lm_head)

@@ -1,7 +1,7 @@
 """Fused elementwise kernels of the fast prefill engine, with torch reference versions.
 
-This module owns the three memory-bound steps of a Llama-style layer that eager PyTorch
-would run as many small kernels: residual add + RMSNorm, RoPE (+ writing K/V into the
+This module owns the memory-bound steps of a Llama-style layer that eager PyTorch
+would run as many small kernels: RMSNorm, RoPE (+ writing K/V into the
 cache), and SiLU(gate) * up. On CUDA they are single Triton kernels (one pass over the
 tensor each, compiled once per process; the token count is a runtime argument, so new
 batch shapes never recompile). Elsewhere (CPU tests) the torch versions run; they match
@@ -9,12 +9,13 @@ HF transformers' Llama numerics (bf16 rounding points included), and the CUDA te
 compare the two.
 
 Shapes (T = tokens of the flat packed row):
-  add_rmsnorm:  h [T, hidden] (updated in place: h += delta), returns normed [T, hidden]
+  rmsnorm:      h [T, hidden] -> normed [T, hidden] (the residual add is in the matmuls)
   rope_store:   qkv [T, (Hq + 2 Hkv) * D], positions [T], cos/sin tables [P, D/2]
                 -> q [T, Hq, D]; writes roped K and V into k_out / v_out [T, Hkv, D]
   silu_mul:     gate_up [T, 2 I] -> [T, I] (written over the gate half, no new buffer)
-  packed_attention: q [T, Hq, D], k/v [T, Hkv, D], seg_start [T] (first token of each token's
-                prompt) -> [T, Hq, D]: block-diagonal causal attention over one flat row,
+  rope_attention: qkv as above, positions, cos/sin, seg_start [T] (first token of each token's
+                prompt) -> [T, Hq, D]: RoPE fused with block-diagonal causal attention over
+                one flat row (K/V written to the cache as by rope_store, Q never written),
                 tiled over the row (a tile mixes prompts), so short prompts share tiles
                 instead of each occupying a mostly idle one as in per-sequence varlen kernels
 """
@@ -32,7 +33,7 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
     tl = None
 
-__all__ = ["add_rmsnorm", "packed_attention", "rope_store", "silu_mul", "use_triton"]
+__all__ = ["rmsnorm", "rope_attention", "rope_store", "silu_mul", "use_triton"]
 
 
 def use_triton(t: torch.Tensor) -> bool:
@@ -44,9 +45,7 @@ def use_triton(t: torch.Tensor) -> bool:
 # ---------------------------------------------------------------- torch reference versions
 
 
-def _add_rmsnorm_torch(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    if delta is not None:
-        h.add_(delta)
+def _rmsnorm_torch(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x = h.float()
     x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     return weight * x.to(h.dtype)
@@ -99,16 +98,11 @@ def _packed_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
 if triton is not None:
 
     @triton.jit
-    def _add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, out_ptr, n_cols, eps, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+    def _rmsnorm_kernel(h_ptr, w_ptr, out_ptr, n_cols, eps, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < n_cols
-        h = tl.load(h_ptr + row * n_cols + cols, mask=mask, other=0.0)
-        if HAS_DELTA:
-            d = tl.load(d_ptr + row * n_cols + cols, mask=mask, other=0.0)
-            h = (h.to(tl.float32) + d.to(tl.float32)).to(h_ptr.dtype.element_ty)  # bf16 residual, as HF
-            tl.store(h_ptr + row * n_cols + cols, h, mask=mask)
-        x = h.to(tl.float32)
+        x = tl.load(h_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_cols + eps)
         y = (x * rstd).to(h_ptr.dtype.element_ty).to(tl.float32)
         w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
@@ -151,15 +145,24 @@ if triton is not None:
         tl.store(v_out + HALF, tl.load(vb + HALF, mask=mk, other=0.0), mask=mk)
 
     @triton.jit
-    def _attention_block(q, k_ptr, v_ptr, start_n, offs_m, seg_q, T, kvh, qk_scale, m_i, l_i, acc,
-                         HKV: tl.constexpr, D: tl.constexpr, BN: tl.constexpr):
-        """One key/value block of the online softmax (FlashAttention's inner step)."""
-        offs_d = tl.arange(0, D)
+    def _rope_attention_block(q1, q2, qkv_ptr, pos_ptr, cos_ptr, sin_ptr, start_n, offs_m, seg_q, T, k_col, v_col,
+                              qk_scale, m_i, l_i, acc, W: tl.constexpr, HALF: tl.constexpr, BN: tl.constexpr):
+        """One key/value block of the online softmax (FlashAttention's inner step); keys are
+        read raw from the QKV projection and roped here (bf16-rounded, as the cache holds them)."""
+        j = tl.arange(0, HALF)
         offs_n = start_n + tl.arange(0, BN)
         mask_n = offs_n < T
         cols = offs_n.to(tl.int64)
-        k = tl.load(k_ptr + cols[None, :] * (HKV * D) + kvh * D + offs_d[:, None], mask=mask_n[None, :], other=0.0)
-        qk = tl.dot(q, k) * qk_scale
+        pos_n = tl.load(pos_ptr + offs_n, mask=mask_n, other=0)
+        # keys loaded straight into the [HALF, BN] operand layout
+        c = tl.load(cos_ptr + pos_n[None, :] * HALF + j[:, None]).to(tl.float32)
+        s = tl.load(sin_ptr + pos_n[None, :] * HALF + j[:, None]).to(tl.float32)
+        kb = qkv_ptr + cols[None, :] * W + k_col + j[:, None]
+        k1 = tl.load(kb, mask=mask_n[None, :], other=0.0).to(tl.float32)
+        k2 = tl.load(kb + HALF, mask=mask_n[None, :], other=0.0).to(tl.float32)
+        r1 = (k1 * c - k2 * s).to(q1.dtype)
+        r2 = (k2 * c + k1 * s).to(q1.dtype)
+        qk = (tl.dot(q1, r1) + tl.dot(q2, r2)) * qk_scale
         valid = (offs_n[None, :] >= seg_q[:, None]) & (offs_n[None, :] <= offs_m[:, None]) & mask_n[None, :]
         qk = tl.where(valid, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -167,42 +170,68 @@ if triton is not None:
         p = tl.exp2(qk - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_ptr + cols[:, None] * (HKV * D) + kvh * D + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+        d = tl.arange(0, 2 * HALF)
+        v = tl.load(qkv_ptr + cols[:, None] * W + v_col + d[None, :], mask=mask_n[:, None], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         return m_new, l_i, acc
 
     @triton.jit
-    def _packed_attention_kernel(
-        q_ptr, k_ptr, v_ptr, o_ptr, seg_ptr, T, qk_scale,
-        HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    def _rope_attention_kernel(
+        qkv_ptr, pos_ptr, cos_ptr, sin_ptr, seg_ptr, k_ptr, v_ptr, o_ptr, T, qk_scale,
+        HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
         INTERPRET: tl.constexpr,
     ):
+        """Program (m, h): query rows m*BM.. of head h. Ropes its queries, attends to the
+        roped keys of its rows' prompts, writes [BM, D] of the output; the first query head
+        of each KV group also writes its rows' roped K and V into the cache."""
         pid_m = tl.program_id(0)
         h = tl.program_id(1)
+        D: tl.constexpr = 2 * HALF
+        W: tl.constexpr = (HQ + 2 * HKV) * D
         kvh = h // (HQ // HKV)
+        k_col = (HQ + kvh) * D
+        v_col = (HQ + HKV + kvh) * D
         offs_m = pid_m * BM + tl.arange(0, BM)
-        offs_d = tl.arange(0, D)
         mask_m = offs_m < T
         rows = offs_m.to(tl.int64)
-        q = tl.load(q_ptr + rows[:, None] * (HQ * D) + h * D + offs_d[None, :], mask=mask_m[:, None], other=0.0)
+        j = tl.arange(0, HALF)
+        pos_m = tl.load(pos_ptr + offs_m, mask=mask_m, other=0)
+        c = tl.load(cos_ptr + pos_m[:, None] * HALF + j[None, :]).to(tl.float32)  # [BM, HALF]
+        s = tl.load(sin_ptr + pos_m[:, None] * HALF + j[None, :]).to(tl.float32)
+        qb = qkv_ptr + rows[:, None] * W + h * D + j[None, :]
+        x1 = tl.load(qb, mask=mask_m[:, None], other=0.0).to(tl.float32)
+        x2 = tl.load(qb + HALF, mask=mask_m[:, None], other=0.0).to(tl.float32)
+        q1 = (x1 * c - x2 * s).to(o_ptr.dtype.element_ty)
+        q2 = (x2 * c + x1 * s).to(o_ptr.dtype.element_ty)
+        if h % (HQ // HKV) == 0:  # this tile's roped keys and values into the cache, once per KV head
+            kb = qkv_ptr + rows[:, None] * W + k_col + j[None, :]
+            k1 = tl.load(kb, mask=mask_m[:, None], other=0.0).to(tl.float32)
+            k2 = tl.load(kb + HALF, mask=mask_m[:, None], other=0.0).to(tl.float32)
+            ko = k_ptr + rows[:, None] * (HKV * D) + kvh * D + j[None, :]
+            tl.store(ko, (k1 * c - k2 * s).to(k_ptr.dtype.element_ty), mask=mask_m[:, None])
+            tl.store(ko + HALF, (k2 * c + k1 * s).to(k_ptr.dtype.element_ty), mask=mask_m[:, None])
+            d = tl.arange(0, D)
+            vv = tl.load(qkv_ptr + rows[:, None] * W + v_col + d[None, :], mask=mask_m[:, None], other=0.0)
+            tl.store(v_ptr + rows[:, None] * (HKV * D) + kvh * D + d[None, :], vv, mask=mask_m[:, None])
         seg_q = tl.load(seg_ptr + offs_m, mask=mask_m, other=T)
         lo = (tl.min(seg_q, axis=0) // BN) * BN  # keys before the tile's earliest prompt start: never needed
-        hi = (pid_m + 1) * BM  # causal: no key after the tile's last row
+        hi = tl.minimum((pid_m + 1) * BM, T)  # causal: no key after the tile's last row
         m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BM], dtype=tl.float32)
         acc = tl.zeros([BM, D], dtype=tl.float32)
         if INTERPRET:  # Triton's CPU interpreter cannot run a for loop with run-time bounds
             start_n = lo
             while start_n < hi:
-                m_i, l_i, acc = _attention_block(q, k_ptr, v_ptr, start_n, offs_m, seg_q, T, kvh, qk_scale,
-                                                 m_i, l_i, acc, HKV, D, BN)
+                m_i, l_i, acc = _rope_attention_block(q1, q2, qkv_ptr, pos_ptr, cos_ptr, sin_ptr, start_n, offs_m,
+                                                      seg_q, T, k_col, v_col, qk_scale, m_i, l_i, acc, W, HALF, BN)
                 start_n += BN
         else:
             for start_n in range(lo, hi, BN):
-                m_i, l_i, acc = _attention_block(q, k_ptr, v_ptr, start_n, offs_m, seg_q, T, kvh, qk_scale,
-                                                 m_i, l_i, acc, HKV, D, BN)
+                m_i, l_i, acc = _rope_attention_block(q1, q2, qkv_ptr, pos_ptr, cos_ptr, sin_ptr, start_n, offs_m,
+                                                      seg_q, T, k_col, v_col, qk_scale, m_i, l_i, acc, W, HALF, BN)
         acc = acc / l_i[:, None]
-        tl.store(o_ptr + rows[:, None] * (HQ * D) + h * D + offs_d[None, :], acc.to(o_ptr.dtype.element_ty),
+        d = tl.arange(0, D)
+        tl.store(o_ptr + rows[:, None] * (HQ * D) + h * D + d[None, :], acc.to(o_ptr.dtype.element_ty),
                  mask=mask_m[:, None])
 
     @triton.jit
@@ -219,17 +248,16 @@ if triton is not None:
 # ---------------------------------------------------------------- public entry points
 
 
-def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """h += delta (in place, if given); return RMSNorm(h) * weight. h, delta: [T, hidden] contiguous."""
+def rmsnorm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm(h) * weight for h [T, hidden] contiguous (HF's rounding: normalise in float32,
+    round to the model dtype, then scale). The residual add happens in the matmuls
+    (`addmm_` with beta = 1), so there is no add here."""
     if not use_triton(h):
-        return _add_rmsnorm_torch(h, delta, weight, eps)
+        return _rmsnorm_torch(h, weight, eps)
     t, n = h.shape
     out = torch.empty_like(h)
     block = triton.next_power_of_2(n)
-    _add_rmsnorm_kernel[(t,)](
-        h, delta if delta is not None else h, weight, out, n, eps,
-        HAS_DELTA=delta is not None, BLOCK=block, num_warps=min(16, max(4, block // 256)),
-    )
+    _rmsnorm_kernel[(t,)](h, weight, out, n, eps, BLOCK=block, num_warps=min(16, max(4, block // 256)))
     return out
 
 
@@ -271,23 +299,45 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return gate_up[:, :n]
 
 
-def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg_start: torch.Tensor, scale: float,
-                     *, block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
-    """Causal attention of each token to the earlier tokens of its own prompt, over one flat row.
+def rope_attention(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    seg_start: torch.Tensor,
+    k_out: torch.Tensor,
+    v_out: torch.Tensor,
+    num_q_heads: int,
+    scale: float,
+    *,
+    block_m: int = 64,
+    block_n: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 3,
+) -> torch.Tensor:
+    """RoPE + block-diagonal causal attention over one flat row, straight from the fused QKV
+    projection: `rope_store` then attention of each token to the earlier tokens of its own
+    prompt, in one kernel (Q is never written out; K and V are written to the cache once).
 
-    q [T, Hq, D], k/v [T, Hkv, D] contiguous; seg_start [T] int32/int64: index of the first
-    token of each token's prompt (non-decreasing). D must be a power of two >= 16.
-    Tiles: block_m query rows x block_n keys (the defaults are the measured configuration;
-    benchmarks/device/tune_attention.py times others).
+    qkv [T, (Hq + 2 Hkv) * D] contiguous; positions [T] int; cos/sin [max_positions, D/2];
+    seg_start [T] int: index of the first token of each token's prompt (non-decreasing);
+    k_out / v_out [T, Hkv, D] contiguous receive the roped keys and the values.
+    Returns the attention output [T, Hq, D]. D / 2 must be a power of two >= 16.
+    Tiles: block_m query rows x block_n keys; the defaults are the configuration measured
+    fastest on an H100 for 16 and 32 heads (benchmarks/device/tune_attention.py).
     """
-    if not use_triton(q):
-        return _packed_attention_torch(q, k, v, seg_start, scale)
-    t, hq, d = q.shape
-    out = torch.empty_like(q)
-    grid = (triton.cdiv(t, block_m), hq)
-    _packed_attention_kernel[grid](
-        q, k, v, out, seg_start, t, scale * 1.4426950408889634,
-        HQ=hq, HKV=k.shape[1], D=d, BM=block_m, BN=block_n, INTERPRET=not q.is_cuda, num_warps=num_warps,
-        num_stages=num_stages,
+    if not use_triton(qkv):
+        q = _rope_store_torch(qkv, positions, cos, sin, k_out, v_out, num_q_heads)
+        return _packed_attention_torch(q, k_out, v_out, seg_start, scale)
+    t = qkv.shape[0]
+    num_kv, d = k_out.shape[1], k_out.shape[2]
+    if d % 2 or d // 2 < 16 or (d // 2) & (d // 2 - 1):
+        raise ValueError(f"rope_attention needs head_dim / 2 a power of two >= 16, got head_dim {d}")
+    out = torch.empty((t, num_q_heads, d), dtype=qkv.dtype, device=qkv.device)
+    grid = (triton.cdiv(t, block_m), num_q_heads)
+    _rope_attention_kernel[grid](
+        qkv, positions, cos, sin, seg_start, k_out, v_out, out, t, scale * 1.4426950408889634,
+        HQ=num_q_heads, HKV=num_kv, HALF=d // 2, BM=block_m, BN=block_n, INTERPRET=not qkv.is_cuda,
+        num_warps=num_warps, num_stages=num_stages,
     )
     return out

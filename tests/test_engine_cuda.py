@@ -31,13 +31,8 @@ def test_kernels_match_torch_reference():
 
     torch.manual_seed(0)
     h = torch.randn(300, 256, device="cuda", dtype=torch.bfloat16)
-    d = torch.randn_like(h)
     w = torch.randn(256, device="cuda", dtype=torch.bfloat16)
-    h1, h2 = h.clone(), h.clone()
-    out = ek.add_rmsnorm(h1, d, w, 1e-6)
-    ref = ek._add_rmsnorm_torch(h2, d, w, 1e-6)
-    torch.testing.assert_close(h1, h2)
-    torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(ek.rmsnorm(h, w, 1e-6), ek._rmsnorm_torch(h, w, 1e-6), atol=2e-2, rtol=2e-2)
     gu = torch.randn(300, 2 * 384, device="cuda", dtype=torch.bfloat16)
     ref = torch.nn.functional.silu(gu[:, :384].float()) * gu[:, 384:].float()
     out = ek.silu_mul(gu.clone())  # in place over the gate half: compare against the untouched input
@@ -56,7 +51,7 @@ def test_kernels_match_torch_reference():
     torch.testing.assert_close(v1, v2)
 
 
-def test_packed_attention_matches_reference():
+def test_rope_attention_matches_reference():
     import numpy as np
 
     from gpu_runner import engine_kernels as ek
@@ -65,14 +60,21 @@ def test_packed_attention_matches_reference():
     total = sum(lengths)
     t = total + 37
     seg = np.concatenate([np.repeat(np.cumsum([0] + lengths[:-1]), lengths), np.full(t - total, total)])
+    pos = torch.tensor(np.arange(t) - seg, device="cuda")
     seg = torch.tensor(seg, device="cuda")
+    d = 128
+    freqs = torch.arange(2048, device="cuda").float()[:, None] * (10000 ** (-torch.arange(0, d, 2, device="cuda").float() / d))
+    cos, sin = freqs.cos().bfloat16(), freqs.sin().bfloat16()
     for hq, hkv in [(8, 8), (8, 2)]:
-        q = torch.randn(t, hq, 128, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(t, hkv, 128, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(t, hkv, 128, device="cuda", dtype=torch.bfloat16)
-        out = ek.packed_attention(q, k, v, seg, 128**-0.5)
-        ref = ek._packed_attention_torch(q.float(), k.float(), v.float(), seg, 128**-0.5)
+        qkv = torch.randn(t, (hq + 2 * hkv) * d, device="cuda", dtype=torch.bfloat16)
+        k1, v1 = (torch.empty(t, hkv, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        k2, v2 = torch.empty_like(k1), torch.empty_like(v1)
+        out = ek.rope_attention(qkv, pos, cos, sin, seg, k1, v1, hq, d**-0.5)
+        q = ek._rope_store_torch(qkv, pos, cos, sin, k2, v2, hq)
+        ref = ek._packed_attention_torch(q.float(), k2.float(), v2.float(), seg, d**-0.5)
         torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(k1, k2, atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(v1, v2)
 
 
 @pytest.mark.parametrize("attention", ["packed", "flash"])

@@ -23,10 +23,8 @@ _SCRIPT = textwrap.dedent(
 
     assert ek.use_triton(torch.empty(1)), "interpreter not active"
     torch.manual_seed(0)
-    h, d, w = torch.randn(7, 48), torch.randn(7, 48), torch.randn(48)
-    h1, h2 = h.clone(), h.clone()
-    torch.testing.assert_close(ek.add_rmsnorm(h1, d, w, 1e-6), ek._add_rmsnorm_torch(h2, d, w, 1e-6))
-    torch.testing.assert_close(h1, h2)
+    h, w = torch.randn(7, 48), torch.randn(48)
+    torch.testing.assert_close(ek.rmsnorm(h, w, 1e-6), ek._rmsnorm_torch(h, w, 1e-6))
     gu = torch.randn(9, 2 * 40)
     ref = torch.nn.functional.silu(gu[:, :40]) * gu[:, 40:]
     torch.testing.assert_close(ek.silu_mul(gu.clone()), ref)
@@ -43,10 +41,18 @@ _SCRIPT = textwrap.dedent(
     total = sum(lengths)
     t = total + 6
     seg = torch.tensor(np.concatenate([np.repeat(np.cumsum([0] + lengths[:-1]), lengths), np.full(t - total, total)]))
+    cos, sin = freqs.cos(), freqs.sin()
     for hq, hkv in [(4, 4), (4, 2)]:
-        q, k, v = torch.randn(t, hq, 16), torch.randn(t, hkv, 16), torch.randn(t, hkv, 16)
-        out = ek.packed_attention(q, k, v, seg, 0.25, block_m=16, block_n=16)
-        torch.testing.assert_close(out, ek._packed_attention_torch(q, k, v, seg, 0.25), atol=1e-4, rtol=1e-4)
+        d = 32
+        qkv = torch.randn(t, (hq + 2 * hkv) * d)
+        pos = torch.tensor(np.arange(t) - seg.numpy())
+        ka, va, kb, vb = (torch.empty(t, hkv, d) for _ in range(4))
+        out = ek.rope_attention(qkv, pos, cos, sin, seg, ka, va, hq, 0.25, block_m=16, block_n=16)
+        q = ek._rope_store_torch(qkv, pos, cos, sin, kb, vb, hq)
+        ref = ek._packed_attention_torch(q, kb, vb, seg, 0.25)
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ka, kb)
+        torch.testing.assert_close(va, vb)
     print("kernels ok")
     """
 )
