@@ -243,3 +243,25 @@ def test_bench_cli_bad_input_is_one_line_and_exit_2(argv, capsys):
     assert mod.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("multigpu_bench: error:") and err.count("\n") == 1
+
+
+def test_runner_executor_prices_varlen_rows_at_their_padded_length():
+    """gpu_runner's varlen backend pads the packed rows of a forward to one length: the
+    distributed runner executor must price a half-full row like a full one, or cost
+    balancing would trust loads that the linear layers never see."""
+    pytest.importorskip("torch")
+    from test_runner_support import tiny_model
+
+    from gpu_runner.distributed.prefill import RunnerExecutor, default_cost_model
+    from packers import make_packer
+
+    model = tiny_model("llama")
+    packing = make_packer("ffd").pack([60, 40, 100, 10], 100)  # rows of load 100, 100, 10 (FFD)
+    assert sorted(packing.loads) == [10, 100, 100]
+    runner = default_cost_model(model, RunnerExecutor(backend="varlen").attention(model))
+    costs = runner.row_times_s(packing)
+    short, full = list(packing.loads).index(10), list(packing.loads).index(100)
+    # the row of 10 tokens costs its 100 padded positions in the linear layers: within the
+    # attention and last-token terms of a full row, far from a tenth of it
+    assert costs[short] > 0.5 * costs[full]
+    assert default_cost_model(model, RunnerExecutor(backend="dense").attention(model)).attention.name == "dense"

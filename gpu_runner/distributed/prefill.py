@@ -47,8 +47,9 @@ class RankExecutor(Protocol):
 
     uses_rows: True when the packed rows are what runs (a rank's cost is its rows'); False
                for executors that ignore rows (then balance prompts: "prompt-balanced").
-    attention: the simulator attention backend that prices this executor's rows
-               ("dense", "flex", "varlen"), used when no cost model is given.
+    attention: the simulator attention backend that prices this executor's rows (a name,
+               "dense", "flex", "varlen", or a `simulator.attention` backend instance such
+               as varlen with pad_rows=True), used when no cost model is given.
     run(model, prompts, packing, return_kv) -> (logits [n, vocab], kv per prompt or None),
         prompts and the rows of `packing` in the rank's local numbering, results in the
         order of `prompts`. Must accept being called with the same inputs repeatedly.
@@ -56,7 +57,7 @@ class RankExecutor(Protocol):
 
     uses_rows: ClassVar[bool]
 
-    def attention(self, model: torch.nn.Module) -> str: ...
+    def attention(self, model: torch.nn.Module) -> Any: ...
 
     def run(
         self, model: torch.nn.Module, prompts: list[list[int]], packing: Packing, return_kv: bool
@@ -77,12 +78,16 @@ class RunnerExecutor:
     row_len: int | str | None = None
     num_rows: int | None = None
 
-    def attention(self, model: torch.nn.Module) -> str:
+    def attention(self, model: torch.nn.Module) -> Any:
         from gpu_runner.backends import auto_backend_name
+        from simulator.attention import make_attention
 
         p = next(p for p in model.parameters() if p.is_floating_point())
         name = auto_backend_name(p.device, p.dtype) if self.backend == "auto" else self.backend
-        return _SIM_ATTENTION.get(name, "dense")
+        sim = _SIM_ATTENTION.get(name, "dense")
+        # The runner's varlen backend pads every packed row of a forward to one length for
+        # the linear layers: a row costs its padded length, not its load.
+        return make_attention(sim, pad_rows=True) if sim == "varlen" else sim
 
     def run(
         self, model: torch.nn.Module, prompts: list[list[int]], packing: Packing, return_kv: bool
@@ -174,7 +179,7 @@ def _gpu_name(device: torch.device) -> str:
     return "h100"  # relative row costs only: any table entry balances the same way on CPU
 
 
-def default_cost_model(model: torch.nn.Module, attention: str) -> Any:
+def default_cost_model(model: torch.nn.Module, attention: Any) -> Any:
     """A `simulator.CostModel` of this model's shape (`ModelSpec.from_hf_config`), the GPU
     it sits on (H100 constants where the card or device is not in the table) and `attention`."""
     from simulator import CostModel, ModelSpec
