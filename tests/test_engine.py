@@ -107,6 +107,19 @@ def test_bad_options():
         PrefillEngine(model, attention="flash")
 
 
+@pytest.mark.parametrize("flag,module", [("attention_bias", "o_proj"), ("mlp_bias", "gate_proj")])
+def test_biases_the_engine_cannot_fuse_are_refused(flag, module):
+    """The O and down projections add into the residual inside the matmul, and SiLU * up has
+    no bias term: a Llama built with those biases is refused, never run without them."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
+                      max_position_embeddings=256, **{flag: True})
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with pytest.raises(ValueError, match=f"{module} has a bias"):
+        PrefillEngine(model)
+
+
 def test_prefill_result_is_the_library_type():
     from gpu_runner.runner import PrefillResult
 
