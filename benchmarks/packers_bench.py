@@ -12,7 +12,8 @@ Sections:
                 [0.4C, 0.6C], half in [0.15C, 0.3C]; Falkenauer-style exact triplets, whose
                 optimum is known) against FFD, L2 and the LP bound.
 
-Run from the repo root:  python benchmarks/packers_bench.py  [--quick]
+Run from the repo root:  python benchmarks/packers_bench.py  [--quick]  [--sections ilp_real,ilp_hard]
+(a subset of sections replaces only those sections of an existing --out file).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ sys.path.insert(0, str(REPO))  # benchmark this checkout, whatever an editable i
 import packers
 
 DEFAULT_LENGTHS = [REPO.parent / "shared" / "data" / "lengths", REPO / "simulator" / "data"]
+SECTIONS = ("speed_1m", "vs_binpacking", "ilp_real", "ilp_hard")
 SPEED_PACKERS = ["ffd", "bfd", "lpfhp", "wfd", "next-fit", "first-fit", "best-fit", "worst-fit"]
 
 
@@ -226,6 +228,18 @@ def ilp_hard(time_limit_s: float) -> dict[str, Any]:
     return {"time_limit_s": time_limit_s, "results": rows}
 
 
+def merge_partial(previous: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """A run of some sections only: replace those in the previous report, keep the others and
+    its top-level machine/command; the partial run's own machine/command go to partial_runs."""
+    ran = [name for name in SECTIONS if name in report]
+    merged = {**previous, **{name: report[name] for name in ran}}
+    runs = [r for r in previous.get("partial_runs", []) if not set(r["sections"]) <= set(ran)]  # drop superseded
+    runs.append({"sections": ran, "command": report["command"], "machine_before": report["machine_before"],
+                 "machine_after": report["machine_after"]})
+    merged["partial_runs"] = runs
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "packers.json")
@@ -234,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ilp-per-batch", type=int, default=8, help="random batches per dataset and batch size")
     parser.add_argument("--ilp-time-limit-s", type=float, default=10.0)
-    parser.add_argument("--sections", default="speed_1m,vs_binpacking,ilp_real,ilp_hard")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="comma-separated; a subset is merged into an existing --out file")
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
     quick = args.quick
@@ -249,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     if "ilp_hard" in sections and not quick:
         report["ilp_hard"] = ilp_hard(args.ilp_time_limit_s)
     report["machine_after"] = {"load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+    if not set(SECTIONS) <= sections and args.out.exists():
+        report = merge_partial(json.loads(args.out.read_text()), report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({"out": str(args.out)}))

@@ -11,10 +11,24 @@ earns at those duals (a bounded knapsack solved exactly by dynamic programming),
 sum(demand * pi) / v <= LP <= OPT. It is valid at every iteration, so a time limit only
 weakens it. The patterns found are returned too, so an integer program over them can
 then look for a packing that meets the bound.
+
+Two standard speed-ups keep the number of rounds down on wide capacities (thousands of
+tokens, hundreds of distinct lengths):
+- Dual-optimal inequalities (Ben Amor, Desrosiers and Valerio de Carvalho, 2006): a
+  zero-cost "swap" column per pair of consecutive lengths lets a slot of the longer length
+  hold a prompt of the shorter one. The LP optimum is unchanged (a pattern with a prompt
+  swapped for a shorter one still fits), but the duals are kept ordered by length, which
+  cuts the zig-zagging of the duals.
+- Dual smoothing (Wentges, 1997): the pricing runs at a mix of the current duals and the
+  duals that gave the best bound so far; when that finds no improving column for the
+  current master ("mis-pricing"), the current duals are priced as well.
+Where only the bound matters, column generation can stop once the bound equals
+ceil(restricted master optimum): no further round can raise the integer bound then.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -35,7 +49,9 @@ class LPBound:
     (an upper estimate of the LP); patterns: (num_patterns, num_types) int array of every
     pattern generated; usage: the last master solution (rows per pattern, fractional);
     converged: True when no pattern with negative reduced cost is left
-    (then ceil(lp_value) is the bound, up to float tolerance); iterations; time_s.
+    (then ceil(lp_value) is the bound, up to float tolerance); settled: True when the bound
+    equals ceil(lp_value), so more column generation cannot raise it (converged or not);
+    iterations; time_s.
     """
 
     bound: int
@@ -45,6 +61,7 @@ class LPBound:
     converged: bool
     iterations: int
     time_s: float
+    settled: bool = False
 
 
 def best_patterns(
@@ -96,28 +113,75 @@ class PatternLP:
 
     GLOP re-solves from its last basis after columns are added or demands change, so a
     diving heuristic can lower the demands step by step without rebuilding the LP.
+    `bound` is the best bound found for the current demands, over all runs.
+    swaps: include the swap columns (the dual-optimal inequalities); `set_swaps(False)`
+    forbids them later, when a solution over patterns alone is wanted.
     """
 
-    def __init__(self, sizes: np.ndarray, capacity: int, demand: np.ndarray, patterns: np.ndarray) -> None:
+    def __init__(
+        self, sizes: np.ndarray, capacity: int, demand: np.ndarray, patterns: np.ndarray, swaps: bool = True
+    ) -> None:
         from ortools.linear_solver import pywraplp
 
         self._pywraplp = pywraplp
+        self.swaps = swaps
         self.sizes, self.capacity = sizes, capacity
-        self.solver = pywraplp.Solver.CreateSolver("GLOP")
-        self.solver.SetSolverSpecificParametersAsString("use_dual_simplex: false")  # new columns keep primal feasibility
-        self.rows = [self.solver.Constraint(0.0, self.solver.infinity()) for _ in range(sizes.size)]
-        self.objective = self.solver.Objective()
-        self.objective.SetMinimization()
         self._known: set[bytes] = set()
         self.patterns: list[np.ndarray] = []
-        self._columns: list[Any] = []
+        self.rows: list[Any] = []
         self.set_demand(demand)
+        self._build()
         for pattern in np.asarray(patterns, dtype=np.int64):
             self.add_column(pattern)
+
+    def _build(self) -> None:
+        """A new GLOP model over the patterns and demands held (no basis kept)."""
+        pywraplp = self._pywraplp
+        self.solver = pywraplp.Solver.CreateSolver("GLOP")
+        self.solver.SetSolverSpecificParametersAsString("use_dual_simplex: false")  # new columns keep primal feasibility
+        self.rows = [self.solver.Constraint(0.0, self.solver.infinity()) for _ in range(self.sizes.size)]
+        self.objective = self.solver.Objective()
+        self.objective.SetMinimization()
+        self._columns: list[Any] = []
+        self._apply_demand()
+        by_size = np.argsort(self.sizes, kind="stable").tolist()
+        self._swaps: list[Any] = []
+        for short, long in itertools.pairwise(by_size):  # dual-optimal inequality: pi[long] >= pi[short]
+            swap = self.solver.NumVar(0.0, self.solver.infinity() if self.swaps else 0.0, "")
+            self.rows[short].SetCoefficient(swap, 1.0)
+            self.rows[long].SetCoefficient(swap, -1.0)
+            self._swaps.append(swap)
+        for pattern in self.patterns:
+            self._add_var(pattern)
+
+    def set_swaps(self, enabled: bool) -> None:
+        """Allow or forbid the swap columns (forbidden: the solution uses patterns only)."""
+        self.swaps = enabled
+        for swap in self._swaps:
+            swap.SetUb(self.solver.infinity() if enabled else 0.0)
+
+    def _add_var(self, pattern: np.ndarray) -> None:
+        var = self.solver.NumVar(0.0, self.solver.infinity(), "")
+        self._columns.append(var)
+        for t in np.flatnonzero(pattern).tolist():
+            self.rows[t].SetCoefficient(var, float(pattern[t]))
+        self.objective.SetCoefficient(var, 1.0)
+
+    def _solve(self) -> bool:
+        """Solve the master; on a numerical failure of the warm start, once more from scratch."""
+        optimal = self._pywraplp.Solver.OPTIMAL
+        if self.solver.Solve() == optimal:
+            return True
+        self._build()  # GLOP can end "abnormal" after many warm re-solves; a fresh model solves
+        return self.solver.Solve() == optimal
 
     def set_demand(self, demand: np.ndarray) -> None:
         """Prompts of each length the patterns must cover (>= constraints)."""
         self.demand = np.asarray(demand, dtype=np.int64).copy()
+        self.bound, self._center, self._best_farley = 1, None, -math.inf  # for these demands, over runs
+        self._apply_demand()
+
+    def _apply_demand(self) -> None:
         for row, d in zip(self.rows, self.demand.tolist()):
             row.SetLb(float(d))
 
@@ -128,45 +192,68 @@ class PatternLP:
             return False
         self._known.add(key)
         self.patterns.append(pattern)
-        var = self.solver.NumVar(0.0, self.solver.infinity(), "")
-        self._columns.append(var)
-        for t in np.flatnonzero(pattern).tolist():
-            self.rows[t].SetCoefficient(var, float(pattern[t]))
-        self.objective.SetCoefficient(var, 1.0)
+        self._add_var(pattern)
         return True
 
     def run(
-        self, time_limit_s: float, max_iterations: int = 500, stop_at: int | None = None, columns_per_iteration: int = 8
+        self,
+        time_limit_s: float,
+        max_iterations: int = 500,
+        stop_at: int | None = None,
+        columns_per_iteration: int = 8,
+        smoothing: float = 0.5,
+        stop_when_settled: bool = False,
     ) -> LPBound:
-        """Column generation from the current state; see `lp_bound` for the result."""
+        """Column generation from the current state; see `lp_bound` for the result.
+
+        smoothing: weight of the best-bound duals in the pricing duals (0: plain Kelley);
+        stop_when_settled: stop once the bound equals ceil(restricted optimum), when only
+        the bound matters or a rough LP solution will do.
+        """
         start = time.perf_counter()
         limits = np.minimum(self.demand, self.capacity // self.sizes)
         demand = self.demand.astype(float)
-        bound, lp_value, converged, solved, it = 1, math.inf, False, False, 0
+        lp_value, converged, solved, it = math.inf, False, False, 0
+
+        def price(duals: np.ndarray) -> list[tuple[float, np.ndarray]]:
+            priced = best_patterns(self.sizes, limits, duals, self.capacity, columns_per_iteration)
+            farley = float(demand @ duals) / max(priced[0][0], 1.0)  # valid for any duals >= 0
+            self.bound = max(self.bound, math.ceil(farley - 1e-6 * max(1.0, farley)))
+            if farley > self._best_farley:  # the smoothing center: the duals with the best bound so far
+                self._center, self._best_farley = duals, farley
+            return priced
+
         for it in range(1, max_iterations + 1):
-            solved = self.solver.Solve() == self._pywraplp.Solver.OPTIMAL
+            solved = self._solve()
             if not solved:
                 break
             lp_value = self.objective.Value()
             duals = np.maximum(np.array([row.dual_value() for row in self.rows]), 0.0)
-            priced = best_patterns(self.sizes, limits, duals, self.capacity, columns_per_iteration)
-            value = priced[0][0]
-            farley = float(demand @ duals) / max(value, 1.0)
-            bound = max(bound, math.ceil(farley - 1e-6 * max(1.0, farley)))
-            if value <= 1 + 1e-9:
+            if self._center is None or smoothing <= 0:
+                priced = price(duals)
+            else:
+                priced = price(smoothing * self._center + (1 - smoothing) * duals)
+                if not any(float(duals @ pattern) > 1 + 1e-9 for _, pattern in priced):
+                    priced = price(duals)  # mis-pricing: nothing improves the current master
+            columns = [pattern for _, pattern in priced if float(duals @ pattern) > 1 + 1e-9]
+            if not columns and priced[0][0] <= 1 + 1e-9:  # priced at `duals` itself: nothing left
                 converged = True
                 break
-            if (stop_at is not None and bound >= stop_at) or time.perf_counter() - start > time_limit_s:
+            settled = self.bound >= math.ceil(lp_value - 1e-6)
+            if (stop_when_settled and settled) or (stop_at is not None and self.bound >= stop_at):
                 break
-            added = [self.add_column(pattern) for v, pattern in priced if v > 1 + 1e-9]
+            if time.perf_counter() - start > time_limit_s:
+                break
+            added = [self.add_column(pattern) for pattern in columns]
             if not any(added):
                 break  # numerical stall: the pricing repeats patterns the master already has
         else:  # out of iterations right after adding columns: solve once more for a current solution
-            solved = self.solver.Solve() == self._pywraplp.Solver.OPTIMAL
+            solved = self._solve()
             lp_value = self.objective.Value() if solved else lp_value
         n = len(self.patterns)
         usage = np.array([var.solution_value() for var in self._columns]) if solved else np.zeros(n)
-        return LPBound(bound, lp_value, np.array(self.patterns), usage, converged, it, time.perf_counter() - start)
+        settled = converged or self.bound >= math.ceil(lp_value - 1e-6)
+        return LPBound(self.bound, lp_value, np.array(self.patterns), usage, converged, it, time.perf_counter() - start, settled)
 
 
 def lp_bound(
@@ -178,11 +265,14 @@ def lp_bound(
     max_iterations: int = 500,
     stop_at: int | None = None,
     columns_per_iteration: int = 8,
+    stop_when_settled: bool = False,
 ) -> LPBound:
     """Column generation for the pattern LP over distinct `sizes` with demands `counts`.
 
     initial_patterns: (P, T) feasible patterns covering every type (e.g. the FFD bins).
     stop_at: stop as soon as the bound reaches this many rows (e.g. FFD's count: proven).
+    stop_when_settled: stop once the integer bound cannot rise (by default the LP is solved
+    to the end, so that lp_value is the LP optimum when converged).
     """
     master = PatternLP(sizes, capacity, counts, initial_patterns)
-    return master.run(time_limit_s, max_iterations, stop_at, columns_per_iteration)
+    return master.run(time_limit_s, max_iterations, stop_at, columns_per_iteration, stop_when_settled=stop_when_settled)
