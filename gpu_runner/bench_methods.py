@@ -75,21 +75,25 @@ class PaddedHF:
 
     def _forward(self, prompts: Prompts, outs: list[Any]) -> None:
         """One HF forward; on out-of-memory, free and run the two halves (counted in oom_splits),
-        as a user would: the padded baseline then stays measurable instead of failing."""
+        as a user would: the padded baseline then stays measurable instead of failing. Outputs
+        already in `outs` (earlier halves) are kept; the halves run outside the exception
+        handler, so the failed forward's frames and activations are released first."""
+        ids = mask = pos = None
         try:
             ids, mask = _left_padded(prompts, self.pad_id, self.device)
             pos = (mask.cumsum(-1) - 1).clamp_(min=0)
             outs.append(self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True))
+            return
         except torch.OutOfMemoryError:
             if len(prompts) == 1:
                 raise
-            ids = mask = pos = None
-            outs.clear()
+        ids = mask = pos = None
+        if torch.cuda.is_available():
             torch.cuda.empty_cache()
-            self.oom_splits += 1
-            half = len(prompts) // 2
-            self._forward(prompts[:half], outs)
-            self._forward(prompts[half:], outs)
+        self.oom_splits += 1
+        half = len(prompts) // 2
+        self._forward(prompts[:half], outs)
+        self._forward(prompts[half:], outs)
 
     def first_tokens(self, prompts: Prompts) -> list[int]:
         tokens = [0] * len(prompts)
