@@ -34,7 +34,7 @@ def _worker(bench_out: str) -> dict:
     for strategy in STRATEGY_NAMES:
         res = distributed_prefill(model, prompts, strategy, time_ranks=True)
         out[strategy] = dict(logits=res.logits, local=res.local_indices, bins=res.assignment.rank_bins,
-                             busy=res.busy_ms, num_bins=res.packing.num_bins)  # fmt: skip
+                             busy=res.busy_ms, num_bins=res.packing.num_bins, phases=res.phases_ms)  # fmt: skip
     res = distributed_prefill(model, prompts, "cost-balanced", gather_to=1, gather_kv=True)
     out["to1"] = dict(logits=res.logits, kv=res.kv, local_kv=sorted(res.local_kv), local=res.local_indices)
     short = [p[:3] for p in prompts[:4]]  # one packed row at capacity 64: rank 1 runs nothing
@@ -72,6 +72,16 @@ def ranks(bench_json) -> list[dict]:
 
 def test_both_ranks_ran(ranks):
     assert [r["rank"] for r in ranks] == [0, 1]
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
+def test_timed_calls_report_busy_and_phase_times(ranks, strategy):
+    for r in ranks:
+        busy, phases = r[strategy]["busy"], r[strategy]["phases"]
+        assert len(busy) == 2 and all(b >= 0 for b in busy)
+        assert set(phases) == {"plan", "run", "gather"} and all(v >= 0 for v in phases.values())
+        # the executor's host time covers at least this rank's measured busy time
+        assert phases["run"] >= 0.5 * busy[r["rank"]]
 
 
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
@@ -140,6 +150,9 @@ def test_benchmark_records(ranks, bench_json):
             r["gpu"] == "cpu" and r["batch"] == 8 and r["ms"] > 0 and len(r["per_rank_busy_ms"]) == r["gpus"]
         )
         assert r["tokens_per_s"] == pytest.approx(r["real_tokens"] / (r["ms"] / 1e3))
+        phases = r["per_rank_phase_ms"]
+        assert set(phases) == {"plan", "run", "gather"} and all(len(v) == r["gpus"] for v in phases.values())
+        assert all(x >= 0 for v in phases.values() for x in v)
         if r["gpus"] == 1:
             assert r["scaling_efficiency"] == 1.0
         else:

@@ -125,6 +125,7 @@ class MultiGPURecord:
     busy_imbalance: float | None = None
     modeled_rank_ms: list[float] | None = None
     modeled_imbalance: float | None = None
+    per_rank_phase_ms: dict[str, list[float]] | None = None  # host ms of plan / run / gather, median
     error: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -149,11 +150,12 @@ def _sync(device: torch.device) -> None:
 
 def _timed_calls(
     call: Callable[[], Any], cfg: MultiGPUConfig, group: Any, device: torch.device
-) -> tuple[list[float], list[tuple[float, ...]], Any]:
-    """(per-rep ms of the slowest rank, per-rep busy ms of each rank, the last result)."""
+) -> tuple[list[float], list[tuple[float, ...]], Any, dict[str, float]]:
+    """(per-rep ms of the slowest rank, per-rep busy ms of each rank, the last result, this
+    rank's median host ms per phase of `distributed_prefill`)."""
     for _ in range(cfg.warmup):
         call()
-    times, busy, res = [], [], None
+    times, busy, res, phases = [], [], None, []
     for _ in range(cfg.reps):
         _barrier(group, device)
         _sync(device)
@@ -169,9 +171,11 @@ def _timed_calls(
             res = call()
             times.append((time.perf_counter() - t0) * 1e3)
         busy.append(res.busy_ms)
+        phases.append(res.phases_ms or {})
     slowest = torch.tensor(times, dtype=torch.float64, device=device)
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX, group=group)
-    return slowest.tolist(), busy, res
+    names = phases[0].keys() if phases else ()
+    return slowest.tolist(), busy, res, {k: float(statistics.median(p[k] for p in phases)) for k in names}
 
 
 class _Sink:
@@ -197,9 +201,12 @@ class _Sink:
             else f"ERROR {rec.error}"
         )
         busy = ", ".join(f"{b:.1f}" for b in rec.per_rank_busy_ms or [])
+        phases = " ".join(
+            f"{k} [{', '.join(f'{x:.1f}' for x in v)}]" for k, v in (rec.per_rank_phase_ms or {}).items()
+        )
         print(
             f"[{rec.model} b{rec.batch} {rec.gpus} gpu {rec.executor}/{rec.backend} {rec.strategy:13s}] "
-            f"{shown} busy [{busy}]",
+            f"{shown} busy [{busy}] {phases}",
             flush=True,
         )
 
@@ -300,7 +307,9 @@ def _measure(model: torch.nn.Module, prompts: list[list[int]], strategy: str, ex
         )
 
     try:
-        times, busy, res = _timed_calls(call, cfg, group, device)
+        times, busy, res, phases = _timed_calls(call, cfg, group, device)
+        every_rank: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(every_rank, phases, group=group)
     except Exception as exc:  # noqa: BLE001 - a failing measurement is a record, not a lost run
         return dict(ms=None, error=_error_text(exc), num_rows=0, per_rank_busy_ms=None)
     busy_med = [float(statistics.median(b[r] for b in busy)) for r in range(len(busy[0]))]
@@ -310,4 +319,5 @@ def _measure(model: torch.nn.Module, prompts: list[list[int]], strategy: str, ex
         ms=float(statistics.median(times)), ms_min=min(times), ms_max=max(times), reps=len(times),
         per_rank_busy_ms=busy_med, busy_imbalance=max(busy_med) / mean_busy if mean_busy > 0 else None,
         modeled_rank_ms=modeled, modeled_imbalance=res.assignment.imbalance, num_rows=res.packing.num_bins,
+        per_rank_phase_ms={k: [r[k] for r in every_rank] for k in phases},
     )  # fmt: skip

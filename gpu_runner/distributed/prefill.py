@@ -140,6 +140,10 @@ class DistributedPrefillResult:
     local_indices: prompt indices this rank ran, in its local order.
     packing, assignment: the plan every rank agreed on.
     busy_ms:       with time_ranks: each rank's time in its executor, ms; otherwise None.
+    phases_ms:     with time_ranks: this rank's host wall ms of "plan" (validation, packing,
+                   assignment and the agreement check, which waits for the slowest rank's
+                   plan), "run" (its executor, to a synced device) and "gather" (the logits
+                   gather, to a synced device); otherwise None.
     """
 
     logits: torch.Tensor | None
@@ -149,6 +153,7 @@ class DistributedPrefillResult:
     packing: Packing
     assignment: Assignment
     busy_ms: tuple[float, ...] | None = None
+    phases_ms: dict[str, float] | None = None
 
 
 def local_packing(packing: Packing, bins: Sequence[int]) -> tuple[tuple[int, ...], Packing]:
@@ -253,6 +258,7 @@ def distributed_prefill(
     if gather_to is not None and not (isinstance(gather_to, int) and 0 <= gather_to < world):
         raise ValueError(f"gather_to must be None or a group rank in 0..{world - 1}, got {gather_to!r}")
     return_kv = return_kv or gather_kv
+    entry_s = time.perf_counter()
     prompts, lengths = validate_prompts(model, prompts)
     executor = RunnerExecutor() if executor is None else executor
     strat = make_strategy(strategy)
@@ -269,7 +275,7 @@ def distributed_prefill(
     members: tuple[int, ...] = ()
     local_logits = torch.empty(0, vocab, dtype=p.dtype, device=device)
     local_kv: list[KVList] | None = [] if return_kv else None
-    start_s = time.perf_counter()
+    start_s = time.perf_counter()  # the agreement check has synced this rank's device
     events = None
     if time_ranks and p.device.type == "cuda":
         events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
@@ -291,8 +297,15 @@ def distributed_prefill(
         all_ms = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(world)]
         dist.all_gather(all_ms, torch.tensor([mine_ms], dtype=torch.float64, device=device), group=group)
         busy = tuple(float(t.item()) for t in all_ms)
+    run_end_s = time.perf_counter()
 
     logits = _gather_logits(local_logits, assignment, packing, group, gather_to, device)
+    phases: dict[str, float] | None = None
+    if time_ranks:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        phases = {"plan": (start_s - entry_s) * 1e3, "run": (run_end_s - start_s) * 1e3,
+                  "gather": (time.perf_counter() - run_end_s) * 1e3}  # fmt: skip
     kv_all = _gather_kv(local_kv, members, packing.num_prompts, group, gather_to) if gather_kv else None
     return DistributedPrefillResult(
         logits=logits,
@@ -302,6 +315,7 @@ def distributed_prefill(
         packing=packing,
         assignment=assignment,
         busy_ms=busy,
+        phases_ms=phases,
     )
 
 
