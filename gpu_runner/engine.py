@@ -25,7 +25,8 @@ the HF module's own weights become views into the fused tensors, so no weight me
 duplicated and the HF model keeps working unchanged.
 
 Supported: Llama-family decoder layers (Llama, Mistral, Qwen2: GQA and QKV bias included)
-with SiLU MLPs and static RoPE (default / linear / llama3 scaling). Results hold views into
+with SiLU MLPs and static RoPE (default / linear / llama3 scaling); O-projection and MLP
+biases are refused (`ValueError`: the residual add lives in those matmuls). Results hold views into
 the engine's buffers: they are valid until the next `prefill` call (`EngineOutput.clone()`
 keeps them).
 """
@@ -143,8 +144,9 @@ class PrefillEngine:
     max_tokens:    pre-size the KV buffer for batches up to this many tokens (grows on demand;
                    growing drops the captured graphs)
     attention:     "packed": the fused RoPE + attention Triton kernel tiled over the flat row
-                   (short prompts share tiles; the default where Triton runs), "flash": torch's flash varlen kernel
-                   (FA2) per prompt, "torch": dense-mask sdpa (CPU reference); "auto" picks
+                   (short prompts share tiles; the default where Triton runs), "flash":
+                   torch's flash varlen kernel (FA2) per prompt, "torch": dense-mask sdpa
+                   (CPU reference); "auto" picks
     q_chunk:       flash only: attention runs over query chunks of at most this many tokens (each with its
                    prompt's key prefix), so the flash grid is sized by q_chunk, not by the
                    longest prompt: no idle thread blocks, and the graph key ignores prompt
