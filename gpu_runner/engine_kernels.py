@@ -146,9 +146,11 @@ if triton is not None:
 
     @triton.jit
     def _rope_attention_block(q1, q2, qkv_ptr, pos_ptr, cos_ptr, sin_ptr, start_n, offs_m, seg_q, T, k_col, v_col,
-                              qk_scale, m_i, l_i, acc, W: tl.constexpr, HALF: tl.constexpr, BN: tl.constexpr):
+                              qk_scale, m_i, l_i, acc, k_ptr, v_ptr, kvh, store_kv,
+                              W: tl.constexpr, HALF: tl.constexpr, BN: tl.constexpr, HKV: tl.constexpr):
         """One key/value block of the online softmax (FlashAttention's inner step); keys are
-        read raw from the QKV projection and roped here (bf16-rounded, as the cache holds them)."""
+        read raw from the QKV projection and roped here (bf16-rounded, as the cache holds them).
+        With `store_kv` the block's roped keys and values also go to the cache."""
         j = tl.arange(0, HALF)
         offs_n = start_n + tl.arange(0, BN)
         mask_n = offs_n < T
@@ -173,6 +175,11 @@ if triton is not None:
         d = tl.arange(0, 2 * HALF)
         v = tl.load(qkv_ptr + cols[:, None] * W + v_col + d[None, :], mask=mask_n[:, None], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        if store_kv:
+            ko = k_ptr + cols[None, :] * (HKV * 2 * HALF) + kvh * 2 * HALF + j[:, None]
+            tl.store(ko, r1, mask=mask_n[None, :])
+            tl.store(ko + HALF, r2, mask=mask_n[None, :])
+            tl.store(v_ptr + cols[:, None] * (HKV * 2 * HALF) + kvh * 2 * HALF + d[None, :], v, mask=mask_n[:, None])
         return m_new, l_i, acc
 
     @triton.jit
@@ -183,7 +190,8 @@ if triton is not None:
     ):
         """Program (m, h): query rows m*BM.. of head h. Ropes its queries, attends to the
         roped keys of its rows' prompts, writes [BM, D] of the output; the first query head
-        of each KV group also writes its rows' roped K and V into the cache."""
+        of each KV group also writes its rows' roped K and V into the cache: from the loop's
+        diagonal key block when BM == BN (no second load), else in a pass of its own."""
         pid_m = tl.program_id(0)
         h = tl.program_id(1)
         D: tl.constexpr = 2 * HALF
@@ -203,7 +211,8 @@ if triton is not None:
         x2 = tl.load(qb + HALF, mask=mask_m[:, None], other=0.0).to(tl.float32)
         q1 = (x1 * c - x2 * s).to(o_ptr.dtype.element_ty)
         q2 = (x2 * c + x1 * s).to(o_ptr.dtype.element_ty)
-        if h % (HQ // HKV) == 0:  # this tile's roped keys and values into the cache, once per KV head
+        first_of_group = h % (HQ // HKV) == 0
+        if (BM != BN) and first_of_group:  # this tile's roped keys and values into the cache, once per KV head
             kb = qkv_ptr + rows[:, None] * W + k_col + j[None, :]
             k1 = tl.load(kb, mask=mask_m[:, None], other=0.0).to(tl.float32)
             k2 = tl.load(kb + HALF, mask=mask_m[:, None], other=0.0).to(tl.float32)
@@ -219,16 +228,21 @@ if triton is not None:
         m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BM], dtype=tl.float32)
         acc = tl.zeros([BM, D], dtype=tl.float32)
+        diag = pid_m * BM  # with BM == BN the loop always visits this block: the tile's own rows
         if INTERPRET:  # Triton's CPU interpreter cannot run a for loop with run-time bounds
             start_n = lo
             while start_n < hi:
+                store_kv = (BM == BN) & first_of_group & (start_n == diag)
                 m_i, l_i, acc = _rope_attention_block(q1, q2, qkv_ptr, pos_ptr, cos_ptr, sin_ptr, start_n, offs_m,
-                                                      seg_q, T, k_col, v_col, qk_scale, m_i, l_i, acc, W, HALF, BN)
+                                                      seg_q, T, k_col, v_col, qk_scale, m_i, l_i, acc,
+                                                      k_ptr, v_ptr, kvh, store_kv, W, HALF, BN, HKV)
                 start_n += BN
         else:
             for start_n in range(lo, hi, BN):
+                store_kv = (BM == BN) & first_of_group & (start_n == diag)
                 m_i, l_i, acc = _rope_attention_block(q1, q2, qkv_ptr, pos_ptr, cos_ptr, sin_ptr, start_n, offs_m,
-                                                      seg_q, T, k_col, v_col, qk_scale, m_i, l_i, acc, W, HALF, BN)
+                                                      seg_q, T, k_col, v_col, qk_scale, m_i, l_i, acc,
+                                                      k_ptr, v_ptr, kvh, store_kv, W, HALF, BN, HKV)
         acc = acc / l_i[:, None]
         d = tl.arange(0, D)
         tl.store(o_ptr + rows[:, None] * (HQ * D) + h * D + d[None, :], acc.to(o_ptr.dtype.element_ty),

@@ -42,16 +42,17 @@ _SCRIPT = textwrap.dedent(
     t = total + 6
     seg = torch.tensor(np.concatenate([np.repeat(np.cumsum([0] + lengths[:-1]), lengths), np.full(t - total, total)]))
     cos, sin = freqs.cos(), freqs.sin()
-    for hq, hkv in [(4, 4), (4, 2)]:
+    # BM == BN: K/V reach the cache from the loop's diagonal block; BM != BN: a pass of their own
+    for (hq, hkv), (bm, bn) in [((4, 4), (16, 16)), ((4, 2), (16, 16)), ((4, 4), (32, 16)), ((4, 2), (32, 16))]:
         d = 32
         qkv = torch.randn(t, (hq + 2 * hkv) * d)
         pos = torch.tensor(np.arange(t) - seg.numpy())
-        ka, va, kb, vb = (torch.empty(t, hkv, d) for _ in range(4))
-        out = ek.rope_attention(qkv, pos, cos, sin, seg, ka, va, hq, 0.25, block_m=16, block_n=16)
+        ka, va, kb, vb = (torch.full((t, hkv, d), float("nan")) for _ in range(4))
+        out = ek.rope_attention(qkv, pos, cos, sin, seg, ka, va, hq, 0.25, block_m=bm, block_n=bn)
         q = ek._rope_store_torch(qkv, pos, cos, sin, kb, vb, hq)
         ref = ek._packed_attention_torch(q, kb, vb, seg, 0.25)
         torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(ka, kb)
+        torch.testing.assert_close(ka, kb)  # every row written (the buffers start as NaN)
         torch.testing.assert_close(va, vb)
     print("kernels ok")
     """
