@@ -166,10 +166,7 @@ def _body(args: argparse.Namespace) -> None:
     if args.smoke:
         cfg = Config.smoke(args.seed)
     else:
-        backends = parse_list(args.backends, str, "backends")
-        bad = [b for b in backends if b not in BACKENDS]
-        if bad:
-            raise ValueError(f"unknown backend {bad[0]!r}; choose from {', '.join(BACKENDS)}")
+        backends = parse_list(args.backends, str, "backends", choices=BACKENDS, item="backend")
         cfg = Config(models=parse_list(args.models, str, "models"), datasets=parse_list(args.datasets, str, "datasets"),
                      batches=parse_list(args.batches, int, "batches"), backends=backends, reps=args.reps,
                      seed=args.seed, device=args.device)  # fmt: skip

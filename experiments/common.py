@@ -366,9 +366,11 @@ class Budget:
 # ------------------------------------------------------------------ CLI
 
 
-def parse_list(text: str, kind: type = int, name: str = "list", minimum: int = 1) -> tuple:
+def parse_list(text: str, kind: type = int, name: str = "list", minimum: int = 1,
+               choices: Sequence[str] = (), item: str = "") -> tuple:
     """'4,8,16' -> (4, 8, 16); ValueError naming the option on a bad item, an empty list or
-    an int below `minimum`."""
+    an int below `minimum`; with `choices`, also on an item outside them ("unknown <item>
+    'x'; choose from ...")."""
     items = [t.strip() for t in str(text).split(",") if t.strip()]
     if not items:
         raise ValueError(f"--{name} is empty")
@@ -380,6 +382,9 @@ def parse_list(text: str, kind: type = int, name: str = "list", minimum: int = 1
         ) from None
     if kind is int and min(values) < minimum:
         raise ValueError(f"--{name} values must be >= {minimum}, got {text!r}")
+    bad = [v for v in values if choices and v not in choices]
+    if bad:
+        raise ValueError(f"unknown {item or name} {bad[0]!r}; choose from {', '.join(choices)}")
     return values
 
 

@@ -157,10 +157,7 @@ def _body(args: argparse.Namespace) -> None:
     if args.smoke:
         cfg = Config.smoke(args.seed)
     else:
-        strategies = parse_list(args.strategies, str, "strategies")
-        bad = [s for s in strategies if s not in STRATEGIES]
-        if bad:
-            raise ValueError(f"unknown strategy {bad[0]!r}; choose from {', '.join(STRATEGIES)}")
+        strategies = parse_list(args.strategies, str, "strategies", choices=STRATEGIES, item="strategy")
         if args.batch < 1 or args.limit < 0:
             raise ValueError(f"need --batch >= 1 and --limit >= 0, got {args.batch}, {args.limit}")
         cfg = Config(models=parse_list(args.models, str, "models"), datasets=parse_list(args.datasets, str, "datasets"),
