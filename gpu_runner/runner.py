@@ -236,11 +236,11 @@ def project_logits(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor
     return logits
 
 
-def _sub_packing(packing: Packing, bins: tuple[int, ...]) -> tuple[list[int], Packing]:
-    """The prompts (global indices, placement order) of `bins` and their packing alone."""
+def sub_packing(packing: Packing, bins: Sequence[int]) -> tuple[list[int], Packing]:
+    """The prompts (global indices, placement order) of `bins` and their packing alone,
+    renumbered 0..n-1 in that order (meta["parent_bins"] = `bins`)."""
+    bins = tuple(int(b) for b in bins)
     members = [i for b in bins for i in packing.bins[b]]
-    if len(bins) == packing.num_bins:
-        return list(range(packing.num_prompts)), packing
     local = {g: j for j, g in enumerate(members)}
     sub = Packing(
         lengths=tuple(packing.lengths[g] for g in members),
@@ -383,7 +383,10 @@ def prefill(
     kv = PromptKV(len(lengths)) if return_kv else None
     with torch.no_grad(), attention_implementation(model, attn.attn_implementation):
         for k, plan in enumerate(plans):
-            members, sub = _sub_packing(packing, plan.bins)
+            if len(plan.bins) == packing.num_bins:  # one forward takes everything: nothing to renumber
+                members, sub = list(range(packing.num_prompts)), packing
+            else:
+                members, sub = sub_packing(packing, plan.bins)
             try:
                 part_logits = _run_forward(
                     model, decoder, attn, [prompts[g] for g in members], sub, plan,

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from gpu_runner.distributed.assign import Assignment, AssignmentStrategy, make_strategy, plan_assignment
-from gpu_runner.runner import prefill, validate_prompts
+from gpu_runner.runner import prefill, sub_packing, validate_prompts
 from packers import Packing
 
 __all__ = [
@@ -159,18 +159,10 @@ class DistributedPrefillResult:
 def local_packing(packing: Packing, bins: Sequence[int]) -> tuple[tuple[int, ...], Packing]:
     """The prompts (caller's indices, placement order) of `bins` and their packing alone,
     renumbered 0..n-1 in that order. `ValueError` for no bins."""
-    members = tuple(i for b in bins for i in packing.bins[b])
-    if not members:
+    if not any(packing.bins[b] for b in bins):
         raise ValueError("no bins: nothing to pack")
-    local = {g: j for j, g in enumerate(members)}
-    sub = Packing(
-        lengths=tuple(packing.lengths[g] for g in members),
-        capacity=packing.capacity,
-        bins=tuple(tuple(local[i] for i in packing.bins[b]) for b in bins),
-        packer=packing.packer,
-        meta={"lower_bound": 1, "status": "heuristic", "solve_time_s": 0.0, "parent_bins": tuple(bins)},
-    )
-    return members, sub
+    members, sub = sub_packing(packing, bins)
+    return tuple(members), sub
 
 
 def _gpu_name(device: torch.device) -> str:
