@@ -119,14 +119,14 @@ if triton is not None:
         row_width = (HQ + 2 * HKV) * d
         pos = tl.load(pos_ptr + tok)
         j = tl.arange(0, HALF)
-        c = tl.load(cos_ptr + pos * HALF + j).to(tl.float32)[None, :]  # tables hold bf16-rounded values
-        s = tl.load(sin_ptr + pos * HALF + j).to(tl.float32)[None, :]
+        c = tl.load(cos_ptr + pos * HALF + j)[None, :]  # RoPE in the model dtype, as HF
+        s = tl.load(sin_ptr + pos * HALF + j)[None, :]
         base = qkv_ptr + tok * row_width
         # queries
         hq = tl.arange(0, BQ)[:, None]
         mq = hq < HQ
-        x1 = tl.load(base + hq * d + j[None, :], mask=mq, other=0.0).to(tl.float32)
-        x2 = tl.load(base + hq * d + HALF + j[None, :], mask=mq, other=0.0).to(tl.float32)
+        x1 = tl.load(base + hq * d + j[None, :], mask=mq, other=0.0)
+        x2 = tl.load(base + hq * d + HALF + j[None, :], mask=mq, other=0.0)
         q_out = q_ptr + tok * HQ * d + hq * d + j[None, :]
         tl.store(q_out, (x1 * c - x2 * s).to(q_ptr.dtype.element_ty), mask=mq)
         tl.store(q_out + HALF, (x2 * c + x1 * s).to(q_ptr.dtype.element_ty), mask=mq)
@@ -134,8 +134,8 @@ if triton is not None:
         hk = tl.arange(0, BKV)[:, None]
         mk = hk < HKV
         kb = base + HQ * d + hk * d + j[None, :]
-        k1 = tl.load(kb, mask=mk, other=0.0).to(tl.float32)
-        k2 = tl.load(kb + HALF, mask=mk, other=0.0).to(tl.float32)
+        k1 = tl.load(kb, mask=mk, other=0.0)
+        k2 = tl.load(kb + HALF, mask=mk, other=0.0)
         k_out = k_ptr + tok * HKV * d + hk * d + j[None, :]
         tl.store(k_out, (k1 * c - k2 * s).to(k_ptr.dtype.element_ty), mask=mk)
         tl.store(k_out + HALF, (k2 * c + k1 * s).to(k_ptr.dtype.element_ty), mask=mk)
@@ -157,12 +157,12 @@ if triton is not None:
         cols = offs_n.to(tl.int64)
         pos_n = tl.load(pos_ptr + offs_n, mask=mask_n, other=0)
         # keys loaded straight into the [HALF, BN] operand layout
-        c = tl.load(cos_ptr + pos_n[None, :] * HALF + j[:, None]).to(tl.float32)
-        s = tl.load(sin_ptr + pos_n[None, :] * HALF + j[:, None]).to(tl.float32)
+        c = tl.load(cos_ptr + pos_n[None, :] * HALF + j[:, None])
+        s = tl.load(sin_ptr + pos_n[None, :] * HALF + j[:, None])
         kb = qkv_ptr + cols[None, :] * W + k_col + j[:, None]
-        k1 = tl.load(kb, mask=mask_n[None, :], other=0.0).to(tl.float32)
-        k2 = tl.load(kb + HALF, mask=mask_n[None, :], other=0.0).to(tl.float32)
-        r1 = (k1 * c - k2 * s).to(q1.dtype)
+        k1 = tl.load(kb, mask=mask_n[None, :], other=0.0)
+        k2 = tl.load(kb + HALF, mask=mask_n[None, :], other=0.0)
+        r1 = (k1 * c - k2 * s).to(q1.dtype)  # in the model dtype, as HF's rope (half the registers of float32)
         r2 = (k2 * c + k1 * s).to(q1.dtype)
         qk = (tl.dot(q1, r1) + tl.dot(q2, r2)) * qk_scale
         valid = (offs_n[None, :] >= seg_q[:, None]) & (offs_n[None, :] <= offs_m[:, None]) & mask_n[None, :]
@@ -204,21 +204,21 @@ if triton is not None:
         rows = offs_m.to(tl.int64)
         j = tl.arange(0, HALF)
         pos_m = tl.load(pos_ptr + offs_m, mask=mask_m, other=0)
-        c = tl.load(cos_ptr + pos_m[:, None] * HALF + j[None, :]).to(tl.float32)  # [BM, HALF]
-        s = tl.load(sin_ptr + pos_m[:, None] * HALF + j[None, :]).to(tl.float32)
+        c = tl.load(cos_ptr + pos_m[:, None] * HALF + j[None, :])  # [BM, HALF]
+        s = tl.load(sin_ptr + pos_m[:, None] * HALF + j[None, :])
         qb = qkv_ptr + rows[:, None] * W + h * D + j[None, :]
-        x1 = tl.load(qb, mask=mask_m[:, None], other=0.0).to(tl.float32)
-        x2 = tl.load(qb + HALF, mask=mask_m[:, None], other=0.0).to(tl.float32)
-        q1 = (x1 * c - x2 * s).to(o_ptr.dtype.element_ty)
+        x1 = tl.load(qb, mask=mask_m[:, None], other=0.0)
+        x2 = tl.load(qb + HALF, mask=mask_m[:, None], other=0.0)
+        q1 = (x1 * c - x2 * s).to(o_ptr.dtype.element_ty)  # RoPE in the model dtype, as HF
         q2 = (x2 * c + x1 * s).to(o_ptr.dtype.element_ty)
         first_of_group = h % (HQ // HKV) == 0
         if (BM != BN) and first_of_group:  # this tile's roped keys and values into the cache, once per KV head
             kb = qkv_ptr + rows[:, None] * W + k_col + j[None, :]
-            k1 = tl.load(kb, mask=mask_m[:, None], other=0.0).to(tl.float32)
-            k2 = tl.load(kb + HALF, mask=mask_m[:, None], other=0.0).to(tl.float32)
+            k1 = tl.load(kb, mask=mask_m[:, None], other=0.0)
+            k2 = tl.load(kb + HALF, mask=mask_m[:, None], other=0.0)
             ko = k_ptr + rows[:, None] * (HKV * D) + kvh * D + j[None, :]
-            tl.store(ko, (k1 * c - k2 * s).to(k_ptr.dtype.element_ty), mask=mask_m[:, None])
-            tl.store(ko + HALF, (k2 * c + k1 * s).to(k_ptr.dtype.element_ty), mask=mask_m[:, None])
+            tl.store(ko, k1 * c - k2 * s, mask=mask_m[:, None])
+            tl.store(ko + HALF, k2 * c + k1 * s, mask=mask_m[:, None])
             d = tl.arange(0, D)
             vv = tl.load(qkv_ptr + rows[:, None] * W + v_col + d[None, :], mask=mask_m[:, None], other=0.0)
             tl.store(v_ptr + rows[:, None] * (HKV * D) + kvh * D + d[None, :], vv, mask=mask_m[:, None])
