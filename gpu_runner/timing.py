@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Timing", "matmul_peak_flops", "peak_extra_bytes", "release_memory", "time_calls", "wall_clock_s"]
+__all__ = ["Timing", "matmul_peak_flops", "peak_extra_bytes", "release_memory", "time_calls", "time_graph",
+           "wall_clock_s"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,31 @@ def time_calls(fn: Callable[[], Any], *, device: torch.device, warmup: int = 2, 
     torch.cuda.synchronize(device)
     return Timing(tuple(s.elapsed_time(e) for s, e in events))
 
+
+
+def time_graph(fn: Callable[[], Any], *, device: torch.device, calls: int = 1, warmup: int = 3, reps: int = 20) -> Timing:
+    """Per-call times of `fn()` replayed from one CUDA graph (for kernel probes: no launch gaps).
+
+    `fn` runs once on a side stream first (compilation, library handles and allocations stay
+    out of the capture), then `calls` back-to-back calls are captured into one graph, whose
+    replays are timed as `time_calls` times a function; each time is divided by `calls`.
+    ValueError off CUDA (graphs need it).
+    """
+    if device.type != "cuda":
+        raise ValueError(f"time_graph needs a CUDA device, got {device}")
+    if calls < 1:
+        raise ValueError(f"calls must be >= 1, got {calls}")
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    timing = time_calls(graph.replay, device=device, warmup=warmup, reps=reps)
+    return Timing(tuple(t / calls for t in timing.times_ms))
 
 def release_memory(device: torch.device) -> None:
     """Drop garbage and cached blocks so the next measurement starts from the weights alone."""

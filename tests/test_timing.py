@@ -1,0 +1,38 @@
+"""How benchmark numbers are measured (gpu_runner.timing): the CPU paths and the argument
+checks here; `time_graph` on a GPU where one is present."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpu_runner.timing import Timing, time_calls, time_graph
+
+
+def test_time_calls_runs_warmup_then_reps_on_cpu():
+    calls = []
+    timing = time_calls(lambda: calls.append(1), device=torch.device("cpu"), warmup=2, reps=5)
+    assert len(calls) == 7 and len(timing.times_ms) == 5
+    assert timing.min_ms <= timing.median_ms <= timing.max_ms
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="reps"):
+        time_calls(lambda: None, device=torch.device("cpu"), reps=0)
+    with pytest.raises(ValueError, match="at least one"):
+        Timing(())
+    with pytest.raises(ValueError, match="CUDA"):
+        time_graph(lambda: None, device=torch.device("cpu"))
+
+
+@pytest.mark.gpu
+def test_time_graph_replays_the_captured_calls():
+    dev = torch.device("cuda")
+    x = torch.zeros(4, device=dev)
+    timing = time_graph(lambda: x.add_(1), device=dev, calls=3, warmup=1, reps=4)
+    torch.cuda.synchronize()
+    # one eager warm-up call, then 1 + 4 replays of 3 captured calls each
+    assert x[0].item() == 1 + 3 * (1 + 4)
+    assert len(timing.times_ms) == 4 and timing.min_ms > 0
+    with pytest.raises(ValueError, match="calls"):
+        time_graph(lambda: None, device=dev, calls=0)
