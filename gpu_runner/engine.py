@@ -13,7 +13,8 @@ How one batch runs (T = the batch's real tokens rounded up to `token_bucket`):
      (Triton `rope_attention`: Q is roped in registers, roped K and V go to the KV buffer,
      no mask tensor, no work on padding pairs; `attention="flash"` runs RoPE then torch's
      flash varlen kernel instead), the O matmul adding into the residual stream (addmm_,
-     beta = 1: no separate add pass), RMSNorm, one gate/up matmul, SiLU * up (Triton), the
+     beta = 1: no separate add pass), RMSNorm, one gate/up matmul with SiLU * up in its
+     epilogue (Triton `swiglu` on Hopper; elsewhere cuBLAS, then a SiLU * up kernel), the
      down matmul adding into the residual; finally the norm and lm_head on each prompt's
      LAST token only;
   3. on CUDA the whole device part is one CUDA graph per bucket (T, prompt slots, longest
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpu_runner.engine_kernels import rmsnorm, rope_attention, rope_store, silu_mul, use_triton
+from gpu_runner.engine_kernels import rmsnorm, rope_attention, rope_store, silu_mul, swiglu, use_triton
 
 __all__ = ["EngineOutput", "PrefillEngine", "bucket_tokens"]
 
@@ -147,6 +148,10 @@ class PrefillEngine:
                    (short prompts share tiles; the default where Triton runs), "flash":
                    torch's flash varlen kernel (FA2) per prompt, "torch": dense-mask sdpa
                    (CPU reference); "auto" picks
+    fused_mlp:     the gate/up matmul with SiLU * up in its epilogue (`engine_kernels.swiglu`:
+                   one persistent Triton TMA kernel on Hopper, no [T, 2 I] intermediate); False =
+                   cuBLAS then the silu_mul kernel, which is also what runs where the fused
+                   kernel cannot (no Triton, pre-Hopper GPUs, CPU)
     q_chunk:       flash only: attention runs over query chunks of at most this many tokens (each with its
                    prompt's key prefix), so the flash grid is sized by q_chunk, not by the
                    longest prompt: no idle thread blocks, and the graph key ignores prompt
@@ -163,6 +168,7 @@ class PrefillEngine:
         max_tokens: int = 0,
         q_chunk: int = 128,
         attention: str = "auto",
+        fused_mlp: bool = True,
     ) -> None:
         if token_bucket < 1:
             raise ValueError(f"token_bucket must be >= 1, got {token_bucket}")
@@ -194,6 +200,7 @@ class PrefillEngine:
         if attention == "flash" and self.device.type != "cuda":
             raise ValueError("attention 'flash' needs a CUDA device")
         self.attention = attention
+        self.fused_mlp = bool(fused_mlp)
         self.num_q_heads = int(cfg.num_attention_heads)
         self.num_kv_heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
@@ -306,7 +313,7 @@ class PrefillEngine:
         seg = buf[lay["seg"]]
         h = F.embedding(ids, self.embed)
         # References are dropped as soon as a buffer is consumed: the peak stays at about
-        # h + x + gate_up (the graph's memory pool is sized by it). The residual stream h is
+        # h + x + the MLP activation (the graph's memory pool is sized by it). The residual stream h is
         # updated inside the O and down matmuls (addmm_, beta = 1): no separate add pass.
         for li, w in enumerate(self.layers):
             x = rmsnorm(h, w.ln1, self.eps)
@@ -326,10 +333,10 @@ class PrefillEngine:
             h.addmm_(a.reshape(t, -1), w.o.t())
             a = None
             x = rmsnorm(h, w.ln2, self.eps)
-            gate_up = F.linear(x, w.gate_up)
+            act = swiglu(x, w.gate_up) if self.fused_mlp else silu_mul(F.linear(x, w.gate_up))
             x = None
-            h.addmm_(silu_mul(gate_up), w.down.t())  # SiLU * up lands in the gate half
-            gate_up = None
+            h.addmm_(act, w.down.t())
+            act = None
         hl = h.index_select(0, last)  # last tokens only
         xl = hl.float()
         xl = self.final_norm * (xl * torch.rsqrt(xl.pow(2).mean(-1, keepdim=True) + self.eps)).to(hl.dtype)

@@ -37,6 +37,13 @@ def test_kernels_match_torch_reference():
     ref = torch.nn.functional.silu(gu[:, :384].float()) * gu[:, 384:].float()
     out = ek.silu_mul(gu.clone())  # in place over the gate half: compare against the untouched input
     torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+    # the fused SwiGLU matmul against cuBLAS + silu_mul (same rounding points), ragged shapes
+    for t, k, n in ((300, 256, 384), (4352, 2048, 5504), (77, 512, 200)):
+        x = torch.randn(t, k, device="cuda", dtype=torch.bfloat16)
+        wgu = torch.randn(2 * n, k, device="cuda", dtype=torch.bfloat16) * k**-0.5
+        assert ek._swiglu_fusable(x, wgu) == (torch.cuda.get_device_capability() >= (9, 0))
+        expect = ek.silu_mul(torch.nn.functional.linear(x, wgu)).float()
+        torch.testing.assert_close(ek.swiglu(x, wgu).float(), expect, atol=2e-2, rtol=2e-2)
     hq, hkv, dim = 4, 2, 64
     qkv = torch.randn(300, (hq + 2 * hkv) * dim, device="cuda", dtype=torch.bfloat16)
     pos = torch.randint(0, 2000, (300,), device="cuda")
@@ -115,6 +122,18 @@ def test_graph_replay_equals_eager():
     out = graph.prefill(prompts)
     torch.testing.assert_close(out.logits, eager.logits, atol=0, rtol=0)
     torch.testing.assert_close(out.kv[:, :, : eager.kv.shape[2]], eager.kv, atol=0, rtol=0)
+
+
+def test_fused_mlp_matches_cublas_then_silu_mul():
+    from gpu_runner.engine import PrefillEngine
+
+    model = _model()
+    prompts = _prompts([5, 1, 300, 77, 2, 128, 40], seed=4)
+    fused = PrefillEngine(model, fused_mlp=True).prefill(prompts).clone()  # kv cut to the real tokens
+    plain = PrefillEngine(model, fused_mlp=False).prefill(prompts)
+    total = int(plain.cu_seqlens[-1])
+    torch.testing.assert_close(fused.logits, plain.logits, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(fused.kv, plain.kv[:, :, :total], atol=2e-2, rtol=2e-2)
 
 
 def test_query_chunks_match_one_segment_per_prompt():

@@ -28,6 +28,12 @@ _SCRIPT = textwrap.dedent(
     gu = torch.randn(9, 2 * 40)
     ref = torch.nn.functional.silu(gu[:, :40]) * gu[:, 40:]
     torch.testing.assert_close(ek.silu_mul(gu.clone()), ref)
+    # the fused SwiGLU matmul (TMA descriptors): ragged T and I (I not a multiple of the tile)
+    assert ek._swiglu_fusable(torch.empty(4, 64), torch.empty(128, 64))
+    for t, k, n, bm, bn, bk in ((37, 64, 40, 16, 16, 32), (64, 96, 48, 32, 16, 32)):
+        x, wgu = torch.randn(t, k), torch.randn(2 * n, k) * k**-0.5
+        out = ek.swiglu(x, wgu, block_m=bm, block_n=bn, block_k=bk, group_m=2, num_warps=4, num_stages=2)
+        torch.testing.assert_close(out, ek._silu_mul_torch(torch.nn.functional.linear(x, wgu)), atol=1e-5, rtol=1e-5)
     hq, hkv, dim = 4, 2, 32
     qkv, pos = torch.randn(11, (hq + 2 * hkv) * dim), torch.randint(0, 100, (11,))
     freqs = torch.arange(100).float()[:, None] * torch.rand(dim // 2)[None, :]
