@@ -270,10 +270,11 @@ if triton is not None:
     def _swiglu_kernel(x_desc, w_desc, o_desc, M, N, K, num_programs, BM: tl.constexpr, BN: tl.constexpr,
                        BK: tl.constexpr, GROUP_M: tl.constexpr, IEEE: tl.constexpr):
         """Persistent: program p computes output tiles p, p + num_programs, ... (grouped by
-        GROUP_M row tiles for L2 reuse). Tile (m, n): gate = x[m] . W[n]^T and up =
-        x[m] . W[N + n]^T over K through TMA loads, then SiLU(gate) * up with HF's bf16 rounding
-        points (gate and up rounded, SiLU rounded, product rounded). Columns past N (when N is
-        not a multiple of BN) are computed from the next rows of W and clipped by the store."""
+        GROUP_M row tiles for L2 reuse). Tile (m, n): w_desc reads the [2, N, K] view of the
+        weight, so one TMA load brings the gate rows n and the up rows N + n of a K step and
+        one [BM, 2 BN] matmul computes both; then SiLU(gate) * up with HF's bf16 rounding
+        points (gate and up rounded, SiLU rounded, product rounded). Rows past N are zeros
+        (TMA bounds) and the store clips columns past N."""
         num_m = tl.cdiv(M, BM)
         num_n = tl.cdiv(N, BN)
         in_group = GROUP_M * num_n
@@ -283,18 +284,15 @@ if triton is not None:
             size_m = tl.minimum(num_m - first_m, GROUP_M)
             off_m = (first_m + (tile % in_group) % size_m) * BM
             off_n = ((tile % in_group) // size_m) * BN
-            acc_g = tl.zeros((BM, BN), dtype=tl.float32)
-            acc_u = tl.zeros((BM, BN), dtype=tl.float32)
+            acc = tl.zeros((BM, 2 * BN), dtype=tl.float32)
             for ki in range(tl.cdiv(K, BK)):
                 a = x_desc.load([off_m, ki * BK])
-                g = w_desc.load([off_n, ki * BK]).T
-                u = w_desc.load([N + off_n, ki * BK]).T
+                b = w_desc.load([0, off_n, ki * BK]).reshape(2 * BN, BK).T
                 if IEEE:  # float32 inputs (CPU interpreter tests): no TF32 rounding
-                    acc_g = tl.dot(a, g, acc_g, input_precision="ieee")
-                    acc_u = tl.dot(a, u, acc_u, input_precision="ieee")
+                    acc = tl.dot(a, b, acc, input_precision="ieee")
                 else:
-                    acc_g = tl.dot(a, g, acc_g)
-                    acc_u = tl.dot(a, u, acc_u)
+                    acc = tl.dot(a, b, acc)
+            acc_g, acc_u = tl.split(acc.reshape(BM, 2, BN).permute(0, 2, 1))
             gate = acc_g.to(dt).to(tl.float32)
             up = acc_u.to(dt).to(tl.float32)
             act = (gate / (1.0 + tl.exp(-gate))).to(dt).to(tl.float32)
@@ -373,7 +371,7 @@ def swiglu(
     block_m: int = 128,
     block_n: int = 128,
     block_k: int = 64,
-    group_m: int = 16,
+    group_m: int = 12,
     num_warps: int = 8,
     num_stages: int = 3,
 ) -> torch.Tensor:
@@ -381,11 +379,13 @@ def swiglu(
     (gate rows first, then up rows): a new [T, I] tensor in x's dtype, with HF's rounding.
 
     Where `_swiglu_fusable` holds: one persistent Triton matmul with TMA loads and the
-    activation in its epilogue (no [T, 2 I] intermediate written or read back). On an H100
-    its matmul runs about 8% under cuBLAS's rate, which the saved pass pays for: the
-    engine's 1.3B forward 19.20 vs 19.93 ms, 7B 94.80 vs 94.74 ms (fused_mlp_ab.py).
-    Elsewhere: F.linear, then silu_mul. Tiles: the defaults measured fastest there
-    (swiglu_tma_probe.py).
+    activation in its epilogue (no [T, 2 I] intermediate written or read back); gate and up
+    tiles come in one TMA load of the [2, I, hidden] view and go through one [BM, 2 BN]
+    matmul. On an H100 its matmul runs 3-5% under cuBLAS's rate, less than the saved pass:
+    1.04-1.06x of cuBLAS + silu_mul at the 7B shape, 1.08-1.14x at 1.3B alone
+    (swiglu_tma_probe.py, which chose the default tiles and GROUP_M), and the engine's
+    forward 18.99 vs 19.74 ms (1.3B), 91.94 vs 92.83 ms (7B) (fused_mlp_ab.py).
+    Elsewhere: F.linear, then silu_mul.
     """
     if x.shape[1] != gate_up_weight.shape[1] or gate_up_weight.shape[0] % 2:
         raise ValueError(f"swiglu needs x [T, hidden] and a [2 I, hidden] weight, got {tuple(x.shape)} "
@@ -396,7 +396,7 @@ def swiglu(
     n = gate_up_weight.shape[0] // 2
     out = torch.empty((t, n), dtype=x.dtype, device=x.device)
     x_desc = TensorDescriptor.from_tensor(x, [block_m, block_k])
-    w_desc = TensorDescriptor.from_tensor(gate_up_weight, [block_n, block_k])
+    w_desc = TensorDescriptor.from_tensor(gate_up_weight.view(2, n, k), [2, block_n, block_k])
     o_desc = TensorDescriptor.from_tensor(out, [block_m, block_n])
     tiles = triton.cdiv(t, block_m) * triton.cdiv(n, block_n)
     programs = min(tiles, torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4)
