@@ -1,6 +1,11 @@
 """A/B of the engine's MLP: cuBLAS gate/up + silu_mul against the fused SwiGLU matmul
-(`engine_kernels.swiglu`, GROUP_M 8 and 16), alternated 6 times per model on the MMLU batch
-of 64 (seed 0), 20 graph replays each. Usage: fused_mlp_ab.py MODEL..."""
+(`engine_kernels.swiglu`, GROUP_M 12 and 16), alternated 6 times per model on the MMLU batch
+of 64 (seed 0), 20 graph replays each. Usage: fused_mlp_ab.py MODEL...
+
+Call 10 (H100): two-matmul kernel (since replaced by one [BM, 2 BN] matmul), GROUP_M 16:
+1.3B 19.20 vs 19.93 ms, 7B 94.80 vs 94.74. Again with the one-matmul kernel, GROUP_M chosen
+as round(sqrt(132)) = 11 (since fixed at 12): 1.3B 18.99 vs 19.74, 7B 91.94 vs 92.83 ms.
+Logs: results/logs/h100_call10_probes.log."""
 import statistics
 import sys
 from functools import partial
@@ -22,7 +27,7 @@ for name in sys.argv[1:]:
     model = build_model(name, device="cuda", dtype="bfloat16")
     prompts = draw_prompts(lengths, model.config.vocab_size, 0)
     roof = real_token_flops(model.config, lengths) / peak * 1e3
-    variants = {"cublas+silu": (False, 8), "fused gm8": (True, 8), "fused gm16": (True, 16)}
+    variants = {"cublas+silu": (False, 12), "fused gm12": (True, 12), "fused gm16": (True, 16)}
     engines, results = {}, {k: [] for k in variants}
     for key, (fused, gm) in variants.items():
         engine_mod.swiglu = partial(swiglu, group_m=gm)  # captured into this engine's graph
