@@ -137,24 +137,13 @@ def code_rev(paths: Sequence[str] = ("packers", "simulator", "gpu_runner")) -> s
     if os.environ.get("PREPACKING_CODE_REV"):
         return os.environ["PREPACKING_CODE_REV"]
 
-    repo = EXPERIMENTS_DIR.parent
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=EXPERIMENTS_DIR.parent, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", *paths],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", *paths)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
