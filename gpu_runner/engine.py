@@ -43,7 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpu_runner.engine_kernels import rmsnorm, rope_attention, rope_store, silu_mul, swiglu, use_triton
+from gpu_runner import matmul_kernels as mm
+from gpu_runner.engine_kernels import rmsnorm, rope_attention, rope_store, silu_mul, use_triton
 
 __all__ = ["EngineOutput", "PrefillEngine", "bucket_tokens"]
 
@@ -148,7 +149,7 @@ class PrefillEngine:
                    (short prompts share tiles; the default where Triton runs), "flash":
                    torch's flash varlen kernel (FA2) per prompt, "torch": dense-mask sdpa
                    (CPU reference); "auto" picks
-    fused_mlp:     the gate/up matmul with SiLU * up in its epilogue (`engine_kernels.swiglu`:
+    fused_mlp:     the gate/up matmul with SiLU * up in its epilogue (`matmul_kernels.swiglu`:
                    one persistent Triton TMA kernel on Hopper, no [T, 2 I] intermediate); False =
                    cuBLAS then the silu_mul kernel, which is also what runs where the fused
                    kernel cannot (no Triton, pre-Hopper GPUs, CPU)
@@ -201,6 +202,8 @@ class PrefillEngine:
             raise ValueError("attention 'flash' needs a CUDA device")
         self.attention = attention
         self.fused_mlp = bool(fused_mlp)
+        # the fused matmul's split-tile counters: zeroed once here, outside any graph capture
+        self._counters = torch.zeros(mm.counter_slots(self.device), dtype=torch.int32, device=self.device)
         self.num_q_heads = int(cfg.num_attention_heads)
         self.num_kv_heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
@@ -333,7 +336,10 @@ class PrefillEngine:
             h.addmm_(a.reshape(t, -1), w.o.t())
             a = None
             x = rmsnorm(h, w.ln2, self.eps)
-            act = swiglu(x, w.gate_up) if self.fused_mlp else silu_mul(F.linear(x, w.gate_up))
+            if self.fused_mlp:
+                act = mm.swiglu(x, w.gate_up, counters=self._counters)
+            else:
+                act = silu_mul(F.linear(x, w.gate_up))
             x = None
             h.addmm_(act, w.down.t())
             act = None

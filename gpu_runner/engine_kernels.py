@@ -1,22 +1,19 @@
 """Fused kernels of the fast prefill engine, with torch reference versions.
 
-This module owns the memory-bound steps of a Llama-style layer that eager PyTorch
-would run as many small kernels: RMSNorm, RoPE (+ writing K/V into the
-cache), and SiLU(gate) * up, plus the gate/up matmul with SiLU * up fused into its
-epilogue (`swiglu`, Hopper). On CUDA they are single Triton kernels (one pass over the
-tensor each, compiled once per process; the token count is a runtime argument, so new
-batch shapes never recompile). Elsewhere (CPU tests) the torch versions run; they match
-HF transformers' Llama numerics (bf16 rounding points included), and the CUDA tests
-compare the two.
+This module owns the memory-bound steps of a Llama-style layer that eager PyTorch would run
+as many small kernels: RMSNorm, RoPE (+ writing K/V into the cache), SiLU(gate) * up, and
+RoPE fused with the block-diagonal attention itself (the matmul with SiLU * up in its
+epilogue is `matmul_kernels.swiglu`). On CUDA they are single Triton kernels (one pass over
+the tensor each, compiled once per process; the token count is a runtime argument, so new
+batch shapes never recompile). Elsewhere (CPU tests) the torch versions run; they match HF
+transformers' Llama numerics (bf16 rounding points included), and the CUDA tests compare
+the two.
 
 Shapes (T = tokens of the flat packed row):
   rmsnorm:      h [T, hidden] -> normed [T, hidden] (the residual add is in the matmuls)
   rope_store:   qkv [T, (Hq + 2 Hkv) * D], positions [T], cos/sin tables [P, D/2]
                 -> q [T, Hq, D]; writes roped K and V into k_out / v_out [T, Hkv, D]
   silu_mul:     gate_up [T, 2 I] -> [T, I] (written over the gate half, no new buffer)
-  swiglu:       x [T, hidden], fused gate/up weight [2 I, hidden] -> SiLU(x Wg^T) * (x Wu^T) [T, I]:
-                on Hopper one persistent TMA matmul with the activation in its epilogue (no
-                [T, 2 I] intermediate), elsewhere cuBLAS + silu_mul
   rope_attention: qkv as above, positions, cos/sin, seg_start [T] (first token of each token's
                 prompt) -> [T, Hq, D]: RoPE fused with block-diagonal causal attention over
                 one flat row (K/V written to the cache as by rope_store, Q never written),
@@ -36,12 +33,8 @@ try:  # Triton is optional: CPU-only installs run the torch versions.
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
     tl = None
-try:  # TMA tensor descriptors (Triton >= 3.3): the fused SwiGLU matmul needs them
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # pragma: no cover - depends on the install
-    TensorDescriptor = None
 
-__all__ = ["rmsnorm", "rope_attention", "rope_store", "silu_mul", "swiglu", "use_triton"]
+__all__ = ["rmsnorm", "rope_attention", "rope_store", "silu_mul", "use_triton"]
 
 
 def use_triton(t: torch.Tensor) -> bool:
@@ -266,38 +259,6 @@ if triton is not None:
         act = (g / (1.0 + tl.exp(-g))).to(out_ptr.dtype.element_ty).to(tl.float32)  # bf16 silu, as HF
         tl.store(out_ptr + row * 2 * n_cols + cols, (act * u).to(out_ptr.dtype.element_ty), mask=mask)
 
-    @triton.jit
-    def _swiglu_kernel(x_desc, w_desc, o_desc, M, N, K, num_programs, BM: tl.constexpr, BN: tl.constexpr,
-                       BK: tl.constexpr, GROUP_M: tl.constexpr, IEEE: tl.constexpr):
-        """Persistent: program p computes output tiles p, p + num_programs, ... (grouped by
-        GROUP_M row tiles for L2 reuse). Tile (m, n): w_desc reads the [2, N, K] view of the
-        weight, so one TMA load brings the gate rows n and the up rows N + n of a K step and
-        one [BM, 2 BN] matmul computes both; then SiLU(gate) * up with HF's bf16 rounding
-        points (gate and up rounded, SiLU rounded, product rounded). Rows past N are zeros
-        (TMA bounds) and the store clips columns past N."""
-        num_m = tl.cdiv(M, BM)
-        num_n = tl.cdiv(N, BN)
-        in_group = GROUP_M * num_n
-        dt = o_desc.dtype
-        for tile in tl.range(tl.program_id(0), num_m * num_n, num_programs):
-            first_m = (tile // in_group) * GROUP_M
-            size_m = tl.minimum(num_m - first_m, GROUP_M)
-            off_m = (first_m + (tile % in_group) % size_m) * BM
-            off_n = ((tile % in_group) // size_m) * BN
-            acc = tl.zeros((BM, 2 * BN), dtype=tl.float32)
-            for ki in range(tl.cdiv(K, BK)):
-                a = x_desc.load([off_m, ki * BK])
-                b = w_desc.load([0, off_n, ki * BK]).reshape(2 * BN, BK).T
-                if IEEE:  # float32 inputs (CPU interpreter tests): no TF32 rounding
-                    acc = tl.dot(a, b, acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(a, b, acc)
-            acc_g, acc_u = tl.split(acc.reshape(BM, 2, BN).permute(0, 2, 1))
-            gate = acc_g.to(dt).to(tl.float32)
-            up = acc_u.to(dt).to(tl.float32)
-            act = (gate / (1.0 + tl.exp(-gate))).to(dt).to(tl.float32)
-            o_desc.store([off_m, off_n], (act * up).to(dt))
-
 
 # ---------------------------------------------------------------- public entry points
 
@@ -351,60 +312,6 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     block = 1024
     _silu_mul_kernel[(t, triton.cdiv(n, block))](gate_up, gate_up, n, BLOCK=block, num_warps=4)
     return gate_up[:, :n]
-
-
-def _swiglu_fusable(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """The fused matmul runs where Triton has TMA descriptors (Hopper or newer, or the CPU
-    interpreter) and the operands suit them: contiguous, one dtype, 16-byte row strides."""
-    if TensorDescriptor is None or not use_triton(x) or x.dtype != w.dtype:
-        return False
-    if x.is_cuda and torch.cuda.get_device_capability(x.device) < (9, 0):
-        return False
-    size = x.element_size()
-    return x.is_contiguous() and w.is_contiguous() and (x.shape[1] * size) % 16 == 0 and (w.shape[0] // 2 * size) % 16 == 0
-
-
-def swiglu(
-    x: torch.Tensor,
-    gate_up_weight: torch.Tensor,
-    *,
-    block_m: int = 128,
-    block_n: int = 128,
-    block_k: int = 64,
-    group_m: int = 12,
-    num_warps: int = 8,
-    num_stages: int = 3,
-) -> torch.Tensor:
-    """SiLU(x W_gate^T) * (x W_up^T) for x [T, hidden] and the fused [2 I, hidden] weight
-    (gate rows first, then up rows): a new [T, I] tensor in x's dtype, with HF's rounding.
-
-    Where `_swiglu_fusable` holds: one persistent Triton matmul with TMA loads and the
-    activation in its epilogue (no [T, 2 I] intermediate written or read back); gate and up
-    tiles come in one TMA load of the [2, I, hidden] view and go through one [BM, 2 BN]
-    matmul. On an H100 its matmul runs 3-5% under cuBLAS's rate, less than the saved pass:
-    1.04-1.06x of cuBLAS + silu_mul at the 7B shape, 1.08-1.14x at 1.3B alone
-    (swiglu_tma_probe.py, which chose the default tiles and GROUP_M), and the engine's
-    forward 18.99 vs 19.74 ms (1.3B), 91.94 vs 92.83 ms (7B) (fused_mlp_ab.py).
-    Elsewhere: F.linear, then silu_mul.
-    """
-    if x.shape[1] != gate_up_weight.shape[1] or gate_up_weight.shape[0] % 2:
-        raise ValueError(f"swiglu needs x [T, hidden] and a [2 I, hidden] weight, got {tuple(x.shape)} "
-                         f"and {tuple(gate_up_weight.shape)}")
-    if not _swiglu_fusable(x, gate_up_weight):
-        return silu_mul(torch.nn.functional.linear(x, gate_up_weight))
-    t, k = x.shape
-    n = gate_up_weight.shape[0] // 2
-    out = torch.empty((t, n), dtype=x.dtype, device=x.device)
-    x_desc = TensorDescriptor.from_tensor(x, [block_m, block_k])
-    w_desc = TensorDescriptor.from_tensor(gate_up_weight.view(2, n, k), [2, block_n, block_k])
-    o_desc = TensorDescriptor.from_tensor(out, [block_m, block_n])
-    tiles = triton.cdiv(t, block_m) * triton.cdiv(n, block_n)
-    programs = min(tiles, torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4)
-    _swiglu_kernel[(programs,)](
-        x_desc, w_desc, o_desc, t, n, k, programs, BM=block_m, BN=block_n, BK=block_k, GROUP_M=group_m,
-        IEEE=x.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
-    )
-    return out
 
 
 def rope_attention(

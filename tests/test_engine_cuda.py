@@ -37,13 +37,6 @@ def test_kernels_match_torch_reference():
     ref = torch.nn.functional.silu(gu[:, :384].float()) * gu[:, 384:].float()
     out = ek.silu_mul(gu.clone())  # in place over the gate half: compare against the untouched input
     torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
-    # the fused SwiGLU matmul against cuBLAS + silu_mul (same rounding points), ragged shapes
-    for t, k, n in ((300, 256, 384), (4352, 2048, 5504), (77, 512, 200)):
-        x = torch.randn(t, k, device="cuda", dtype=torch.bfloat16)
-        wgu = torch.randn(2 * n, k, device="cuda", dtype=torch.bfloat16) * k**-0.5
-        assert ek._swiglu_fusable(x, wgu) == (torch.cuda.get_device_capability() >= (9, 0))
-        expect = ek.silu_mul(torch.nn.functional.linear(x, wgu)).float()
-        torch.testing.assert_close(ek.swiglu(x, wgu).float(), expect, atol=2e-2, rtol=2e-2)
     hq, hkv, dim = 4, 2, 64
     qkv = torch.randn(300, (hq + 2 * hkv) * dim, device="cuda", dtype=torch.bfloat16)
     pos = torch.randint(0, 2000, (300,), device="cuda")
@@ -56,6 +49,29 @@ def test_kernels_match_torch_reference():
     torch.testing.assert_close(q1, q2, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(k1, k2, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(v1, v2)
+
+
+def test_swiglu_matches_cublas_then_silu_mul():
+    """The fused SwiGLU matmul against cuBLAS + silu_mul (same rounding points), on ragged shapes
+    and on shapes whose last wave is split along K (checked through tail_split)."""
+    from gpu_runner import engine_kernels as ek
+    from gpu_runner import matmul_kernels as mk
+
+    torch.manual_seed(0)
+    counters = torch.zeros(mk.counter_slots(torch.device("cuda")), dtype=torch.int32, device="cuda")
+    splits = []
+    for t, k, n in ((300, 256, 384), (4352, 2048, 5504), (77, 512, 200), (4352, 4096, 2048), (1000, 1024, 3000)):
+        x = torch.randn(t, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(2 * n, k, device="cuda", dtype=torch.bfloat16) * k**-0.5
+        assert mk.fusable(x, w) == (torch.cuda.get_device_capability() >= (9, 0))
+        tiles = -(-t // mk.DEFAULT.block_m) * -(-n // mk.DEFAULT.block_n)
+        splits.append(mk.tail_split(tiles, min(tiles, len(counters)), -(-k // mk.DEFAULT.block_k)))
+        expect = ek.silu_mul(torch.nn.functional.linear(x, w)).float()
+        got = mk.swiglu(x, w, counters=counters)
+        torch.testing.assert_close(got.float(), expect, atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(mk.swiglu(x, w, counters=counters), got, atol=0, rtol=0)  # deterministic
+        assert int(counters.abs().sum()) == 0
+    assert max(splits) > 1 and min(splits) == 1, splits
 
 
 def test_rope_attention_matches_reference():

@@ -20,6 +20,7 @@ _SCRIPT = textwrap.dedent(
     import numpy as np
     import torch
     from gpu_runner import engine_kernels as ek
+    from gpu_runner import matmul_kernels as mk
 
     assert ek.use_triton(torch.empty(1)), "interpreter not active"
     torch.manual_seed(0)
@@ -28,12 +29,22 @@ _SCRIPT = textwrap.dedent(
     gu = torch.randn(9, 2 * 40)
     ref = torch.nn.functional.silu(gu[:, :40]) * gu[:, 40:]
     torch.testing.assert_close(ek.silu_mul(gu.clone()), ref)
-    # the fused SwiGLU matmul (TMA descriptors): ragged T and I (I not a multiple of the tile)
-    assert ek._swiglu_fusable(torch.empty(4, 64), torch.empty(128, 64))
-    for t, k, n, bm, bn, bk in ((37, 64, 40, 16, 16, 32), (64, 96, 48, 32, 16, 32)):
-        x, wgu = torch.randn(t, k), torch.randn(2 * n, k) * k**-0.5
-        out = ek.swiglu(x, wgu, block_m=bm, block_n=bn, block_k=bk, group_m=2, num_warps=4, num_stages=2)
-        torch.testing.assert_close(out, ek._silu_mul_torch(torch.nn.functional.linear(x, wgu)), atol=1e-5, rtol=1e-5)
+    # the fused SwiGLU matmul (TMA descriptors): ragged T and I, with and without the K split
+    # of the last wave's tiles (4 programs in the interpreter)
+    assert mk.fusable(torch.empty(4, 64), torch.empty(128, 64))
+    counters = torch.zeros(mk.counter_slots(torch.device("cpu")), dtype=torch.int32)
+    splits = set()
+    small = dict(block_k=16, group_m=2, num_warps=4, num_stages=2, min_split=2)
+    for t, k, n, cfg in ((37, 64, 40, mk.GemmConfig(16, 16, **small, max_split=8, min_split_steps=1)),
+                         (64, 96, 48, mk.GemmConfig(32, 16, **dict(small, block_k=32), max_split=8, min_split_steps=1)),
+                         (50, 160, 24, mk.GemmConfig(16, 8, **dict(small, group_m=3), max_split=3, min_split_steps=2))):
+        x, w = torch.randn(t, k), torch.randn(2 * n, k) * k**-0.5
+        tiles = -(-t // cfg.block_m) * -(-n // cfg.block_n)
+        splits.add(mk.tail_split(tiles, min(tiles, len(counters)), -(-k // cfg.block_k), cfg))
+        ref = ek._silu_mul_torch(torch.nn.functional.linear(x, w))
+        torch.testing.assert_close(mk.swiglu(x, w, cfg, counters=counters), ref, atol=1e-5, rtol=1e-5)
+        assert int(counters.abs().sum()) == 0  # left at zero for the next launch
+    assert splits == {1, 2, 4}, splits
     hq, hkv, dim = 4, 2, 32
     qkv, pos = torch.randn(11, (hq + 2 * hkv) * dim), torch.randint(0, 100, (11,))
     freqs = torch.arange(100).float()[:, None] * torch.rand(dim // 2)[None, :]
@@ -71,3 +82,39 @@ def test_triton_kernels_match_torch_references_in_the_interpreter():
     proc = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                           timeout=300, check=False)
     assert proc.returncode == 0 and "kernels ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_swiglu_rejects_bad_shapes_and_counters():
+    import torch
+
+    from gpu_runner import matmul_kernels as mk
+
+    x, w = torch.randn(5, 8), torch.randn(6, 8)
+    with pytest.raises(ValueError, match="2 I, hidden"):
+        mk.swiglu(x, torch.randn(5, 8))  # odd row count: not a fused gate/up weight
+    with pytest.raises(ValueError, match="2 I, hidden"):
+        mk.swiglu(x, torch.randn(6, 7))
+    with pytest.raises(ValueError, match="counters must be int32"):
+        mk.swiglu(x, w, counters=torch.zeros(64, dtype=torch.int64))
+    with pytest.raises(ValueError, match="counters must be int32"):
+        mk.swiglu(x, w, counters=torch.zeros(1, dtype=torch.int32))
+    out = mk.swiglu(x, w)  # CPU without the interpreter: the F.linear + silu_mul fallback
+    torch.testing.assert_close(out, torch.nn.functional.silu(x @ w[:3].T) * (x @ w[3:].T))
+
+
+def test_tail_split_rule():
+    from gpu_runner.matmul_kernels import GemmConfig, tail_split
+
+    cfg = GemmConfig(max_split=6, min_split_steps=8, min_split=2)
+    assert tail_split(100, 132, 64, cfg) == 1  # one partial wave only: nothing to balance
+    assert tail_split(264, 132, 64, cfg) == 1  # whole waves
+    assert tail_split(132 + 80, 132, 64, cfg) == 1  # the last wave is more than half full
+    assert tail_split(132 + 20, 132, 64, cfg) == 6  # 132 // 20 = 6 parts, within max_split
+    assert tail_split(132 + 40, 132, 64, cfg) == 3  # 132 // 40
+    assert tail_split(132 + 20, 132, 24, cfg) == 3  # 24 K steps / 8 per part
+    assert tail_split(132 + 20, 132, 8, cfg) == 1  # too short to split
+    assert tail_split(132 + 20, 132, 16, cfg) == 2
+    assert tail_split(132 + 20, 132, 16, GemmConfig(max_split=6, min_split_steps=8, min_split=3)) == 1
+    engine_shapes = GemmConfig()  # the defaults on an H100 (132 SMs), T = 4352: 7B splits, 1.3B does not
+    assert tail_split(34 * 86, 132, 64, engine_shapes) == 5
+    assert tail_split(34 * 43, 132, 32, engine_shapes) == 1
