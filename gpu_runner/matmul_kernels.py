@@ -18,14 +18,14 @@ How the work is split (`_swiglu_kernel`):
     atomics), resets the counter and runs the epilogue. The counters are a zeroed int32
     buffer that the kernel leaves at zero.
 
-Measured on H100s (benchmarks/README.md): alone, 1.03-1.06x of cuBLAS + silu_mul at the 7B
+Measured on H100s (benchmarks/README.md): alone, 1.00-1.06x of cuBLAS + silu_mul at the 7B
 shape and 1.07-1.14x at 1.3B (T = 4,352; its matmul runs a few percent under cuBLAS's rate,
 which shares operand loads between 2-CTA clusters); in the engine's forward about 1 ms on
 1.3B and 0-1.8 ms on 7B depending on the machine; the K split adds 0.2-0.5 ms on 7B.
 
 Where the kernel cannot run (no Triton tensor descriptors, a pre-Hopper GPU, the CPU without
-Triton's interpreter, non-contiguous or misaligned operands) `swiglu` runs cuBLAS, then
-`engine_kernels.silu_mul`, with the same contract.
+Triton's interpreter, non-contiguous or misaligned operands) `swiglu` runs F.linear (cuBLAS on
+a GPU), then `engine_kernels.silu_mul`, with the same contract.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from gpu_runner.engine_kernels import silu_mul, use_triton
 
-try:  # Triton is optional: CPU-only installs use the cuBLAS fallback.
+try:  # Triton is optional: without it `swiglu` runs its F.linear + silu_mul fallback.
     import triton
     import triton.language as tl
 except ImportError:  # pragma: no cover - depends on the install
