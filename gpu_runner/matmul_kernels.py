@@ -180,8 +180,8 @@ def counter_slots(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else _CPU_PROGRAMS
 
 
-def _launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, cfg: GemmConfig, counters: torch.Tensor) -> object:
-    """Launch `_swiglu_kernel`; returns Triton's compiled-kernel handle (registers, spills)."""
+def _launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, cfg: GemmConfig, counters: torch.Tensor) -> None:
+    """Launch `_swiglu_kernel` over `out` (its descriptors, grid, split and workspace)."""
     t, k = x.shape
     n = out.shape[1]
     bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
@@ -193,7 +193,7 @@ def _launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, cfg: GemmConfig
     split = tail_split(tiles, programs, triton.cdiv(k, bk), cfg)
     left = tiles % programs if split > 1 else 0
     parts = torch.empty(max(1, left * split * bm * 2 * bn), dtype=torch.float32, device=x.device)
-    return _swiglu_kernel[(programs,)](
+    _swiglu_kernel[(programs,)](
         x_desc, w_desc, o_desc, parts, counters, t, n, k, programs, split,
         BM=bm, BN=bn, BK=bk, GROUP_M=cfg.group_m, IEEE=x.dtype == torch.float32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
