@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Timing", "matmul_peak_flops", "peak_extra_bytes", "release_memory", "time_calls", "time_graph",
-           "wall_clock_s"]
+__all__ = ["KernelTime", "Timing", "kernel_times", "matmul_peak_flops", "peak_extra_bytes", "release_memory",
+           "time_calls", "time_graph", "wall_clock_s"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,38 @@ def time_graph(fn: Callable[[], Any], *, device: torch.device, calls: int = 1, w
             fn()
     timing = time_calls(graph.replay, device=device, warmup=warmup, reps=reps)
     return Timing(tuple(t / calls for t in timing.times_ms))
+
+
+@dataclass(frozen=True)
+class KernelTime:
+    """One kernel's (CUDA) or operator's (CPU: self time) share of a profiled call."""
+
+    ms: float  # time per call of the profiled function, milliseconds
+    count: float  # launches per call
+
+
+def kernel_times(fn: Callable[[], Any], *, device: torch.device, warmup: int = 2, reps: int = 1) -> dict[str, KernelTime]:
+    """Where the time of `fn()` goes, by kernel name: `warmup` calls, then `reps` calls under
+    torch.profiler (CUDA: device kernels, those inside replayed CUDA graphs included; CPU:
+    operators' self time), averaged per call; largest first, names with no time left out."""
+    if warmup < 0 or reps < 1:
+        raise ValueError(f"need warmup >= 0 and reps >= 1, got {warmup}, {reps}")
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    cuda = device.type == "cuda"
+    activity = torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU
+    with torch.profiler.profile(activities=[activity]) as prof:
+        for _ in range(reps):
+            fn()
+        _sync(device)
+    out = {}
+    for ev in prof.key_averages():
+        us = ev.device_time_total if cuda else ev.self_cpu_time_total
+        if us > 0:
+            out[ev.key] = KernelTime(us / 1e3 / reps, ev.count / reps)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1].ms))
+
 
 def release_memory(device: torch.device) -> None:
     """Drop garbage and cached blocks so the next measurement starts from the weights alone."""

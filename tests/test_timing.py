@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpu_runner.timing import Timing, time_calls, time_graph
+from gpu_runner.timing import Timing, kernel_times, time_calls, time_graph
 
 
 def test_time_calls_runs_warmup_then_reps_on_cpu():
@@ -16,6 +16,15 @@ def test_time_calls_runs_warmup_then_reps_on_cpu():
     assert timing.min_ms <= timing.median_ms <= timing.max_ms
 
 
+def test_kernel_times_names_the_operators_per_call_on_cpu():
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+    times = kernel_times(lambda: (a @ b).relu_(), device=torch.device("cpu"), warmup=1, reps=3)
+    assert "aten::mm" in times and "aten::relu_" in times
+    assert times["aten::mm"].count == 1  # per call, not per profiled run
+    assert all(t.ms > 0 for t in times.values())
+    assert list(times.values()) == sorted(times.values(), key=lambda t: -t.ms)  # largest first
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="reps"):
         time_calls(lambda: None, device=torch.device("cpu"), reps=0)
@@ -23,6 +32,8 @@ def test_bad_arguments_are_refused():
         Timing(())
     with pytest.raises(ValueError, match="CUDA"):
         time_graph(lambda: None, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="reps"):
+        kernel_times(lambda: None, device=torch.device("cpu"), reps=0)
 
 
 @pytest.mark.gpu
@@ -36,3 +47,8 @@ def test_time_graph_replays_the_captured_calls():
     assert len(timing.times_ms) == 4 and timing.min_ms > 0
     with pytest.raises(ValueError, match="calls"):
         time_graph(lambda: None, device=dev, calls=0)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        x.mul_(2)
+    kernels = kernel_times(graph.replay, device=dev, warmup=0, reps=2)  # kernels inside a graph count
+    assert kernels and all(k.count == 1 for k in kernels.values())

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from gpu_runner.bench import build_model, draw_prompts, load_lengths, real_token_flops
 from gpu_runner.engine import PrefillEngine
 from gpu_runner.engine_kernels import rope_attention
-from gpu_runner.timing import matmul_peak_flops, time_calls, time_graph
+from gpu_runner.timing import kernel_times, matmul_peak_flops, time_calls, time_graph
 
 dev = torch.device("cuda")
 name = sys.argv[1] if len(sys.argv) > 1 else "llama2-7b"
@@ -134,14 +134,7 @@ ms = time_graph(lambda: copy_dst.copy_(copy_src), device=dev, calls=L).median_ms
 print(f"device copy of the same bytes (read + write): {ms * 1e3:.1f} us/layer", flush=True)
 
 # per-kernel totals of one eager forward
-for _ in range(2):
-    eng.prefill(prompts)
-torch.cuda.synchronize()
-with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-    eng.prefill(prompts)
-    torch.cuda.synchronize()
-rows = sorted(((ev.device_time_total / 1e3, ev.count, ev.key[:80]) for ev in prof.key_averages()
-               if ev.device_time_total > 0), reverse=True)
-print(f"eager forward kernels: total {sum(r[0] for r in rows):.2f} ms")
-for ms, count, key in rows[:14]:
-    print(f"  {ms:8.2f} ms  x{count:4d}  {key}")
+kernels = kernel_times(partial(eng.prefill, prompts), device=dev, warmup=2, reps=1)
+print(f"eager forward kernels: total {sum(k.ms for k in kernels.values()):.2f} ms")
+for key, k in list(kernels.items())[:14]:
+    print(f"  {k.ms:8.2f} ms  x{int(k.count):4d}  {key[:80]}")

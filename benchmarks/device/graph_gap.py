@@ -10,7 +10,7 @@ import torch
 
 from gpu_runner.bench import build_model, draw_prompts, load_lengths
 from gpu_runner.engine import PrefillEngine
-from gpu_runner.timing import time_calls
+from gpu_runner.timing import kernel_times, time_calls
 
 dev = torch.device("cuda")
 name = sys.argv[1]
@@ -20,18 +20,11 @@ prompts = draw_prompts(lengths, model.config.vocab_size, 0)
 
 
 def kernel_totals(fn, n=5):
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
     cats = defaultdict(float)
-    for ev in prof.key_averages():
-        k = ev.key.lower()
+    for key, kt in kernel_times(fn, device=dev, warmup=2, reps=n).items():
+        k = key.lower()
         cat = "gemm" if "nvjet" in k or "gemm" in k else "triton" if k.startswith("_") else "other"
-        cats[cat] += ev.device_time_total / 1e3 / n
+        cats[cat] += kt.ms
     return {k: round(v, 3) for k, v in cats.items()}, round(sum(cats.values()), 3)
 
 

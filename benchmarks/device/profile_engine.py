@@ -9,7 +9,7 @@ import torch
 
 from gpu_runner.bench import build_model, draw_prompts, load_lengths, real_token_flops
 from gpu_runner.engine import PrefillEngine
-from gpu_runner.timing import matmul_peak_flops, time_calls
+from gpu_runner.timing import kernel_times, matmul_peak_flops, time_calls
 
 dev = torch.device("cuda")
 peak = matmul_peak_flops(device=dev)
@@ -31,21 +31,17 @@ for name in sys.argv[1:]:
             print(f"{name} attention={attention}: FAILED {type(exc).__name__}: {exc}")
         eng = None
     eng = PrefillEngine(model, cuda_graphs=False)
-    for _ in range(3):
-        eng.prefill(prompts)
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        eng.prefill(prompts)
-        torch.cuda.synchronize()
+    kernels = kernel_times(partial(eng.prefill, prompts), device=dev, warmup=3, reps=1)
     cats = defaultdict(float)
-    for ev in prof.key_averages():
-        n = ev.key.lower()
+    for key, kt in kernels.items():
+        n = key.lower()
         cat = ("attention" if ("flash" in n or "attention" in n) else
                "gemm" if any(k in n for k in ("gemm", "xmma", "cutlass", "nvjet", "cublas")) else
                "triton" if n.startswith("_") and "kernel" in n else "other")
-        cats[cat] += ev.device_time_total / 1e3
+        cats[cat] += kt.ms
     print(name, eng.attention, "eager kernel ms by category:", {k: round(v, 2) for k, v in cats.items()},
           "total", round(sum(cats.values()), 2))
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=10, max_name_column_width=60))
+    for key, kt in list(kernels.items())[:10]:
+        print(f"  {kt.ms:8.2f} ms  x{int(kt.count):4d}  {key[:60]}")
     eng = model = None
     torch.cuda.empty_cache()
