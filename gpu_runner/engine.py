@@ -8,15 +8,19 @@ How one batch runs (T = the batch's real tokens rounded up to `token_bucket`):
   1. host: prompts are laid out back to back in the caller's order in one row of T tokens
      (positions restart at 0 per prompt; the tail padding is its own segment), written with
      one host-to-device copy from a pinned buffer: no syncs, no Python loop over tokens;
-  2. device: embedding, then per layer: RMSNorm (Triton), one QKV matmul (weights
-     concatenated once), RoPE fused with block-diagonal causal attention over the flat row
-     (Triton `rope_attention`: Q is roped in registers, roped K and V go to the KV buffer,
-     no mask tensor, no work on padding pairs; `attention="flash"` runs RoPE then torch's
-     flash varlen kernel instead), the O matmul adding into the residual stream (addmm_,
-     beta = 1: no separate add pass), RMSNorm, one gate/up matmul with SiLU * up in its
-     epilogue (Triton `swiglu` on Hopper; elsewhere cuBLAS, then a SiLU * up kernel), the
-     down matmul adding into the residual; finally the norm and lm_head on each prompt's
-     LAST token only;
+  2. device: embedding, then per layer:
+     - attention: on Hopper (`fused_qkv`), one QKV matmul (weights concatenated once) whose
+       epilogue applies RoPE and writes roped Q and the KV cache directly (Triton
+       `qkv_rope`: the [T, (Hq + 2 Hkv) D] projection is never written), then
+       block-diagonal causal attention over the flat row (`packed_attention`: tiles mix
+       prompts, no mask tensor, no work on padding pairs). Elsewhere: cuBLAS QKV, then RoPE
+       fused into the attention kernel (`rope_attention`), or with `attention="flash"`
+       RoPE then torch's flash varlen kernel;
+     - the O matmul adding into the residual stream (addmm_, beta = 1: no add pass);
+     - one gate/up matmul with SiLU * up in its epilogue (Triton `swiglu` on Hopper;
+       elsewhere cuBLAS, then a SiLU * up kernel), the down matmul adding into the residual;
+     - an RMSNorm kernel before the QKV and the gate/up matmuls;
+     finally the norm and lm_head on each prompt's LAST token only;
   3. on CUDA the whole device part is one CUDA graph per bucket (T, prompt slots, longest
      segment), captured the first time the bucket is seen into one shared memory pool and
      replayed afterwards.
@@ -44,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from gpu_runner import matmul_kernels as mm
-from gpu_runner.engine_kernels import rmsnorm, rope_attention, rope_store, silu_mul, use_triton
+from gpu_runner.engine_kernels import packed_attention, rmsnorm, rope_attention, rope_store, silu_mul, use_triton
 
 __all__ = ["EngineOutput", "PrefillEngine", "bucket_tokens"]
 
@@ -65,10 +69,27 @@ class _Layer:
     ln1: torch.Tensor
     qkv: torch.Tensor  # [(Hq + 2 Hkv) * D, hidden]
     qkv_bias: torch.Tensor | None
+    qkv_rope: bool  # the QKV matmul ropes and writes Q and the KV cache itself (matmul_kernels.qkv_rope)
     o: torch.Tensor
     ln2: torch.Tensor
     gate_up: torch.Tensor  # [2 I, hidden]
     down: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Row:
+    """Device views of one forward's flat-row inputs (T tokens), shared by every layer."""
+
+    pos: torch.Tensor  # [T] position of each token in its prompt
+    seg: torch.Tensor  # [T] index of the first token of each token's prompt
+    cos: torch.Tensor | None  # [T, D/2] each token's RoPE rows (for qkv_rope)
+    sin: torch.Tensor | None
+    cu: torch.Tensor  # int32 prompt bounds (then the tail padding)
+    cu_q: torch.Tensor  # flash query chunks (see _stage_chunks)
+    cu_k: torch.Tensor
+    used_k: torch.Tensor | None
+    max_q: int
+    max_k: int
 
 
 @dataclass(frozen=True)
@@ -153,6 +174,11 @@ class PrefillEngine:
                    one persistent Triton TMA kernel on Hopper, no [T, 2 I] intermediate); False =
                    cuBLAS then the silu_mul kernel, which is also what runs where the fused
                    kernel cannot (no Triton, pre-Hopper GPUs, CPU)
+    fused_qkv:     packed attention on Hopper: the QKV matmul with RoPE in its epilogue writes
+                   roped Q and the KV cache directly (`matmul_kernels.qkv_rope`: the projection
+                   is never written, no RoPE in the attention loop), then `packed_attention`
+                   over them; False (or where its tiles do not fit the head layout) = cuBLAS QKV
+                   then `rope_attention`, RoPE fused into the attention kernel
     q_chunk:       flash only: attention runs over query chunks of at most this many tokens (each with its
                    prompt's key prefix), so the flash grid is sized by q_chunk, not by the
                    longest prompt: no idle thread blocks, and the graph key ignores prompt
@@ -170,6 +196,7 @@ class PrefillEngine:
         q_chunk: int = 128,
         attention: str = "auto",
         fused_mlp: bool = True,
+        fused_qkv: bool = True,
     ) -> None:
         if token_bucket < 1:
             raise ValueError(f"token_bucket must be >= 1, got {token_bucket}")
@@ -202,6 +229,7 @@ class PrefillEngine:
             raise ValueError("attention 'flash' needs a CUDA device")
         self.attention = attention
         self.fused_mlp = bool(fused_mlp)
+        self.fused_qkv = bool(fused_qkv)
         # the fused matmul's split-tile counters: zeroed once here, outside any graph capture
         self._counters = torch.zeros(mm.counter_slots(self.device), dtype=torch.int32, device=self.device)
         self.num_q_heads = int(cfg.num_attention_heads)
@@ -252,10 +280,11 @@ class PrefillEngine:
                 if bias is not None:
                     self._rebind(projs, bias, "bias")
                 self._rebind([mlp.gate_proj, mlp.up_proj], gate_up, "weight")
-        return _Layer(
-            ln1=layer.input_layernorm.weight, qkv=qkv, qkv_bias=bias, o=attn.o_proj.weight,
-            ln2=layer.post_attention_layernorm.weight, gate_up=gate_up, down=mlp.down_proj.weight,
-        )
+            probe = torch.empty((1, gate_up.shape[1]), dtype=gate_up.dtype, device=gate_up.device)
+            fused_qkv = (self.fused_qkv and self.attention == "packed"
+                         and mm.qkv_fusable(probe, qkv, self.num_q_heads, self.num_kv_heads, self.head_dim))
+        return _Layer(ln1=layer.input_layernorm.weight, qkv=qkv, qkv_bias=bias, qkv_rope=fused_qkv, o=attn.o_proj.weight,
+                      ln2=layer.post_attention_layernorm.weight, gate_up=gate_up, down=mlp.down_proj.weight)
 
     @staticmethod
     def _rebind(modules: list[torch.nn.Module], fused: torch.Tensor, name: str) -> None:
@@ -313,26 +342,17 @@ class PrefillEngine:
             max_q, max_k = self.q_chunk, self.max_positions
         else:
             cu_q, cu_k, used_k, max_q, max_k = cu, cu, None, max_len, max_len
-        seg = buf[lay["seg"]]
+        cos_t = sin_t = None
+        if any(w.qkv_rope for w in self.layers):  # each token's RoPE rows, once per forward
+            cos_t, sin_t = self.cos.index_select(0, pos), self.sin.index_select(0, pos)
+        row = _Row(pos=pos, seg=buf[lay["seg"]], cos=cos_t, sin=sin_t, cu=cu, cu_q=cu_q, cu_k=cu_k, used_k=used_k,
+                   max_q=max_q, max_k=max_k)
         h = F.embedding(ids, self.embed)
         # References are dropped as soon as a buffer is consumed: the peak stays at about
-        # h + x + the MLP activation (the graph's memory pool is sized by it). The residual stream h is
-        # updated inside the O and down matmuls (addmm_, beta = 1): no separate add pass.
+        # h + x + q (or qkv) + the MLP activation (the graph's memory pool is sized by it). The residual
+        # stream h is updated inside the O and down matmuls (addmm_, beta = 1): no separate add pass.
         for li, w in enumerate(self.layers):
-            x = rmsnorm(h, w.ln1, self.eps)
-            qkv = F.linear(x, w.qkv, w.qkv_bias)
-            x = None
-            k_out, v_out = self._kv[li, 0, :t], self._kv[li, 1, :t]
-            if self.attention == "packed":
-                a = rope_attention(qkv, pos, self.cos, self.sin, seg, k_out, v_out, self.num_q_heads, self.scale)
-            else:
-                q = rope_store(qkv, pos, self.cos, self.sin, k_out, v_out, self.num_q_heads)
-                if self.attention == "flash":
-                    a = _attention_flash(q, k_out, v_out, cu_q, cu_k, used_k, max_q, max_k, self.scale)
-                else:
-                    a = _attention_torch(q, k_out, v_out, cu, self.scale)
-                q = None
-            qkv = None
+            a = self._attend(h, w, self._kv[li, 0, :t], self._kv[li, 1, :t], row)
             h.addmm_(a.reshape(t, -1), w.o.t())
             a = None
             x = rmsnorm(h, w.ln2, self.eps)
@@ -347,6 +367,21 @@ class PrefillEngine:
         xl = hl.float()
         xl = self.final_norm * (xl * torch.rsqrt(xl.pow(2).mean(-1, keepdim=True) + self.eps)).to(hl.dtype)
         return F.linear(xl, self.lm_head)
+
+    def _attend(self, h: torch.Tensor, w: _Layer, k_out: torch.Tensor, v_out: torch.Tensor, row: _Row) -> torch.Tensor:
+        """Layer w's attention over the flat row: [T, Hq, D]; its roped K and V go to k_out / v_out."""
+        x = rmsnorm(h, w.ln1, self.eps)
+        if w.qkv_rope:  # Q, K, V roped in the QKV matmul's epilogue, K and V written to the cache there
+            q = mm.qkv_rope(x, w.qkv, row.cos, row.sin, k_out, v_out, self.num_q_heads, bias=w.qkv_bias,
+                            counters=self._counters)
+            return packed_attention(q, k_out, v_out, row.seg, self.scale)
+        qkv = F.linear(x, w.qkv, w.qkv_bias)
+        if self.attention == "packed":
+            return rope_attention(qkv, row.pos, self.cos, self.sin, row.seg, k_out, v_out, self.num_q_heads, self.scale)
+        q = rope_store(qkv, row.pos, self.cos, self.sin, k_out, v_out, self.num_q_heads)
+        if self.attention == "flash":
+            return _attention_flash(q, k_out, v_out, row.cu_q, row.cu_k, row.used_k, row.max_q, row.max_k, self.scale)
+        return _attention_torch(q, k_out, v_out, row.cu, self.scale)
 
     # ------------------------------------------------------------------ host side
 

@@ -1,15 +1,21 @@
-"""The fused SwiGLU matmul of the prefill engine: a persistent Triton matmul (TMA, Hopper).
+"""The prefill engine's Triton matmuls: one persistent matmul (TMA, Hopper) with two epilogues.
 
 swiglu(x, W) = SiLU(x Wg^T) * (x Wu^T) [T, I] for x [T, hidden] and the fused [2 I, hidden]
 gate/up weight W (gate rows first, as `nn.Linear` stores weights), with HF's bf16 rounding
 points; the [T, 2 I] intermediate is never written.
 
-How the work is split (`_swiglu_kernel`):
-  - one program per SM (persistent); [BM, BN] output tiles are dealt round-robin, GROUP_M
-    row tiles at a time so that weight tiles are reused from L2;
-  - every K step is one TMA load of the x tile, one TMA load of the gate rows n.. and the up
-    rows I + n.. (a [2, BN, BK] box of the [2, I, hidden] view) and one [BM, 2 BN] matmul; the
-    epilogue applies SiLU(gate) * up and stores through TMA;
+qkv_rope(x, W, ...) = the QKV projection with RoPE applied in the epilogue: roped Q returned
+as [T, Hq, D], roped K and V stored straight into the KV cache; the [T, (Hq + 2 Hkv) D]
+projection is never written, and the attention after it has no RoPE in its loop.
+
+How the work is split (`_gemm_kernel`):
+  - one program per SM (persistent); output tiles are dealt round-robin, GROUP_M row tiles at
+    a time so that weight tiles are reused from L2;
+  - the weight [2 N, hidden] is viewed as [2, N, hidden]: every K step is one TMA load of
+    the x tile, one TMA load of rows n.. and N + n.. (a [2, BN, BK] box: SwiGLU's gate and up
+    rows; for QKV, two blocks of 128 columns that are whole heads of one kind) and one
+    [BM, 2 BN] matmul; the epilogue applies SiLU(gate) * up, or rounds, ropes and stores each
+    half to Q, the K cache or the V cache, through TMA;
   - the last wave: with P programs and L = tiles mod P leftover tiles, that wave would leave
     P - L SMs idle for a whole tile. Where L <= P / 2 and K is long enough, each leftover
     tile is instead split along K into S parts (L S <= P units, `tail_split`): each unit
@@ -18,16 +24,18 @@ How the work is split (`_swiglu_kernel`):
     atomics), resets the counter and runs the epilogue. The counters are a zeroed int32
     buffer that the kernel leaves at zero.
 
-Measured on H100s (benchmarks/README.md): alone, 1.00-1.06x of cuBLAS + silu_mul at the 7B
-shape and 1.07-1.14x at 1.3B (T = 4,352; its matmul runs a few percent under cuBLAS's rate,
-which shares operand loads between 2-CTA clusters); in the engine's forward about 1 ms on
-1.3B and 0-1.8 ms on 7B depending on the machine; the K split adds 0.2-0.5 ms on 7B.
+Measured on H100s (benchmarks/README.md): swiglu alone 1.00-1.06x of cuBLAS + silu_mul at the
+7B shape and 1.07-1.14x at 1.3B (T = 4,352; its matmul runs a few percent under cuBLAS's
+rate, which shares operand loads between 2-CTA clusters); in the engine's forward about 1 ms
+on 1.3B and 0-1.8 ms on 7B depending on the machine; the K split adds 0.2-0.5 ms on 7B.
+qkv_rope alone 597-670 us at the 7B shape (cuBLAS QKV without RoPE 569-602); with the
+attention after it, 1.5 ms off the 7B forward against cuBLAS QKV + RoPE in the attention.
 
-Where the kernel cannot run (no Triton tensor descriptors, a pre-Hopper GPU, the CPU without
-Triton's interpreter, non-contiguous or misaligned operands) `swiglu` runs F.linear (cuBLAS on
-a GPU), then `engine_kernels.silu_mul`, with the same contract.
+Where a kernel cannot run (no Triton tensor descriptors, a pre-Hopper GPU, the CPU without
+Triton's interpreter, non-contiguous or misaligned operands, heads that do not fit the
+tiles) `swiglu` runs F.linear (cuBLAS on a GPU), then `engine_kernels.silu_mul`, and
+`qkv_rope` F.linear, then the torch RoPE, with the same contracts.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,7 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gpu_runner.engine_kernels import silu_mul, use_triton
+from gpu_runner.engine_kernels import _rope_store_torch, silu_mul, use_triton
 
 try:  # Triton is optional: without it `swiglu` runs its F.linear + silu_mul fallback.
     import triton
@@ -48,7 +56,7 @@ try:  # TMA tensor descriptors (Triton >= 3.3)
 except ImportError:  # pragma: no cover - depends on the install
     TensorDescriptor = None
 
-__all__ = ["GemmConfig", "counter_slots", "fusable", "swiglu", "tail_split"]
+__all__ = ["GemmConfig", "counter_slots", "fusable", "qkv_fusable", "qkv_rope", "swiglu", "tail_split"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,8 @@ class GemmConfig:
     only into min_split parts or more (fewer do not pay for writing and summing the
     partials). Measured on an H100 (benchmarks/device/gemm_tail_probe.py, engine_ab.py): with
     these defaults the 7B shape (64 K steps) splits into 5, the 1.3B shape (32) does not.
+    prefetch_rows: load a tile's RoPE rows (qkv_rope's epilogue input) before its K loop,
+    their latency hidden behind the matmul, instead of in the epilogue.
     """
 
     block_m: int = 128
@@ -72,9 +82,16 @@ class GemmConfig:
     max_split: int = 6
     min_split_steps: int = 12
     min_split: int = 3
+    prefetch_rows: bool = False
 
 
 DEFAULT = GemmConfig()
+# qkv_rope's: its last wave split in 2 (7B: 1,632 tiles on 132 SMs leave 48) and each tile's
+# RoPE rows loaded before its matmul. Alone the two configurations trade places between H100s
+# (7B shape: 597 against 655 us with DEFAULT in call 20, 670 against 596 in call 24; cuBLAS
+# without the epilogue 569-592); in the engine they are within noise (call 25: 89.05 against
+# 89.36 ms; benchmarks/README.md).
+QKV_DEFAULT = GemmConfig(min_split=2, prefetch_rows=True)
 
 if triton is not None:
 
@@ -102,7 +119,7 @@ if triton is not None:
         return acc
 
     @triton.jit
-    def _epilogue(acc, o_desc, off_m, off_n, BM: tl.constexpr, BN: tl.constexpr):
+    def _swiglu_epilogue(acc, o_desc, off_m, off_n, BM: tl.constexpr, BN: tl.constexpr):
         """Write one [BM, BN] tile of SiLU(gate) * up with HF's rounding points (gate, up, SiLU
         and the product each rounded to the output dtype); TMA clips rows and columns past the end."""
         dt = o_desc.dtype
@@ -113,11 +130,61 @@ if triton is not None:
         o_desc.store([off_m, off_n], (act * up).to(dt))
 
     @triton.jit
-    def _swiglu_kernel(x_desc, w_desc, o_desc, part_ptr, count_ptr, M, N, K, num_programs, split,
-                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
-                       IEEE: tl.constexpr):
+    def _rope_store_cols(x, c, s, col, off_m, q_desc, k_desc, v_desc, QD, KD,
+                         BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr):
+        """Store projection columns col..col+BN (whole heads of one kind): Q and K roped (HF's
+        rotate-half RoPE in the model dtype) to q / the K cache, V as it is to the V cache."""
+        if col < QD + KD:
+            x1, x2 = tl.split(x.reshape(BM, BN // D, 2, D // 2).permute(0, 1, 3, 2))
+            y1 = (x1 * c - x2 * s).to(x.dtype)
+            y2 = (x2 * c + x1 * s).to(x.dtype)
+            y = tl.join(y1, y2).permute(0, 1, 3, 2).reshape(BM, BN)
+            if col < QD:
+                q_desc.store([off_m, col], y)
+            else:
+                k_desc.store([off_m, col - QD], y)
+        else:
+            v_desc.store([off_m, col - QD - KD], x)
+
+    @triton.jit
+    def _rope_rows(off_m, M, cos_ptr, sin_ptr, BM: tl.constexpr, D: tl.constexpr, ROPE: tl.constexpr):
+        """The RoPE rows [BM, 1, D / 2] of the tile at row off_m (placeholders without ROPE)."""
+        if ROPE:
+            rows = off_m + tl.arange(0, BM)
+            cs = rows.to(tl.int64)[:, None] * (D // 2) + tl.arange(0, D // 2)[None, :]
+            c = tl.load(cos_ptr + cs, mask=(rows < M)[:, None], other=0.0)[:, None, :]
+            s = tl.load(sin_ptr + cs, mask=(rows < M)[:, None], other=0.0)[:, None, :]
+        else:
+            c = tl.zeros([BM, 1, D // 2], dtype=tl.float32)
+            s = c
+        return c, s
+
+    @triton.jit
+    def _epilogue(acc, off_m, off_n, N, c, s, o_desc, k_desc, v_desc, b_ptr, QD, KD,
+                  BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr, ROPE: tl.constexpr):
+        """One [BM, 2 BN] tile: columns off_n.. and N + off_n.. of the product, a bias added
+        (HAS_BIAS) in float32; then ROPE: the QKV epilogue (`_rope_store_cols` on each half,
+        RoPE rows c / s), else SiLU(first half) * second half."""
+        if HAS_BIAS:
+            j = tl.arange(0, 2 * BN)
+            acc = acc + tl.load(b_ptr + tl.where(j < BN, off_n + j, N + off_n + j - BN)).to(tl.float32)[None, :]
+        if ROPE:
+            dt = o_desc.dtype
+            lo, hi = tl.split(acc.reshape(BM, 2, BN).permute(0, 2, 1))
+            _rope_store_cols(lo.to(dt), c, s, off_n, off_m, o_desc, k_desc, v_desc, QD, KD, BM, BN, D)
+            _rope_store_cols(hi.to(dt), c, s, N + off_n, off_m, o_desc, k_desc, v_desc, QD, KD, BM, BN, D)
+        else:
+            _swiglu_epilogue(acc, o_desc, off_m, off_n, BM, BN)
+
+    @triton.jit
+    def _gemm_kernel(x_desc, w_desc, o_desc, k_desc, v_desc, b_ptr, cos_ptr, sin_ptr, part_ptr, count_ptr,
+                     M, N, K, QD, KD, num_programs, split,
+                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, D: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, ROPE: tl.constexpr, PREFETCH: tl.constexpr, IEEE: tl.constexpr):
         """Persistent: full tiles round-robin, then the last wave's tiles split along K into
-        `split` parts (split == 1: no split). N = I, the output columns."""
+        `split` parts (split == 1: no split). N = half the weight's rows (tile columns n.. and
+        N + n.. are computed together). PREFETCH: a tile's RoPE rows are loaded before its
+        matmul (their latency hidden by it) instead of in the epilogue."""
         num_m = tl.cdiv(M, BM)
         num_n = tl.cdiv(N, BN)
         tiles = num_m * num_n
@@ -126,8 +193,12 @@ if triton is not None:
         full = tiles - tail
         for tile in tl.range(tl.program_id(0), full, num_programs):
             off_m, off_n = _tile_origin(tile, num_m, num_n, GROUP_M, BM, BN)
+            if PREFETCH:
+                c, s = _rope_rows(off_m, M, cos_ptr, sin_ptr, BM, D, ROPE)
             acc = _mainloop(x_desc, w_desc, off_m, off_n, 0, steps, BM, BN, BK, IEEE)
-            _epilogue(acc, o_desc, off_m, off_n, BM, BN)
+            if not PREFETCH:
+                c, s = _rope_rows(off_m, M, cos_ptr, sin_ptr, BM, D, ROPE)
+            _epilogue(acc, off_m, off_n, N, c, s, o_desc, k_desc, v_desc, b_ptr, QD, KD, BM, BN, D, HAS_BIAS, ROPE)
         for unit in tl.range(tl.program_id(0), tail * split, num_programs):
             t_local = unit // split
             part = unit % split
@@ -144,7 +215,8 @@ if triton is not None:
                 for j in range(1, split):
                     acc += tl.load(tile_parts + j * (BM * 2 * BN) + offs, cache_modifier=".cg")
                 tl.atomic_xchg(count_ptr + t_local, 0, sem="relaxed", scope="gpu")
-                _epilogue(acc, o_desc, off_m, off_n, BM, BN)
+                c, s = _rope_rows(off_m, M, cos_ptr, sin_ptr, BM, D, ROPE)
+                _epilogue(acc, off_m, off_n, N, c, s, o_desc, k_desc, v_desc, b_ptr, QD, KD, BM, BN, D, HAS_BIAS, ROPE)
 
 
 def fusable(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -157,6 +229,18 @@ def fusable(x: torch.Tensor, w: torch.Tensor) -> bool:
         return False
     size = x.element_size()
     return x.is_contiguous() and w.is_contiguous() and (x.shape[1] * size) % 16 == 0 and (w.shape[0] * size) % 32 == 0
+
+
+def qkv_fusable(x: torch.Tensor, w: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_dim: int,
+                cfg: GemmConfig = QKV_DEFAULT) -> bool:
+    """True where `qkv_rope` runs its fused kernel: `fusable`, and every block_n columns of the
+    [(Hq + 2 Hkv) D, hidden] weight, in either half of its rows, are whole heads of one kind
+    (block_n a multiple of D; Hq D, Hkv D and half the rows multiples of block_n)."""
+    bn = cfg.block_n
+    rows = (num_q_heads + 2 * num_kv_heads) * head_dim
+    return (w.shape[0] == rows and rows % 2 == 0 and bn % head_dim == 0 and head_dim % 2 == 0
+            and (num_q_heads * head_dim) % bn == 0 and (num_kv_heads * head_dim) % bn == 0 and (rows // 2) % bn == 0
+            and fusable(x, w))
 
 
 def tail_split(tiles: int, programs: int, k_steps: int, cfg: GemmConfig = DEFAULT) -> int:
@@ -180,24 +264,38 @@ def counter_slots(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else _CPU_PROGRAMS
 
 
-def _launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, cfg: GemmConfig, counters: torch.Tensor) -> None:
-    """Launch `_swiglu_kernel` over `out` (its descriptors, grid, split and workspace)."""
+def _launch(x: torch.Tensor, w: torch.Tensor, outs: tuple[torch.Tensor, ...], cfg: GemmConfig,
+            counters: torch.Tensor, bias: torch.Tensor | None = None,
+            rope: tuple[torch.Tensor, torch.Tensor, int] | None = None) -> None:
+    """Launch `_gemm_kernel` (its descriptors, grid, split and workspace): x @ w^T with tile
+    columns n.. and N + n.. together (N = rows of w / 2); outs = (out [T, N],) for SwiGLU, or
+    (q, k, v) with rope = (cos, sin, head_dim) for the QKV epilogue."""
     t, k = x.shape
-    n = out.shape[1]
+    n = w.shape[0] // 2
     bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
     x_desc = TensorDescriptor.from_tensor(x, [bm, bk])
     w_desc = TensorDescriptor.from_tensor(w.view(2, n, k), [2, bn, bk])
-    o_desc = TensorDescriptor.from_tensor(out, [bm, bn])
+    descs = [TensorDescriptor.from_tensor(o, [bm, bn]) for o in outs]
+    descs += descs[:1] * (3 - len(descs))
     tiles = triton.cdiv(t, bm) * triton.cdiv(n, bn)
     programs = min(tiles, counter_slots(x.device))
     split = tail_split(tiles, programs, triton.cdiv(k, bk), cfg)
     left = tiles % programs if split > 1 else 0
     parts = torch.empty(max(1, left * split * bm * 2 * bn), dtype=torch.float32, device=x.device)
-    _swiglu_kernel[(programs,)](
-        x_desc, w_desc, o_desc, parts, counters, t, n, k, programs, split,
-        BM=bm, BN=bn, BK=bk, GROUP_M=cfg.group_m, IEEE=x.dtype == torch.float32,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    cos, sin, d = rope if rope is not None else (parts, parts, 2)
+    qd, kd = (outs[0].shape[1], outs[1].shape[1]) if rope is not None else (0, 0)
+    _gemm_kernel[(programs,)](
+        x_desc, w_desc, *descs, parts if bias is None else bias, cos, sin, parts, counters, t, n, k, qd, kd,
+        programs, split, BM=bm, BN=bn, BK=bk, GROUP_M=cfg.group_m, D=d, HAS_BIAS=bias is not None, ROPE=rope is not None, PREFETCH=cfg.prefetch_rows, IEEE=x.dtype == torch.float32, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
+
+
+def _check_counters(counters: torch.Tensor | None, device: torch.device) -> None:
+    slots = counter_slots(device)
+    if counters is not None and (counters.dtype != torch.int32 or counters.numel() < slots or counters.device != device):
+        raise ValueError(f"counters must be int32 on {device} with >= {slots} entries, got "
+                         f"{counters.dtype} [{counters.numel()}] on {counters.device}")
 
 
 def swiglu(x: torch.Tensor, gate_up_weight: torch.Tensor, cfg: GemmConfig = DEFAULT, *,
@@ -214,15 +312,46 @@ def swiglu(x: torch.Tensor, gate_up_weight: torch.Tensor, cfg: GemmConfig = DEFA
     if x.dim() != 2 or gate_up_weight.dim() != 2 or x.shape[1] != gate_up_weight.shape[1] or gate_up_weight.shape[0] % 2:
         raise ValueError(f"swiglu needs x [T, hidden] and a [2 I, hidden] weight, got {tuple(x.shape)} "
                          f"and {tuple(gate_up_weight.shape)}")
-    slots = counter_slots(x.device)
-    if counters is not None and (counters.dtype != torch.int32 or counters.numel() < slots
-                                 or counters.device != x.device):
-        raise ValueError(f"counters must be int32 on {x.device} with >= {slots} entries, got "
-                         f"{counters.dtype} [{counters.numel()}] on {counters.device}")
+    _check_counters(counters, x.device)
     if not fusable(x, gate_up_weight):
         return silu_mul(F.linear(x, gate_up_weight))
     out = torch.empty((x.shape[0], gate_up_weight.shape[0] // 2), dtype=x.dtype, device=x.device)
     if counters is None:
-        counters = torch.zeros(slots, dtype=torch.int32, device=x.device)
-    _launch(x, gate_up_weight, out, cfg, counters)
+        counters = torch.zeros(counter_slots(x.device), dtype=torch.int32, device=x.device)
+    _launch(x, gate_up_weight, (out,), cfg, counters)
     return out
+
+
+def qkv_rope(x: torch.Tensor, qkv_weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_out: torch.Tensor,
+             v_out: torch.Tensor, num_q_heads: int, cfg: GemmConfig = QKV_DEFAULT, *, bias: torch.Tensor | None = None,
+             counters: torch.Tensor | None = None) -> torch.Tensor:
+    """The QKV projection with RoPE in its epilogue: q = RoPE(x W_q^T + b_q), and the
+    roped keys and the values written straight into k_out / v_out (the KV cache); the
+    [T, (Hq + 2 Hkv) D] projection is never written. Returns q [T, Hq, D].
+
+    x [T, hidden]; qkv_weight [(Hq + 2 Hkv) D, hidden] (q, k, v rows); cos/sin [T, D/2]:
+    each token's RoPE table rows; k_out / v_out [T, Hkv, D] contiguous; bias [(Hq + 2 Hkv) D]
+    or None (added in float32); counters as in `swiglu`. Rounding as HF: the projection
+    rounded to the model dtype, then RoPE in the model dtype. Fused kernel where
+    `qkv_fusable`; elsewhere F.linear and `engine_kernels.rope_store`'s torch version.
+    """
+    t = x.shape[0]
+    num_kv, d = k_out.shape[1], k_out.shape[2]
+    rows = (num_q_heads + 2 * num_kv) * d
+    if x.dim() != 2 or qkv_weight.shape != (rows, x.shape[1]) or k_out.shape != (t, num_kv, d) or v_out.shape != k_out.shape:
+        raise ValueError(f"qkv_rope needs x [T, hidden], a [(Hq + 2 Hkv) D, hidden] weight and k_out / v_out "
+                         f"[T, Hkv, D], got {tuple(x.shape)}, {tuple(qkv_weight.shape)}, {tuple(k_out.shape)}, "
+                         f"{tuple(v_out.shape)} with Hq = {num_q_heads}")
+    if cos.shape != (t, d // 2) or sin.shape != (t, d // 2):
+        raise ValueError(f"cos/sin must be per-token rows [{t}, {d // 2}], got {tuple(cos.shape)} and {tuple(sin.shape)}")
+    _check_counters(counters, x.device)
+    fused = (qkv_fusable(x, qkv_weight, num_q_heads, num_kv, d, cfg) and k_out.is_contiguous() and v_out.is_contiguous()
+             and cos.is_contiguous() and sin.is_contiguous())
+    if not fused:
+        return _rope_store_torch(F.linear(x, qkv_weight, bias), torch.arange(t, device=x.device), cos, sin, k_out, v_out, num_q_heads)
+    q = torch.empty((t, num_q_heads, d), dtype=x.dtype, device=x.device)
+    if counters is None:
+        counters = torch.zeros(counter_slots(x.device), dtype=torch.int32, device=x.device)
+    outs = (q.view(t, num_q_heads * d), k_out.view(t, num_kv * d), v_out.view(t, num_kv * d))
+    _launch(x, qkv_weight, outs, cfg, counters, bias, (cos, sin, d))
+    return q

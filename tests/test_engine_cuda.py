@@ -18,12 +18,51 @@ def _model(kv_heads: int = 2, bias: bool = False):
     cfg = Qwen2Config(**kw) if bias else LlamaConfig(**kw)
     torch.manual_seed(0)
     with torch.device("cuda"):
-        return AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
+    with torch.no_grad():  # norm weights away from one (HF's init), so that they are tested
+        for layer in model.model.layers:
+            layer.input_layernorm.weight.uniform_(0.5, 1.5)
+            layer.post_attention_layernorm.weight.uniform_(0.5, 1.5)
+    return model
 
 
 def _prompts(lengths, vocab=512, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def test_qkv_rope_and_packed_attention_match_references():
+    """The QKV matmul with RoPE in its epilogue (bias, GQA, a split last wave at the 7B shape)
+    and the attention over its outputs, against F.linear + the torch RoPE / attention."""
+    import numpy as np
+
+    from gpu_runner import engine_kernels as ek
+    from gpu_runner import matmul_kernels as mk
+
+    torch.manual_seed(0)
+    counters = torch.zeros(mk.counter_slots(torch.device("cuda")), dtype=torch.int32, device="cuda")
+    d = 128
+    freqs = torch.arange(2048, device="cuda").float()[:, None] * (10000 ** (-torch.arange(0, d, 2, device="cuda").float() / d))
+    cos, sin = freqs.cos().bfloat16(), freqs.sin().bfloat16()
+    for t, hidden, hq, hkv, bias in ((300, 256, 4, 2, True), (4352, 4096, 32, 32, False), (1000, 1024, 8, 2, False)):
+        x = torch.randn(t, hidden, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn((hq + 2 * hkv) * d, hidden, device="cuda", dtype=torch.bfloat16) * hidden**-0.5
+        b = torch.randn(w.shape[0], device="cuda", dtype=torch.bfloat16) if bias else None
+        lens = np.full(t // 50, 50)
+        lens[-1] += t - lens.sum()
+        seg = torch.tensor(np.repeat(np.cumsum(np.concatenate(([0], lens[:-1]))), lens), device="cuda")
+        pos = torch.arange(t, device="cuda") - seg
+        assert mk.qkv_fusable(x, w, hq, hkv, d)
+        k1, v1, k2, v2 = (torch.empty(t, hkv, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+        q1 = mk.qkv_rope(x, w, cos[pos], sin[pos], k1, v1, hq, bias=b, counters=counters)
+        proj = torch.nn.functional.linear(x.float(), w.float())  # one rounding, as in the epilogue
+        q2 = ek._rope_store_torch((proj if b is None else proj + b).bfloat16(), pos, cos, sin, k2, v2, hq)
+        for got, want in ((q1, q2), (k1, k2), (v1, v2)):
+            torch.testing.assert_close(got.float(), want.float(), atol=5e-2, rtol=2e-2)
+        assert int(counters.abs().sum()) == 0
+        out = ek.packed_attention(q1, k1, v1, seg, d**-0.5)
+        ref = ek._packed_attention_torch(q1.float(), k1.float(), v1.float(), seg, d**-0.5)
+        torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
 
 
 def test_kernels_match_torch_reference():
@@ -150,6 +189,24 @@ def test_fused_mlp_matches_cublas_then_silu_mul():
     total = int(plain.cu_seqlens[-1])
     torch.testing.assert_close(fused.logits, plain.logits, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(fused.kv, plain.kv[:, :, :total], atol=2e-2, rtol=2e-2)
+
+
+def test_qkv_rope_path_matches_rope_attention_path():
+    """The QKV matmul with RoPE in its epilogue + packed_attention against cuBLAS QKV +
+    rope_attention (RoPE inside the attention loop), on one model, with and without GQA."""
+    from gpu_runner.engine import PrefillEngine
+
+    for kv_heads in (4, 2):
+        model = _model(kv_heads)
+        prompts = _prompts([5, 1, 300, 77, 2, 128, 40], seed=5)
+        plain_eng = PrefillEngine(model, fused_qkv=False)
+        assert not any(w.qkv_rope for w in plain_eng.layers)
+        plain = plain_eng.prefill(prompts).clone()
+        eng = PrefillEngine(model)
+        assert all(w.qkv_rope for w in eng.layers)
+        fused = eng.prefill(prompts)
+        torch.testing.assert_close(fused.logits, plain.logits, atol=5e-2, rtol=5e-2)
+        torch.testing.assert_close(fused.kv[:, :, : plain.kv.shape[2]], plain.kv, atol=5e-2, rtol=5e-2)
 
 
 def test_query_chunks_match_one_segment_per_prompt():

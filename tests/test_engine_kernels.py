@@ -37,7 +37,8 @@ _SCRIPT = textwrap.dedent(
     small = dict(block_k=16, group_m=2, num_warps=4, num_stages=2, min_split=2)
     for t, k, n, cfg in ((37, 64, 40, mk.GemmConfig(16, 16, **small, max_split=8, min_split_steps=1)),
                          (64, 96, 48, mk.GemmConfig(32, 16, **dict(small, block_k=32), max_split=8, min_split_steps=1)),
-                         (50, 160, 24, mk.GemmConfig(16, 8, **dict(small, group_m=3), max_split=3, min_split_steps=2))):
+                         (50, 160, 24, mk.GemmConfig(16, 8, **dict(small, group_m=3), max_split=3, min_split_steps=2,
+                                                     prefetch_rows=True))):
         x, w = torch.randn(t, k), torch.randn(2 * n, k) * k**-0.5
         tiles = -(-t // cfg.block_m) * -(-n // cfg.block_n)
         splits.add(mk.tail_split(tiles, min(tiles, len(counters)), -(-k // cfg.block_k), cfg))
@@ -71,17 +72,92 @@ _SCRIPT = textwrap.dedent(
         torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(ka, kb)  # every row written (the buffers start as NaN)
         torch.testing.assert_close(va, vb)
+    # the QKV matmul with RoPE in its epilogue (q returned, K / V into the cache), with and
+    # without a bias, GQA and MHA, ragged T, RoPE rows loaded before or after the K loop;
+    # then attention over its outputs
+    for (hq, hkv), t, bias in (((4, 2), 45, False), ((2, 2), 33, True), ((6, 2), 64, False)):
+        cfg = mk.GemmConfig(16, 32, block_k=16, group_m=2, num_warps=4, num_stages=2, prefetch_rows=bias)
+        d, hidden = 32, 48
+        x, w = torch.randn(t, hidden), torch.randn((hq + 2 * hkv) * d, hidden) * hidden**-0.5
+        b = torch.randn((hq + 2 * hkv) * d) if bias else None
+        pos = torch.randint(0, 100, (t,))
+        assert mk.qkv_fusable(x, w, hq, hkv, d, cfg)
+        ka, va, kb, vb = (torch.full((t, hkv, d), float("nan")) for _ in range(4))
+        q = mk.qkv_rope(x, w, cos[pos].contiguous(), sin[pos].contiguous(), ka, va, hq, cfg, bias=b,
+                        counters=counters)
+        ref = ek._rope_store_torch(torch.nn.functional.linear(x, w, b), pos, cos, sin, kb, vb, hq)
+        torch.testing.assert_close(q, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ka, kb, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(va, vb, atol=1e-5, rtol=1e-5)
+        assert int(counters.abs().sum()) == 0
+        lens = [t // 3, 1, t - t // 3 - 1]
+        seg = torch.tensor(np.repeat(np.cumsum([0] + lens[:-1]), lens))
+        for bm, bn in ((16, 16), (32, 16)):
+            out = ek.packed_attention(q, ka, va, seg, 0.3, block_m=bm, block_n=bn)
+            torch.testing.assert_close(out, ek._packed_attention_torch(q, kb, vb, seg, 0.3), atol=1e-4, rtol=1e-4)
+    assert not mk.qkv_fusable(x, w, hq, hkv, d, mk.GemmConfig(16, 48))  # a tile column block of 1.5 heads
     print("kernels ok")
     """
 )
 
 
-def test_triton_kernels_match_torch_references_in_the_interpreter():
+_ENGINE_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    from gpu_runner.engine import PrefillEngine
+
+    # 8 / 4 heads: the QKV matmul ropes in its epilogue (its 128-column tiles are whole heads);
+    # 4 / 2 heads: they are not, so QKV, then RoPE inside the attention kernel
+    for heads, kv_heads, qkv_rope in ((8, 4, True), (4, 2, False)):
+        cfg = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                          num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=32,
+                          max_position_embeddings=128)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(cfg).eval()
+        with torch.no_grad():  # norm weights away from one (HF's init), so that they are tested
+            for layer in model.model.layers:
+                layer.input_layernorm.weight.uniform_(0.5, 1.5)
+                layer.post_attention_layernorm.weight.uniform_(0.5, 1.5)
+        g = torch.Generator().manual_seed(1)
+        prompts = [torch.randint(0, 97, (n,), generator=g).tolist() for n in (5, 1, 40, 17, 128)]
+        with torch.no_grad():
+            refs = [model(torch.tensor([p]), use_cache=True) for p in prompts]
+        eng = PrefillEngine(model, token_bucket=16, cuda_graphs=False)
+        assert eng.attention == "packed" and all(w.qkv_rope == qkv_rope for w in eng.layers)
+        res = eng.prefill(prompts)
+        with torch.no_grad():
+            for i, (p, ref) in enumerate(zip(prompts, refs)):
+                torch.testing.assert_close(res.logits[i], ref.logits[0, -1], atol=1e-4, rtol=1e-4)
+                cache = ref.past_key_values
+                for li, (k, v) in enumerate(res.prompt_kv(i)):
+                    rk = cache.layers[li].keys if hasattr(cache, "layers") else cache.key_cache[li]
+                    rv = cache.layers[li].values if hasattr(cache, "layers") else cache.value_cache[li]
+                    torch.testing.assert_close(k, rk[0], atol=1e-5, rtol=1e-5)
+                    torch.testing.assert_close(v, rv[0], atol=1e-5, rtol=1e-5)
+    print("engine ok")
+    """
+)
+
+
+def _interpret(script: str) -> subprocess.CompletedProcess:
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                           timeout=300, check=False)
+
+
+def test_triton_kernels_match_torch_references_in_the_interpreter():
+    proc = _interpret(_SCRIPT)
     assert proc.returncode == 0 and "kernels ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_engine_fused_paths_match_each_prompt_alone_in_the_interpreter():
+    """The engine's fused paths (QKV matmul with RoPE epilogue + packed attention, or RoPE in
+    the attention kernel; fused SwiGLU) in float32 through the interpreter: logits and K/V
+    equal HF on each prompt alone."""
+    proc = _interpret(_ENGINE_SCRIPT)
+    assert proc.returncode == 0 and "engine ok" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_swiglu_rejects_bad_shapes_and_counters():
