@@ -12,28 +12,16 @@ against 3.1e-3), which the kernel now uses; and Triton's `maxnreg` register cap 
 254 registers a thread and 82 KB of shared memory, so 2 programs (8 warps) per SM."""
 import sys
 
-import numpy as np
 import torch
+from mmlu_row import mmlu_row  # this folder
 
 from gpu_runner import engine_kernels as ek
-from gpu_runner.bench import load_lengths
 from gpu_runner.timing import time_graph
 
 dev = torch.device("cuda")
-lengths = load_lengths("mmlu")[np.random.default_rng(0).choice(14033, 64, replace=False)]
-cu = np.zeros(len(lengths) + 1, dtype=np.int64)
-np.cumsum(lengths, out=cu[1:])
-real = int(cu[-1])
-t = -(-real // 128) * 128
-pos = np.zeros(t, dtype=np.int64)
-pos[:real] = np.arange(real) - np.repeat(cu[:-1], lengths)
-seg = np.full(t, real, dtype=np.int64)
-seg[:real] = np.repeat(cu[:-1], lengths)
-pos_t, seg_t = torch.from_numpy(pos).to(dev), torch.from_numpy(seg).to(dev)
+row = mmlu_row(dev)
+cu, real, t, pos_t, seg_t, cos, sin = row.cu, row.real, row.t, row.pos_t, row.seg_t, row.cos, row.sin
 d = 128
-inv = 1.0 / (10000 ** (torch.arange(0, d, 2, device=dev, dtype=torch.float32) / d))
-freqs = torch.arange(4096, device=dev, dtype=torch.float32)[:, None] * inv[None, :]
-cos, sin = freqs.cos().bfloat16().contiguous(), freqs.sin().bfloat16().contiguous()
 
 
 variants = [  # BM, BN, warps, stages
