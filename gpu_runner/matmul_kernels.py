@@ -276,7 +276,7 @@ def _launch(x: torch.Tensor, w: torch.Tensor, outs: tuple[torch.Tensor, ...], cf
     x_desc = TensorDescriptor.from_tensor(x, [bm, bk])
     w_desc = TensorDescriptor.from_tensor(w.view(2, n, k), [2, bn, bk])
     descs = [TensorDescriptor.from_tensor(o, [bm, bn]) for o in outs]
-    descs += descs[:1] * (3 - len(descs))
+    descs += descs[:1] * (3 - len(descs))  # SwiGLU's one output also fills the unused K / V slots
     tiles = triton.cdiv(t, bm) * triton.cdiv(n, bn)
     programs = min(tiles, counter_slots(x.device))
     split = tail_split(tiles, programs, triton.cdiv(k, bk), cfg)

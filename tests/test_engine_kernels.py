@@ -178,6 +178,45 @@ def test_swiglu_rejects_bad_shapes_and_counters():
     torch.testing.assert_close(out, torch.nn.functional.silu(x @ w[:3].T) * (x @ w[3:].T))
 
 
+def test_qkv_rope_and_packed_attention_reject_bad_shapes_and_fall_back():
+    """CPU without the interpreter: clear ValueErrors for mismatched shapes, and the F.linear +
+    torch RoPE / dense-mask fallbacks with the kernels' contracts (each token's RoPE rows,
+    bias added, K / V written to the cache)."""
+    import numpy as np
+    import torch
+
+    from gpu_runner import engine_kernels as ek
+    from gpu_runner import matmul_kernels as mk
+
+    torch.manual_seed(0)
+    t, hidden, hq, hkv, d = 9, 16, 4, 2, 8
+    x, w, b = torch.randn(t, hidden), torch.randn((hq + 2 * hkv) * d, hidden), torch.randn((hq + 2 * hkv) * d)
+    pos = torch.tensor([0, 1, 2, 0, 1, 0, 1, 2, 3])
+    freqs = torch.arange(16).float()[:, None] * torch.rand(d // 2)[None, :]
+    cos, sin = freqs.cos()[pos], freqs.sin()[pos]
+    k1, v1, k2, v2 = (torch.full((t, hkv, d), float("nan")) for _ in range(4))
+    q = mk.qkv_rope(x, w, cos, sin, k1, v1, hq, bias=b)
+    ref = ek._rope_store_torch(torch.nn.functional.linear(x, w, b), pos, freqs.cos(), freqs.sin(), k2, v2, hq)
+    torch.testing.assert_close(q, ref)
+    torch.testing.assert_close(k1, k2)
+    torch.testing.assert_close(v1, v2)
+    with pytest.raises(ValueError, match="qkv_rope needs"):
+        mk.qkv_rope(x, w[:-1], cos, sin, k1, v1, hq)  # not (Hq + 2 Hkv) D rows
+    with pytest.raises(ValueError, match="qkv_rope needs"):
+        mk.qkv_rope(x, w, cos, sin, k1[:-1], v1[:-1], hq)  # cache rows != tokens
+    with pytest.raises(ValueError, match="per-token rows"):
+        mk.qkv_rope(x, w, freqs.cos(), freqs.sin(), k1, v1, hq)  # the tables, not each token's rows
+    with pytest.raises(ValueError, match="counters must be int32"):
+        mk.qkv_rope(x, w, cos, sin, k1, v1, hq, counters=torch.zeros(1, dtype=torch.int32))
+    seg = torch.tensor(np.repeat([0, 3, 5], [3, 2, 4]))
+    out = ek.packed_attention(q, k1, v1, seg, 0.5)
+    torch.testing.assert_close(out, ek._packed_attention_torch(q, k2, v2, seg, 0.5))
+    with pytest.raises(ValueError, match="packed_attention needs"):
+        ek.packed_attention(q, k1[:-1], v1[:-1], seg, 0.5)
+    with pytest.raises(ValueError, match="packed_attention needs"):
+        ek.packed_attention(q[:, :3], k1, v1, seg, 0.5)  # 3 query heads over 2 KV heads
+
+
 def test_tail_split_rule():
     from gpu_runner.matmul_kernels import GemmConfig, tail_split
 
