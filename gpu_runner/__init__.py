@@ -33,14 +33,10 @@ from gpu_runner.backends import (
 from gpu_runner.cache import PromptKV
 from gpu_runner.generate import generate
 from gpu_runner.inputs import PackedInputs, pack_inputs, prompt_lengths
-from gpu_runner.runner import (
-    ForwardPlan,
-    PrefillOutOfMemoryError,
-    PrefillResult,
-    estimate_forward_bytes,
-    prefill,
-    prefill_texts,
-)
+from gpu_runner.plan import ForwardPlan, estimate_forward_bytes
+from gpu_runner.result import PrefillOutOfMemoryError, PrefillResult
+from gpu_runner.runner import prefill, prefill_texts
+from gpu_runner.validate import validate_prompts
 
 __all__ = [
     "AttentionBackend",
@@ -59,4 +55,5 @@ __all__ = [
     "prompt_lengths",
     "register_backend",
     "resolve_backend",
+    "validate_prompts",
 ]

@@ -154,6 +154,20 @@ class PromptKV(Sequence[list[KV]]):
         for slot, g in enumerate(prompts):
             self._where[g] = (part, slot)
 
+    @classmethod
+    def from_flat(cls, kv: torch.Tensor, cu_seqlens: Sequence[int]) -> PromptKV:
+        """The caches of one flat row (the engine's layout): `kv` [layers, 2, T, kv_heads,
+        head_dim], prompt i on rows cu_seqlens[i]:cu_seqlens[i+1]. Views, no copy."""
+        n = len(cu_seqlens) - 1
+        if kv.dim() != 5 or kv.shape[1] != 2 or n < 1 or int(cu_seqlens[-1]) > kv.shape[2]:
+            raise ValueError(f"kv must be [layers, 2, T >= {int(cu_seqlens[-1])}, kv_heads, head_dim] "
+                             f"for {n} prompts, got {tuple(kv.shape)}")
+        cu = torch.as_tensor([int(x) for x in cu_seqlens], dtype=torch.int64)
+        out = cls(n)
+        layers = [(layer[0].transpose(0, 1)[None], layer[1].transpose(0, 1)[None]) for layer in kv]
+        out.add_forward(layers, range(n), torch.zeros(n, dtype=torch.int64), cu[:-1], cu[1:] - cu[:-1])
+        return out
+
     def __len__(self) -> int:
         return len(self._where)
 

@@ -48,7 +48,10 @@ import torch
 import torch.nn.functional as F
 
 from gpu_runner import matmul_kernels as mm
+from gpu_runner.cache import PromptKV
 from gpu_runner.engine_kernels import packed_attention, rmsnorm, rope_attention, rope_store, silu_mul, use_triton
+from gpu_runner.plan import text_config
+from gpu_runner.validate import sliding_window, validate_prompts
 
 __all__ = ["EngineOutput", "PrefillEngine", "bucket_tokens"]
 
@@ -237,7 +240,7 @@ class PrefillEngine:
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
         self.vocab_size = int(model.lm_head.weight.shape[0])
         self.scale = self.head_dim**-0.5
-        self.sliding_window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+        self.sliding_window = sliding_window(text_config(cfg))
         self.pad_token_id = 0
         self.eps = float(inner.norm.variance_epsilon)
         self.embed = inner.embed_tokens.weight
@@ -387,22 +390,12 @@ class PrefillEngine:
 
     def _stage(self, prompts: Sequence[Sequence[int]]) -> tuple[int, int, int, np.ndarray]:
         """Validate, lay out the flat row in the pinned buffer; return (T, slots, max_len, cu)."""
+        prompts, length_list = validate_prompts(self.model, prompts)
         n = len(prompts)
-        if n == 0:
-            raise ValueError("prompts is empty: nothing to prefill")
-        lengths = np.fromiter(map(len, prompts), dtype=np.int64, count=n)
-        if lengths.min() == 0:
-            raise ValueError(f"prompt {int(np.argmin(lengths))} is empty: every prompt needs at least one token")
+        lengths = np.asarray(length_list, dtype=np.int64)
         longest = int(lengths.max())
-        if longest > self.max_positions:
-            raise ValueError(f"prompt {int(np.argmax(lengths))} has {longest} tokens, over the model's context of {self.max_positions}")
-        if self.sliding_window and longest > self.sliding_window:
-            raise ValueError(f"prompt of {longest} tokens exceeds the sliding window ({self.sliding_window}): not supported")
         total = int(lengths.sum())
         tokens = np.fromiter(chain.from_iterable(prompts), dtype=np.int64, count=total)
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if lo < 0 or hi >= self.vocab_size:
-            raise ValueError(f"token id {lo if lo < 0 else hi} is outside the vocabulary [0, {self.vocab_size})")
         t = bucket_tokens(total, self.token_bucket)
         p = _next_pow2(n, 16)
         # With query chunks the graph does not depend on prompt lengths (max_len = 0 in its key).
@@ -503,11 +496,12 @@ class PrefillEngine:
         return graph, logits
 
     def prefill_result(self, prompts: Sequence[Sequence[int]]) -> Any:
-        """`prefill`, handed back as the library's `runner.PrefillResult` (one flat row as the
+        """`prefill`, handed back as the library's `result.PrefillResult` (one flat row as the
         packing, backend "engine"); its logits and kv are views into the engine's buffers,
-        valid until the next call. Building per-prompt kv lists costs host time (N x layers
-        views): use `prefill` in hot loops."""
-        from gpu_runner.runner import ForwardPlan, PrefillResult
+        valid until the next call. Per-prompt kv views are sliced on access (a `PromptKV`, the
+        type `runner.prefill` hands back, so `cache_for_batch` works too)."""
+        from gpu_runner.plan import ForwardPlan
+        from gpu_runner.result import PrefillResult
         from packers import Packing
 
         out = self.prefill(prompts)
@@ -516,7 +510,7 @@ class PrefillEngine:
         packing = Packing(lengths=lengths, capacity=total, bins=(tuple(range(len(lengths))),), packer="flat",
                           meta={"lower_bound": 1, "status": "optimal", "solve_time_s": 0.0})
         plan = ForwardPlan(bins=(0,), num_rows=1, row_len=int(out.kv.shape[2]), estimated_bytes=0)
-        kv = [out.prompt_kv(i) for i in range(out.num_prompts)]
+        kv = PromptKV.from_flat(out.kv, out.cu_seqlens)
         return PrefillResult(logits=out.logits, kv=kv, packing=packing, backend="engine", forwards=(plan,),
                              config=self.model.config)
 

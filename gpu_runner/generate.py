@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from gpu_runner.cache import cache_from_kv, cache_kwarg_name
-from gpu_runner.runner import prefill, validate_prompts
+from gpu_runner.runner import prefill
+from gpu_runner.validate import validate_prompts
 
 __all__ = ["generate"]
 

@@ -9,113 +9,20 @@ work; an out-of-memory inside a forward becomes `PrefillOutOfMemoryError` naming
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
-import numpy as np
 import torch
 
 import packers
 from gpu_runner.backends import AttentionBackend, attention_implementation, resolve_backend
-from gpu_runner.cache import (
-    KV,
-    PromptKV,
-    cache_from_kv,
-    cache_kwarg_name,
-    cache_layers_kv,
-    new_dynamic_cache,
-    output_cache,
-)
-from gpu_runner.inputs import pack_inputs, prompt_lengths
+from gpu_runner.cache import PromptKV, cache_kwarg_name, cache_layers_kv, new_dynamic_cache, output_cache
+from gpu_runner.inputs import pack_inputs
 from gpu_runner.plan import ForwardPlan, estimate_forward_bytes, plan_forwards, text_config
+from gpu_runner.result import OUT_OF_MEMORY, PrefillOutOfMemoryError, PrefillResult
+from gpu_runner.validate import validate_prompts
 from packers import Packing
 
-__all__ = [
-    "ForwardPlan",
-    "PrefillOutOfMemoryError",
-    "PrefillResult",
-    "estimate_forward_bytes",
-    "plan_forwards",
-    "prefill",
-    "prefill_texts",
-    "project_logits",
-    "validate_prompts",
-]
-
-
-# torch >= 2.5 exposes the CUDA out-of-memory error as torch.OutOfMemoryError.
-_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-
-
-class PrefillOutOfMemoryError(RuntimeError):
-    """A packed forward ran out of device memory; the message names the forward and its prompts."""
-
-
-@dataclass(frozen=True)
-class PrefillResult:
-    """What a prepacked prefill hands back, in the caller's prompt order.
-
-    logits:  [N, vocab], each prompt's next-token logits (model dtype), from its last token.
-    kv:      kv[i][layer] = (key, value), each [num_kv_heads, len_i, head_dim]: prompt i's
-             cache, keys after RoPE as transformers caches store them (a `PromptKV`: views
-             into the packed cache of its forward, sliced on access, no copy); None when
-             prefill ran with return_kv=False.
-    packing: the packing that ran; backend: the attention backend's name;
-    forwards: the packed forwards, in the order they ran.
-    """
-
-    logits: torch.Tensor
-    kv: PromptKV | None
-    packing: Packing
-    backend: str
-    forwards: tuple[ForwardPlan, ...]
-    config: Any = field(default=None, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        n = self.packing.num_prompts
-        if self.logits.dim() != 2 or self.logits.shape[0] != n:
-            raise ValueError(f"logits must be [{n}, vocab], got {tuple(self.logits.shape)}")
-        if self.kv is not None and len(self.kv) != n:
-            raise ValueError(f"kv holds {len(self.kv)} prompts for {n}")
-
-    @property
-    def num_prompts(self) -> int:
-        return self.packing.num_prompts
-
-    def _kv_of(self, index: int) -> list[KV]:
-        if self.kv is None:
-            raise ValueError("this prefill ran with return_kv=False: no caches to hand out")
-        if (
-            isinstance(index, bool)
-            or not isinstance(index, (int, np.integer))
-            or not 0 <= index < self.num_prompts
-        ):
-            raise ValueError(f"prompt index {index!r} is outside 0..{self.num_prompts - 1}")
-        return self.kv[int(index)]
-
-    def cache_for(self, index: int) -> Any:
-        """Prompt `index`'s cache as a transformers `DynamicCache` (batch 1, len_i tokens).
-
-        Continue with `model.generate(input_ids=prompt + [next_token], <cache kwarg>=cache)`,
-        where `next_token` comes from `logits[index]`.
-        """
-        return cache_from_kv([(k[None], v[None]) for k, v in self._kv_of(index)], self.config)
-
-    def cache_for_batch(self, indices: Sequence[int]) -> tuple[Any, torch.Tensor]:
-        """Caches of `indices` as one left-padded `DynamicCache` and its attention mask.
-
-        Returns (cache, attention_mask): layers [B, kv_heads, T, head_dim] with
-        T = the longest of these prompts, and attention_mask int64 [B, T], 1 on real tokens.
-        Feed `generate` left-padded input ids whose first T columns are these prompts, with
-        the attention mask extended over the new columns.
-        """
-        if len(indices) == 0:
-            raise ValueError("indices is empty")
-        for i in indices:
-            self._kv_of(i)  # validates
-        layers, mask = self.kv.left_padded(indices)
-        return cache_from_kv(layers, self.config), mask
+__all__ = ["prefill", "prefill_texts", "project_logits", "sub_packing"]
 
 
 def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -123,73 +30,6 @@ def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dty
         if p.is_floating_point():
             return p.device, p.dtype
     raise ValueError(f"{type(model).__name__} has no floating-point parameters")
-
-
-def _normalize(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
-    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
-        raise ValueError(f"prompts must be a list of token-id lists, got {type(prompts).__name__}")
-    out = []
-    for i, p in enumerate(prompts):
-        if isinstance(p, (torch.Tensor, np.ndarray)):
-            if p.ndim != 1:
-                raise ValueError(f"prompt {i} must be 1-D token ids, got shape {tuple(p.shape)}")
-            p = p.tolist()
-        elif isinstance(p, (str, bytes)) or not isinstance(p, Sequence):
-            raise ValueError(f"prompt {i} must be a sequence of token ids, got {type(p).__name__}")
-        out.append(list(p))
-    return out
-
-
-def _sliding_window(config: Any) -> int | None:
-    """The smallest sliding window any layer of the model uses, or None."""
-    window = getattr(config, "sliding_window", None)
-    if not window or getattr(config, "use_sliding_window", True) is False:
-        return None
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None and "sliding_attention" not in layer_types:
-        return None
-    return int(window)
-
-
-def validate_prompts(
-    model: torch.nn.Module, prompts: Sequence[Sequence[int]]
-) -> tuple[list[list[int]], list[int]]:
-    """Check prompts against the model; return (prompts as lists, lengths).
-
-    `ValueError` for: an empty list, an empty prompt, a non-integer token id, a token id
-    outside [0, vocab), a prompt longer than `max_position_embeddings`, or a prompt longer
-    than a sliding attention window (packed masks here are full causal).
-    """
-    prompts = _normalize(prompts)
-    lengths = prompt_lengths(prompts)
-    try:
-        tokens = np.asarray(list(chain.from_iterable(prompts)))
-    except (ValueError, TypeError):
-        tokens = np.asarray([None])
-    if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
-        raise ValueError("token ids must be integers: every prompt must be a flat list of ints")
-    vocab = model.get_input_embeddings().num_embeddings
-    bad = (tokens < 0) | (tokens >= vocab)
-    if bad.any():
-        flat = int(np.flatnonzero(bad)[0])
-        prompt = int(np.searchsorted(np.cumsum(lengths), flat, side="right"))
-        raise ValueError(
-            f"prompt {prompt} has token id {int(tokens[flat])} outside the vocabulary [0, {vocab})"
-        )
-    longest = max(lengths)
-    config = text_config(model.config)
-    context = getattr(config, "max_position_embeddings", None)
-    if context is not None and longest > context:
-        i = lengths.index(longest)
-        raise ValueError(f"prompt {i} has {longest} tokens, over the model's context ({context})")
-    window = _sliding_window(config)
-    if window is not None and longest > window:
-        i = lengths.index(longest)
-        raise ValueError(
-            f"prompt {i} has {longest} tokens, over the model's sliding window ({window}): "
-            "packed prefill uses full causal masks"
-        )
-    return prompts, lengths
 
 
 def _resolve_capacity(capacity: int | str, lengths: Sequence[int]) -> int:
@@ -392,7 +232,7 @@ def prefill(
                     model, decoder, attn, [prompts[g] for g in members], sub, plan,
                     pad_token_id=pad_token_id, device=device, members=members, kv=kv,
                 )  # fmt: skip
-            except _OUT_OF_MEMORY as exc:
+            except OUT_OF_MEMORY as exc:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 shown = members[:16]

@@ -121,7 +121,7 @@ def test_biases_the_engine_cannot_fuse_are_refused(flag, module):
 
 
 def test_prefill_result_is_the_library_type():
-    from gpu_runner.runner import PrefillResult
+    from gpu_runner.result import PrefillResult
 
     model = _model()
     prompts = _prompts([7, 3, 20])
@@ -130,3 +130,33 @@ def test_prefill_result_is_the_library_type():
     assert res.logits.shape == (3, 97) and len(res.kv) == 3 and res.kv[2][0][0].shape == (2, 20, 16)
     cache = res.cache_for(1)  # a transformers cache that generate can continue from
     assert cache is not None
+
+
+def test_prefill_result_cache_for_batch_matches_the_runner():
+    """Both paths hand back one KV type: the engine's result batches caches (left-padded)
+    exactly as `gpu_runner.prefill`'s does, and its per-prompt K/V equal the runner's."""
+    import gpu_runner
+
+    model = _model()
+    prompts = _prompts([7, 3, 20])
+    eng = PrefillEngine(model, token_bucket=16, cuda_graphs=False, attention="torch").prefill_result(prompts)
+    ref = gpu_runner.prefill(model, prompts, backend="dense")
+    assert type(eng.kv) is type(ref.kv)
+    (e_cache, e_mask), (r_cache, r_mask) = eng.cache_for_batch([2, 0]), ref.cache_for_batch([2, 0])
+    torch.testing.assert_close(e_mask, r_mask, rtol=0, atol=0)
+    assert e_mask.tolist()[1] == [0] * 13 + [1] * 7
+    for layer in range(2):
+        for a, b in zip(_layer_kv(e_cache, layer), _layer_kv(r_cache, layer)):
+            assert a.shape == (2, 2, 20, 16)
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(eng.logits, ref.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_engine_applies_the_library_sliding_window_rule():
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    cfg = MistralConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, sliding_window=8)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with pytest.raises(ValueError, match="sliding window"):
+        PrefillEngine(model, token_bucket=16).prefill([[1] * 9])

@@ -19,7 +19,7 @@ import torch
 from test_runner_support import hf_greedy, model_config, random_lengths, random_prompts, reference
 
 import gpu_runner
-from gpu_runner.runner import PrefillOutOfMemoryError
+from gpu_runner.result import PrefillOutOfMemoryError
 
 pytestmark = pytest.mark.gpu
 

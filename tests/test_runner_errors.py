@@ -8,7 +8,7 @@ from test_runner_support import MAX_POS, VOCAB, model_config, random_prompts, ti
 
 import gpu_runner
 import packers
-from gpu_runner.runner import PrefillOutOfMemoryError
+from gpu_runner.result import PrefillOutOfMemoryError
 
 
 @pytest.fixture

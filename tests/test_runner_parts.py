@@ -12,7 +12,7 @@ from test_runner_support import random_prompts, tiny_model
 import gpu_runner
 import packers
 from gpu_runner import backends, cache, masks, varlen
-from gpu_runner.runner import plan_forwards
+from gpu_runner.plan import plan_forwards
 
 
 def test_dense_mask_is_block_diagonal_causal_with_padding_apart():

@@ -23,7 +23,8 @@ import torch
 import torch.distributed as dist
 
 from gpu_runner.distributed.assign import Assignment, AssignmentStrategy, make_strategy, plan_assignment
-from gpu_runner.runner import prefill, sub_packing, validate_prompts
+from gpu_runner.runner import prefill, sub_packing
+from gpu_runner.validate import validate_prompts
 from packers import Packing
 
 __all__ = [

@@ -1,0 +1,83 @@
+"""Prompt validation shared by both prefill paths (`runner.prefill` and `PrefillEngine`):
+one set of rules, one set of messages, checked before any device work."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import chain
+from typing import Any
+
+import numpy as np
+import torch
+
+from gpu_runner.inputs import prompt_lengths
+from gpu_runner.plan import text_config
+
+__all__ = ["sliding_window", "validate_prompts"]
+
+
+def _normalize(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+        raise ValueError(f"prompts must be a list of token-id lists, got {type(prompts).__name__}")
+    out = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, (torch.Tensor, np.ndarray)):
+            if p.ndim != 1:
+                raise ValueError(f"prompt {i} must be 1-D token ids, got shape {tuple(p.shape)}")
+            p = p.tolist()
+        elif isinstance(p, (str, bytes)) or not isinstance(p, Sequence):
+            raise ValueError(f"prompt {i} must be a sequence of token ids, got {type(p).__name__}")
+        out.append(list(p))
+    return out
+
+
+def sliding_window(config: Any) -> int | None:
+    """The smallest sliding window any layer of the model uses, or None."""
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "usesliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    return int(window)
+
+
+def validate_prompts(
+    model: torch.nn.Module, prompts: Sequence[Sequence[int]]
+) -> tuple[list[list[int]], list[int]]:
+    """Check prompts against the model; return (prompts as lists, lengths).
+
+    `ValueError` for: an empty list, an empty prompt, a non-integer token id, a token id
+    outside [0, vocab), a prompt longer than `max_position_embeddings`, or a prompt longer
+    than a sliding attention window (packed masks here are full causal).
+    """
+    prompts = _normalize(prompts)
+    lengths = prompt_lengths(prompts)
+    try:
+        tokens = np.asarray(list(chain.from_iterable(prompts)))
+    except (ValueError, TypeError):
+        tokens = np.asarray([None])
+    if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+        raise ValueError("token ids must be integers: every prompt must be a flat list of ints")
+    vocab = model.get_input_embeddings().num_embeddings
+    bad = (tokens < 0) | (tokens >= vocab)
+    if bad.any():
+        flat = int(np.flatnonzero(bad)[0])
+        prompt = int(np.searchsorted(np.cumsum(lengths), flat, side="right"))
+        raise ValueError(
+            f"prompt {prompt} has token id {int(tokens[flat])} outside the vocabulary [0, {vocab})"
+        )
+    longest = max(lengths)
+    config = text_config(model.config)
+    context = getattr(config, "max_position_embeddings", None)
+    if context is not None and longest > context:
+        i = lengths.index(longest)
+        raise ValueError(f"prompt {i} has {longest} tokens, over the model's context ({context})")
+    window = sliding_window(config)
+    if window is not None and longest > window:
+        i = lengths.index(longest)
+        raise ValueError(
+            f"prompt {i} has {longest} tokens, over the model's sliding window ({window}): "
+            "packed prefill uses full causal masks"
+        )
+    return prompts, lengths
