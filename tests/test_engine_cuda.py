@@ -36,8 +36,8 @@ def test_qkv_rope_and_packed_attention_match_references():
     and the attention over its outputs, against F.linear + the torch RoPE / attention."""
     import numpy as np
 
-    from gpu_runner import engine_kernels as ek
-    from gpu_runner import matmul_kernels as mk
+    from gpu_runner.engine import kernels as ek
+    from gpu_runner.engine import matmul as mk
 
     torch.manual_seed(0)
     counters = torch.zeros(mk.counter_slots(torch.device("cuda")), dtype=torch.int32, device="cuda")
@@ -66,7 +66,7 @@ def test_qkv_rope_and_packed_attention_match_references():
 
 
 def test_kernels_match_torch_reference():
-    from gpu_runner import engine_kernels as ek
+    from gpu_runner.engine import kernels as ek
 
     torch.manual_seed(0)
     h = torch.randn(300, 256, device="cuda", dtype=torch.bfloat16)
@@ -93,8 +93,8 @@ def test_kernels_match_torch_reference():
 def test_swiglu_matches_cublas_then_silu_mul():
     """The fused SwiGLU matmul against cuBLAS + silu_mul (same rounding points), on ragged shapes
     and on shapes whose last wave is split along K (checked through tail_split)."""
-    from gpu_runner import engine_kernels as ek
-    from gpu_runner import matmul_kernels as mk
+    from gpu_runner.engine import kernels as ek
+    from gpu_runner.engine import matmul as mk
 
     torch.manual_seed(0)
     counters = torch.zeros(mk.counter_slots(torch.device("cuda")), dtype=torch.int32, device="cuda")
@@ -116,7 +116,7 @@ def test_swiglu_matches_cublas_then_silu_mul():
 def test_rope_attention_matches_reference():
     import numpy as np
 
-    from gpu_runner import engine_kernels as ek
+    from gpu_runner.engine import kernels as ek
 
     lengths = [5, 1, 300, 3, 130, 64, 65, 900, 20]
     total = sum(lengths)

@@ -19,8 +19,8 @@ _SCRIPT = textwrap.dedent(
     """
     import numpy as np
     import torch
-    from gpu_runner import engine_kernels as ek
-    from gpu_runner import matmul_kernels as mk
+    from gpu_runner.engine import kernels as ek
+    from gpu_runner.engine import matmul as mk
 
     assert ek.use_triton(torch.empty(1)), "interpreter not active"
     torch.manual_seed(0)
@@ -163,7 +163,7 @@ def test_engine_fused_paths_match_each_prompt_alone_in_the_interpreter():
 def test_swiglu_rejects_bad_shapes_and_counters():
     import torch
 
-    from gpu_runner import matmul_kernels as mk
+    from gpu_runner.engine import matmul as mk
 
     x, w = torch.randn(5, 8), torch.randn(6, 8)
     with pytest.raises(ValueError, match="2 I, hidden"):
@@ -185,8 +185,8 @@ def test_qkv_rope_and_packed_attention_reject_bad_shapes_and_fall_back():
     import numpy as np
     import torch
 
-    from gpu_runner import engine_kernels as ek
-    from gpu_runner import matmul_kernels as mk
+    from gpu_runner.engine import kernels as ek
+    from gpu_runner.engine import matmul as mk
 
     torch.manual_seed(0)
     t, hidden, hq, hkv, d = 9, 16, 4, 2, 8
@@ -218,7 +218,7 @@ def test_qkv_rope_and_packed_attention_reject_bad_shapes_and_fall_back():
 
 
 def test_tail_split_rule():
-    from gpu_runner.matmul_kernels import GemmConfig, tail_split
+    from gpu_runner.engine.matmul import GemmConfig, tail_split
 
     cfg = GemmConfig(max_split=6, min_split_steps=8, min_split=2)
     assert tail_split(100, 132, 64, cfg) == 1  # one partial wave only: nothing to balance

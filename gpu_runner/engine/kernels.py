@@ -3,7 +3,7 @@
 This module owns the memory-bound steps of a Llama-style layer that eager PyTorch would run
 as many small kernels: RMSNorm, RoPE (+ writing K/V into the cache), SiLU(gate) * up, and
 RoPE fused with the block-diagonal attention itself (the matmul with SiLU * up in its
-epilogue is `matmul_kernels.swiglu`). On CUDA they are single Triton kernels (one pass over
+epilogue is `matmul.swiglu`). On CUDA they are single Triton kernels (one pass over
 the tensor each, compiled once per process; the token count is a runtime argument, so new
 batch shapes never recompile). Elsewhere (CPU tests) the torch versions run; they match HF
 transformers' Llama numerics (bf16 rounding points included), and the CUDA tests compare
@@ -20,7 +20,7 @@ Shapes (T = tokens of the flat packed row):
                 tiled over the row (a tile mixes prompts), so short prompts share tiles
                 instead of each occupying a mostly idle one as in per-sequence varlen kernels
   packed_attention: q [T, Hq, D] and k / v [T, Hkv, D] already roped (as the QKV matmul with
-                RoPE in its epilogue, `matmul_kernels.qkv_rope`, leaves them), seg_start
+                RoPE in its epilogue, `matmul.qkv_rope`, leaves them), seg_start
                 -> [T, Hq, D]: the same tiled block-diagonal attention without RoPE or cache
                 writes in its loop
 """
@@ -439,7 +439,7 @@ def packed_attention(
     num_stages: int = 3,
 ) -> torch.Tensor:
     """Block-diagonal causal attention over one flat row of already roped q [T, Hq, D] and
-    k / v [T, Hkv, D] (the KV cache, as `matmul_kernels.qkv_rope` leaves them), all
+    k / v [T, Hkv, D] (the KV cache, as `matmul.qkv_rope` leaves them), all
     contiguous; seg_start [T] int: index of the first token of each token's prompt
     (non-decreasing). Returns [T, Hq, D]. Tiled over the row like `rope_attention` (a tile
     mixes prompts); no RoPE, no cache writes, so the key and value blocks go straight from

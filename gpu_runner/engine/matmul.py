@@ -33,7 +33,7 @@ attention after it, 1.5 ms off the 7B forward against cuBLAS QKV + RoPE in the a
 
 Where a kernel cannot run (no Triton tensor descriptors, a pre-Hopper GPU, the CPU without
 Triton's interpreter, non-contiguous or misaligned operands, heads that do not fit the
-tiles) `swiglu` runs F.linear (cuBLAS on a GPU), then `engine_kernels.silu_mul`, and
+tiles) `swiglu` runs F.linear (cuBLAS on a GPU), then `kernels.silu_mul`, and
 `qkv_rope` F.linear, then the torch RoPE, with the same contracts.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gpu_runner.engine_kernels import _rope_store_torch, silu_mul, use_triton
+from gpu_runner.engine.kernels import _rope_store_torch, silu_mul, use_triton
 
 try:  # Triton is optional: without it `swiglu` runs its F.linear + silu_mul fallback.
     import triton
@@ -302,7 +302,7 @@ def swiglu(x: torch.Tensor, gate_up_weight: torch.Tensor, cfg: GemmConfig = DEFA
            counters: torch.Tensor | None = None) -> torch.Tensor:
     """SiLU(x W_gate^T) * (x W_up^T) for x [T, hidden] and the fused [2 I, hidden] weight
     (gate rows first, then up rows): a new [T, I] tensor in x's dtype with HF's rounding.
-    Fused kernel where `fusable`; elsewhere F.linear, then `engine_kernels.silu_mul`.
+    Fused kernel where `fusable`; elsewhere F.linear, then `kernels.silu_mul`.
 
     counters: int32 zeros on x's device, at least `counter_slots(device)` entries, which the
     kernel leaves at zero (for callers that launch it repeatedly or inside CUDA graphs: the
@@ -333,7 +333,7 @@ def qkv_rope(x: torch.Tensor, qkv_weight: torch.Tensor, cos: torch.Tensor, sin: 
     each token's RoPE table rows; k_out / v_out [T, Hkv, D] contiguous; bias [(Hq + 2 Hkv) D]
     or None (added in float32); counters as in `swiglu`. Rounding as HF: the projection
     rounded to the model dtype, then RoPE in the model dtype. Fused kernel where
-    `qkv_fusable`; elsewhere F.linear and `engine_kernels.rope_store`'s torch version.
+    `qkv_fusable`; elsewhere F.linear and `kernels.rope_store`'s torch version.
     """
     t = x.shape[0]
     num_kv, d = k_out.shape[1], k_out.shape[2]

@@ -1,0 +1,255 @@
+"""`PrefillEngine` (the facade: options, buffers, CUDA graphs per bucket) and `EngineOutput`.
+The data flow of one batch is described in `gpu_runner.engine`'s docstring."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from gpu_runner.cache import PromptKV
+from gpu_runner.engine import matmul as mm
+from gpu_runner.engine.forward import forward
+from gpu_runner.engine.kernels import use_triton
+from gpu_runner.engine.staging import bucket_tokens, layout, num_chunks, stage
+from gpu_runner.engine.weights import check_supported, fuse_layer
+from gpu_runner.plan import text_config
+from gpu_runner.validate import sliding_window
+
+__all__ = ["EngineOutput", "PrefillEngine", "bucket_tokens"]
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """What one `PrefillEngine.prefill` call produced (N prompts, caller's order).
+
+    logits:     [N, vocab], next-token logits of each prompt (its last token only)
+    kv:         [layers, 2, T, Hkv, D], keys (roped) and values of the flat row
+    cu_seqlens: [N + 1] int64 on the host: prompt i owns rows cu_seqlens[i]:cu_seqlens[i+1]
+    """
+
+    logits: torch.Tensor
+    kv: torch.Tensor
+    cu_seqlens: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.logits.shape[0] + 1 != len(self.cu_seqlens):
+            raise ValueError("logits and cu_seqlens disagree on the number of prompts")
+
+    @property
+    def num_prompts(self) -> int:
+        return int(self.logits.shape[0])
+
+    def prompt_kv(self, i: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Prompt i's cache: per layer (key, value), each a [Hkv, len_i, D] view."""
+        a, b = int(self.cu_seqlens[i]), int(self.cu_seqlens[i + 1])
+        return [(layer[0, a:b].transpose(0, 1), layer[1, a:b].transpose(0, 1)) for layer in self.kv]
+
+    def clone(self) -> EngineOutput:
+        """A copy that the next `prefill` call does not overwrite."""
+        total = int(self.cu_seqlens[-1])
+        return EngineOutput(self.logits.clone(), self.kv[:, :, :total].clone(), self.cu_seqlens.copy())
+
+
+class PrefillEngine:
+    """Prefill of many prompts as one flat varlen row, with CUDA graphs per shape bucket.
+
+    model:         an HF Llama-family causal LM (on its device, in its dtype)
+    token_bucket:  the row length is the real token count rounded up to a multiple of this
+                   (static shapes: few distinct graphs, at most token_bucket - 1 wasted tokens)
+    cuda_graphs:   capture and replay CUDA graphs (CUDA only; False = eager, same kernels)
+    share_weights: make the HF module's projection weights views into the fused tensors
+                   (no duplicated weight memory); False keeps separate copies
+    max_tokens:    pre-size the KV buffer for batches up to this many tokens (grows on demand;
+                   growing drops the captured graphs)
+    attention:     "packed": the fused RoPE + attention Triton kernel tiled over the flat row
+                   (short prompts share tiles; the default where Triton runs), "flash":
+                   torch's flash varlen kernel (FA2) per prompt, "torch": dense-mask sdpa
+                   (CPU reference); "auto" picks
+    fused_mlp:     the gate/up matmul with SiLU * up in its epilogue (`matmul.swiglu`:
+                   one persistent Triton TMA kernel on Hopper, no [T, 2 I] intermediate); False =
+                   cuBLAS then the silu_mul kernel, which is also what runs where the fused
+                   kernel cannot (no Triton, pre-Hopper GPUs, CPU)
+    fused_qkv:     packed attention on Hopper: the QKV matmul with RoPE in its epilogue writes
+                   roped Q and the KV cache directly (`matmul.qkv_rope`: the projection
+                   is never written, no RoPE in the attention loop), then `packed_attention`
+                   over them; False (or where its tiles do not fit the head layout) = cuBLAS QKV
+                   then `rope_attention`, RoPE fused into the attention kernel
+    q_chunk:       flash only: attention runs over query chunks of at most this many tokens (each with its
+                   prompt's key prefix), so the flash grid is sized by q_chunk, not by the
+                   longest prompt: no idle thread blocks, and the graph key ignores prompt
+                   lengths. 0 = one query segment per prompt, grid sized by the longest.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        token_bucket: int = 128,
+        cuda_graphs: bool = True,
+        share_weights: bool = True,
+        max_tokens: int = 0,
+        q_chunk: int = 128,
+        attention: str = "auto",
+        fused_mlp: bool = True,
+        fused_qkv: bool = True,
+    ) -> None:
+        if token_bucket < 1:
+            raise ValueError(f"token_bucket must be >= 1, got {token_bucket}")
+        check_supported(model)
+        cfg = model.config
+        inner = model.model
+        self.model = model
+        self.token_bucket = int(token_bucket)
+        if q_chunk < 0:
+            raise ValueError(f"q_chunk must be >= 0 (0 = no query chunks), got {q_chunk}")
+        self.q_chunk = int(q_chunk)
+        if attention not in ("auto", "packed", "flash", "torch"):
+            raise ValueError(f"attention must be auto, packed, flash or torch, got {attention!r}")
+        self.device = model.lm_head.weight.device
+        self.dtype = model.lm_head.weight.dtype
+        self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        probe = torch.empty(0, device=self.device)
+        if attention == "auto":
+            attention = "packed" if use_triton(probe) else "flash" if self.device.type == "cuda" else "torch"
+        if attention == "packed" and not use_triton(probe):
+            raise ValueError("attention 'packed' needs Triton and a CUDA device")
+        if attention == "flash" and self.device.type != "cuda":
+            raise ValueError("attention 'flash' needs a CUDA device")
+        self.attention = attention
+        self.fused_mlp = bool(fused_mlp)
+        self.fused_qkv = bool(fused_qkv)
+        # the fused matmul's split-tile counters: zeroed once here, outside any graph capture
+        self._counters = torch.zeros(mm.counter_slots(self.device), dtype=torch.int32, device=self.device)
+        self.num_q_heads = int(cfg.num_attention_heads)
+        self.num_kv_heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        self.vocab_size = int(model.lm_head.weight.shape[0])
+        self.scale = self.head_dim**-0.5
+        self.sliding_window = sliding_window(text_config(cfg))
+        self.pad_token_id = 0
+        self.eps = float(inner.norm.variance_epsilon)
+        self.embed = inner.embed_tokens.weight
+        self.final_norm = inner.norm.weight
+        self.lm_head = model.lm_head.weight
+        qkv_rope = self.fused_qkv and self.attention == "packed"
+        self.layers = [fuse_layer(layer, share_weights, qkv_rope=qkv_rope, num_q_heads=self.num_q_heads,
+                                  num_kv_heads=self.num_kv_heads, head_dim=self.head_dim) for layer in inner.layers]
+        rotary = inner.rotary_emb
+        self.max_positions = int(getattr(cfg, "max_position_embeddings", 4096))
+        freqs = torch.arange(self.max_positions, device=self.device, dtype=torch.float32)[:, None] * rotary.inv_freq.to(
+            device=self.device, dtype=torch.float32
+        )[None, :]
+        scaling = float(getattr(rotary, "attention_scaling", 1.0))
+        self.cos = (freqs.cos() * scaling).to(self.dtype).contiguous()  # [P, D/2], HF's bf16 rounding
+        self.sin = (freqs.sin() * scaling).to(self.dtype).contiguous()
+        self._graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._pool = None
+        self._warm = False
+        self._t_cap = 0
+        self._p_cap = 0
+        self._kv: torch.Tensor | None = None
+        self._ensure_capacity(bucket_tokens(max(max_tokens, 1), self.token_bucket), 16)
+
+    # ------------------------------------------------------------------ buffers and graphs
+
+    def _ensure_capacity(self, num_tokens: int, num_slots: int) -> None:
+        if num_tokens <= self._t_cap and num_slots <= self._p_cap:
+            return
+        self._t_cap = max(num_tokens, self._t_cap)
+        self._p_cap = max(num_slots, self._p_cap)
+        self._graphs.clear()
+        self._pool = None
+        self._warm = False
+        self._kv = None  # free before allocating the larger one
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        shape = (len(self.layers), 2, self._t_cap, self.num_kv_heads, self.head_dim)
+        self._kv = torch.empty(shape, dtype=self.dtype, device=self.device)
+        n_in = self._layout(self._t_cap, self._p_cap, self._num_chunks(self._t_cap, self._p_cap))["used_k"].stop
+        self._in_dev = torch.zeros(n_in, dtype=torch.int64, device=self.device)
+        self._in_host = torch.zeros(n_in, dtype=torch.int64, pin_memory=self.device.type == "cuda")
+        self._copied = None
+
+    # ------------------------------------------------------------------ staging and forward
+
+    def _num_chunks(self, t: int, p: int) -> int:
+        return num_chunks(t, p, self.q_chunk, self.attention)
+
+    _layout = staticmethod(layout)
+
+    def _stage(self, prompts: Sequence[Sequence[int]]) -> tuple[int, int, int, np.ndarray]:
+        return stage(self, prompts)
+
+    def _forward(self, t: int, p: int, max_len: int) -> torch.Tensor:
+        return forward(self, t, p, max_len)
+
+    @torch.no_grad()
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> EngineOutput:
+        """Prefill `prompts` (token-id lists); returns next-token logits and the flat KV.
+
+        Raises ValueError for an empty list, an empty prompt, a prompt over the context,
+        or token ids outside the vocabulary, before any device work.
+        """
+        t, p, max_len, cu = self._stage(prompts)
+        n_in = self._layout(t, p, self._num_chunks(t, p))["used_k"].stop
+        self._in_dev[:n_in].copy_(self._in_host[:n_in], non_blocking=True)
+        if self.device.type == "cuda":
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+        if self.cuda_graphs:
+            logits = self._replay((t, p, max_len))
+        else:
+            logits = self._forward(t, p, max_len)
+        n = len(prompts)
+        return EngineOutput(logits=logits[:n], kv=self._kv[:, :, :t], cu_seqlens=cu)
+
+    def _replay(self, key: tuple[int, int, int]) -> torch.Tensor:
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(key)
+            self._graphs[key] = entry
+        graph, logits = entry
+        graph.replay()
+        return logits
+
+    def _capture(self, key: tuple[int, int, int]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        if not self._warm:  # first use: Triton compiles, cuBLAS/flash initialise outside capture
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._forward(*key)
+            torch.cuda.current_stream().wait_stream(side)
+            self._warm = True
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            logits = self._forward(*key)
+        return graph, logits
+
+    def prefill_result(self, prompts: Sequence[Sequence[int]]) -> Any:
+        """`prefill`, handed back as the library's `result.PrefillResult` (one flat row as the
+        packing, backend "engine"); its logits and kv are views into the engine's buffers,
+        valid until the next call. Per-prompt kv views are sliced on access (a `PromptKV`, the
+        type `runner.prefill` hands back, so `cache_for_batch` works too)."""
+        from gpu_runner.plan import ForwardPlan
+        from gpu_runner.result import PrefillResult
+        from packers import Packing
+
+        out = self.prefill(prompts)
+        lengths = tuple(int(x) for x in np.diff(out.cu_seqlens))
+        total = int(out.cu_seqlens[-1])
+        packing = Packing(lengths=lengths, capacity=total, bins=(tuple(range(len(lengths))),), packer="flat",
+                          meta={"lower_bound": 1, "status": "optimal", "solve_time_s": 0.0})
+        plan = ForwardPlan(bins=(0,), num_rows=1, row_len=int(out.kv.shape[2]), estimated_bytes=0)
+        kv = PromptKV.from_flat(out.kv, out.cu_seqlens)
+        return PrefillResult(logits=out.logits, kv=kv, packing=packing, backend="engine", forwards=(plan,),
+                             config=self.model.config)
+
+    @property
+    def num_graphs(self) -> int:
+        """CUDA graphs captured so far (one per shape bucket seen)."""
+        return len(self._graphs)

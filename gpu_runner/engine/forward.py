@@ -1,0 +1,123 @@
+"""The engine's device forward: one flat row through every layer (RMSNorm, QKV + RoPE,
+block-diagonal attention, O into the residual, SwiGLU MLP, down into the residual), then
+the final norm and lm_head on each prompt's last token. What `PrefillEngine` runs eagerly
+or captures into a CUDA graph per bucket; see `gpu_runner.engine` for the whole data flow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from gpu_runner.engine import matmul as mm
+from gpu_runner.engine.kernels import packed_attention, rmsnorm, rope_attention, rope_store, silu_mul
+from gpu_runner.engine.staging import layout, num_chunks
+from gpu_runner.engine.weights import FusedLayer
+
+__all__ = ["Row", "attend", "forward"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """Device views of one forward's flat-row inputs (T tokens), shared by every layer."""
+
+    pos: torch.Tensor  # [T] position of each token in its prompt
+    seg: torch.Tensor  # [T] index of the first token of each token's prompt
+    cos: torch.Tensor | None  # [T, D/2] each token's RoPE rows (for qkv_rope)
+    sin: torch.Tensor | None
+    cu: torch.Tensor  # int32 prompt bounds (then the tail padding)
+    cu_q: torch.Tensor  # flash query chunks (see _stage_chunks)
+    cu_k: torch.Tensor
+    used_k: torch.Tensor | None
+    max_q: int
+    max_k: int
+
+
+def _attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, scale: float) -> torch.Tensor:
+    """Block-diagonal causal attention with a dense mask (reference path for CPU)."""
+    t, hq, _ = q.shape
+    seg = torch.searchsorted(cu[1:].to(torch.int64), torch.arange(t, device=q.device), right=True)
+    idx = torch.arange(t, device=q.device)
+    mask = (seg[:, None] == seg[None, :]) & (idx[:, None] >= idx[None, :])
+    rep = hq // k.shape[1]
+    kk = k.repeat_interleave(rep, dim=1).transpose(0, 1)
+    vv = v.repeat_interleave(rep, dim=1).transpose(0, 1)
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), kk, vv, attn_mask=mask, scale=scale)
+    return out.transpose(0, 1)
+
+
+def _attention_flash(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+    used_k: torch.Tensor | None, max_q: int, max_k: int, scale: float,
+) -> torch.Tensor:
+    """Flash varlen attention (the kernel behind torch.nn.attention.varlen.varlen_attn).
+
+    Called through the aten op, whose positional signature is the same from torch 2.5 to
+    2.13, while varlen_attn's keywords changed (is_causal vs window_size); GQA is native.
+    With query chunks: query segment j is rows cu_q[j]:cu_q[j+1], its keys are rows
+    cu_k[j] : cu_k[j] + used_k[j] (the prompt's start up to the chunk's end); causal masking
+    is bottom-right aligned, so each chunk sees exactly its prompt's prefix.
+    """
+    out = torch.ops.aten._flash_attention_forward(
+        q, k, v, cu_q, cu_k, max_q, max_k, 0.0, True, False, scale=scale, seqused_k=used_k
+    )
+    return out[0]
+
+
+
+def forward(eng: Any, t: int, p: int, max_len: int) -> torch.Tensor:
+    """Device part of one prefill of `eng` (a PrefillEngine) over its input buffer; returns
+    logits [p, vocab]. Reads only the engine's attributes (layers, embed, cos / sin, _kv, ...)."""
+    buf = eng._in_dev
+    s = num_chunks(t, p, eng.q_chunk, eng.attention)
+    lay = layout(t, p, s)
+    ids, pos, last = buf[lay["ids"]], buf[lay["pos"]], buf[lay["last"]]
+    cu = buf[lay["cu"]].to(torch.int32)
+    if s:
+        cu_q, cu_k, used_k = (buf[lay[k]].to(torch.int32) for k in ("cu_q", "cu_k", "used_k"))
+        max_q, max_k = eng.q_chunk, eng.max_positions
+    else:
+        cu_q, cu_k, used_k, max_q, max_k = cu, cu, None, max_len, max_len
+    cos_t = sin_t = None
+    if any(w.qkv_rope for w in eng.layers):  # each token's RoPE rows, once per forward
+        cos_t, sin_t = eng.cos.index_select(0, pos), eng.sin.index_select(0, pos)
+    row = Row(pos=pos, seg=buf[lay["seg"]], cos=cos_t, sin=sin_t, cu=cu, cu_q=cu_q, cu_k=cu_k, used_k=used_k,
+               max_q=max_q, max_k=max_k)
+    h = F.embedding(ids, eng.embed)
+    # References are dropped as soon as a buffer is consumed: the peak stays at about
+    # h + x + q (or qkv) + the MLP activation (the graph's memory pool is sized by it). The residual
+    # stream h is updated inside the O and down matmuls (addmm_, beta = 1): no separate add pass.
+    for li, w in enumerate(eng.layers):
+        a = attend(eng, h, w, eng._kv[li, 0, :t], eng._kv[li, 1, :t], row)
+        h.addmm_(a.reshape(t, -1), w.o.t())
+        a = None
+        x = rmsnorm(h, w.ln2, eng.eps)
+        if eng.fused_mlp:
+            act = mm.swiglu(x, w.gate_up, counters=eng._counters)
+        else:
+            act = silu_mul(F.linear(x, w.gate_up))
+        x = None
+        h.addmm_(act, w.down.t())
+        act = None
+    hl = h.index_select(0, last)  # last tokens only
+    xl = hl.float()
+    xl = eng.final_norm * (xl * torch.rsqrt(xl.pow(2).mean(-1, keepdim=True) + eng.eps)).to(hl.dtype)
+    return F.linear(xl, eng.lm_head)
+
+
+def attend(eng: Any, h: torch.Tensor, w: FusedLayer, k_out: torch.Tensor, v_out: torch.Tensor, row: Row) -> torch.Tensor:
+    """Layer w's attention over the flat row: [T, Hq, D]; its roped K and V go to k_out / v_out."""
+    x = rmsnorm(h, w.ln1, eng.eps)
+    if w.qkv_rope:  # Q, K, V roped in the QKV matmul's epilogue, K and V written to the cache there
+        q = mm.qkv_rope(x, w.qkv, row.cos, row.sin, k_out, v_out, eng.num_q_heads, bias=w.qkv_bias,
+                        counters=eng._counters)
+        return packed_attention(q, k_out, v_out, row.seg, eng.scale)
+    qkv = F.linear(x, w.qkv, w.qkv_bias)
+    if eng.attention == "packed":
+        return rope_attention(qkv, row.pos, eng.cos, eng.sin, row.seg, k_out, v_out, eng.num_q_heads, eng.scale)
+    q = rope_store(qkv, row.pos, eng.cos, eng.sin, k_out, v_out, eng.num_q_heads)
+    if eng.attention == "flash":
+        return _attention_flash(q, k_out, v_out, row.cu_q, row.cu_k, row.used_k, row.max_q, row.max_k, eng.scale)
+    return _attention_torch(q, k_out, v_out, row.cu, eng.scale)
