@@ -23,7 +23,7 @@ compatibility, per-prompt K/V views), plan (memory estimate, forwards under a bu
 runner (prefill), generate (continued generation).
 """
 
-from gpu_runner.backends import (
+from gpu_runner.attention import (
     AttentionBackend,
     available_backends,
     get_backend,

@@ -122,7 +122,7 @@ class PaperPacked:
     @torch.no_grad()
     def prefill(self, prompts: Prompts) -> Any:
         from gpu_runner.inputs import pack_inputs
-        from gpu_runner.masks import dense_block_causal_mask
+        from gpu_runner.attention.masks import dense_block_causal_mask
 
         lengths = [len(p) for p in prompts]
         packing = self.packer.pack(lengths, max(lengths))

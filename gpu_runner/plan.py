@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from gpu_runner.attention.registry import get_backend
 from packers import Packing
 
 __all__ = ["ForwardPlan", "estimate_forward_bytes", "plan_forwards", "text_config"]
@@ -56,8 +57,9 @@ def estimate_forward_bytes(
 
     T = num_rows * row_len tokens, e = bytes per element:
       activations  T * e * (4 * hidden + q_heads*D + 2 * kv_heads*D + 3 * intermediate)
-      attention    dense: mask num_rows * row_len^2 bytes; on CPU, dense and flex also
-                   materialize scores, num_rows * q_heads * row_len^2 * 4; else 0
+      attention    the backend's own `extra_bytes` (dense: mask num_rows * row_len^2 bytes;
+                   on CPU, dense and flex also materialize scores, num_rows * q_heads *
+                   row_len^2 * 4; varlen: 0)
       kv cache     2 * layers * T * kv_heads * D * e           (only with return_kv)
       logits       num_prompts * vocab * 4
     An estimate for planning, not a guarantee; a real out-of-memory is still caught.
@@ -72,10 +74,7 @@ def estimate_forward_bytes(
     e = torch.empty((), dtype=dtype).element_size()
     tokens = num_rows * row_len
     total = tokens * e * (4 * hidden + (q_heads + 2 * kv_heads) * head_dim + 3 * inter)
-    if backend == "dense":
-        total += num_rows * row_len * row_len
-    if backend in ("dense", "flex") and device.type == "cpu":  # CPU sdpa / eager flex: scores
-        total += num_rows * q_heads * row_len * row_len * 4
+    total += get_backend(backend).extra_bytes(num_rows, row_len, q_heads, device)
     if return_kv:
         total += 2 * layers * tokens * kv_heads * head_dim * e
     total += num_prompts * int(cfg.vocab_size) * 4

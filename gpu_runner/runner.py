@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import packers
-from gpu_runner.backends import AttentionBackend, attention_implementation, resolve_backend
+from gpu_runner.attention import AttentionBackend, attention_implementation, resolve_backend
 from gpu_runner.cache import PromptKV, cache_kwarg_name, cache_layers_kv, new_dynamic_cache, output_cache
 from gpu_runner.inputs import pack_inputs
 from gpu_runner.plan import ForwardPlan, estimate_forward_bytes, plan_forwards, text_config

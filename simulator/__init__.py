@@ -32,7 +32,7 @@ Public API (all importable without torch):
 Calibration constants and their error: simulator/CALIBRATION.md.
 """
 
-from simulator.attention import ATTENTION, AttentionBackend, available_attention, make_attention
+from simulator.attention import ATTENTION, AttentionCost, available_attention, make_attention
 from simulator.capacity import CapacityChoice, capacity_candidates, choose_capacity, parse_capacity
 from simulator.cost import (
     CostModel,
@@ -57,7 +57,7 @@ from simulator.run import ResultRow, SimulationResult, default_packers, flat_pac
 from simulator.specs import MODELS, ModelSpec, available_models, get_model
 
 __all__ = [
-    "ATTENTION", "AttentionBackend", "CapacityChoice", "CostModel", "Distribution", "FAMILIES", "GPUS",
+    "ATTENTION", "AttentionCost", "CapacityChoice", "CostModel", "Distribution", "FAMILIES", "GPUS",
     "GPUSpec", "MODELS", "ModelSpec", "PROFILES", "PackingCost", "ResultRow", "RowLayout",
     "SimulationResult", "attention_flops", "available_attention", "available_gpus", "available_models",
     "capacity_candidates", "choose_capacity", "default_packers", "elementwise_bytes", "flat_packing", "get_gpu", "get_model", "kv_cache_bytes",

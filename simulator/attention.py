@@ -35,7 +35,7 @@ from simulator.layout import RowLayout
 
 __all__ = [
     "ATTENTION",
-    "AttentionBackend",
+    "AttentionCost",
     "DenseAttention",
     "FlexAttention",
     "PaddedAttention",
@@ -44,16 +44,16 @@ __all__ = [
     "make_attention",
 ]
 
-ATTENTION: dict[str, type["AttentionBackend"]] = {}
+ATTENTION: dict[str, type["AttentionCost"]] = {}
 
 
-def _register(cls: type["AttentionBackend"]) -> type["AttentionBackend"]:
+def _register(cls: type["AttentionCost"]) -> type["AttentionCost"]:
     ATTENTION[cls.name] = cls
     return cls
 
 
 @dataclass(frozen=True)
-class AttentionBackend:
+class AttentionCost:
     """Base: calibrated constants shared by every backend.
 
     attention_efficiency: achieved fraction of peak FLOP/s on the attention matmuls.
@@ -99,7 +99,7 @@ class AttentionBackend:
 
 @_register
 @dataclass(frozen=True)
-class DenseAttention(AttentionBackend):
+class DenseAttention(AttentionCost):
     """sdpa with a 4D bool block-diagonal mask: pairs = W^2 per row, mask = R * W^2 bytes."""
 
     name: ClassVar[str] = "dense"
@@ -134,7 +134,7 @@ class PaddedAttention(DenseAttention):
 
 @_register
 @dataclass(frozen=True)
-class FlexAttention(AttentionBackend):
+class FlexAttention(AttentionCost):
     """FlexAttention: pairs = block^2 x touched tiles; mask = BlockMask int32 metadata,
     4 tables (kv/q x partial/full) of T + T^2 entries per row, T = ceil(W / block)."""
 
@@ -158,7 +158,7 @@ class FlexAttention(AttentionBackend):
 
 @_register
 @dataclass(frozen=True)
-class VarlenAttention(AttentionBackend):
+class VarlenAttention(AttentionCost):
     """Flash varlen: pairs = sum l(l+1)/2, mask = cu_seqlens, (n + 1) int32; tokens = the
     real load of each row (ragged rows), or R x W with pad_rows=True (rows padded to W for
     the linear layers, as gpu_runner's varlen backend runs packed rows)."""
@@ -182,10 +182,10 @@ def available_attention() -> list[str]:
     return list(ATTENTION)
 
 
-def make_attention(name: str | AttentionBackend, **overrides: Any) -> AttentionBackend:
+def make_attention(name: str | AttentionCost, **overrides: Any) -> AttentionCost:
     """Build a backend by name with its calibrated defaults (or `overrides`); an instance
     passes through. Unknown names raise `ValueError` listing the known ones."""
-    if isinstance(name, AttentionBackend):
+    if isinstance(name, AttentionCost):
         return name
     key = str(name).strip().lower()
     if key not in ATTENTION:

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 import packers
-from simulator.attention import AttentionBackend, make_attention
+from simulator.attention import AttentionCost, make_attention
 from simulator.cost import ELEMENTWISE_PASSES, MATMUL_EFFICIENCY, CostModel, attention_flops, linear_flops
 from simulator.distributions import load_profile
 from simulator.gpus import get_gpu
@@ -101,7 +101,7 @@ def anchor_batch(anchor: Anchor, num_seeds: int = 2000) -> tuple[int, np.ndarray
 
 
 def predict(
-    anchor: Anchor, lengths: np.ndarray, backends: dict[str, AttentionBackend], globals_: tuple[float, float]
+    anchor: Anchor, lengths: np.ndarray, backends: dict[str, AttentionCost], globals_: tuple[float, float]
 ) -> dict[str, tuple[float, float]]:
     """Modeled (ms, extra GB = peak - weights) of each method on the anchor batch;
     globals_ = (matmul_efficiency, elementwise_passes)."""
@@ -131,7 +131,7 @@ class Observation:
     def __post_init__(self) -> None:
         object.__setattr__(self, "packing", _pack(self.packer, self.lengths))
 
-    def modeled_ms(self, backends: dict[str, AttentionBackend], globals_: tuple[float, float]) -> float:
+    def modeled_ms(self, backends: dict[str, AttentionCost], globals_: tuple[float, float]) -> float:
         m, e = globals_
         model = CostModel(self.model, self.gpu, backends[self.attention], 10**15, matmul_efficiency=m, elementwise_passes=e)
         return 1e3 * model.cost(self.packing).est_time_s  # type: ignore[attr-defined]
@@ -141,7 +141,7 @@ class Observation:
 PADDED_VARLEN = "varlen-padded-rows"
 
 
-def default_backends() -> dict[str, AttentionBackend]:
+def default_backends() -> dict[str, AttentionCost]:
     """The shipped backends by name, plus PADDED_VARLEN = varlen with pad_rows=True."""
     out = {name: make_attention(name) for _, name in METHODS.values()}
     out[PADDED_VARLEN] = make_attention("varlen", pad_rows=True)
@@ -162,7 +162,7 @@ _PARAMS = ("matmul_efficiency", "elementwise_passes", "dense.attention_efficienc
 
 def _backends_from(
     theta: Sequence[float], score_copies: float
-) -> tuple[dict[str, AttentionBackend], tuple[float, float]]:
+) -> tuple[dict[str, AttentionCost], tuple[float, float]]:
     m, ew, de, do, fo, vo, sp = theta
     dense = dict(attention_efficiency=de, layer_overhead_s=do, score_traffic_passes=sp, score_copies=score_copies)
     flash = FLASH_ATTENTION_EFFICIENCY
@@ -177,7 +177,7 @@ def _backends_from(
 
 def fit(
     batches: Sequence[np.ndarray], extra: Sequence[Observation] = ()
-) -> tuple[dict[str, float], dict[str, AttentionBackend], tuple[float, float]]:
+) -> tuple[dict[str, float], dict[str, AttentionCost], tuple[float, float]]:
     """Least squares on log(modeled / measured ms) over every anchor time (and every `extra`
     observation, weighted like an anchor); score_copies is then fitted alone on the two
     extra-memory anchors (log error)."""
@@ -213,7 +213,7 @@ def fit(
     return params, backends, m
 
 
-def report(batches: Sequence[np.ndarray], seeds: Sequence[int], backends: dict[str, AttentionBackend],
+def report(batches: Sequence[np.ndarray], seeds: Sequence[int], backends: dict[str, AttentionCost],
            globals_: tuple[float, float]) -> str:  # fmt: skip
     """Markdown table of measured vs modeled ms (and extra GB) with relative errors."""
     lines = [

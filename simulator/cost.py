@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from packers import Packing
-from simulator.attention import AttentionBackend, make_attention
+from simulator.attention import AttentionCost, make_attention
 from simulator.gpus import GPUSpec, get_gpu
 from simulator.layout import RowLayout
 from simulator.specs import ModelSpec, get_model
@@ -142,7 +142,7 @@ class CostModel:
 
     model: ModelSpec | str
     gpu: GPUSpec | str
-    attention: AttentionBackend | str = "dense"
+    attention: AttentionCost | str = "dense"
     memory_budget_bytes: int | None = None
     matmul_efficiency: float = MATMUL_EFFICIENCY
     elementwise_passes: float = ELEMENTWISE_PASSES

@@ -48,7 +48,7 @@ def test_varlen_plumbing_matches_each_prompt_alone(family, backend):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_flex_matches_each_prompt_alone(family):
-    # On CPU the flex backend runs flex_attention eagerly (gpu_runner.flex says why).
+    # On CPU the flex backend runs flex_attention eagerly (gpu_runner.attention.flex says why).
     model = tiny_model(family)
     prompts = random_prompts(random_lengths(7, longest=48, seed=4), seed=4)
     result = gpu_runner.prefill(model, prompts, backend="flex", row_len="capacity")

@@ -74,7 +74,7 @@ def test_bf16_prefill_matches_each_prompt_alone(family, backend, exact_fp32):
     prompts = prompts_for(seed=FAMILIES.index(family))
     result = gpu_runner.prefill(model, prompts, backend=backend)
     if backend == "auto":  # varlen or dense, as the cost model prices this packing
-        assert result.backend == gpu_runner.backends.auto_backend_name(
+        assert result.backend == gpu_runner.attention.auto_backend_name(
             torch.device(DEVICE), torch.bfloat16, config=model.config, packing=result.packing
         )
     else:

@@ -11,7 +11,8 @@ from test_runner_support import random_prompts, tiny_model
 
 import gpu_runner
 import packers
-from gpu_runner import backends, cache, masks, varlen
+from gpu_runner import cache
+from gpu_runner.attention import masks, registry as backends, varlen
 from gpu_runner.plan import plan_forwards
 
 

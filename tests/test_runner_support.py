@@ -8,9 +8,9 @@ from functools import cache
 
 import torch
 
-from gpu_runner.backends import BACKENDS, AttentionBackend, register_backend, varlen_forward_kwargs
+from gpu_runner.attention import BACKENDS, AttentionBackend, register_backend, varlen_forward_kwargs
 from gpu_runner.cache import cache_layers_kv, output_cache
-from gpu_runner.varlen import reference_varlen_attn, reference_varlen_attn_legacy, register_varlen_attention
+from gpu_runner.attention.varlen import reference_varlen_attn, reference_varlen_attn_legacy, register_varlen_attention
 
 VOCAB = 96
 MAX_POS = 128

@@ -80,7 +80,7 @@ class RunnerExecutor:
     num_rows: int | None = None
 
     def attention(self, model: torch.nn.Module) -> Any:
-        from gpu_runner.backends import auto_backend_name
+        from gpu_runner.attention import auto_backend_name
         from simulator.attention import make_attention
 
         p = next(p for p in model.parameters() if p.is_floating_point())

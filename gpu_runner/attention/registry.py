@@ -12,39 +12,34 @@ the forward keyword arguments that carry the packing's attention structure:
           for this packing on this GPU (see `auto_backend_name`).
 
 One registry (`BACKENDS`), one lookup (`get_backend`) that lists valid names on a miss, and
-`register_backend` for third-party (or test) backends. `unavailable(device, dtype)` says why
-a backend cannot run, before any device work.
+`register_backend` for third-party (or test) backends (the built-in ones register
+themselves in attention/dense.py, flex.py, varlen.py). `unavailable(device, dtype)` says why
+a backend cannot run, before any device work; `extra_bytes` is the backend's own term of
+`plan.estimate_forward_bytes`.
 """
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from gpu_runner import varlen as _varlen
-from gpu_runner.flex import FLEX_ATTN_IMPLEMENTATION
 from gpu_runner.inputs import PackedInputs
-from gpu_runner.masks import dense_block_causal_mask, flex_block_mask
 
 __all__ = [
+    "no_extra_bytes",
     "AUTO",
     "AUTO_CANDIDATES",
     "BACKENDS",
     "AttentionBackend",
-    "attention_implementation",
     "auto_backend_name",
     "available_backends",
     "cheapest_by_cost_model",
     "get_backend",
-    "gpu_table_name",
     "register_backend",
     "resolve_backend",
-    "set_attention_implementation",
 ]
 
 AUTO = "auto"
@@ -61,6 +56,8 @@ class AttentionBackend:
                          (e.g. {"attention_mask": mask}); built on the inputs' device.
     unavailable:         (device, dtype) -> None if it can run there, else the reason.
     description:         one line for error messages and docs.
+    extra_bytes:         (num_rows, row_len, q_heads, device) -> peak bytes the backend's
+                         attention adds to a forward (mask, materialized scores); 0 default.
     """
 
     name: str
@@ -68,12 +65,22 @@ class AttentionBackend:
     forward_kwargs: Callable[[PackedInputs], dict[str, Any]]
     unavailable: Callable[[torch.device, torch.dtype], str | None]
     description: str = ""
+    extra_bytes: Callable[[int, int, int, torch.device], int] = field(default=None, compare=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if not self.name or self.name == AUTO:
             raise ValueError(f"backend name must be non-empty and not {AUTO!r}")
         if not callable(self.forward_kwargs) or not callable(self.unavailable):
             raise ValueError("forward_kwargs and unavailable must be callables")
+        if self.extra_bytes is None:
+            object.__setattr__(self, "extra_bytes", no_extra_bytes)
+        elif not callable(self.extra_bytes):
+            raise ValueError("extra_bytes must be a callable")
+
+
+def no_extra_bytes(num_rows: int, row_len: int, q_heads: int, device: torch.device) -> int:
+    """`extra_bytes` of a backend that materializes nothing beyond its inputs."""
+    return 0
 
 
 BACKENDS: dict[str, AttentionBackend] = {}
@@ -176,115 +183,3 @@ def resolve_backend(
     if reason is not None:
         raise ValueError(f"attention backend {name!r} cannot run here: {reason}")
     return backend
-
-
-# Per model and implementation: the `_attn_implementation_internal` value transformers'
-# `set_attn_implementation` gave each config object the model reaches. Replaying it skips
-# the full walk and checks (about 2 ms per switch on a 32-layer model, twice per prefill).
-_SWITCH_PLANS: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, list[tuple[Any, Any]]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _reachable_configs(model: torch.nn.Module) -> list[Any]:
-    found: dict[int, Any] = {}
-    stack = [model.config] + [
-        m.config for m in model.modules() if hasattr(getattr(m, "config", None), "sub_configs")
-    ]
-    while stack:
-        config = stack.pop()
-        if id(config) in found:
-            continue
-        found[id(config)] = config
-        for key in getattr(config, "sub_configs", {}) or {}:
-            sub = getattr(config, key, None)
-            if sub is not None:
-                stack.append(sub)
-    return list(found.values())
-
-
-def set_attention_implementation(model: torch.nn.Module, implementation: str) -> None:
-    """`model.set_attn_implementation(implementation)`, replayed from a recorded plan after
-    the first time for this model (same end state, none of the per-call walking)."""
-    plans = _SWITCH_PLANS.setdefault(model, {})
-    plan = plans.get(implementation)
-    if plan is None:
-        model.set_attn_implementation(implementation)
-        plans[implementation] = [(c, c._attn_implementation_internal) for c in _reachable_configs(model)]
-        return
-    for config, value in plan:
-        config._attn_implementation_internal = value
-
-
-@contextmanager
-def attention_implementation(model: torch.nn.Module, implementation: str) -> Iterator[None]:
-    """Run the block with `model` under `implementation`, then restore the previous one."""
-    previous = model.config._attn_implementation
-    if previous == implementation:
-        yield
-        return
-    set_attention_implementation(model, implementation)
-    try:
-        yield
-    finally:
-        set_attention_implementation(model, previous)
-
-
-def _always(device: torch.device, dtype: torch.dtype) -> str | None:
-    return None
-
-
-def _flex_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
-    try:
-        import torch.nn.attention.flex_attention
-    except ImportError:
-        return f"torch {torch.__version__} has no FlexAttention"
-    return None
-
-
-def _dense_kwargs(inputs: PackedInputs) -> dict[str, Any]:
-    return {"attention_mask": dense_block_causal_mask(inputs.segment_ids)}
-
-
-def _flex_kwargs(inputs: PackedInputs) -> dict[str, Any]:
-    return {"attention_mask": flex_block_mask(inputs.segment_ids)}
-
-
-def varlen_forward_kwargs(inputs: PackedInputs) -> dict[str, Any]:
-    """Forward kwargs for any varlen-style backend: no mask, the flat segment boundaries."""
-    return {
-        "attention_mask": None,
-        "cu_seq_lens_q": inputs.cu_seqlens,
-        "cu_seq_lens_k": inputs.cu_seqlens,
-        "max_length_q": inputs.max_seqlen,
-        "max_length_k": inputs.max_seqlen,
-    }
-
-
-register_backend(
-    AttentionBackend(
-        name="dense",
-        attn_implementation="sdpa",
-        forward_kwargs=_dense_kwargs,
-        unavailable=_always,
-        description="4D bool block-diagonal causal mask with sdpa (the paper's method)",
-    )
-)
-register_backend(
-    AttentionBackend(
-        name="flex",
-        attn_implementation=FLEX_ATTN_IMPLEMENTATION,
-        forward_kwargs=_flex_kwargs,
-        unavailable=_flex_unavailable,
-        description="FlexAttention BlockMask (document-causal mask_mod); compiled on CUDA, eager on CPU",
-    )
-)
-register_backend(
-    AttentionBackend(
-        name="varlen",
-        attn_implementation=_varlen.VARLEN_ATTN_IMPLEMENTATION,
-        forward_kwargs=varlen_forward_kwargs,
-        unavailable=_varlen.varlen_unavailable_reason,
-        description="torch varlen_attn (flash) over the flattened rows; CUDA fp16/bf16 only",
-    )
-)

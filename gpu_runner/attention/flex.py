@@ -1,4 +1,5 @@
-"""The `flex` attention function, registered with transformers as `prepack_flex`.
+"""The `flex` backend: a FlexAttention `BlockMask` (attention/masks.py) under the attention
+function registered here with transformers as `prepack_flex`.
 
 On CUDA it is transformers' own `flex_attention_forward` (which runs a `torch.compile`d
 `flex_attention`: the fused Triton kernel that skips untouched 128 x 128 tiles). On CPU it
@@ -16,7 +17,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["FLEX_ATTN_IMPLEMENTATION", "flex_attention_forward"]
+from gpu_runner.attention.dense import cpu_scores_bytes
+from gpu_runner.attention.masks import flex_block_mask
+from gpu_runner.attention.registry import AttentionBackend, register_backend
+from gpu_runner.inputs import PackedInputs
+
+__all__ = ["FLEX", "FLEX_ATTN_IMPLEMENTATION", "flex_attention_forward"]
 
 FLEX_ATTN_IMPLEMENTATION = "prepack_flex"
 
@@ -68,3 +74,27 @@ def _register() -> None:
 
 
 _register()
+
+
+def _flex_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return f"torch {torch.__version__} has no FlexAttention"
+    return None
+
+
+def _flex_kwargs(inputs: PackedInputs) -> dict[str, Any]:
+    return {"attention_mask": flex_block_mask(inputs.segment_ids)}
+
+
+FLEX = register_backend(
+    AttentionBackend(
+        name="flex",
+        attn_implementation=FLEX_ATTN_IMPLEMENTATION,
+        forward_kwargs=_flex_kwargs,
+        unavailable=_flex_unavailable,
+        description="FlexAttention BlockMask (document-causal mask_mod); compiled on CUDA, eager on CPU",
+        extra_bytes=cpu_scores_bytes,  # the compiled kernel materializes nothing; eager CPU flex does
+    )
+)

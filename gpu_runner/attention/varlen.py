@@ -21,7 +21,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from gpu_runner.attention.registry import AttentionBackend, register_backend
+from gpu_runner.inputs import PackedInputs
+
 __all__ = [
+    "VARLEN",
     "VARLEN_ATTN_IMPLEMENTATION",
     "call_varlen_kernel",
     "make_varlen_attention",
@@ -29,6 +33,7 @@ __all__ = [
     "reference_varlen_attn_legacy",
     "register_varlen_attention",
     "torch_varlen_kernel",
+    "varlen_forward_kwargs",
     "varlen_unavailable_reason",
 ]
 
@@ -115,7 +120,7 @@ def make_varlen_attention(
     Contract (transformers `AttentionInterface`): query [B, Hq, L, D], key/value
     [B, Hkv, L, D] (prefill only: no cached prefix), returns ([B, L, Hq, D], None). It reads
     the packing from the forward kwargs `cu_seq_lens_q` (int32 [S+1] over the flattened
-    B * L stream) and `max_length_q` (int), which `gpu_runner.backends` passes.
+    B * L stream) and `max_length_q` (int), which `varlen_forward_kwargs` passes.
     """
 
     def varlen_attention_forward(
@@ -221,3 +226,25 @@ def reference_varlen_attn_legacy(
 
 
 register_varlen_attention(VARLEN_ATTN_IMPLEMENTATION, torch_varlen_kernel)
+
+
+def varlen_forward_kwargs(inputs: PackedInputs) -> dict[str, Any]:
+    """Forward kwargs for any varlen-style backend: no mask, the flat segment boundaries."""
+    return {
+        "attention_mask": None,
+        "cu_seq_lens_q": inputs.cu_seqlens,
+        "cu_seq_lens_k": inputs.cu_seqlens,
+        "max_length_q": inputs.max_seqlen,
+        "max_length_k": inputs.max_seqlen,
+    }
+
+
+VARLEN = register_backend(
+    AttentionBackend(
+        name="varlen",
+        attn_implementation=VARLEN_ATTN_IMPLEMENTATION,
+        forward_kwargs=varlen_forward_kwargs,
+        unavailable=varlen_unavailable_reason,
+        description="torch varlen_attn (flash) over the flattened rows; CUDA fp16/bf16 only",
+    )
+)
