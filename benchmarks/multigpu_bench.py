@@ -2,7 +2,7 @@
 
 Run under torchrun on one host (NCCL on GPUs, gloo on CPU); without torchrun it runs as a
 world of one. This script only parses arguments and calls
-`gpu_runner.distributed.bench.run_multigpu_benchmark` by keyword; bad input prints one line
+`gpu_runner.bench.multigpu.run_multigpu_benchmark` by keyword; bad input prints one line
 and exits with status 2.
 
   torchrun --nproc-per-node 2 benchmarks/multigpu_bench.py \
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         import torch
 
-        from gpu_runner.distributed.bench import MultiGPUConfig, run_multigpu_benchmark
+        from gpu_runner.bench.multigpu import MultiGPUConfig, run_multigpu_benchmark
         from gpu_runner.distributed.launch import init_distributed
 
         options = dict(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_runner.bench_cli import main
+from gpu_runner.bench.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

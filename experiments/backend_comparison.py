@@ -58,7 +58,7 @@ def backend_call(model: Any, prompts: list[list[int]], backend: str,
     the object whose `oom_splits` counts padded batches split after running out of memory."""
     lengths = [len(p) for p in prompts]
     if backend == "padded":
-        from gpu_runner.bench_methods import PaddedHF
+        from gpu_runner.bench.methods import PaddedHF
 
         m = PaddedHF(model, name="padded", sort=False, chunk=None)
         return (lambda: m.prefill(prompts)), "pad", len(prompts), max(lengths), m
@@ -105,7 +105,7 @@ def run_for_model(
     import torch
 
     from gpu_runner.bench import draw_prompts
-    from gpu_runner.timing import peak_extra_bytes, release_memory, time_calls
+    from gpu_runner.bench.timing import peak_extra_bytes, release_memory, time_calls
 
     dev = torch.device(cfg.device)
     gpu, vers = machine_label(cfg.device), versions()

@@ -230,8 +230,8 @@ def time_methods(model: Any, prompts: Sequence[Sequence[int]], methods: Sequence
     """Time each benchmark method (gpu_runner.bench_methods) on the same prompts, each mode
     ("prefill" or "ttft") timed by gpu_runner.timing.time_calls, all calls of a method inside
     one gpu_runner.timing.peak_extra_bytes. A failing method becomes a result with `error`."""
-    from gpu_runner.bench_methods import make_method
-    from gpu_runner.timing import peak_extra_bytes, release_memory, time_calls
+    from gpu_runner.bench.methods import make_method
+    from gpu_runner.bench.timing import peak_extra_bytes, release_memory, time_calls
 
     out = []
     for method in methods:

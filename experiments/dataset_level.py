@@ -67,8 +67,8 @@ def run_strategy(model: Any, prompts: list[list[int]], lengths: np.ndarray, stra
     """Time one strategy over the stream: {wall_ms, num_batches, computed_tokens, error}."""
     import torch
 
-    from gpu_runner.bench_methods import make_method
-    from gpu_runner.timing import release_memory, wall_clock_s
+    from gpu_runner.bench.methods import make_method
+    from gpu_runner.bench.timing import release_memory, wall_clock_s
 
     method, order = STRATEGIES[strategy]
     dev = torch.device(device)

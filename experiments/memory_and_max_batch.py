@@ -108,7 +108,7 @@ def _no_split_padded(model: Any) -> Any:
     `_forward` again, which here re-raises the out-of-memory error instead."""
     import torch
 
-    from gpu_runner.bench_methods import PaddedHF
+    from gpu_runner.bench.methods import PaddedHF
 
     class NoSplit(PaddedHF):
         def _forward(self, prompts, outs):  # type: ignore[override]
@@ -126,8 +126,8 @@ def probe_batch(
     import torch
 
     from gpu_runner.bench import draw_prompts
-    from gpu_runner.bench_methods import make_method
-    from gpu_runner.timing import peak_extra_bytes, release_memory, wall_clock_s
+    from gpu_runner.bench.methods import make_method
+    from gpu_runner.bench.timing import peak_extra_bytes, release_memory, wall_clock_s
 
     dev = torch.device(device)
     prompts = draw_prompts(lengths, model.config.vocab_size, seed)

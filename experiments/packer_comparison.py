@@ -130,7 +130,7 @@ def measure_rows(
     import packers
     from gpu_runner.bench import draw_prompts
     from gpu_runner.runner import prefill
-    from gpu_runner.timing import release_memory, time_calls
+    from gpu_runner.bench.timing import release_memory, time_calls
 
     dev = torch.device(cfg.device)
     prompts = draw_prompts(lengths, model.config.vocab_size, int(rows[0]["seed"]) if rows else 0)

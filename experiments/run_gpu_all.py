@@ -201,7 +201,7 @@ def run_all(plan: list[tuple[str, list[Stage]]], *, out_dir: str | None, device:
     """Run the plan; returns {stage timings, validation summary or its error}."""
     import torch
 
-    from gpu_runner.timing import release_memory
+    from gpu_runner.bench.timing import release_memory
 
     check_device(device)
     out = str(results_dir(out_dir))

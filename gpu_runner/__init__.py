@@ -23,25 +23,42 @@ compatibility, per-prompt K/V views), plan (memory estimate, forwards under a bu
 runner (prefill), generate (continued generation).
 """
 
-from gpu_runner.attention import (
-    AttentionBackend,
-    available_backends,
-    get_backend,
-    register_backend,
-    resolve_backend,
-)
-from gpu_runner.cache import PromptKV
-from gpu_runner.generate import generate
-from gpu_runner.inputs import PackedInputs, pack_inputs, prompt_lengths
-from gpu_runner.plan import ForwardPlan, estimate_forward_bytes
-from gpu_runner.result import PrefillOutOfMemoryError, PrefillResult
-from gpu_runner.runner import prefill, prefill_texts
-from gpu_runner.validate import validate_prompts
+from importlib import import_module
+from typing import Any
+
+# public name -> the module that defines it; imported on first use, so that importing a
+# torch-free part (gpu_runner.distributed's strategies) does not import torch
+_EXPORTS = {
+    **dict.fromkeys(('AttentionBackend', 'available_backends', 'get_backend', 'register_backend', 'resolve_backend'), "gpu_runner.attention"),
+    **dict.fromkeys(('PromptKV',), "gpu_runner.cache"),
+    **dict.fromkeys(('generate',), "gpu_runner.generation"),
+    **dict.fromkeys(('PackedInputs', 'pack_inputs', 'prompt_lengths'), "gpu_runner.inputs"),
+    **dict.fromkeys(('ForwardPlan', 'estimate_forward_bytes'), "gpu_runner.plan"),
+    **dict.fromkeys(('PrefillOutOfMemoryError', 'PrefillResult'), "gpu_runner.result"),
+    **dict.fromkeys(('prefill', 'prefill_texts'), "gpu_runner.runner"),
+    **dict.fromkeys(('validate_prompts',), "gpu_runner.validate"),
+    **dict.fromkeys(('EngineOutput', 'PrefillEngine'), "gpu_runner.engine"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "AttentionBackend",
+    "EngineOutput",
     "ForwardPlan",
     "PackedInputs",
+    "PrefillEngine",
     "PrefillOutOfMemoryError",
     "PrefillResult",
     "PromptKV",

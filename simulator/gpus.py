@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["GPUSpec", "GPUS", "get_gpu", "available_gpus"]
+__all__ = ["GPUSpec", "GPUS", "available_gpus", "get_gpu", "match_gpu"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +55,17 @@ def get_gpu(name: str | GPUSpec) -> GPUSpec:
     if key not in GPUS:
         raise ValueError(f"unknown GPU {name!r}; known GPUs: {', '.join(available_gpus())}")
     return GPUS[key]
+
+
+def match_gpu(label: str) -> str:
+    """The table name of a device label: 'NVIDIA H100 80GB HBM3', 'nvidia-h100-80gb-hbm3'
+    and 'h100' all give 'h100' ('NVIDIA A100-SXM4-80GB' gives 'a100-80gb'). Whole-token
+    match on each table name's family ('l4' does not match 'L40S'); `ValueError` for a
+    label that names no table GPU, or more than one: unknown hardware is never priced as
+    some other card."""
+    tokens = set(re.split(r"[^a-z0-9]+", str(label).lower()))
+    hits = sorted(name for name in GPUS if name.split("-")[0] in tokens)
+    if len(hits) != 1:
+        why = "names no" if not hits else f"is ambiguous between {', '.join(hits)}: names more than one"
+        raise ValueError(f"GPU {label!r} {why} GPU in the table ({', '.join(available_gpus())})")
+    return hits[0]

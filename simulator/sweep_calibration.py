@@ -1,5 +1,5 @@
 """Re-pricing the GPU runner's measured sweep (`benchmarks/results/prefill_sweep_*.csv`,
-written by gpu_runner/bench_sweep.py) with the cost model, and refitting on it.
+written by gpu_runner/bench/sweep.py) with the cost model, and refitting on it.
 
 The sweep CSV holds no prompt lengths, but it draws each batch reproducibly:
 `lengths = profile[default_rng(seed).choice(len(profile), size=batch, replace=len(profile) < batch)]`
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +23,7 @@ import numpy as np
 from simulator.calibration import ANCHORS, PADDED_VARLEN, Observation, anchor_batch, default_backends, fit, report
 from simulator.cost import ELEMENTWISE_PASSES, MATMUL_EFFICIENCY
 from simulator.distributions import PROFILES, load_profile
-from simulator.gpus import GPUS
+from simulator.gpus import match_gpu
 
 __all__ = ["SWEEP_MODELS", "load_sweep", "sweep_lengths", "sweep_report"]
 
@@ -34,17 +33,19 @@ SWEEP_BACKENDS = ("padded", "dense", "flex", "varlen")  # 'graph' (CUDA graphs) 
 
 
 def sweep_lengths(dataset: str, batch: int, seed: int = 0) -> np.ndarray:
-    """The batch gpu_runner.bench_sweep draws for (dataset, batch, seed)."""
+    """The batch gpu_runner.bench.sweep draws for (dataset, batch, seed)."""
     profile = load_profile(dataset)
     rng = np.random.default_rng(seed)
     return profile[rng.choice(profile.size, size=batch, replace=profile.size < batch)]
 
 
 def _gpu_name(slug: str) -> str | None:
-    """'nvidia-h100-80gb-hbm3' or 'NVIDIA H100 80GB HBM3' -> 'h100' (whole-token match)."""
-    tokens = set(re.split(r"[^a-z0-9]+", slug.lower()))
-    hits = [name for name in GPUS if name.split("-")[0] in tokens]
-    return hits[0] if len(hits) == 1 else None
+    """'nvidia-h100-80gb-hbm3' or 'NVIDIA H100 80GB HBM3' -> 'h100' (`gpus.match_gpu`); None
+    for a card the table lacks (its rows are skipped and counted)."""
+    try:
+        return match_gpu(slug)
+    except ValueError:
+        return None
 
 
 def load_sweep(path: str | Path, seed: int = 0) -> tuple[list[Observation], Counter]:

@@ -18,7 +18,7 @@ from gpu_runner.bench import (
     run_benchmark,
     stream_batches,
 )
-from gpu_runner.bench_cli import main
+from gpu_runner.bench.cli import main
 
 
 def test_real_token_flops_by_hand():

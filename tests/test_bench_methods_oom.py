@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from gpu_runner.bench_methods import PaddedHF
+from gpu_runner.bench.methods import PaddedHF
 
 
 class _Head(torch.nn.Module):

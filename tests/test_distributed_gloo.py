@@ -50,7 +50,7 @@ def _worker(bench_out: str) -> dict:
         out["disagree"] = None
     except RuntimeError as exc:
         out["disagree"] = str(exc)
-    from gpu_runner.distributed.bench import MultiGPUConfig, run_multigpu_benchmark
+    from gpu_runner.bench.multigpu import MultiGPUConfig, run_multigpu_benchmark
 
     cfg = MultiGPUConfig(model="tiny", batches=(8,), warmup=0, reps=1, dtype="float32", out=bench_out,
                          executors=("runner", "engine"))  # fmt: skip

@@ -1,4 +1,4 @@
-"""How benchmark numbers are measured (gpu_runner.timing): the CPU paths and the argument
+"""How benchmark numbers are measured (gpu_runner.bench.timing): the CPU paths and the argument
 checks here; `time_graph` on a GPU where one is present."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpu_runner.timing import Timing, kernel_times, time_calls, time_graph
+from gpu_runner.bench.timing import Timing, kernel_times, time_calls, time_graph
 
 
 def test_time_calls_runs_warmup_then_reps_on_cpu():

@@ -112,16 +112,17 @@ AUTO_CANDIDATES = ("varlen", "dense")
 
 
 def gpu_table_name(device: torch.device) -> str | None:
-    """The simulator GPU-table name of a CUDA device ("h100", "h200", ...), or None."""
+    """The simulator GPU-table name of a CUDA device (`simulator.gpus.match_gpu`), or None
+    off CUDA, without the simulator, or on a card the table lacks (auto then cannot price
+    the candidates and takes the first that runs)."""
     if device.type != "cuda":
         return None
     try:
-        from simulator.gpus import available_gpus
-    except ImportError:
+        from simulator.gpus import match_gpu
+
+        return match_gpu(torch.cuda.get_device_name(device))
+    except (ImportError, ValueError):
         return None
-    label = torch.cuda.get_device_name(device).lower()
-    matches = [g for g in available_gpus() if g.split("-")[0] in label]
-    return max(matches, key=len) if matches else None
 
 
 def cheapest_by_cost_model(candidates: list[str], config: Any, packing: Any, gpu: str) -> str | None:

@@ -13,11 +13,16 @@ Public API:
   Launching: init_distributed, launcher_env, torchrun_command, spawn_local, NVLS_OFF_ENV
       (NVLink multicast stays off in every environment these build).
 
-Modules: assign (strategies), prefill (the distributed prefill), launch (process groups),
-bench (the multi-GPU benchmark).
+Modules: prefill (the distributed prefill), launch (process groups). The strategies live in
+simulator/assign.py (torch-free) and the multi-GPU benchmark in gpu_runner/bench/multigpu.py.
+Importing this package imports no torch: the strategy names resolve from simulator.assign at
+once, the torch-side names on first use (module __getattr__).
 """
 
-from gpu_runner.distributed.assign import (
+from importlib import import_module
+from typing import Any
+
+from simulator.assign import (
     PARTITIONERS,
     STRATEGIES,
     Assignment,
@@ -30,24 +35,21 @@ from gpu_runner.distributed.assign import (
     register_strategy,
     round_robin_partition,
 )
-from gpu_runner.distributed.launch import (
-    NVLS_OFF_ENV,
-    disable_nvlink_multicast,
-    free_port,
-    init_distributed,
-    launcher_env,
-    spawn_local,
-    torchrun_command,
-)
-from gpu_runner.distributed.prefill import (
-    DistributedPrefillResult,
-    EngineExecutor,
-    RankExecutor,
-    RunnerExecutor,
-    default_cost_model,
-    distributed_prefill,
-    local_packing,
-)
+
+# torch-side names -> the module that defines them, imported on first use
+_LAZY = {
+    **dict.fromkeys(("NVLS_OFF_ENV", "disable_nvlink_multicast", "free_port", "init_distributed", "launcher_env",
+                     "spawn_local", "torchrun_command"), "gpu_runner.distributed.launch"),
+    **dict.fromkeys(("DistributedPrefillResult", "EngineExecutor", "RankExecutor", "RunnerExecutor",
+                     "default_cost_model", "distributed_prefill", "local_packing"), "gpu_runner.distributed.prefill"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "NVLS_OFF_ENV", "PARTITIONERS", "STRATEGIES", "Assignment", "AssignmentStrategy",

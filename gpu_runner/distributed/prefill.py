@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Protocol, Sequence
 import torch
 import torch.distributed as dist
 
-from gpu_runner.distributed.assign import Assignment, AssignmentStrategy, make_strategy, plan_assignment
+from simulator.assign import Assignment, AssignmentStrategy, make_strategy, plan_assignment
 from gpu_runner.runner import prefill, sub_packing
 from gpu_runner.validate import validate_prompts
 from packers import Packing
@@ -167,19 +167,16 @@ def local_packing(packing: Packing, bins: Sequence[int]) -> tuple[tuple[int, ...
 
 
 def _gpu_name(device: torch.device) -> str:
-    from simulator import available_gpus
+    """The table GPU a rank's costs are priced on: the CUDA card (`ValueError` for one the
+    simulator's table lacks); off CUDA "h100", as only relative row costs matter there."""
+    from simulator.gpus import match_gpu
 
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device).lower()
-        for known in available_gpus():
-            if known.split("-")[0] in name:
-                return known
-    return "h100"  # relative row costs only: any table entry balances the same way on CPU
+    return match_gpu(torch.cuda.get_device_name(device)) if device.type == "cuda" else "h100"
 
 
 def default_cost_model(model: torch.nn.Module, attention: Any) -> Any:
     """A `simulator.CostModel` of this model's shape (`ModelSpec.from_hf_config`), the GPU
-    it sits on (H100 constants where the card or device is not in the table) and `attention`."""
+    it sits on (H100 constants off CUDA; a card the table lacks is a ValueError) and `attention`."""
     from simulator import CostModel, ModelSpec
 
     p = next(p for p in model.parameters() if p.is_floating_point())

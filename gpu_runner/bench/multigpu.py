@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gpu_runner.bench import MODEL_SHAPES, build_model, draw_prompts, gpu_slug, load_lengths
-from gpu_runner.distributed.assign import STRATEGIES, make_strategy
+from gpu_runner.bench.common import MODEL_SHAPES, build_model, draw_prompts, error_text, gpu_slug, load_lengths
+from simulator.assign import STRATEGIES, make_strategy
 from gpu_runner.distributed.prefill import (
     EngineExecutor,
     RunnerExecutor,
@@ -211,10 +211,6 @@ class _Sink:
         )
 
 
-def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-
-
 def run_multigpu_benchmark(cfg: MultiGPUConfig, *, device: torch.device) -> list[MultiGPURecord]:
     """Run the benchmark on every rank of the initialised world; `device` is this rank's.
     Returns the records (complete on rank 0; others hold their own view)."""
@@ -311,7 +307,7 @@ def _measure(model: torch.nn.Module, prompts: list[list[int]], strategy: str, ex
         every_rank: list[Any] = [None] * dist.get_world_size(group)
         dist.all_gather_object(every_rank, phases, group=group)
     except Exception as exc:  # noqa: BLE001 - a failing measurement is a record, not a lost run
-        return dict(ms=None, error=_error_text(exc), num_rows=0, per_rank_busy_ms=None)
+        return dict(ms=None, error=error_text(exc), num_rows=0, per_rank_busy_ms=None)
     busy_med = [float(statistics.median(b[r] for b in busy)) for r in range(len(busy[0]))]
     modeled = [1e3 * s for s in res.assignment.rank_loads_s]
     mean_busy = sum(busy_med) / len(busy_med)

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpu_runner.bench import build_model, draw_prompts, gpu_slug, load_lengths
-from gpu_runner.timing import release_memory, time_calls
+from gpu_runner.bench.common import build_model, draw_prompts, error_text, gpu_slug, load_lengths
+from gpu_runner.bench.timing import release_memory, time_calls
 
 __all__ = ["SWEEP_COLUMNS", "SweepPoint", "default_grid", "run_sweep"]
 
@@ -61,7 +61,7 @@ def _runner(model: torch.nn.Module, point: SweepPoint, prompts: list[list[int]])
     """(call, num_bins, row_len) for one point."""
     lengths = [len(p) for p in prompts]
     if point.backend == "padded":
-        from gpu_runner.bench_methods import PaddedHF
+        from gpu_runner.bench.methods import PaddedHF
 
         m = PaddedHF(model, name="padded", sort=False, chunk=None)
         return (lambda: m.prefill(prompts)), len(prompts), max(lengths)
@@ -111,7 +111,7 @@ def run_sweep(points: Sequence[SweepPoint], *, out: str, device: str = "cuda", d
                 row.update(num_bins=bins, row_len=row_len, computed_tokens=bins * row_len)
                 row["measured_ms"] = round(time_calls(call, device=dev, warmup=warmup, reps=reps).median_ms, 4)
             except Exception as exc:  # noqa: BLE001 - a failing point is a data row, not the end
-                row.update(measured_ms="", error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+                row.update(measured_ms="", error=error_text(exc, 200))
             call = None
             release_memory(dev)
             rows.append(row)

@@ -22,32 +22,29 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from gpu_runner.bench_methods import METHOD_NAMES, make_method
-from gpu_runner.timing import matmul_peak_flops, peak_extra_bytes, release_memory, time_calls, wall_clock_s
+from gpu_runner.bench.common import (
+    MODEL_SHAPES,
+    build_model,
+    draw_prompts,
+    error_text,
+    gpu_slug,
+    load_lengths,
+    real_token_flops,
+    stream_batches,
+)
+from gpu_runner.bench.methods import METHOD_NAMES, make_method
+from gpu_runner.bench.timing import matmul_peak_flops, peak_extra_bytes, release_memory, time_calls, wall_clock_s
 
-__all__ = [
-    "MODEL_SHAPES", "MODES", "BenchConfig", "BenchRecord", "build_model", "draw_prompts", "gpu_slug",
-    "load_lengths", "merge_records", "real_token_flops", "run_benchmark", "stream_batches",
-]
+__all__ = ["MODES", "BenchConfig", "BenchRecord", "merge_records", "run_benchmark"]
 
-# Llama-architecture shapes (random weights). max_position_embeddings covers the datasets.
-MODEL_SHAPES: dict[str, dict[str, int]] = {
-    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096),
-    "sheared-llama-1.3b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16,
-                               num_key_value_heads=16, vocab_size=32000, max_position_embeddings=4096),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=1000, max_position_embeddings=2048),
-}
 MODES = ("prefill", "ttft", "stream")
-_REPO = Path(__file__).resolve().parents[1]
-_LENGTH_DIRS = (_REPO / "simulator" / "data", _REPO / "benchmarks" / "data", _REPO.parent / "shared" / "data" / "lengths")
+
+
 
 
 @dataclass(frozen=True)
@@ -134,73 +131,6 @@ class BenchConfig:
 # ---------------------------------------------------------------- inputs
 
 
-def load_lengths(dataset: str) -> np.ndarray:
-    """Prompt lengths (tokens) of a named length list, e.g. 'mmlu'; ValueError if none found."""
-    for folder in _LENGTH_DIRS:
-        path = folder / f"{dataset}.txt"
-        if path.is_file():
-            return np.loadtxt(path, dtype=np.int64, ndmin=1)
-    raise ValueError(f"no length list {dataset!r}.txt in {', '.join(str(d) for d in _LENGTH_DIRS)}")
-
-
-def draw_prompts(lengths: Sequence[int], vocab_size: int, seed: int) -> list[list[int]]:
-    """Random token ids (1 .. vocab-1) for prompts of the given lengths."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    flat = rng.integers(1, vocab_size, size=int(lengths.sum()), dtype=np.int64)
-    return [a.tolist() for a in np.split(flat, np.cumsum(lengths)[:-1])]
-
-
-def stream_batches(lengths: np.ndarray, batch: int, vocab_size: int, seed: int, limit: int = 0) -> list[list[list[int]]]:
-    """All prompts of a length list, shuffled with `seed`, in batches of `batch` (last one short)."""
-    order = np.random.default_rng(seed).permutation(len(lengths))
-    if limit:
-        order = order[: limit * batch]
-    prompts = draw_prompts(lengths[order], vocab_size, seed + 1)
-    return [prompts[i : i + batch] for i in range(0, len(prompts), batch)]
-
-
-def build_model(name: str, *, device: str, dtype: str) -> torch.nn.Module:
-    """A random-weight Llama of shape `name`, built directly on `device` (no CPU init)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    cfg = LlamaConfig(**MODEL_SHAPES[name], attn_implementation="sdpa", pad_token_id=0)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
-    return model.eval().requires_grad_(False)  # inference: no autograd state in any method
-
-
-def real_token_flops(config: Any, lengths: Sequence[int]) -> float:
-    """Matmul FLOPs of the real tokens of one prefill (no padding, no wasted attention).
-
-    linear:    2 * sum(l) * layers * (hidden * (Hq + 2 Hkv) * D + Hq * D * hidden + 3 * hidden * I)
-    attention: layers * 4 * Hq * D * sum(l (l + 1) / 2)     (QK^T and PV, causal half)
-    lm_head:   2 * N * hidden * vocab                         (last token of each prompt)
-    """
-    lengths = np.asarray(lengths, dtype=np.float64)
-    h, i_ = config.hidden_size, config.intermediate_size
-    hq = config.num_attention_heads
-    hkv = getattr(config, "num_key_value_heads", None) or hq
-    d = getattr(config, "head_dim", None) or h // hq
-    layers = config.num_hidden_layers
-    per_token = layers * (h * (hq + 2 * hkv) * d + hq * d * h + 3 * h * i_)
-    linear = 2.0 * lengths.sum() * per_token
-    attention = layers * 4.0 * hq * d * float((lengths * (lengths + 1) / 2).sum())
-    return linear + attention + 2.0 * len(lengths) * h * config.vocab_size
-
-
-def gpu_slug(device: torch.device) -> str:
-    """Short card name for file names: h100, h200, a100, ... or 'cpu'."""
-    if device.type != "cuda":
-        return "cpu"
-    name = torch.cuda.get_device_name(device).lower()
-    for known in ("h200", "h100", "a100", "l40s", "a10g", "l4"):
-        if known in name:
-            return known
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
-
-
 # ---------------------------------------------------------------- scenarios
 
 
@@ -240,10 +170,6 @@ def _runner_notes(runner: Any) -> dict[str, Any]:
     if getattr(runner, "oom_splits", 0):
         notes["oom_splits"] = runner.oom_splits  # padded batches that had to run as halves
     return notes
-
-
-def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
 
 
 def _finish(sink: _Sink, base: dict[str, Any], ms: float | None, flops: float, peak: float, **extra: Any) -> BenchRecord:
@@ -306,7 +232,7 @@ def _scenario_a(model, name: str, cfg: BenchConfig, peak: float, gpu: str, sink:
             )
             err = None
         except Exception as exc:  # noqa: BLE001 - one method failing must not lose the others
-            timings, peak_bytes, err = {}, None, _error_text(exc)
+            timings, peak_bytes, err = {}, None, error_text(exc)
         extra_opts = _runner_notes(holder.pop("runner", None))
         release_memory(device)
         for mode in modes:
@@ -335,7 +261,7 @@ def _scenario_b(model, name: str, cfg: BenchConfig, peak: float, gpu: str, sink:
                                                   device=device)
             ms, err = wall_s * 1e3, None
         except Exception as exc:  # noqa: BLE001
-            ms, peak_bytes, err = None, None, _error_text(exc)
+            ms, peak_bytes, err = None, None, error_text(exc)
         extra_opts = _runner_notes(holder.pop("runner", None))
         release_memory(device)
         base = dict(gpu=gpu, model=name, dataset=cfg.dataset, batch=cfg.batch, mode="stream", method=method, real_tokens=real)

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             args.batches = tuple(min(b, 8) for b in args.batches)[:1]
             args.datasets = args.datasets[:1]
         if args.sweep:
-            from gpu_runner.bench_sweep import default_grid, run_sweep
+            from gpu_runner.bench.sweep import default_grid, run_sweep
 
             combos = []
             for c in args.combos:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                              warmup=1 if args.smoke else max(args.warmup - 1, 1), reps=min(args.reps, 3), seed=args.seed)
             print(f"{len(rows)} sweep points" + (f" -> {args.out}" if args.out else ""))
             return 0
-        from gpu_runner.bench import BenchConfig, run_benchmark
+        from gpu_runner.bench.scenarios import BenchConfig, run_benchmark
 
         cfg = BenchConfig(
             models=args.model, dataset=args.dataset, batch=args.batch, methods=args.methods, modes=args.modes,

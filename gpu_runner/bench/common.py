@@ -1,0 +1,101 @@
+"""What every benchmark shares (prepack-bench, the sweep, the multi-GPU benchmark and the
+experiments): model shapes and `build_model`, prompt lengths and random prompts, the
+real-token FLOP count, the GPU slug of records and file names, and the one-line error text
+of a failed measurement."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from simulator.gpus import match_gpu
+from simulator.specs import ModelSpec
+
+__all__ = [
+    "MODEL_SHAPES", "build_model", "draw_prompts", "error_text", "gpu_slug", "load_lengths", "real_token_flops",
+    "stream_batches",
+]
+
+# Llama-architecture shapes (random weights). max_position_embeddings covers the datasets.
+MODEL_SHAPES: dict[str, dict[str, int]] = {
+    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096),
+    "sheared-llama-1.3b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16,
+                               num_key_value_heads=16, vocab_size=32000, max_position_embeddings=4096),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=1000, max_position_embeddings=2048),
+}
+_REPO = Path(__file__).resolve().parents[2]
+_LENGTH_DIRS = (_REPO / "simulator" / "data", _REPO / "benchmarks" / "data", _REPO.parent / "shared" / "data" / "lengths")
+
+
+def load_lengths(dataset: str) -> np.ndarray:
+    """Prompt lengths (tokens) of a named length list, e.g. 'mmlu'; ValueError if none found."""
+    for folder in _LENGTH_DIRS:
+        path = folder / f"{dataset}.txt"
+        if path.is_file():
+            return np.loadtxt(path, dtype=np.int64, ndmin=1)
+    raise ValueError(f"no length list {dataset!r}.txt in {', '.join(str(d) for d in _LENGTH_DIRS)}")
+
+
+def draw_prompts(lengths: Sequence[int], vocab_size: int, seed: int) -> list[list[int]]:
+    """Random token ids (1 .. vocab-1) for prompts of the given lengths."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    flat = rng.integers(1, vocab_size, size=int(lengths.sum()), dtype=np.int64)
+    return [a.tolist() for a in np.split(flat, np.cumsum(lengths)[:-1])]
+
+
+def stream_batches(lengths: np.ndarray, batch: int, vocab_size: int, seed: int, limit: int = 0) -> list[list[list[int]]]:
+    """All prompts of a length list, shuffled with `seed`, in batches of `batch` (last one short)."""
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    if limit:
+        order = order[: limit * batch]
+    prompts = draw_prompts(lengths[order], vocab_size, seed + 1)
+    return [prompts[i : i + batch] for i in range(0, len(prompts), batch)]
+
+
+def build_model(name: str, *, device: str, dtype: str) -> torch.nn.Module:
+    """A random-weight Llama of shape `name`, built directly on `device` (no CPU init)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(**MODEL_SHAPES[name], attn_implementation="sdpa", pad_token_id=0)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
+    return model.eval().requires_grad_(False)  # inference: no autograd state in any method
+
+
+def real_token_flops(config: Any, lengths: Sequence[int]) -> float:
+    """Matmul FLOPs of the real tokens of one prefill (no padding, no wasted attention).
+
+    linear:    2 * sum(l) * layers * ModelSpec.layer_matmul_params (QKV, O, gated MLP)
+    attention: layers * 4 * Hq * D * sum(l (l + 1) / 2)     (QK^T and PV, causal half)
+    lm_head:   2 * N * hidden * vocab                         (last token of each prompt)
+    """
+    spec = ModelSpec.from_hf_config(config)  # the simulator's shape formulas (layer_matmul_params)
+    lengths = np.asarray(lengths, dtype=np.float64)
+    linear = 2.0 * lengths.sum() * spec.num_layers * spec.layer_matmul_params
+    attention = spec.num_layers * 4.0 * spec.q_width * float((lengths * (lengths + 1) / 2).sum())
+    return linear + attention + 2.0 * len(lengths) * spec.hidden_size * spec.vocab_size
+
+
+def gpu_slug(device: torch.device) -> str:
+    """Short card name for records and file names: the simulator GPU table's family (h100,
+    h200, a100, l4, ...; `simulator.gpus.match_gpu`), else the device's name as a slug; 'cpu'."""
+    if device.type != "cuda":
+        return "cpu"
+    label = torch.cuda.get_device_name(device)
+    try:
+        return match_gpu(label).split("-")[0]
+    except ValueError:
+        return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
+
+
+def error_text(exc: BaseException, limit: int = 300) -> str:
+    """One line for a failed measurement's record: "Type: first line of the message"."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:limit] if str(exc) else ''}"
