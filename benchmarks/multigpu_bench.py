@@ -43,7 +43,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="multigpu_bench", description=__doc__.splitlines()[0])
     p.add_argument(
-        "--model", default="llama2-7b", help="shape: llama2-7b, sheared-llama-1.3b, tiny (default llama2-7b)"
+        "--model", default="llama-2-7b", help="shape: llama-2-7b, sheared-llama-1.3b, tiny (default llama-2-7b)"
     )
     p.add_argument("--dataset", default="mmlu", help="length list name (default mmlu)")
     p.add_argument("--batches", type=_ints, default=(256, 1024), help="prompts per batch (default 256,1024)")

@@ -54,7 +54,7 @@ RESULTS_DIR = EXPERIMENTS_DIR / "results"
 FIGURES_DIR = EXPERIMENTS_DIR / "figures"
 DATASETS = ("mmlu", "wikitext256", "alpaca", "samsum")  # the paper's four
 ALL_DATASETS = DATASETS + ("azure_conv",)  # + the production trace's long prompts
-GPU_MODELS = ("sheared-llama-1.3b", "llama2-7b")  # gpu_runner.bench.MODEL_SHAPES keys
+GPU_MODELS = ("sheared-llama-1.3b", "llama-2-7b")  # gpu_runner.bench.MODEL_SHAPES keys
 SMOKE_MODEL = "tiny"
 # Optional shapes beyond gpu_runner.bench.MODEL_SHAPES, built by `build_model` the same way
 # (random weights, sdpa). Llama-2-13B: 26 GB of bf16 weights, fits one 80 GB card; its

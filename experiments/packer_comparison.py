@@ -44,8 +44,6 @@ COLUMNS = (
     "num_bins", "lower_bound", "gap", "status", "solve_ms", "padded_tokens", "efficiency", "cost_model",
     "cost_gpu", "backend", "modeled_ms", "forwards", "measured_ms", "measured_model", "code_rev", "error",
 )  # fmt: skip
-# simulator.MODELS name -> gpu_runner.bench.MODEL_SHAPES name (same shape)
-BENCH_MODEL = {"sheared-llama-1.3b": "sheared-llama-1.3b", "llama-2-7b": "llama2-7b"}
 ILP_TIME_LIMIT_S = 2.0
 
 
@@ -167,7 +165,7 @@ def run(cfg: Config, out_dir: str | None = None, model: Any = None, model_name: 
         from experiments.common import build_model, check_device
 
         check_device(cfg.device)
-        model_name = SMOKE_MODEL if cfg.device == "cpu" else BENCH_MODEL.get(cfg.models[0], cfg.models[0])
+        model_name = SMOKE_MODEL if cfg.device == "cpu" else cfg.models[0]
         model = build_model(model_name, cfg.device)
     rows: list[dict[str, Any]] = []
     for dataset in cfg.datasets:

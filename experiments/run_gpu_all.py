@@ -100,7 +100,7 @@ def gpu_plan(device: str = "cuda") -> list[tuple[str, list[Stage]]]:
             s("speedup_by_batch", 25, exp2, e2), s("dataset_level", 25, exp4, e4),
             s("memory_and_max_batch", 40, exp3, e3), s5(15), s("backend_comparison (flex)", 20, exp6, e6_flex),
         ]),
-        ("llama2-7b", [
+        ("llama-2-7b", [
             s("speedup_by_dataset", 30, exp1, e1), s("backend_comparison", 30, exp6, e6_7b),
             s("speedup_by_batch", 35, exp2, e2_7b), s("memory_and_max_batch", 40, exp3, e3),
         ]),
@@ -123,7 +123,7 @@ def fill_plan(device: str = "cuda") -> list[tuple[str, list[Stage]]]:
     e4_mmlu = exp4.Config(datasets=("mmlu",), device=device)
     e6_flex = exp6.Config(datasets=("azure_conv",), batches=(64,), backends=("flex",), device=device)
     return [
-        ("llama2-7b", [
+        ("llama-2-7b", [
             _stage("memory_and_max_batch (paper)", 60, exp3, e3_paper),
             _stage("memory_and_max_batch (padded, resumed)", 20, exp3, e3_padded),
             _stage("backend_comparison (graph)", 25, exp6, e6_graph),

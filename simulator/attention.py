@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from simulator import names
 from simulator.layout import RowLayout
 
 __all__ = [
@@ -102,7 +103,7 @@ class AttentionCost:
 class DenseAttention(AttentionCost):
     """sdpa with a 4D bool block-diagonal mask: pairs = W^2 per row, mask = R * W^2 bytes."""
 
-    name: ClassVar[str] = "dense"
+    name: ClassVar[str] = names.DENSE
     materializes_scores: ClassVar[bool] = True
     # fitted on the H100 anchors + the GPU runner's H100 sweep (CALIBRATION.md); padded shares these
     attention_efficiency: float = 0.422
@@ -122,7 +123,7 @@ class DenseAttention(AttentionCost):
 class PaddedAttention(DenseAttention):
     """HF's padded batch: like dense, but only one prompt per row is allowed."""
 
-    name: ClassVar[str] = "padded"
+    name: ClassVar[str] = names.PADDED
 
     def check(self, layout: RowLayout) -> None:
         if layout.num_prompts != layout.num_rows:
@@ -138,7 +139,7 @@ class FlexAttention(AttentionCost):
     """FlexAttention: pairs = block^2 x touched tiles; mask = BlockMask int32 metadata,
     4 tables (kv/q x partial/full) of T + T^2 entries per row, T = ceil(W / block)."""
 
-    name: ClassVar[str] = "flex"
+    name: ClassVar[str] = names.FLEX
     block_tokens: int = 128
     attention_efficiency: float = 0.35  # a prior, not fitted (see CALIBRATION.md)
     layer_overhead_s: float = 9.92e-4
@@ -163,7 +164,7 @@ class VarlenAttention(AttentionCost):
     real load of each row (ragged rows), or R x W with pad_rows=True (rows padded to W for
     the linear layers, as gpu_runner's varlen backend runs packed rows)."""
 
-    name: ClassVar[str] = "varlen"
+    name: ClassVar[str] = names.VARLEN
     attention_efficiency: float = 0.35  # a prior, not fitted (see CALIBRATION.md)
     layer_overhead_s: float = 5.19e-4
     pad_rows: bool = False

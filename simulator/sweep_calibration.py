@@ -24,12 +24,14 @@ from simulator.calibration import ANCHORS, PADDED_VARLEN, Observation, anchor_ba
 from simulator.cost import ELEMENTWISE_PASSES, MATMUL_EFFICIENCY
 from simulator.distributions import PROFILES, load_profile
 from simulator.gpus import match_gpu
+from simulator.names import PACKED_ATTENTION, PADDED
 
 __all__ = ["SWEEP_MODELS", "load_sweep", "sweep_lengths", "sweep_report"]
 
-# gpu_runner.bench.MODEL_SHAPES names -> simulator.specs.MODELS names (same shapes)
+# sweep CSV model names -> simulator.specs.MODELS names (same shapes); CSVs written before the
+# bench took the simulator's spelling say 'llama2-7b'
 SWEEP_MODELS = {"llama2-7b": "llama-2-7b", "llama-2-7b": "llama-2-7b", "sheared-llama-1.3b": "sheared-llama-1.3b"}
-SWEEP_BACKENDS = ("padded", "dense", "flex", "varlen")  # 'graph' (CUDA graphs) is not modeled
+SWEEP_BACKENDS = (PADDED, *PACKED_ATTENTION)  # GRAPH (the engine, CUDA graphs) is not modeled
 
 
 def sweep_lengths(dataset: str, batch: int, seed: int = 0) -> np.ndarray:

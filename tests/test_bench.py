@@ -90,5 +90,5 @@ def test_cli_bad_input_exits_2(argv, match, capsys):
 
 
 def test_model_shapes_are_the_issue_shapes():
-    assert MODEL_SHAPES["llama2-7b"]["hidden_size"] == 4096 and MODEL_SHAPES["llama2-7b"]["num_hidden_layers"] == 32
+    assert MODEL_SHAPES["llama-2-7b"]["hidden_size"] == 4096 and MODEL_SHAPES["llama-2-7b"]["num_hidden_layers"] == 32
     assert MODEL_SHAPES["sheared-llama-1.3b"]["intermediate_size"] == 5504

@@ -265,3 +265,28 @@ def test_runner_executor_prices_varlen_rows_at_their_padded_length():
     # attention and last-token terms of a full row, far from a tenth of it
     assert costs[short] > 0.5 * costs[full]
     assert default_cost_model(model, RunnerExecutor(backend="dense").attention(model)).attention.name == "dense"
+
+
+def test_runner_executor_costs_rows_with_the_backend_it_runs():
+    """"auto" resolves once per model, for the cost model and for the run alike; a runner
+    backend the simulator cannot price is a ValueError, not silently priced as dense."""
+    pytest.importorskip("torch")
+    from test_runner_support import tiny_model
+
+    from gpu_runner.distributed.prefill import RunnerExecutor
+
+    model = tiny_model("llama")  # CPU fp32: auto is dense
+    auto = RunnerExecutor()
+    assert auto.backend_name(model) == "dense" and auto.attention(model) == "dense"
+    assert RunnerExecutor(backend="varlen").attention(model).name == "varlen"
+    with pytest.raises(ValueError, match="no simulator cost model"):
+        RunnerExecutor(backend="my-backend").attention(model)
+
+
+def test_planning_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, gpu_runner.distributed as d; d.make_strategy('cost-balanced'); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -238,7 +238,7 @@ def test_driver_smoke_runs_a_stage(tmp_path: Path) -> None:
     _, rows = _rows(tmp_path, memory_and_max_batch.CSV_NAME)
     assert {r["kind"] for r in rows} == {"probe", "max_batch"}
     plan = run_gpu_all.gpu_plan("cuda")
-    assert [m for m, _ in plan] == ["sheared-llama-1.3b", "llama2-7b"]
+    assert [m for m, _ in plan] == ["sheared-llama-1.3b", "llama-2-7b"]
     assert sum(s.allot_s for _, stages in plan for s in stages) <= 480
 
 
@@ -296,11 +296,11 @@ def test_driver_plans_and_selection() -> None:
     default = run_gpu_all.build_plan(["default"], "cuda")
     assert sum(s.allot_s for _, st in default for s in st) == 340
     fill = run_gpu_all.build_plan(["fill"], "cuda")
-    assert [m for m, _ in fill] == ["llama2-7b", "sheared-llama-1.3b"]
+    assert [m for m, _ in fill] == ["llama-2-7b", "sheared-llama-1.3b"]
     assert sum(s.allot_s for _, st in fill for s in st) <= 180
-    only_7b = run_gpu_all.select(fill, models=["llama2-7b"], stages=["memory_and_max_batch"])
+    only_7b = run_gpu_all.select(fill, models=["llama-2-7b"], stages=["memory_and_max_batch"])
     assert [(m, [s.name for s in st]) for m, st in only_7b] == [
-        ("llama2-7b", ["memory_and_max_batch (paper)", "memory_and_max_batch (padded, resumed)"])
+        ("llama-2-7b", ["memory_and_max_batch (paper)", "memory_and_max_batch (padded, resumed)"])
     ]
     assert [m for m, _ in run_gpu_all.build_plan(["fill", "13b"], "cuda")][-1] == "llama2-13b"
     for bad in (["--plan", "nope"], ["--plan", "fill", "--models", "gpt2"],
@@ -312,7 +312,7 @@ def test_driver_smoke_selects_models(tmp_path: Path) -> None:
     assert run_gpu_all.main(["--smoke", "--models", common.SMOKE_MODEL, "--stages", "backend_comparison",
                              "--out-dir", str(tmp_path)]) == 0  # fmt: skip
     assert common.read_rows(tmp_path / backend_comparison.CSV_NAME)
-    assert run_gpu_all.main(["--smoke", "--models", "llama2-7b", "--out-dir", str(tmp_path)]) == 2
+    assert run_gpu_all.main(["--smoke", "--models", "llama-2-7b", "--out-dir", str(tmp_path)]) == 2
 
 
 def test_13b_shape_is_priced_as_the_simulator_spec() -> None:

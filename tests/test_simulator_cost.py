@@ -251,3 +251,22 @@ def test_row_times_add_up_to_the_batch_time(attention):
         prompts = np.bincount(packing.assignment(), minlength=packing.num_bins)
         same = prompts == prompts[0]
         np.testing.assert_allclose(rows[same], rows[0])
+
+
+@pytest.mark.parametrize(
+    "label,name",
+    [("NVIDIA H100 80GB HBM3", "h100"), ("nvidia-h200", "h200"), ("NVIDIA A100-SXM4-80GB", "a100-80gb"),
+     ("NVIDIA L4", "l4"), ("NVIDIA RTX A6000", "a6000")],
+)
+def test_match_gpu_names_the_table_gpu(label, name):
+    from simulator.gpus import match_gpu
+
+    assert match_gpu(label) == name
+
+
+@pytest.mark.parametrize("label", ["NVIDIA L40S", "tpu-v5", "h100 h200"])
+def test_match_gpu_refuses_unknown_or_ambiguous_hardware(label):
+    from simulator.gpus import match_gpu
+
+    with pytest.raises(ValueError, match="GPU"):
+        match_gpu(label)

@@ -10,6 +10,7 @@ import torch
 from gpu_runner.attention.masks import dense_block_causal_mask
 from gpu_runner.attention.registry import AttentionBackend, register_backend
 from gpu_runner.inputs import PackedInputs
+from simulator.names import DENSE as _NAME
 
 __all__ = ["DENSE", "cpu_scores_bytes"]
 
@@ -35,7 +36,7 @@ def _dense_extra_bytes(num_rows: int, row_len: int, q_heads: int, device: torch.
 
 DENSE = register_backend(
     AttentionBackend(
-        name="dense",
+        name=_NAME,
         attn_implementation="sdpa",
         forward_kwargs=_dense_kwargs,
         unavailable=runs_anywhere,

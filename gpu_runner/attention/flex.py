@@ -21,6 +21,7 @@ from gpu_runner.attention.dense import cpu_scores_bytes
 from gpu_runner.attention.masks import flex_block_mask
 from gpu_runner.attention.registry import AttentionBackend, register_backend
 from gpu_runner.inputs import PackedInputs
+from simulator import names
 
 __all__ = ["FLEX", "FLEX_ATTN_IMPLEMENTATION", "flex_attention_forward"]
 
@@ -90,7 +91,7 @@ def _flex_kwargs(inputs: PackedInputs) -> dict[str, Any]:
 
 FLEX = register_backend(
     AttentionBackend(
-        name="flex",
+        name=names.FLEX,
         attn_implementation=FLEX_ATTN_IMPLEMENTATION,
         forward_kwargs=_flex_kwargs,
         unavailable=_flex_unavailable,

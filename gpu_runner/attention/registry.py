@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from gpu_runner.inputs import PackedInputs
+from simulator.names import AUTO, AUTO_CANDIDATES, DENSE
 
 __all__ = [
     "no_extra_bytes",
@@ -42,7 +43,6 @@ __all__ = [
     "resolve_backend",
 ]
 
-AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,6 @@ def get_backend(name: str) -> AttentionBackend:
     return BACKENDS[name]
 
 
-# Backends auto may pick, in order of preference when the cost model cannot decide. flex is
-# not among them: it compiles per new shape, a cost the per-forward model does not price.
-AUTO_CANDIDATES = ("varlen", "dense")
 
 
 def gpu_table_name(device: torch.device) -> str | None:
@@ -159,7 +156,7 @@ def auto_backend_name(
         if name in BACKENDS and BACKENDS[name].unavailable(device, dtype) is None
     ]
     if not candidates:
-        return "dense"
+        return DENSE
     if len(candidates) > 1 and config is not None and packing is not None:
         gpu = gpu_table_name(device)
         if gpu is not None:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from gpu_runner.attention.registry import AttentionBackend, register_backend
 from gpu_runner.inputs import PackedInputs
+from simulator import names
 
 __all__ = [
     "VARLEN",
@@ -241,7 +242,7 @@ def varlen_forward_kwargs(inputs: PackedInputs) -> dict[str, Any]:
 
 VARLEN = register_backend(
     AttentionBackend(
-        name="varlen",
+        name=names.VARLEN,
         attn_implementation=VARLEN_ATTN_IMPLEMENTATION,
         forward_kwargs=varlen_forward_kwargs,
         unavailable=varlen_unavailable_reason,

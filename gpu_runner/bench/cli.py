@@ -23,7 +23,7 @@ scenario a: one batch repeated (median ms, CUDA events); b: the whole dataset sh
 batches, end-to-end wall time incl. packing and graph capture.
 examples:
   prepack-bench --smoke                               # tiny random model on CPU, seconds
-  prepack-bench --model llama2-7b --out benchmarks/results/prefill_h100.json
+  prepack-bench --model llama-2-7b --out benchmarks/results/prefill_h100.json
   prepack-bench --sweep --model sheared-llama-1.3b --out benchmarks/results/prefill_sweep_h100.csv
 """
 
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prepack-bench", description=__doc__.splitlines()[0], epilog=_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=_csv, default=("sheared-llama-1.3b",),
-                   help="comma-separated shapes: llama2-7b, sheared-llama-1.3b, tiny (default sheared-llama-1.3b)")
+                   help="comma-separated shapes: llama-2-7b, sheared-llama-1.3b, tiny (default sheared-llama-1.3b)")
     p.add_argument("--dataset", default="mmlu", help="length list name: mmlu, alpaca, samsum, wikitext256 (default mmlu)")
     p.add_argument("--batch", type=int, default=64, help="prompts per batch (default 64)")
     p.add_argument("--methods", type=_csv, default=("padded", "sorted", "paper", "best", "hf-cb"), help="scenario a methods (default padded,sorted,paper,best,hf-cb)")

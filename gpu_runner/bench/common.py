@@ -22,7 +22,7 @@ __all__ = [
 
 # Llama-architecture shapes (random weights). max_position_embeddings covers the datasets.
 MODEL_SHAPES: dict[str, dict[str, int]] = {
-    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+    "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                       num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096),
     "sheared-llama-1.3b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16,
                                num_key_value_heads=16, vocab_size=32000, max_position_embeddings=4096),

@@ -24,9 +24,25 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-__all__ = ["METHOD_NAMES", "BenchMethod", "make_method"]
+from simulator.names import AUTO, BEST, HF_CB, PADDED, PAPER, SORTED
+
+__all__ = ["METHOD_NAMES", "BenchMethod", "make_method", "register_method"]
 
 Prompts = Sequence[Sequence[int]]
+MethodFactory = Callable[..., "BenchMethod"]
+_FACTORIES: dict[str, MethodFactory] = {}
+
+
+def register_method(name: str) -> Callable[[MethodFactory], MethodFactory]:
+    """Decorator: register `factory(model, **options) -> BenchMethod` under `name`."""
+
+    def add(factory: MethodFactory) -> MethodFactory:
+        if name in _FACTORIES:
+            raise ValueError(f"bench method {name!r} is already registered")
+        _FACTORIES[name] = factory
+        return factory
+
+    return add
 
 
 class BenchMethod(Protocol):
@@ -183,15 +199,33 @@ class HFContinuousBatching:
         return [by_prompt.get(tuple(p), -1) for p in prompts]
 
 
-_FACTORIES: dict[str, Callable[..., BenchMethod]] = {
-    "padded": lambda model, **o: PaddedHF(model, name="padded", sort=False, chunk=None),
-    "sorted": lambda model, **o: PaddedHF(model, name="sorted", sort=True, chunk=o.get("sorted_chunk", 16)),
-    "paper": lambda model, **o: PaperPacked(model),
-    "best": lambda model, **o: BestEngine(
-        model, token_bucket=o.get("token_bucket", 128), cuda_graphs=o.get("cuda_graphs", True),
-        q_chunk=o.get("q_chunk", 128), attention=o.get("attention", "auto"), max_tokens=o.get("max_tokens", 0)),
-    "hf-cb": lambda model, **o: HFContinuousBatching(model),
-}
+@register_method(PADDED)
+def _padded(model: torch.nn.Module, **options: Any) -> BenchMethod:
+    return PaddedHF(model, name=PADDED, sort=False, chunk=None)
+
+
+@register_method(SORTED)
+def _sorted(model: torch.nn.Module, **options: Any) -> BenchMethod:
+    return PaddedHF(model, name=SORTED, sort=True, chunk=options.get("sorted_chunk", 16))
+
+
+@register_method(PAPER)
+def _paper(model: torch.nn.Module, **options: Any) -> BenchMethod:
+    return PaperPacked(model)
+
+
+@register_method(BEST)
+def _best(model: torch.nn.Module, **options: Any) -> BenchMethod:
+    return BestEngine(model, token_bucket=options.get("token_bucket", 128), cuda_graphs=options.get("cuda_graphs", True),
+                      q_chunk=options.get("q_chunk", 128), attention=options.get("attention", AUTO),
+                      max_tokens=options.get("max_tokens", 0))
+
+
+@register_method(HF_CB)
+def _hf_cb(model: torch.nn.Module, **options: Any) -> BenchMethod:
+    return HFContinuousBatching(model)
+
+
 METHOD_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 
 

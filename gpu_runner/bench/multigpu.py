@@ -26,26 +26,41 @@ import torch
 import torch.distributed as dist
 
 from gpu_runner.bench.common import MODEL_SHAPES, build_model, draw_prompts, error_text, gpu_slug, load_lengths
+from gpu_runner.distributed.prefill import EngineExecutor, RunnerExecutor, default_cost_model, distributed_prefill
 from simulator.assign import STRATEGIES, make_strategy
-from gpu_runner.distributed.prefill import (
-    EngineExecutor,
-    RunnerExecutor,
-    default_cost_model,
-    distributed_prefill,
-)
+from simulator.names import ENGINE, RUNNER, VARLEN
 
-__all__ = ["EXECUTORS", "MultiGPUConfig", "MultiGPURecord", "run_multigpu_benchmark"]
+__all__ = ["EXECUTORS", "ExecutorKind", "MultiGPUConfig", "MultiGPURecord", "run_multigpu_benchmark"]
 
-# executor name -> (the attention backends it runs under a config,
-#                   factory(backend, memory budget bytes or None))
-EXECUTORS: dict[
-    str, tuple[Callable[["MultiGPUConfig"], tuple[str, ...]], Callable[[str, int | None], Any]]
-] = {
-    "runner": (
-        lambda cfg: cfg.backends,
-        lambda backend, budget: RunnerExecutor(backend=backend, memory_budget_bytes=budget),
-    ),
-    "engine": (lambda cfg: ("varlen",), lambda backend, budget: EngineExecutor()),
+
+@dataclass(frozen=True)
+class ExecutorKind:
+    """An executor the benchmark runs: the attention backends it runs under a config, and
+    `make(backend, memory budget bytes or None)` -> the executor."""
+
+    backends: Callable[["MultiGPUConfig"], tuple[str, ...]]
+    make: Callable[[str, int | None], Any]
+
+
+def _runner_backends(cfg: "MultiGPUConfig") -> tuple[str, ...]:
+    return cfg.backends
+
+
+def _make_runner(backend: str, budget: int | None) -> Any:
+    return RunnerExecutor(backend=backend, memory_budget_bytes=budget)
+
+
+def _engine_backends(cfg: "MultiGPUConfig") -> tuple[str, ...]:
+    return (VARLEN,)
+
+
+def _make_engine(backend: str, budget: int | None) -> Any:
+    return EngineExecutor()
+
+
+EXECUTORS: dict[str, ExecutorKind] = {
+    RUNNER: ExecutorKind(_runner_backends, _make_runner),
+    ENGINE: ExecutorKind(_engine_backends, _make_engine),
 }
 
 
@@ -66,7 +81,7 @@ class MultiGPUConfig:
     runner it would mean one padded row per prompt.
     """
 
-    model: str = "llama2-7b"
+    model: str = "llama-2-7b"
     dataset: str = "mmlu"
     batches: tuple[int, ...] = (256, 1024)
     strategies: tuple[str, ...] = ("packed-rr", "cost-balanced", "padded-rr", "prompt-balanced")
@@ -233,8 +248,8 @@ def run_multigpu_benchmark(cfg: MultiGPUConfig, *, device: torch.device) -> list
     lengths_all = load_lengths(cfg.dataset)
     runs = []  # (executor name, backend, executor), one executor object per run for the whole benchmark
     for name in cfg.executors:
-        backends_of, factory = EXECUTORS[name]
-        runs += [(name, backend, factory(backend, budget)) for backend in backends_of(cfg)]
+        kind = EXECUTORS[name]
+        runs += [(name, backend, kind.make(backend, budget)) for backend in kind.backends(cfg)]
     draws = []  # (batch, prompts, real tokens), the same on every rank
     for batch in cfg.batches:
         rng = np.random.default_rng(cfg.seed)

@@ -22,6 +22,7 @@ import torch
 
 from gpu_runner.bench.common import build_model, draw_prompts, error_text, gpu_slug, load_lengths
 from gpu_runner.bench.timing import release_memory, time_calls
+from simulator.names import DENSE, FLEX, GRAPH, PADDED, VARLEN
 
 __all__ = ["SWEEP_COLUMNS", "SweepPoint", "default_grid", "run_sweep"]
 
@@ -29,7 +30,7 @@ SWEEP_COLUMNS = (
     "gpu", "model", "dataset", "batch", "packer", "backend", "mode", "num_bins", "row_len",
     "real_tokens", "computed_tokens", "measured_ms", "reps", "error",
 )
-_BACKENDS = ("padded", "dense", "flex", "varlen", "graph")
+_BACKENDS = (PADDED, DENSE, FLEX, VARLEN, GRAPH)
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,9 @@ class SweepPoint:
     def __post_init__(self) -> None:
         if self.backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {self.backend!r}")
-        if self.backend == "padded" and self.packer != "pad":
+        if self.backend == PADDED and self.packer != "pad":
             raise ValueError("the padded backend runs the pad packer only")
-        if self.backend == "graph" and self.packer != "flat":
+        if self.backend == GRAPH and self.packer != "flat":
             raise ValueError("the graph backend runs one flat row (packer 'flat')")
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
@@ -60,12 +61,12 @@ def default_grid(models: Sequence[str], datasets: Sequence[str], batches: Sequen
 def _runner(model: torch.nn.Module, point: SweepPoint, prompts: list[list[int]]) -> tuple[Any, int, int]:
     """(call, num_bins, row_len) for one point."""
     lengths = [len(p) for p in prompts]
-    if point.backend == "padded":
+    if point.backend == PADDED:
         from gpu_runner.bench.methods import PaddedHF
 
-        m = PaddedHF(model, name="padded", sort=False, chunk=None)
+        m = PaddedHF(model, name=PADDED, sort=False, chunk=None)
         return (lambda: m.prefill(prompts)), len(prompts), max(lengths)
-    if point.backend == "graph":
+    if point.backend == GRAPH:
         from gpu_runner.engine import PrefillEngine, bucket_tokens
 
         eng = PrefillEngine(model, token_bucket=128)
@@ -104,7 +105,7 @@ def run_sweep(points: Sequence[SweepPoint], *, out: str, device: str = "cuda", d
             prompts = draw_prompts(lengths, model.config.vocab_size, seed)
             row: dict[str, Any] = dict(gpu=gpu, model=point.model, dataset=point.dataset, batch=point.batch,
                                        packer=point.packer, backend=point.backend,
-                                       mode="graph" if point.backend == "graph" else "eager",
+                                       mode="graph" if point.backend == GRAPH else "eager",
                                        real_tokens=int(lengths.sum()), reps=reps, error="")
             try:
                 call, bins, row_len = _runner(model, point, prompts)

@@ -22,10 +22,11 @@ from typing import Any, ClassVar, Protocol, Sequence
 import torch
 import torch.distributed as dist
 
-from simulator.assign import Assignment, AssignmentStrategy, make_strategy, plan_assignment
 from gpu_runner.runner import prefill, sub_packing
 from gpu_runner.validate import validate_prompts
 from packers import Packing
+from simulator.assign import Assignment, AssignmentStrategy, make_strategy, plan_assignment
+from simulator.names import AUTO, VARLEN
 
 __all__ = [
     "DistributedPrefillResult",
@@ -39,8 +40,6 @@ __all__ = [
 
 KVList = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (key, value), each [kv_heads, len, head_dim]
 
-# gpu_runner backend name -> simulator attention backend that prices it
-_SIM_ATTENTION = {"dense": "dense", "flex": "flex", "varlen": "varlen"}
 
 
 class RankExecutor(Protocol):
@@ -74,27 +73,38 @@ class RunnerExecutor:
     """
 
     uses_rows: ClassVar[bool] = True
-    backend: str = "auto"
+    backend: str = AUTO
     memory_budget_bytes: int | None = None
     row_len: int | str | None = None
     num_rows: int | None = None
 
-    def attention(self, model: torch.nn.Module) -> Any:
+    def backend_name(self, model: torch.nn.Module) -> str:
+        """The runner backend this executor runs on `model`: `backend`, with "auto" resolved
+        once per model by device and dtype (not per rank's packing), so that the rows are
+        costed with the backend that runs them."""
         from gpu_runner.attention import auto_backend_name
-        from simulator.attention import make_attention
 
+        if self.backend != AUTO:
+            return self.backend
         p = next(p for p in model.parameters() if p.is_floating_point())
-        name = auto_backend_name(p.device, p.dtype) if self.backend == "auto" else self.backend
-        sim = _SIM_ATTENTION.get(name, "dense")
+        return auto_backend_name(p.device, p.dtype)
+
+    def attention(self, model: torch.nn.Module) -> Any:
+        from simulator.attention import ATTENTION, make_attention
+
+        name = self.backend_name(model)
+        if name not in ATTENTION:
+            raise ValueError(f"runner backend {name!r} has no simulator cost model ({', '.join(ATTENTION)}): "
+                             "pass a cost_model to price its rows")
         # The runner's varlen backend pads every packed row of a forward to one length for
         # the linear layers: a row costs its padded length, not its load.
-        return make_attention(sim, pad_rows=True) if sim == "varlen" else sim
+        return make_attention(name, pad_rows=True) if name == VARLEN else name
 
     def run(
         self, model: torch.nn.Module, prompts: list[list[int]], packing: Packing, return_kv: bool
     ) -> tuple[torch.Tensor, list[KVList] | None]:
         res = prefill(
-            model, prompts, packing=packing, backend=self.backend, return_kv=return_kv,
+            model, prompts, packing=packing, backend=self.backend_name(model), return_kv=return_kv,
             memory_budget_bytes=self.memory_budget_bytes, row_len=self.row_len, num_rows=self.num_rows,
         )  # fmt: skip
         return res.logits, (None if res.kv is None else [res.kv[i] for i in range(len(prompts))])
@@ -111,7 +121,7 @@ class EngineExecutor:
     engine: Any = None
 
     def attention(self, model: torch.nn.Module) -> str:
-        return "varlen"
+        return VARLEN
 
     def run(
         self, model: torch.nn.Module, prompts: list[list[int]], packing: Packing, return_kv: bool

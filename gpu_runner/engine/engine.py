@@ -18,6 +18,7 @@ from gpu_runner.engine.staging import bucket_tokens, layout, num_chunks, stage
 from gpu_runner.engine.weights import check_supported, fuse_layer
 from gpu_runner.plan import text_config
 from gpu_runner.validate import sliding_window
+from simulator.names import AUTO, ENGINE, ENGINE_ATTENTION, FLASH, PACKED, TORCH
 
 __all__ = ["EngineOutput", "PrefillEngine", "bucket_tokens"]
 
@@ -106,17 +107,17 @@ class PrefillEngine:
         if q_chunk < 0:
             raise ValueError(f"q_chunk must be >= 0 (0 = no query chunks), got {q_chunk}")
         self.q_chunk = int(q_chunk)
-        if attention not in ("auto", "packed", "flash", "torch"):
-            raise ValueError(f"attention must be auto, packed, flash or torch, got {attention!r}")
+        if attention not in ENGINE_ATTENTION:
+            raise ValueError(f"attention must be one of {', '.join(ENGINE_ATTENTION)}, got {attention!r}")
         self.device = model.lm_head.weight.device
         self.dtype = model.lm_head.weight.dtype
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         probe = torch.empty(0, device=self.device)
-        if attention == "auto":
-            attention = "packed" if use_triton(probe) else "flash" if self.device.type == "cuda" else "torch"
-        if attention == "packed" and not use_triton(probe):
+        if attention == AUTO:
+            attention = PACKED if use_triton(probe) else FLASH if self.device.type == "cuda" else TORCH
+        if attention == PACKED and not use_triton(probe):
             raise ValueError("attention 'packed' needs Triton and a CUDA device")
-        if attention == "flash" and self.device.type != "cuda":
+        if attention == FLASH and self.device.type != "cuda":
             raise ValueError("attention 'flash' needs a CUDA device")
         self.attention = attention
         self.fused_mlp = bool(fused_mlp)
@@ -134,7 +135,7 @@ class PrefillEngine:
         self.embed = inner.embed_tokens.weight
         self.final_norm = inner.norm.weight
         self.lm_head = model.lm_head.weight
-        qkv_rope = self.fused_qkv and self.attention == "packed"
+        qkv_rope = self.fused_qkv and self.attention == PACKED
         self.layers = [fuse_layer(layer, share_weights, qkv_rope=qkv_rope, num_q_heads=self.num_q_heads,
                                   num_kv_heads=self.num_kv_heads, head_dim=self.head_dim) for layer in inner.layers]
         rotary = inner.rotary_emb
@@ -246,7 +247,7 @@ class PrefillEngine:
                           meta={"lower_bound": 1, "status": "optimal", "solve_time_s": 0.0})
         plan = ForwardPlan(bins=(0,), num_rows=1, row_len=int(out.kv.shape[2]), estimated_bytes=0)
         kv = PromptKV.from_flat(out.kv, out.cu_seqlens)
-        return PrefillResult(logits=out.logits, kv=kv, packing=packing, backend="engine", forwards=(plan,),
+        return PrefillResult(logits=out.logits, kv=kv, packing=packing, backend=ENGINE, forwards=(plan,),
                              config=self.model.config)
 
     @property

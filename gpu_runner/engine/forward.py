@@ -15,6 +15,7 @@ from gpu_runner.engine import matmul as mm
 from gpu_runner.engine.kernels import packed_attention, rmsnorm, rope_attention, rope_store, silu_mul
 from gpu_runner.engine.staging import layout, num_chunks
 from gpu_runner.engine.weights import FusedLayer
+from simulator.names import FLASH, PACKED
 
 __all__ = ["Row", "attend", "forward"]
 
@@ -115,9 +116,9 @@ def attend(eng: Any, h: torch.Tensor, w: FusedLayer, k_out: torch.Tensor, v_out:
                         counters=eng._counters)
         return packed_attention(q, k_out, v_out, row.seg, eng.scale)
     qkv = F.linear(x, w.qkv, w.qkv_bias)
-    if eng.attention == "packed":
+    if eng.attention == PACKED:
         return rope_attention(qkv, row.pos, eng.cos, eng.sin, row.seg, k_out, v_out, eng.num_q_heads, eng.scale)
     q = rope_store(qkv, row.pos, eng.cos, eng.sin, k_out, v_out, eng.num_q_heads)
-    if eng.attention == "flash":
+    if eng.attention == FLASH:
         return _attention_flash(q, k_out, v_out, row.cu_q, row.cu_k, row.used_k, row.max_q, row.max_k, eng.scale)
     return _attention_torch(q, k_out, v_out, row.cu, eng.scale)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from gpu_runner.validate import validate_prompts
+from simulator.names import FLASH
 
 __all__ = ["bucket_tokens", "layout", "next_pow2", "num_chunks", "stage", "stage_chunks"]
 
@@ -28,7 +29,7 @@ def next_pow2(n: int, floor: int) -> int:
 def num_chunks(t: int, p: int, q_chunk: int, attention: str) -> int:
     """Static count of query-chunk slots: every prompt and the tail padding, plus one per
     q_chunk tokens (a segment of l tokens has ceil(l / q_chunk) <= 1 + l // q_chunk chunks)."""
-    return p + 1 + t // q_chunk if (q_chunk and attention == "flash") else 0
+    return p + 1 + t // q_chunk if (q_chunk and attention == FLASH) else 0
 
 
 def layout(t: int, p: int, s: int) -> dict[str, slice]:
@@ -53,7 +54,7 @@ def stage(eng: Any, prompts: Sequence[Sequence[int]]) -> tuple[int, int, int, np
     t = bucket_tokens(total, eng.token_bucket)
     p = next_pow2(n, 16)
     # With query chunks the graph does not depend on prompt lengths (max_len = 0 in its key).
-    max_len = 0 if (eng.q_chunk or eng.attention != "flash") else next_pow2(max(longest, t - total), 128)
+    max_len = 0 if (eng.q_chunk or eng.attention != FLASH) else next_pow2(max(longest, t - total), 128)
     eng._ensure_capacity(t, p)
     cu = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=cu[1:])
