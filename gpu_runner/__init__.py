@@ -17,10 +17,12 @@ Example:
     key, value = result.kv[0][layer]                 # [kv_heads, 3, head_dim] each
     new_tokens = gpu_runner.generate(model, [[1, 5, 9], [1, 7]], max_new_tokens=16)
 
-Modules: inputs (packed layout), masks (dense and flex masks), varlen / flex (attention
-functions registered with transformers), backends (registry), cache (transformers cache
-compatibility, per-prompt K/V views), plan (memory estimate, forwards under a budget),
-runner (prefill), generate (continued generation).
+Modules: validate (input checks, shared with the engine), inputs (packed layout), attention/
+(the backend registry and the dense, flex and varlen backends with their masks), plan (memory
+estimate, forwards under a budget), cache (transformers cache compatibility, PromptKV),
+result (PrefillResult), runner (prefill), generation (continued generation), engine/ (the
+CUDA-graph PrefillEngine), distributed/ (multi-GPU prefill), bench/ (prepack-bench).
+Public names are imported on first use, so `import gpu_runner.distributed` needs no torch.
 """
 
 from importlib import import_module
