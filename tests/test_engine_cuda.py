@@ -37,6 +37,7 @@ def test_qkv_rope_and_packed_attention_match_references():
     import numpy as np
 
     from gpu_runner.engine import kernels as ek
+    from gpu_runner.engine import reference as rk
     from gpu_runner.engine import matmul as mk
 
     torch.manual_seed(0)
@@ -56,22 +57,23 @@ def test_qkv_rope_and_packed_attention_match_references():
         k1, v1, k2, v2 = (torch.empty(t, hkv, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
         q1 = mk.qkv_rope(x, w, cos[pos], sin[pos], k1, v1, hq, bias=b, counters=counters)
         proj = torch.nn.functional.linear(x.float(), w.float())  # one rounding, as in the epilogue
-        q2 = ek._rope_store_torch((proj if b is None else proj + b).bfloat16(), pos, cos, sin, k2, v2, hq)
+        q2 = rk.rope_store_torch((proj if b is None else proj + b).bfloat16(), pos, cos, sin, k2, v2, hq)
         for got, want in ((q1, q2), (k1, k2), (v1, v2)):
             torch.testing.assert_close(got.float(), want.float(), atol=5e-2, rtol=2e-2)
         assert int(counters.abs().sum()) == 0
         out = ek.packed_attention(q1, k1, v1, seg, d**-0.5)
-        ref = ek._packed_attention_torch(q1.float(), k1.float(), v1.float(), seg, d**-0.5)
+        ref = rk.packed_attention_torch(q1.float(), k1.float(), v1.float(), seg, d**-0.5)
         torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
 
 
 def test_kernels_match_torch_reference():
     from gpu_runner.engine import kernels as ek
+    from gpu_runner.engine import reference as rk
 
     torch.manual_seed(0)
     h = torch.randn(300, 256, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(256, device="cuda", dtype=torch.bfloat16)
-    torch.testing.assert_close(ek.rmsnorm(h, w, 1e-6), ek._rmsnorm_torch(h, w, 1e-6), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(ek.rmsnorm(h, w, 1e-6), rk.rmsnorm_torch(h, w, 1e-6), atol=2e-2, rtol=2e-2)
     gu = torch.randn(300, 2 * 384, device="cuda", dtype=torch.bfloat16)
     ref = torch.nn.functional.silu(gu[:, :384].float()) * gu[:, 384:].float()
     out = ek.silu_mul(gu.clone())  # in place over the gate half: compare against the untouched input
@@ -84,7 +86,7 @@ def test_kernels_match_torch_reference():
     k1, v1 = torch.empty(300, hkv, dim, device="cuda", dtype=torch.bfloat16), torch.empty(300, hkv, dim, device="cuda", dtype=torch.bfloat16)
     k2, v2 = torch.empty_like(k1), torch.empty_like(v1)
     q1 = ek.rope_store(qkv, pos, cos, sin, k1, v1, hq)
-    q2 = ek._rope_store_torch(qkv, pos, cos, sin, k2, v2, hq)
+    q2 = rk.rope_store_torch(qkv, pos, cos, sin, k2, v2, hq)
     torch.testing.assert_close(q1, q2, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(k1, k2, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(v1, v2)
@@ -94,6 +96,7 @@ def test_swiglu_matches_cublas_then_silu_mul():
     """The fused SwiGLU matmul against cuBLAS + silu_mul (same rounding points), on ragged shapes
     and on shapes whose last wave is split along K (checked through tail_split)."""
     from gpu_runner.engine import kernels as ek
+    from gpu_runner.engine import reference as rk
     from gpu_runner.engine import matmul as mk
 
     torch.manual_seed(0)
@@ -117,6 +120,7 @@ def test_rope_attention_matches_reference():
     import numpy as np
 
     from gpu_runner.engine import kernels as ek
+    from gpu_runner.engine import reference as rk
 
     lengths = [5, 1, 300, 3, 130, 64, 65, 900, 20]
     total = sum(lengths)
@@ -132,8 +136,8 @@ def test_rope_attention_matches_reference():
         k1, v1 = (torch.empty(t, hkv, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
         k2, v2 = torch.empty_like(k1), torch.empty_like(v1)
         out = ek.rope_attention(qkv, pos, cos, sin, seg, k1, v1, hq, d**-0.5)
-        q = ek._rope_store_torch(qkv, pos, cos, sin, k2, v2, hq)
-        ref = ek._packed_attention_torch(q.float(), k2.float(), v2.float(), seg, d**-0.5)
+        q = rk.rope_store_torch(qkv, pos, cos, sin, k2, v2, hq)
+        ref = rk.packed_attention_torch(q.float(), k2.float(), v2.float(), seg, d**-0.5)
         torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
         torch.testing.assert_close(k1, k2, atol=2e-2, rtol=2e-2)
         torch.testing.assert_close(v1, v2)

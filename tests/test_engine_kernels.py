@@ -20,12 +20,13 @@ _SCRIPT = textwrap.dedent(
     import numpy as np
     import torch
     from gpu_runner.engine import kernels as ek
+    from gpu_runner.engine import reference as rk
     from gpu_runner.engine import matmul as mk
 
     assert ek.use_triton(torch.empty(1)), "interpreter not active"
     torch.manual_seed(0)
     h, w = torch.randn(7, 48), torch.randn(48)
-    torch.testing.assert_close(ek.rmsnorm(h, w, 1e-6), ek._rmsnorm_torch(h, w, 1e-6))
+    torch.testing.assert_close(ek.rmsnorm(h, w, 1e-6), rk.rmsnorm_torch(h, w, 1e-6))
     gu = torch.randn(9, 2 * 40)
     ref = torch.nn.functional.silu(gu[:, :40]) * gu[:, 40:]
     torch.testing.assert_close(ek.silu_mul(gu.clone()), ref)
@@ -42,7 +43,7 @@ _SCRIPT = textwrap.dedent(
         x, w = torch.randn(t, k), torch.randn(2 * n, k) * k**-0.5
         tiles = -(-t // cfg.block_m) * -(-n // cfg.block_n)
         splits.add(mk.tail_split(tiles, min(tiles, len(counters)), -(-k // cfg.block_k), cfg))
-        ref = ek._silu_mul_torch(torch.nn.functional.linear(x, w))
+        ref = rk.silu_mul_torch(torch.nn.functional.linear(x, w))
         torch.testing.assert_close(mk.swiglu(x, w, cfg, counters=counters), ref, atol=1e-5, rtol=1e-5)
         assert int(counters.abs().sum()) == 0  # left at zero for the next launch
     assert splits == {1, 2, 4}, splits
@@ -51,7 +52,7 @@ _SCRIPT = textwrap.dedent(
     freqs = torch.arange(100).float()[:, None] * torch.rand(dim // 2)[None, :]
     k1, v1, k2, v2 = (torch.empty(11, hkv, dim) for _ in range(4))
     q1 = ek.rope_store(qkv, pos, freqs.cos(), freqs.sin(), k1, v1, hq)
-    q2 = ek._rope_store_torch(qkv, pos, freqs.cos(), freqs.sin(), k2, v2, hq)
+    q2 = rk.rope_store_torch(qkv, pos, freqs.cos(), freqs.sin(), k2, v2, hq)
     torch.testing.assert_close(q1, q2)
     torch.testing.assert_close(k1, k2)
     torch.testing.assert_close(v1, v2)
@@ -67,8 +68,8 @@ _SCRIPT = textwrap.dedent(
         pos = torch.tensor(np.arange(t) - seg.numpy())
         ka, va, kb, vb = (torch.full((t, hkv, d), float("nan")) for _ in range(4))
         out = ek.rope_attention(qkv, pos, cos, sin, seg, ka, va, hq, 0.25, block_m=bm, block_n=bn)
-        q = ek._rope_store_torch(qkv, pos, cos, sin, kb, vb, hq)
-        ref = ek._packed_attention_torch(q, kb, vb, seg, 0.25)
+        q = rk.rope_store_torch(qkv, pos, cos, sin, kb, vb, hq)
+        ref = rk.packed_attention_torch(q, kb, vb, seg, 0.25)
         torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(ka, kb)  # every row written (the buffers start as NaN)
         torch.testing.assert_close(va, vb)
@@ -85,7 +86,7 @@ _SCRIPT = textwrap.dedent(
         ka, va, kb, vb = (torch.full((t, hkv, d), float("nan")) for _ in range(4))
         q = mk.qkv_rope(x, w, cos[pos].contiguous(), sin[pos].contiguous(), ka, va, hq, cfg, bias=b,
                         counters=counters)
-        ref = ek._rope_store_torch(torch.nn.functional.linear(x, w, b), pos, cos, sin, kb, vb, hq)
+        ref = rk.rope_store_torch(torch.nn.functional.linear(x, w, b), pos, cos, sin, kb, vb, hq)
         torch.testing.assert_close(q, ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ka, kb, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(va, vb, atol=1e-5, rtol=1e-5)
@@ -94,7 +95,7 @@ _SCRIPT = textwrap.dedent(
         seg = torch.tensor(np.repeat(np.cumsum([0] + lens[:-1]), lens))
         for bm, bn in ((16, 16), (32, 16)):
             out = ek.packed_attention(q, ka, va, seg, 0.3, block_m=bm, block_n=bn)
-            torch.testing.assert_close(out, ek._packed_attention_torch(q, kb, vb, seg, 0.3), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(out, rk.packed_attention_torch(q, kb, vb, seg, 0.3), atol=1e-4, rtol=1e-4)
     assert not mk.qkv_fusable(x, w, hq, hkv, d, mk.GemmConfig(16, 48))  # a tile column block of 1.5 heads
     print("kernels ok")
     """
@@ -186,6 +187,7 @@ def test_qkv_rope_and_packed_attention_reject_bad_shapes_and_fall_back():
     import torch
 
     from gpu_runner.engine import kernels as ek
+    from gpu_runner.engine import reference as rk
     from gpu_runner.engine import matmul as mk
 
     torch.manual_seed(0)
@@ -196,7 +198,7 @@ def test_qkv_rope_and_packed_attention_reject_bad_shapes_and_fall_back():
     cos, sin = freqs.cos()[pos], freqs.sin()[pos]
     k1, v1, k2, v2 = (torch.full((t, hkv, d), float("nan")) for _ in range(4))
     q = mk.qkv_rope(x, w, cos, sin, k1, v1, hq, bias=b)
-    ref = ek._rope_store_torch(torch.nn.functional.linear(x, w, b), pos, freqs.cos(), freqs.sin(), k2, v2, hq)
+    ref = rk.rope_store_torch(torch.nn.functional.linear(x, w, b), pos, freqs.cos(), freqs.sin(), k2, v2, hq)
     torch.testing.assert_close(q, ref)
     torch.testing.assert_close(k1, k2)
     torch.testing.assert_close(v1, v2)
@@ -210,7 +212,7 @@ def test_qkv_rope_and_packed_attention_reject_bad_shapes_and_fall_back():
         mk.qkv_rope(x, w, cos, sin, k1, v1, hq, counters=torch.zeros(1, dtype=torch.int32))
     seg = torch.tensor(np.repeat([0, 3, 5], [3, 2, 4]))
     out = ek.packed_attention(q, k1, v1, seg, 0.5)
-    torch.testing.assert_close(out, ek._packed_attention_torch(q, k2, v2, seg, 0.5))
+    torch.testing.assert_close(out, rk.packed_attention_torch(q, k2, v2, seg, 0.5))
     with pytest.raises(ValueError, match="packed_attention needs"):
         ek.packed_attention(q, k1[:-1], v1[:-1], seg, 0.5)
     with pytest.raises(ValueError, match="packed_attention needs"):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from gpu_runner.engine import matmul as mm
 from gpu_runner.engine.kernels import packed_attention, rmsnorm, rope_attention, rope_store, silu_mul
+from gpu_runner.engine.reference import packed_attention_torch
 from gpu_runner.engine.staging import layout, num_chunks
 from gpu_runner.engine.weights import FusedLayer
 from simulator.names import FLASH, PACKED
@@ -34,19 +35,6 @@ class Row:
     used_k: torch.Tensor | None
     max_q: int
     max_k: int
-
-
-def _attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, scale: float) -> torch.Tensor:
-    """Block-diagonal causal attention with a dense mask (reference path for CPU)."""
-    t, hq, _ = q.shape
-    seg = torch.searchsorted(cu[1:].to(torch.int64), torch.arange(t, device=q.device), right=True)
-    idx = torch.arange(t, device=q.device)
-    mask = (seg[:, None] == seg[None, :]) & (idx[:, None] >= idx[None, :])
-    rep = hq // k.shape[1]
-    kk = k.repeat_interleave(rep, dim=1).transpose(0, 1)
-    vv = v.repeat_interleave(rep, dim=1).transpose(0, 1)
-    out = F.scaled_dot_product_attention(q.transpose(0, 1), kk, vv, attn_mask=mask, scale=scale)
-    return out.transpose(0, 1)
 
 
 def _attention_flash(
@@ -121,4 +109,4 @@ def attend(eng: Any, h: torch.Tensor, w: FusedLayer, k_out: torch.Tensor, v_out:
     q = rope_store(qkv, row.pos, eng.cos, eng.sin, k_out, v_out, eng.num_q_heads)
     if eng.attention == FLASH:
         return _attention_flash(q, k_out, v_out, row.cu_q, row.cu_k, row.used_k, row.max_q, row.max_k, eng.scale)
-    return _attention_torch(q, k_out, v_out, row.cu, eng.scale)
+    return packed_attention_torch(q, k_out, v_out, row.seg, eng.scale)  # the dense-mask CPU reference

@@ -31,6 +31,8 @@ import os
 
 import torch
 
+from gpu_runner.engine.reference import packed_attention_torch, rmsnorm_torch, rope_store_torch, silu_mul_torch
+
 try:  # Triton is optional: CPU-only installs run the torch versions.
     import triton
     import triton.language as tl
@@ -45,57 +47,6 @@ def use_triton(t: torch.Tensor) -> bool:
     """True when the Triton kernels can run on `t`: Triton installed and a CUDA tensor (or
     Triton's CPU interpreter switched on with TRITON_INTERPRET=1, for tests)."""
     return triton is not None and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
-
-
-# ---------------------------------------------------------------- torch reference versions
-
-
-def _rmsnorm_torch(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    x = h.float()
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x.to(h.dtype)
-
-
-def _rope_store_torch(
-    qkv: torch.Tensor,
-    positions: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    k_out: torch.Tensor,
-    v_out: torch.Tensor,
-    num_q_heads: int,
-) -> torch.Tensor:
-    t = qkv.shape[0]
-    num_kv, d = k_out.shape[1], k_out.shape[2]
-    q = qkv[:, : num_q_heads * d].view(t, num_q_heads, d)
-    k = qkv[:, num_q_heads * d : (num_q_heads + num_kv) * d].view(t, num_kv, d)
-    v = qkv[:, (num_q_heads + num_kv) * d :].view(t, num_kv, d)
-    c = torch.cat((cos, cos), -1)[positions].unsqueeze(1)  # [T, 1, D] in the model dtype
-    s = torch.cat((sin, sin), -1)[positions].unsqueeze(1)
-
-    def rot(x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = x[..., : d // 2], x[..., d // 2 :]
-        return torch.cat((-x2, x1), -1)
-
-    k_out.copy_(k * c + rot(k) * s)
-    v_out.copy_(v)
-    return q * c + rot(q) * s
-
-
-def _silu_mul_torch(gate_up: torch.Tensor) -> torch.Tensor:
-    gate, up = gate_up.chunk(2, dim=-1)
-    return gate.copy_(torch.nn.functional.silu(gate) * up)
-
-
-def _packed_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg_start: torch.Tensor, scale: float) -> torch.Tensor:
-    t, hq, _ = q.shape
-    idx = torch.arange(t, device=q.device)
-    mask = (idx[None, :] >= seg_start[:, None]) & (idx[None, :] <= idx[:, None])
-    rep = hq // k.shape[1]
-    kk = k.repeat_interleave(rep, dim=1).transpose(0, 1)
-    vv = v.repeat_interleave(rep, dim=1).transpose(0, 1)
-    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(0, 1), kk, vv, attn_mask=mask, scale=scale)
-    return out.transpose(0, 1)
 
 
 # ---------------------------------------------------------------- Triton kernels
@@ -336,7 +287,7 @@ def rmsnorm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     round to the model dtype, then scale). The residual add happens in the matmuls
     (`addmm_` with beta = 1), so there is no add here."""
     if not use_triton(h):
-        return _rmsnorm_torch(h, weight, eps)
+        return rmsnorm_torch(h, weight, eps)
     t, n = h.shape
     out = torch.empty_like(h)
     block = triton.next_power_of_2(n)
@@ -358,7 +309,7 @@ def rope_store(
     cos/sin: [max_positions, D/2] tables in the model dtype (HF's rounding), positions: [T] int.
     """
     if not use_triton(qkv):
-        return _rope_store_torch(qkv, positions, cos, sin, k_out, v_out, num_q_heads)
+        return rope_store_torch(qkv, positions, cos, sin, k_out, v_out, num_q_heads)
     t = qkv.shape[0]
     num_kv, d = k_out.shape[1], k_out.shape[2]
     q = torch.empty((t, num_q_heads, d), dtype=qkv.dtype, device=qkv.device)
@@ -374,7 +325,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """SiLU(gate) * up for the fused [T, 2 I] gate/up projection, written over the gate half;
     returns that [T, I] view (row stride 2 I: matmuls read it without a copy)."""
     if not use_triton(gate_up):
-        return _silu_mul_torch(gate_up)
+        return silu_mul_torch(gate_up)
     t, two_i = gate_up.shape
     n = two_i // 2
     block = 1024
@@ -410,8 +361,8 @@ def rope_attention(
     fastest on an H100 for 16 and 32 heads (benchmarks/device/tune_attention.py).
     """
     if not use_triton(qkv):
-        q = _rope_store_torch(qkv, positions, cos, sin, k_out, v_out, num_q_heads)
-        return _packed_attention_torch(q, k_out, v_out, seg_start, scale)
+        q = rope_store_torch(qkv, positions, cos, sin, k_out, v_out, num_q_heads)
+        return packed_attention_torch(q, k_out, v_out, seg_start, scale)
     t = qkv.shape[0]
     num_kv, d = k_out.shape[1], k_out.shape[2]
     if d % 2 or d // 2 < 16 or (d // 2) & (d // 2 - 1):
@@ -451,7 +402,7 @@ def packed_attention(
         raise ValueError(f"packed_attention needs q [T, Hq, D] and k, v [T, Hkv, D] with Hkv dividing Hq, got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if not use_triton(q):
-        return _packed_attention_torch(q, k, v, seg_start, scale)
+        return packed_attention_torch(q, k, v, seg_start, scale)
     if d < 16 or d & (d - 1):
         raise ValueError(f"packed_attention needs head_dim a power of two >= 16, got {d}")
     out = torch.empty_like(q)

@@ -43,7 +43,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gpu_runner.engine.kernels import _rope_store_torch, silu_mul, use_triton
+from gpu_runner.engine.kernels import silu_mul, use_triton
+from gpu_runner.engine.reference import rope_store_torch
 
 try:  # Triton is optional: without it `swiglu` runs its F.linear + silu_mul fallback.
     import triton
@@ -348,7 +349,7 @@ def qkv_rope(x: torch.Tensor, qkv_weight: torch.Tensor, cos: torch.Tensor, sin: 
     fused = (qkv_fusable(x, qkv_weight, num_q_heads, num_kv, d, cfg) and k_out.is_contiguous() and v_out.is_contiguous()
              and cos.is_contiguous() and sin.is_contiguous())
     if not fused:
-        return _rope_store_torch(F.linear(x, qkv_weight, bias), torch.arange(t, device=x.device), cos, sin, k_out, v_out, num_q_heads)
+        return rope_store_torch(F.linear(x, qkv_weight, bias), torch.arange(t, device=x.device), cos, sin, k_out, v_out, num_q_heads)
     q = torch.empty((t, num_q_heads, d), dtype=x.dtype, device=x.device)
     if counters is None:
         counters = torch.zeros(counter_slots(x.device), dtype=torch.int32, device=x.device)
