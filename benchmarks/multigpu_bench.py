@@ -19,16 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when not installed
 
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in _csv(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+from gpu_runner.bench.cli import csv_list, int_list  # noqa: E402  (after the path insert)
 
 
 class _UsageError(Exception):
@@ -46,34 +37,34 @@ def _parser() -> argparse.ArgumentParser:
         "--model", default="llama-2-7b", help="shape: llama-2-7b, sheared-llama-1.3b, tiny (default llama-2-7b)"
     )
     p.add_argument("--dataset", default="mmlu", help="length list name (default mmlu)")
-    p.add_argument("--batches", type=_ints, default=(256, 1024), help="prompts per batch (default 256,1024)")
+    p.add_argument("--batches", type=int_list, default=(256, 1024), help="prompts per batch (default 256,1024)")
     p.add_argument(
         "--strategies",
-        type=_csv,
+        type=csv_list,
         default=("packed-rr", "cost-balanced", "padded-rr", "prompt-balanced"),
         help="packed-rr, cost-balanced, padded-rr, prompt-balanced (default all, in this order; "
         "prompt-balanced only with executors that ignore rows, i.e. engine)",
     )
     p.add_argument(
         "--executors",
-        type=_csv,
+        type=csv_list,
         default=("runner",),
         help="runner (prepacked runner, --backends) and/or engine (PrefillEngine) (default runner)",
     )
     p.add_argument(
         "--backends",
-        type=_csv,
+        type=csv_list,
         default=("dense",),
         help="runner attention backends, one run each: dense, varlen, flex, auto (default dense)",
     )
     p.add_argument(
         "--padded-runs",
-        type=_csv,
+        type=csv_list,
         default=("runner/dense", "engine/varlen"),
         help="executor/backend runs that include padded-rr (default runner/dense,engine/varlen)",
     )
     p.add_argument(
-        "--world-sizes", type=_ints, default=(), help="GPU counts to measure (default 1, 2, 4 ... and all)"
+        "--world-sizes", type=int_list, default=(), help="GPU counts to measure (default 1, 2, 4 ... and all)"
     )
     p.add_argument(
         "--max-padded-batch", type=int, default=256, help="run padded-rr only up to this batch (default 256)"

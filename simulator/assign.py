@@ -30,6 +30,7 @@ import numpy as np
 
 import packers
 from packers import Packing
+from simulator.lookup import build
 
 __all__ = [
     "PARTITIONERS",
@@ -310,12 +311,7 @@ def make_strategy(name: str | AssignmentStrategy, **params: Any) -> AssignmentSt
         if hasattr(name, "assign") and hasattr(name, "packer"):
             return name
         raise ValueError(f"strategy must be a registry name or have assign() and packer; got {name!r}")
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
-    try:
-        return STRATEGIES[name](**params)
-    except TypeError as exc:
-        raise ValueError(f"bad parameters for strategy {name!r}: {exc}") from None
+    return build(STRATEGIES, name, "strategy", fold_case=False, **params)
 
 
 def plan_assignment(

@@ -33,6 +33,7 @@ import numpy as np
 
 from simulator import names
 from simulator.layout import RowLayout
+from simulator.lookup import build
 
 __all__ = [
     "ATTENTION",
@@ -188,10 +189,4 @@ def make_attention(name: str | AttentionCost, **overrides: Any) -> AttentionCost
     passes through. Unknown names raise `ValueError` listing the known ones."""
     if isinstance(name, AttentionCost):
         return name
-    key = str(name).strip().lower()
-    if key not in ATTENTION:
-        raise ValueError(f"unknown attention backend {name!r}; known: {', '.join(ATTENTION)}")
-    try:
-        return ATTENTION[key](**overrides)
-    except TypeError as exc:
-        raise ValueError(f"bad parameters for attention {key!r}: {exc}") from None
+    return build(ATTENTION, name, "attention backend", **overrides)

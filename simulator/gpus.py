@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from simulator.lookup import lookup
+
 __all__ = ["GPUSpec", "GPUS", "available_gpus", "get_gpu", "match_gpu"]
 
 
@@ -49,12 +51,7 @@ def available_gpus() -> list[str]:
 def get_gpu(name: str | GPUSpec) -> GPUSpec:
     """Look a GPU up in `GPUS` (case-insensitive); a `GPUSpec` passes through.
     Unknown names raise `ValueError` listing the known ones."""
-    if isinstance(name, GPUSpec):
-        return name
-    key = str(name).strip().lower()
-    if key not in GPUS:
-        raise ValueError(f"unknown GPU {name!r}; known GPUs: {', '.join(available_gpus())}")
-    return GPUS[key]
+    return name if isinstance(name, GPUSpec) else lookup(GPUS, name, "GPU")
 
 
 def match_gpu(label: str) -> str:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any, Mapping
 
+from simulator.lookup import lookup
+
 __all__ = ["ModelSpec", "MODELS", "get_model", "available_models"]
 
 # HF `model_type`s whose MLP is a plain up/down projection (no gate). Everything else
@@ -170,9 +172,4 @@ def available_models() -> list[str]:
 def get_model(name: str | ModelSpec) -> ModelSpec:
     """Look a model up in `MODELS` (case-insensitive); a `ModelSpec` passes through.
     Unknown names raise `ValueError` listing the known ones."""
-    if isinstance(name, ModelSpec):
-        return name
-    key = str(name).strip().lower()
-    if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(available_models())}")
-    return MODELS[key]
+    return name if isinstance(name, ModelSpec) else lookup(MODELS, name, "model")

@@ -28,13 +28,13 @@ examples:
 """
 
 
-def _csv(text: str) -> tuple[str, ...]:
+def csv_list(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def int_list(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(x) for x in _csv(text))
+        return tuple(int(x) for x in csv_list(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
@@ -42,14 +42,14 @@ def _ints(text: str) -> tuple[int, ...]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prepack-bench", description=__doc__.splitlines()[0], epilog=_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=_csv, default=("sheared-llama-1.3b",),
+    p.add_argument("--model", type=csv_list, default=("sheared-llama-1.3b",),
                    help="comma-separated shapes: llama-2-7b, sheared-llama-1.3b, tiny (default sheared-llama-1.3b)")
     p.add_argument("--dataset", default="mmlu", help="length list name: mmlu, alpaca, samsum, wikitext256 (default mmlu)")
     p.add_argument("--batch", type=int, default=64, help="prompts per batch (default 64)")
-    p.add_argument("--methods", type=_csv, default=("padded", "sorted", "paper", "best", "hf-cb"), help="scenario a methods (default padded,sorted,paper,best,hf-cb)")
-    p.add_argument("--stream-methods", type=_csv, default=("padded", "sorted", "paper", "best"), help="scenario b methods (default padded,sorted,paper,best)")
-    p.add_argument("--modes", type=_csv, default=("prefill", "ttft"), help="prefill, ttft (default both)")
-    p.add_argument("--scenarios", type=_csv, default=("a", "b"), help="a (one batch), b (dataset stream); default both")
+    p.add_argument("--methods", type=csv_list, default=("padded", "sorted", "paper", "best", "hf-cb"), help="scenario a methods (default padded,sorted,paper,best,hf-cb)")
+    p.add_argument("--stream-methods", type=csv_list, default=("padded", "sorted", "paper", "best"), help="scenario b methods (default padded,sorted,paper,best)")
+    p.add_argument("--modes", type=csv_list, default=("prefill", "ttft"), help="prefill, ttft (default both)")
+    p.add_argument("--scenarios", type=csv_list, default=("a", "b"), help="a (one batch), b (dataset stream); default both")
     p.add_argument("--stream-batches", type=int, default=0, help="limit scenario b to this many batches (0 = all)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
     p.add_argument("--reps", type=int, default=10, help="timed calls, median reported (default 10)")
@@ -64,9 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="tiny random model on CPU, float32, 2 batches: checks the plumbing")
     s = p.add_argument_group("sweep (--sweep): measured ms per (model, dataset, batch, packer, backend)")
     s.add_argument("--sweep", action="store_true", help="run the cost-model sweep instead of the benchmark")
-    s.add_argument("--datasets", type=_csv, default=("mmlu", "wikitext256", "alpaca", "samsum"), help="sweep datasets (default mmlu,wikitext256,alpaca,samsum)")
-    s.add_argument("--batches", type=_ints, default=(16, 64, 256), help="sweep batch sizes (default 16,64,256)")
-    s.add_argument("--combos", type=_csv, default=("pad/padded", "ffd/dense", "ffd/varlen", "pad/varlen"),
+    s.add_argument("--datasets", type=csv_list, default=("mmlu", "wikitext256", "alpaca", "samsum"), help="sweep datasets (default mmlu,wikitext256,alpaca,samsum)")
+    s.add_argument("--batches", type=int_list, default=(16, 64, 256), help="sweep batch sizes (default 16,64,256)")
+    s.add_argument("--combos", type=csv_list, default=("pad/padded", "ffd/dense", "ffd/varlen", "pad/varlen"),
                    help="packer/backend pairs; backends padded, dense, flex, varlen, graph (packer flat)")
     return p
 

@@ -27,16 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpu_runner.bench.common import (
-    MODEL_SHAPES,
-    build_model,
-    draw_prompts,
-    error_text,
-    gpu_slug,
-    load_lengths,
-    real_token_flops,
-    stream_batches,
-)
+from gpu_runner.bench.common import MODEL_SHAPES, build_model, draw_prompts, error_text, gpu_slug, load_lengths
+from gpu_runner.bench.common import real_token_flops, stream_batches
 from gpu_runner.bench.methods import METHOD_NAMES, make_method
 from gpu_runner.bench.timing import matmul_peak_flops, peak_extra_bytes, release_memory, time_calls, wall_clock_s
 
