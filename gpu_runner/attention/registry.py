@@ -4,10 +4,10 @@ A backend names the transformers attention implementation the model runs under a
 the forward keyword arguments that carry the packing's attention structure:
 
   dense   4D bool block-diagonal causal mask [R, 1, L, L] under `sdpa` (the paper's method).
-  flex    FlexAttention `BlockMask` under `prepack_flex` (gpu_runner.flex): transformers'
+  flex    FlexAttention `BlockMask` under `prepack_flex` (attention/flex.py): transformers'
           compiled flex_attention on CUDA, eager (exact, unfused) flex_attention on CPU.
   varlen  `torch.nn.attention.varlen.varlen_attn` over the flattened rows under
-          `prepack_varlen` (gpu_runner.varlen); CUDA, fp16/bf16 and compute capability >= 8.
+          `prepack_varlen` (attention/varlen.py); CUDA, fp16/bf16 and compute capability >= 8.
   auto    varlen or dense, whichever can run and the simulator's cost model prices lower
           for this packing on this GPU (see `auto_backend_name`).
 

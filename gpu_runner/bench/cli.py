@@ -1,6 +1,6 @@
 """`prepack-bench`: the prefill benchmark and the cost-model sweep from the command line.
 
-This module only parses arguments and calls `bench.run_benchmark` or `bench_sweep.run_sweep`
+This module only parses arguments and calls `scenarios.run_benchmark` or `sweep.run_sweep`
 by keyword. Bad input prints one line and exits with status 2.
 """
 
