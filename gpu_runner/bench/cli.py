@@ -9,6 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from simulator.names import BENCH_METHODS, BEST, PADDED, PAPER, SORTED
+
+STREAM_METHODS = (PADDED, SORTED, PAPER, BEST)  # scenario b's default: every method but hf-cb
+
 __all__ = ["main"]
 
 _EPILOG = """\
@@ -46,8 +50,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated shapes: llama-2-7b, sheared-llama-1.3b, tiny (default sheared-llama-1.3b)")
     p.add_argument("--dataset", default="mmlu", help="length list name: mmlu, alpaca, samsum, wikitext256 (default mmlu)")
     p.add_argument("--batch", type=int, default=64, help="prompts per batch (default 64)")
-    p.add_argument("--methods", type=csv_list, default=("padded", "sorted", "paper", "best", "hf-cb"), help="scenario a methods (default padded,sorted,paper,best,hf-cb)")
-    p.add_argument("--stream-methods", type=csv_list, default=("padded", "sorted", "paper", "best"), help="scenario b methods (default padded,sorted,paper,best)")
+    p.add_argument("--methods", type=csv_list, default=BENCH_METHODS, help=f"scenario a methods (default {','.join(BENCH_METHODS)})")
+    p.add_argument("--stream-methods", type=csv_list, default=STREAM_METHODS, help=f"scenario b methods (default {','.join(STREAM_METHODS)})")
     p.add_argument("--modes", type=csv_list, default=("prefill", "ttft"), help="prefill, ttft (default both)")
     p.add_argument("--scenarios", type=csv_list, default=("a", "b"), help="a (one batch), b (dataset stream); default both")
     p.add_argument("--stream-batches", type=int, default=0, help="limit scenario b to this many batches (0 = all)")
