@@ -13,7 +13,7 @@ import torch
 from gpu_runner.inputs import prompt_lengths
 from gpu_runner.plan import text_config
 
-__all__ = ["sliding_window", "validate_prompts"]
+__all__ = ["check_prompts", "sliding_window", "validate_prompts"]
 
 
 def _normalize(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -27,7 +27,7 @@ def _normalize(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
             p = p.tolist()
         elif isinstance(p, (str, bytes)) or not isinstance(p, Sequence):
             raise ValueError(f"prompt {i} must be a sequence of token ids, got {type(p).__name__}")
-        out.append(list(p))
+        out.append(p if type(p) is list else list(p))
     return out
 
 
@@ -42,15 +42,12 @@ def sliding_window(config: Any) -> int | None:
     return int(window)
 
 
-def validate_prompts(
+def check_prompts(
     model: torch.nn.Module, prompts: Sequence[Sequence[int]]
-) -> tuple[list[list[int]], list[int]]:
-    """Check prompts against the model; return (prompts as lists, lengths).
-
-    `ValueError` for: an empty list, an empty prompt, a non-integer token id, a token id
-    outside [0, vocab), a prompt longer than `max_position_embeddings`, or a prompt longer
-    than a sliding attention window (packed masks here are full causal).
-    """
+) -> tuple[list[list[int]], list[int], np.ndarray]:
+    """`validate_prompts` (same checks, same errors), also returning the flat token ids it
+    checked (an integer array, prompts back to back) for callers that lay them out
+    themselves (the engine)."""
     prompts = _normalize(prompts)
     lengths = prompt_lengths(prompts)
     try:
@@ -80,4 +77,17 @@ def validate_prompts(
             f"prompt {i} has {longest} tokens, over the model's sliding window ({window}): "
             "packed prefill uses full causal masks"
         )
+    return prompts, lengths, tokens
+
+
+def validate_prompts(
+    model: torch.nn.Module, prompts: Sequence[Sequence[int]]
+) -> tuple[list[list[int]], list[int]]:
+    """Check prompts against the model; return (prompts as lists, lengths).
+
+    `ValueError` for: an empty list, an empty prompt, a non-integer token id, a token id
+    outside [0, vocab), a prompt longer than `max_position_embeddings`, or a prompt longer
+    than a sliding attention window (packed masks here are full causal).
+    """
+    prompts, lengths, _ = check_prompts(model, prompts)
     return prompts, lengths

@@ -6,12 +6,11 @@ one host-to-device copy. `layout` says where each input lives in that buffer."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import chain
 from typing import Any
 
 import numpy as np
 
-from gpu_runner.validate import validate_prompts
+from gpu_runner.validate import check_prompts
 from simulator.names import FLASH
 
 __all__ = ["bucket_tokens", "layout", "next_pow2", "num_chunks", "stage", "stage_chunks"]
@@ -45,12 +44,12 @@ def layout(t: int, p: int, s: int) -> dict[str, slice]:
 def stage(eng: Any, prompts: Sequence[Sequence[int]]) -> tuple[int, int, int, np.ndarray]:
     """Validate `prompts`, lay out `eng`'s flat row in its pinned host buffer (growing the
     engine's buffers if needed); return (T, slots, max_len, cu)."""
-    prompts, length_list = validate_prompts(eng.model, prompts)
+    prompts, length_list, token_ids = check_prompts(eng.model, prompts)
     n = len(prompts)
     lengths = np.asarray(length_list, dtype=np.int64)
     longest = int(lengths.max())
     total = int(lengths.sum())
-    tokens = np.fromiter(chain.from_iterable(prompts), dtype=np.int64, count=total)
+    tokens = token_ids.astype(np.int64, copy=False)
     t = bucket_tokens(total, eng.token_bucket)
     p = next_pow2(n, 16)
     # With query chunks the graph does not depend on prompt lengths (max_len = 0 in its key).
