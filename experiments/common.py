@@ -5,7 +5,8 @@ appending rows to a CSV with a fixed header (`append_rows`), reproducible batche
 prompt lengths (`draw_lengths`, `nested_lengths`), the tokens each method computes
 (`computed_tokens`), the method-timing loop over the benchmark library (`time_methods`:
 gpu_runner.bench_methods + gpu_runner.timing, no timing code of its own), a wall-clock
-`Budget` for the GPU driver, and `run_cli` (bad input -> one line on stderr, exit 2).
+`Budget` for the GPU driver, and `run_cli` (bad input -> one line on stderr, exit 2; the
+scripts' parsers are built from their Config dataclasses by experiments.cli).
 Nothing here imports torch at module level, so the CPU-only experiments stay light.
 """
 
@@ -34,14 +35,12 @@ __all__ = [
     "SMOKE_MODEL",
     "Budget",
     "MethodResult",
-    "add_common_args",
     "append_rows",
     "computed_tokens",
     "draw_lengths",
     "error_text",
     "machine_label",
     "nested_lengths",
-    "parse_list",
     "read_rows",
     "results_dir",
     "run_cli",
@@ -353,38 +352,6 @@ class Budget:
 
 
 # ------------------------------------------------------------------ CLI
-
-
-def parse_list(text: str, kind: type = int, name: str = "list", minimum: int = 1,
-               choices: Sequence[str] = (), item: str = "") -> tuple:
-    """'4,8,16' -> (4, 8, 16); ValueError naming the option on a bad item, an empty list or
-    an int below `minimum`; with `choices`, also on an item outside them ("unknown <item>
-    'x'; choose from ...")."""
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise ValueError(f"--{name} is empty")
-    try:
-        values = tuple(kind(t) for t in items)
-    except ValueError:
-        raise ValueError(
-            f"--{name} must be a comma-separated list of {kind.__name__}, got {text!r}"
-        ) from None
-    if kind is int and min(values) < minimum:
-        raise ValueError(f"--{name} values must be >= {minimum}, got {text!r}")
-    bad = [v for v in values if choices and v not in choices]
-    if bad:
-        raise ValueError(f"unknown {item or name} {bad[0]!r}; choose from {', '.join(choices)}")
-    return values
-
-
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--smoke", action="store_true", help="tiny random model on CPU, a few points, seconds"
-    )
-    parser.add_argument(
-        "--out-dir", default=None, help="folder of the CSV (default: $OUT, else experiments/results)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the drawn batches (default 0)")
 
 
 def run_cli(body: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,

@@ -14,7 +14,6 @@ shuffled dataset; 0 = all). Appends to dataset_level.csv.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,16 +25,14 @@ from experiments.common import (
     SMOKE_MODEL,
     SORTED_CHUNK,
     Budget,
-    add_common_args,
     append_rows,
     computed_tokens,
     error_text,
     machine_label,
-    parse_list,
-    run_cli,
     run_models,
     versions,
 )  # fmt: skip
+from experiments.cli import check_fields, config_main, option
 
 CSV_NAME = "dataset_level.csv"
 COLUMNS = (
@@ -95,18 +92,26 @@ def run_strategy(model: Any, prompts: list[list[int]], lengths: np.ndarray, stra
 
 @dataclass(frozen=True)
 class Config:
-    models: tuple[str, ...] = ("sheared-llama-1.3b",)
-    datasets: tuple[str, ...] = ("alpaca", "samsum", "mmlu")
-    batch: int = 32
-    limit: int = 4096
-    strategies: tuple[str, ...] = tuple(STRATEGIES)
+    models: tuple[str, ...] = option(("sheared-llama-1.3b",), "model shapes (gpu_runner.bench.MODEL_SHAPES)")
+    datasets: tuple[str, ...] = option(("alpaca", "samsum", "mmlu"), "length lists, each run whole")
+    batch: int = option(32, "prompts per batch", minimum=1)
+    limit: int = option(4096, "prompts per dataset (0 = all)", minimum=0)
+    strategies: tuple[str, ...] = option(tuple(STRATEGIES), "", choices=tuple(STRATEGIES))
     seed: int = 0
-    device: str = "cuda"
+    device: str = option("cuda", "torch device")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     @classmethod
     def smoke(cls, seed: int = 0) -> Config:
         return cls(models=(SMOKE_MODEL,), datasets=("samsum",), batch=8, limit=16,
                    strategies=("full-batching", "length-sorted", "prepacking"), seed=seed, device="cpu")  # fmt: skip
+
+
+def run(cfg: Config, out_dir: str | None = None) -> list[dict]:
+    """Every model of `cfg` in turn (`run_for_model`); rows appended to CSV_NAME in `out_dir`."""
+    return run_models(cfg, out_dir, CSV_NAME, run_for_model)
 
 
 def run_for_model(
@@ -149,33 +154,8 @@ def run_for_model(
     return rows
 
 
-def run(cfg: Config, out_dir: str | None = None) -> list[dict]:
-    return run_models(cfg, out_dir, CSV_NAME, run_for_model)
-
-
-def _body(args: argparse.Namespace) -> None:
-    if args.smoke:
-        cfg = Config.smoke(args.seed)
-    else:
-        strategies = parse_list(args.strategies, str, "strategies", choices=STRATEGIES, item="strategy")
-        if args.batch < 1 or args.limit < 0:
-            raise ValueError(f"need --batch >= 1 and --limit >= 0, got {args.batch}, {args.limit}")
-        cfg = Config(models=parse_list(args.models, str, "models"), datasets=parse_list(args.datasets, str, "datasets"),
-                     batch=args.batch, limit=args.limit, strategies=strategies, seed=args.seed, device=args.device)  # fmt: skip
-    run(cfg, args.out_dir)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dataset_level", description=__doc__.splitlines()[0])
-    add_common_args(parser)
-    d = Config()
-    parser.add_argument("--models", default=",".join(d.models))
-    parser.add_argument("--datasets", default=",".join(d.datasets))
-    parser.add_argument("--batch", type=int, default=d.batch)
-    parser.add_argument("--limit", type=int, default=d.limit, help="prompts per dataset (0 = all)")
-    parser.add_argument("--strategies", default=",".join(d.strategies))
-    parser.add_argument("--device", default=d.device)
-    return run_cli(_body, parser, argv)
+    return config_main(Config, run, argv, prog="dataset_level", description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":
