@@ -2,7 +2,7 @@
 
 Run from the repository root, e.g.
   python benchmarks/prefill_bench.py --smoke
-  PYTHONPATH=. python benchmarks/prefill_bench.py --model llama2-7b --out benchmarks/results/prefill_h100.json
+  PYTHONPATH=. python benchmarks/prefill_bench.py --model llama-2-7b --out benchmarks/results/prefill_h100.json
 See benchmarks/README.md for the exact commands behind the committed results.
 """
 
