@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from experiments.cli import ModelsConfig, config_main, option
 from experiments.common import (
     ALL_DATASETS,
-    GPU_MODELS,
     MAX_PROMPT_TOKENS,
     SMOKE_MODEL,
     Budget,
@@ -38,7 +39,6 @@ from experiments.common import (
     run_models,
     versions,
 )  # fmt: skip
-from experiments.cli import check_fields, config_main, option
 
 CSV_NAME = "backend_comparison.csv"
 COLUMNS = (
@@ -80,28 +80,17 @@ def backend_call(model: Any, prompts: list[list[int]], backend: str,
 
 
 @dataclass(frozen=True)
-class Config:
-    models: tuple[str, ...] = option(GPU_MODELS, "model shapes (gpu_runner.bench.MODEL_SHAPES)")
+class Config(ModelsConfig):
     datasets: tuple[str, ...] = option(ALL_DATASETS, "length lists the batches are drawn from")
     batches: tuple[int, ...] = option((16, 64), "batch sizes", minimum=1)
     backends: tuple[str, ...] = option(BACKENDS, "", choices=BACKENDS)
     warmup: int = option(1, "untimed calls per point", minimum=0)
     reps: int = option(3, "timed calls per point (median)", minimum=1)
-    seed: int = 0
-    device: str = option("cuda", "torch device")
-
-    def __post_init__(self) -> None:
-        check_fields(self)
 
     @classmethod
     def smoke(cls, seed: int = 0) -> Config:
         return cls(models=(SMOKE_MODEL,), datasets=("mmlu",), batches=(6,), backends=("padded", "dense", "varlen"),
                    warmup=0, reps=1, seed=seed, device="cpu")  # fmt: skip
-
-
-def run(cfg: Config, out_dir: str | None = None) -> list[dict]:
-    """Every model of `cfg` in turn (`run_for_model`); rows appended to CSV_NAME in `out_dir`."""
-    return run_models(cfg, out_dir, CSV_NAME, run_for_model)
 
 
 def run_for_model(
@@ -161,6 +150,9 @@ def run_for_model(
             shown = f"{row['measured_ms']:.2f} ms" if row["measured_ms"] else row["error"]
             print(f"[backend_comparison {model_name} {dataset} b{batch} {backend}] {shown}", flush=True)
     return rows
+
+
+run = partial(run_models, csv_name=CSV_NAME, run_for_model=run_for_model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

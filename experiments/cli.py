@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from dataclasses import field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, get_args, get_origin, get_type_hints
 
-from experiments.common import run_cli
+from experiments.common import GPU_MODELS, run_cli
 
-__all__ = ["check_fields", "config_from_args", "config_main", "config_parser", "option"]
+__all__ = ["ModelsConfig", "check_fields", "config_from_args", "config_main", "config_parser", "option"]
 
 
 def option(default: Any, help: str = "", *, flag: str = "", choices: Sequence[Any] = (),
@@ -119,3 +119,18 @@ def config_main(config: type, run: Callable[[Any, str | None], Any], argv: Seque
     then, else 0."""
     parser = config_parser(config, prog, description)
     return run_cli(lambda args: run(config_from_args(config, args), args.out_dir), parser, argv)
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """The settings every GPU experiment shares: model shapes built one at a time
+    (`experiments.common.run_models`), the seed of the drawn batches and the torch device.
+    A script's `Config` subclasses it with its own `option` fields (redeclaring `models` to
+    change its default); `__post_init__` validates every field (`check_fields`)."""
+
+    models: tuple[str, ...] = option(GPU_MODELS, "model shapes (gpu_runner.bench.MODEL_SHAPES)")
+    seed: int = 0
+    device: str = option("cuda", "torch device")
+
+    def __post_init__(self) -> None:
+        check_fields(self)

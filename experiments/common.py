@@ -323,7 +323,9 @@ def run_models(
 ) -> list[dict]:
     """Build each model of `cfg.models` on `cfg.device` in turn (one at a time, so memory
     holds one replica) and run `run_for_model(model, name, cfg, out_csv)` on it; rows are
-    appended to `results_dir(out_dir) / csv_name` by `run_for_model` as they are measured."""
+    appended to `results_dir(out_dir) / csv_name` by `run_for_model` as they are measured.
+    Each GPU script's `run(cfg, out_dir)` is this function with its CSV name and
+    `run_for_model` bound (`functools.partial`)."""
     check_device(cfg.device)
     out_csv = str(results_dir(out_dir) / csv_name)
     rows: list[dict] = []
@@ -409,10 +411,23 @@ def speedup_rows(model: Any, model_name: str, dataset: str, batch: int, *, metho
     return rows
 
 
-def print_row(prefix: str, row: Mapping[str, Any]) -> None:
-    shown = f"{row['ms']:.2f} ms" if row.get("ms") else f"ERROR {row.get('error')}"
-    sp = f" x{row['speedup_vs_padded']:.2f}" if row.get("speedup_vs_padded") else ""
-    print(
-        f"[{prefix} {row['model']} {row['dataset']} b{row['batch']} {row['method']} {row['mode']}] {shown}{sp}",
-        flush=True,
-    )
+def speedup_points(model: Any, model_name: str, cfg: Any, out_csv: str, points: Sequence[tuple[str, int]], *,
+                   prog: str, budget: Budget | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """`speedup_rows` for each (dataset, batch) of `points` on one built model, with `cfg`'s
+    methods, modes, device, warmup, reps and seed; each point's rows appended to `out_csv`
+    and printed as they are measured; points left when `budget` is spent are skipped (said
+    on stdout). Returns every row."""
+    rows: list[dict[str, Any]] = []
+    for dataset, batch in points:
+        if budget is not None and budget.expired():
+            print(f"[{prog}] time budget spent: skipping {model_name} {dataset} b{batch}", flush=True)
+            continue
+        got = speedup_rows(model, model_name, dataset, batch, methods=cfg.methods, modes=cfg.modes,
+                           device=cfg.device, warmup=cfg.warmup, reps=cfg.reps, seed=cfg.seed)  # fmt: skip
+        append_rows(out_csv, got, SPEEDUP_COLUMNS)
+        for row in got:
+            shown = f"{row['ms']:.2f} ms" if row.get("ms") else f"ERROR {row.get('error')}"
+            sp = f" x{row['speedup_vs_padded']:.2f}" if row.get("speedup_vs_padded") else ""
+            print(f"[{prog} {model_name} {dataset} b{batch} {row['method']} {row['mode']}] {shown}{sp}", flush=True)
+        rows += got
+    return rows

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.cli import check_fields, config_main, option
 from experiments.common import (
     EXPERIMENTS_DIR,
     append_rows,
@@ -47,7 +48,6 @@ from experiments.common import (
     read_rows,
     results_dir,
 )  # fmt: skip
-from experiments.cli import check_fields, config_main, option
 
 CSV_NAME = "cost_model_validation.csv"
 SUMMARY_NAME = "cost_model_validation_summary.csv"

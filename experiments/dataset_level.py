@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from experiments.cli import ModelsConfig, config_main, option
 from experiments.common import (
     MAX_PROMPT_TOKENS,
     SMOKE_MODEL,
@@ -32,7 +34,6 @@ from experiments.common import (
     run_models,
     versions,
 )  # fmt: skip
-from experiments.cli import check_fields, config_main, option
 
 CSV_NAME = "dataset_level.csv"
 COLUMNS = (
@@ -91,27 +92,17 @@ def run_strategy(model: Any, prompts: list[list[int]], lengths: np.ndarray, stra
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(ModelsConfig):
     models: tuple[str, ...] = option(("sheared-llama-1.3b",), "model shapes (gpu_runner.bench.MODEL_SHAPES)")
     datasets: tuple[str, ...] = option(("alpaca", "samsum", "mmlu"), "length lists, each run whole")
     batch: int = option(32, "prompts per batch", minimum=1)
     limit: int = option(4096, "prompts per dataset (0 = all)", minimum=0)
     strategies: tuple[str, ...] = option(tuple(STRATEGIES), "", choices=tuple(STRATEGIES))
-    seed: int = 0
-    device: str = option("cuda", "torch device")
-
-    def __post_init__(self) -> None:
-        check_fields(self)
 
     @classmethod
     def smoke(cls, seed: int = 0) -> Config:
         return cls(models=(SMOKE_MODEL,), datasets=("samsum",), batch=8, limit=16,
                    strategies=("full-batching", "length-sorted", "prepacking"), seed=seed, device="cpu")  # fmt: skip
-
-
-def run(cfg: Config, out_dir: str | None = None) -> list[dict]:
-    """Every model of `cfg` in turn (`run_for_model`); rows appended to CSV_NAME in `out_dir`."""
-    return run_models(cfg, out_dir, CSV_NAME, run_for_model)
 
 
 def run_for_model(
@@ -152,6 +143,9 @@ def run_for_model(
         append_rows(out_csv, got, COLUMNS)
         rows += got
     return rows
+
+
+run = partial(run_models, csv_name=CSV_NAME, run_for_model=run_for_model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

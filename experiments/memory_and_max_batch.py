@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from experiments.cli import ModelsConfig, config_main, option
 from experiments.common import (
-    GPU_MODELS,
     SMOKE_MODEL,
     Budget,
     append_rows,
@@ -33,7 +34,6 @@ from experiments.common import (
     run_models,
     versions,
 )  # fmt: skip
-from experiments.cli import check_fields, config_main, option
 
 CSV_NAME = "memory_and_max_batch.csv"
 COLUMNS = (
@@ -146,8 +146,7 @@ def probe_batch(
 
 
 @dataclass(frozen=True)
-class Config:
-    models: tuple[str, ...] = option(GPU_MODELS, "model shapes (gpu_runner.bench.MODEL_SHAPES)")
+class Config(ModelsConfig):
     datasets: tuple[str, ...] = option(("mmlu",), "length lists the batches are taken from")
     methods: tuple[str, ...] = option(("padded", "paper"), "padded and/or paper", choices=("padded", "paper"))
     start: int = option(16, "first batch size of the doubling", minimum=1)
@@ -155,22 +154,15 @@ class Config:
     rel_tol: float = option(1 / 16, "stop bisecting when the gap is this fraction of the fitting batch", minimum=0)
     known_fit: int = option(0, "resume an earlier search: a batch seen fitting (0: none)", minimum=0)
     known_oom: int | None = option(None, "... and one seen running out of memory (none: none)", minimum=1)
-    seed: int = 0
-    device: str = option("cuda", "torch device")
 
     def __post_init__(self) -> None:
-        check_fields(self)
+        super().__post_init__()
         if self.cap < self.start:
             raise ValueError(f"need 1 <= --start <= --cap, got {self.start}, {self.cap}")
 
     @classmethod
     def smoke(cls, seed: int = 0) -> Config:
         return cls(models=(SMOKE_MODEL,), start=2, cap=8, rel_tol=0.0, seed=seed, device="cpu")
-
-
-def run(cfg: Config, out_dir: str | None = None) -> list[dict]:
-    """Every model of `cfg` in turn (`run_for_model`); rows appended to CSV_NAME in `out_dir`."""
-    return run_models(cfg, out_dir, CSV_NAME, run_for_model)
 
 
 def run_for_model(
@@ -215,6 +207,9 @@ def run_for_model(
             print(f"[memory {model_name} {dataset} {method}] max batch {res.max_fit}"
                   f"{' (capped)' if res.capped else f', OOM at {res.first_fail}'}", flush=True)  # fmt: skip
     return rows
+
+
+run = partial(run_models, csv_name=CSV_NAME, run_for_model=run_for_model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

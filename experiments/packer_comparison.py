@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.cli import check_fields, config_from_args, config_parser, option
 from experiments.common import (
     ALL_DATASETS,
     SMOKE_MODEL,
@@ -35,7 +36,6 @@ from experiments.common import (
     results_dir,
     run_cli,
 )  # fmt: skip
-from experiments.cli import check_fields, config_from_args, config_parser, option
 
 CSV_NAME = "packer_comparison.csv"
 COLUMNS = (

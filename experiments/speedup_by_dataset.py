@@ -13,38 +13,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from experiments.cli import ModelsConfig, config_main, option
 from experiments.common import (
     DATASETS,
-    GPU_MODELS,
     SMOKE_MODEL,
-    SPEEDUP_COLUMNS,
     Budget,
-    append_rows,
-    print_row,
     run_models,
-    speedup_rows,
+    speedup_points,
 )  # fmt: skip
-from experiments.cli import check_fields, config_main, option
 
 CSV_NAME = "speedup_by_dataset.csv"
 
 
 @dataclass(frozen=True)
-class Config:
-    models: tuple[str, ...] = option(GPU_MODELS, "model shapes (gpu_runner.bench.MODEL_SHAPES)")
+class Config(ModelsConfig):
     datasets: tuple[str, ...] = option(DATASETS, "length lists the batch is drawn from")
     batch: int = option(16, "prompts per batch", minimum=1)
     methods: tuple[str, ...] = option(("padded", "paper", "best"), "gpu_runner.bench_methods names")
     modes: tuple[str, ...] = option(("prefill", "ttft"), "prefill and/or ttft", choices=("prefill", "ttft"))
     warmup: int = option(2, "untimed calls per method", minimum=0)
     reps: int = option(5, "timed calls per method (median)", minimum=1)
-    seed: int = 0
-    device: str = option("cuda", "torch device")
-
-    def __post_init__(self) -> None:
-        check_fields(self)
 
     @classmethod
     def smoke(cls, seed: int = 0) -> Config:
@@ -52,27 +43,15 @@ class Config:
                    warmup=0, reps=1, seed=seed, device="cpu")  # fmt: skip
 
 
-def run(cfg: Config, out_dir: str | None = None) -> list[dict]:
-    """Every model of `cfg` in turn (`run_for_model`); rows appended to CSV_NAME in `out_dir`."""
-    return run_models(cfg, out_dir, CSV_NAME, run_for_model)
-
-
 def run_for_model(
     model: Any, model_name: str, cfg: Config, out_csv: str, budget: Budget | None = None
 ) -> list[dict]:
-    """Every dataset of `cfg` on one built model; rows are appended as each dataset finishes."""
-    rows: list[dict] = []
-    for dataset in cfg.datasets:
-        if budget is not None and budget.expired():
-            print(f"[speedup_by_dataset] time budget spent: skipping {model_name} {dataset}", flush=True)
-            continue
-        got = speedup_rows(model, model_name, dataset, cfg.batch, methods=cfg.methods, modes=cfg.modes,
-                           device=cfg.device, warmup=cfg.warmup, reps=cfg.reps, seed=cfg.seed)  # fmt: skip
-        append_rows(out_csv, got, SPEEDUP_COLUMNS)
-        for r in got:
-            print_row("speedup_by_dataset", r)
-        rows += got
-    return rows
+    """Every dataset of `cfg` at `cfg.batch` on one built model (rows appended as measured)."""
+    points = [(dataset, cfg.batch) for dataset in cfg.datasets]
+    return speedup_points(model, model_name, cfg, out_csv, points, prog="speedup_by_dataset", budget=budget)
+
+
+run = partial(run_models, csv_name=CSV_NAME, run_for_model=run_for_model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
