@@ -21,24 +21,21 @@ backend_comparison.csv.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from experiments.cli import ModelsConfig, config_main, option
 from experiments.common import (
     ALL_DATASETS,
-    GPU_MODELS,
     MAX_PROMPT_TOKENS,
     SMOKE_MODEL,
     Budget,
-    add_common_args,
     append_rows,
     draw_lengths,
     error_text,
     machine_label,
-    parse_list,
-    run_cli,
     run_models,
     versions,
 )  # fmt: skip
@@ -83,15 +80,12 @@ def backend_call(model: Any, prompts: list[list[int]], backend: str,
 
 
 @dataclass(frozen=True)
-class Config:
-    models: tuple[str, ...] = GPU_MODELS
-    datasets: tuple[str, ...] = ALL_DATASETS
-    batches: tuple[int, ...] = (16, 64)
-    backends: tuple[str, ...] = BACKENDS
-    warmup: int = 1
-    reps: int = 3
-    seed: int = 0
-    device: str = "cuda"
+class Config(ModelsConfig):
+    datasets: tuple[str, ...] = option(ALL_DATASETS, "length lists the batches are drawn from")
+    batches: tuple[int, ...] = option((16, 64), "batch sizes", minimum=1)
+    backends: tuple[str, ...] = option(BACKENDS, "", choices=BACKENDS)
+    warmup: int = option(1, "untimed calls per point", minimum=0)
+    reps: int = option(3, "timed calls per point (median)", minimum=1)
 
     @classmethod
     def smoke(cls, seed: int = 0) -> Config:
@@ -158,32 +152,11 @@ def run_for_model(
     return rows
 
 
-def run(cfg: Config, out_dir: str | None = None) -> list[dict]:
-    return run_models(cfg, out_dir, CSV_NAME, run_for_model)
-
-
-def _body(args: argparse.Namespace) -> None:
-    if args.smoke:
-        cfg = Config.smoke(args.seed)
-    else:
-        backends = parse_list(args.backends, str, "backends", choices=BACKENDS, item="backend")
-        cfg = Config(models=parse_list(args.models, str, "models"), datasets=parse_list(args.datasets, str, "datasets"),
-                     batches=parse_list(args.batches, int, "batches"), backends=backends, reps=args.reps,
-                     seed=args.seed, device=args.device)  # fmt: skip
-    run(cfg, args.out_dir)
+run = partial(run_models, csv_name=CSV_NAME, run_for_model=run_for_model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="backend_comparison", description=__doc__.splitlines()[0])
-    add_common_args(parser)
-    d = Config()
-    parser.add_argument("--models", default=",".join(d.models))
-    parser.add_argument("--datasets", default=",".join(d.datasets))
-    parser.add_argument("--batches", default=",".join(map(str, d.batches)))
-    parser.add_argument("--backends", default=",".join(d.backends))
-    parser.add_argument("--reps", type=int, default=d.reps)
-    parser.add_argument("--device", default=d.device)
-    return run_cli(_body, parser, argv)
+    return config_main(Config, run, argv, prog="backend_comparison", description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

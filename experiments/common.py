@@ -5,7 +5,8 @@ appending rows to a CSV with a fixed header (`append_rows`), reproducible batche
 prompt lengths (`draw_lengths`, `nested_lengths`), the tokens each method computes
 (`computed_tokens`), the method-timing loop over the benchmark library (`time_methods`:
 gpu_runner.bench_methods + gpu_runner.timing, no timing code of its own), a wall-clock
-`Budget` for the GPU driver, and `run_cli` (bad input -> one line on stderr, exit 2).
+`Budget` for the GPU driver, and `run_cli` (bad input -> one line on stderr, exit 2; the
+scripts' parsers are built from their Config dataclasses by experiments.cli).
 Nothing here imports torch at module level, so the CPU-only experiments stay light.
 """
 
@@ -34,14 +35,12 @@ __all__ = [
     "SMOKE_MODEL",
     "Budget",
     "MethodResult",
-    "add_common_args",
     "append_rows",
     "computed_tokens",
     "draw_lengths",
     "error_text",
     "machine_label",
     "nested_lengths",
-    "parse_list",
     "read_rows",
     "results_dir",
     "run_cli",
@@ -324,7 +323,9 @@ def run_models(
 ) -> list[dict]:
     """Build each model of `cfg.models` on `cfg.device` in turn (one at a time, so memory
     holds one replica) and run `run_for_model(model, name, cfg, out_csv)` on it; rows are
-    appended to `results_dir(out_dir) / csv_name` by `run_for_model` as they are measured."""
+    appended to `results_dir(out_dir) / csv_name` by `run_for_model` as they are measured.
+    Each GPU script's `run(cfg, out_dir)` is this function with its CSV name and
+    `run_for_model` bound (`functools.partial`)."""
     check_device(cfg.device)
     out_csv = str(results_dir(out_dir) / csv_name)
     rows: list[dict] = []
@@ -353,38 +354,6 @@ class Budget:
 
 
 # ------------------------------------------------------------------ CLI
-
-
-def parse_list(text: str, kind: type = int, name: str = "list", minimum: int = 1,
-               choices: Sequence[str] = (), item: str = "") -> tuple:
-    """'4,8,16' -> (4, 8, 16); ValueError naming the option on a bad item, an empty list or
-    an int below `minimum`; with `choices`, also on an item outside them ("unknown <item>
-    'x'; choose from ...")."""
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise ValueError(f"--{name} is empty")
-    try:
-        values = tuple(kind(t) for t in items)
-    except ValueError:
-        raise ValueError(
-            f"--{name} must be a comma-separated list of {kind.__name__}, got {text!r}"
-        ) from None
-    if kind is int and min(values) < minimum:
-        raise ValueError(f"--{name} values must be >= {minimum}, got {text!r}")
-    bad = [v for v in values if choices and v not in choices]
-    if bad:
-        raise ValueError(f"unknown {item or name} {bad[0]!r}; choose from {', '.join(choices)}")
-    return values
-
-
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--smoke", action="store_true", help="tiny random model on CPU, a few points, seconds"
-    )
-    parser.add_argument(
-        "--out-dir", default=None, help="folder of the CSV (default: $OUT, else experiments/results)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the drawn batches (default 0)")
 
 
 def run_cli(body: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
@@ -442,10 +411,23 @@ def speedup_rows(model: Any, model_name: str, dataset: str, batch: int, *, metho
     return rows
 
 
-def print_row(prefix: str, row: Mapping[str, Any]) -> None:
-    shown = f"{row['ms']:.2f} ms" if row.get("ms") else f"ERROR {row.get('error')}"
-    sp = f" x{row['speedup_vs_padded']:.2f}" if row.get("speedup_vs_padded") else ""
-    print(
-        f"[{prefix} {row['model']} {row['dataset']} b{row['batch']} {row['method']} {row['mode']}] {shown}{sp}",
-        flush=True,
-    )
+def speedup_points(model: Any, model_name: str, cfg: Any, out_csv: str, points: Sequence[tuple[str, int]], *,
+                   prog: str, budget: Budget | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """`speedup_rows` for each (dataset, batch) of `points` on one built model, with `cfg`'s
+    methods, modes, device, warmup, reps and seed; each point's rows appended to `out_csv`
+    and printed as they are measured; points left when `budget` is spent are skipped (said
+    on stdout). Returns every row."""
+    rows: list[dict[str, Any]] = []
+    for dataset, batch in points:
+        if budget is not None and budget.expired():
+            print(f"[{prog}] time budget spent: skipping {model_name} {dataset} b{batch}", flush=True)
+            continue
+        got = speedup_rows(model, model_name, dataset, batch, methods=cfg.methods, modes=cfg.modes,
+                           device=cfg.device, warmup=cfg.warmup, reps=cfg.reps, seed=cfg.seed)  # fmt: skip
+        append_rows(out_csv, got, SPEEDUP_COLUMNS)
+        for row in got:
+            shown = f"{row['ms']:.2f} ms" if row.get("ms") else f"ERROR {row.get('error')}"
+            sp = f" x{row['speedup_vs_padded']:.2f}" if row.get("speedup_vs_padded") else ""
+            print(f"[{prog} {model_name} {dataset} b{batch} {row['method']} {row['mode']}] {shown}{sp}", flush=True)
+        rows += got
+    return rows

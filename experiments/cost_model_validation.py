@@ -29,7 +29,6 @@ adjusted to meet them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections import Counter
@@ -40,16 +39,14 @@ from typing import Any
 
 import numpy as np
 
+from experiments.cli import check_fields, config_main, option
 from experiments.common import (
     EXPERIMENTS_DIR,
-    add_common_args,
     append_rows,
     code_rev,
     draw_lengths,
-    parse_list,
     read_rows,
     results_dir,
-    run_cli,
 )  # fmt: skip
 
 CSV_NAME = "cost_model_validation.csv"
@@ -246,22 +243,30 @@ def smoke(out_dir: str | None, seed: int = 0) -> dict[str, Any]:
     return validate([results_dir(out_dir) / exp6.CSV_NAME], out_dir, Specs({"tiny": tiny}, {"cpu": cpu}))
 
 
-def _body(args: argparse.Namespace) -> None:
-    if args.smoke:
-        summary = smoke(args.out_dir, args.seed)
-    else:
-        inputs = parse_list(args.inputs, str, "inputs") if args.inputs else default_inputs(args.out_dir)
-        summary = validate(inputs, args.out_dir)
+@dataclass(frozen=True)
+class Config:
+    inputs: tuple[str, ...] = option((), "measured CSVs (default: see the docstring)")
+    seed: int = 0
+    tiny_cpu: bool = option(False, "measure the tiny model on CPU and validate that (what --smoke runs)")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    @classmethod
+    def smoke(cls, seed: int = 0) -> Config:
+        return cls(seed=seed, tiny_cpu=True)
+
+
+def run(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
+    """Validate `cfg.inputs` (default: `default_inputs`), or the tiny CPU run; print and
+    return the summary."""
+    summary = smoke(out_dir, cfg.seed) if cfg.tiny_cpu else validate(cfg.inputs or default_inputs(out_dir), out_dir)
     print(json.dumps(summary))
+    return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cost_model_validation", description=__doc__.splitlines()[0])
-    add_common_args(parser)
-    parser.add_argument(
-        "--inputs", default="", help="comma-separated measured CSVs (default: see the docstring)"
-    )
-    return run_cli(_body, parser, argv)
+    return config_main(Config, run, argv, prog="cost_model_validation", description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

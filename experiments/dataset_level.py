@@ -14,25 +14,23 @@ shuffled dataset; 0 = all). Appends to dataset_level.csv.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from experiments.cli import ModelsConfig, config_main, option
 from experiments.common import (
     MAX_PROMPT_TOKENS,
     SMOKE_MODEL,
     SORTED_CHUNK,
     Budget,
-    add_common_args,
     append_rows,
     computed_tokens,
     error_text,
     machine_label,
-    parse_list,
-    run_cli,
     run_models,
     versions,
 )  # fmt: skip
@@ -94,14 +92,12 @@ def run_strategy(model: Any, prompts: list[list[int]], lengths: np.ndarray, stra
 
 
 @dataclass(frozen=True)
-class Config:
-    models: tuple[str, ...] = ("sheared-llama-1.3b",)
-    datasets: tuple[str, ...] = ("alpaca", "samsum", "mmlu")
-    batch: int = 32
-    limit: int = 4096
-    strategies: tuple[str, ...] = tuple(STRATEGIES)
-    seed: int = 0
-    device: str = "cuda"
+class Config(ModelsConfig):
+    models: tuple[str, ...] = option(("sheared-llama-1.3b",), "model shapes (gpu_runner.bench.MODEL_SHAPES)")
+    datasets: tuple[str, ...] = option(("alpaca", "samsum", "mmlu"), "length lists, each run whole")
+    batch: int = option(32, "prompts per batch", minimum=1)
+    limit: int = option(4096, "prompts per dataset (0 = all)", minimum=0)
+    strategies: tuple[str, ...] = option(tuple(STRATEGIES), "", choices=tuple(STRATEGIES))
 
     @classmethod
     def smoke(cls, seed: int = 0) -> Config:
@@ -149,33 +145,11 @@ def run_for_model(
     return rows
 
 
-def run(cfg: Config, out_dir: str | None = None) -> list[dict]:
-    return run_models(cfg, out_dir, CSV_NAME, run_for_model)
-
-
-def _body(args: argparse.Namespace) -> None:
-    if args.smoke:
-        cfg = Config.smoke(args.seed)
-    else:
-        strategies = parse_list(args.strategies, str, "strategies", choices=STRATEGIES, item="strategy")
-        if args.batch < 1 or args.limit < 0:
-            raise ValueError(f"need --batch >= 1 and --limit >= 0, got {args.batch}, {args.limit}")
-        cfg = Config(models=parse_list(args.models, str, "models"), datasets=parse_list(args.datasets, str, "datasets"),
-                     batch=args.batch, limit=args.limit, strategies=strategies, seed=args.seed, device=args.device)  # fmt: skip
-    run(cfg, args.out_dir)
+run = partial(run_models, csv_name=CSV_NAME, run_for_model=run_for_model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dataset_level", description=__doc__.splitlines()[0])
-    add_common_args(parser)
-    d = Config()
-    parser.add_argument("--models", default=",".join(d.models))
-    parser.add_argument("--datasets", default=",".join(d.datasets))
-    parser.add_argument("--batch", type=int, default=d.batch)
-    parser.add_argument("--limit", type=int, default=d.limit, help="prompts per dataset (0 = all)")
-    parser.add_argument("--strategies", default=",".join(d.strategies))
-    parser.add_argument("--device", default=d.device)
-    return run_cli(_body, parser, argv)
+    return config_main(Config, run, argv, prog="dataset_level", description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -17,23 +17,20 @@ fallback is disabled here: a split counts as not fitting). Every probe is a row
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from experiments.cli import ModelsConfig, config_main, option
 from experiments.common import (
-    GPU_MODELS,
     SMOKE_MODEL,
     Budget,
-    add_common_args,
     append_rows,
     computed_tokens,
     error_text,
     machine_label,
     nested_lengths,
-    parse_list,
-    run_cli,
     run_models,
     versions,
 )  # fmt: skip
@@ -149,17 +146,19 @@ def probe_batch(
 
 
 @dataclass(frozen=True)
-class Config:
-    models: tuple[str, ...] = GPU_MODELS
-    datasets: tuple[str, ...] = ("mmlu",)
-    methods: tuple[str, ...] = ("padded", "paper")
-    start: int = 16
-    cap: int = 8192
-    rel_tol: float = 1 / 16
-    known_fit: int = 0  # resume an earlier search: a batch seen fitting (0: none)
-    known_oom: int | None = None  # ... and one seen running out of memory (None: none)
-    seed: int = 0
-    device: str = "cuda"
+class Config(ModelsConfig):
+    datasets: tuple[str, ...] = option(("mmlu",), "length lists the batches are taken from")
+    methods: tuple[str, ...] = option(("padded", "paper"), "padded and/or paper", choices=("padded", "paper"))
+    start: int = option(16, "first batch size of the doubling", minimum=1)
+    cap: int = option(8192, "largest batch size tried", minimum=1)
+    rel_tol: float = option(1 / 16, "stop bisecting when the gap is this fraction of the fitting batch", minimum=0)
+    known_fit: int = option(0, "resume an earlier search: a batch seen fitting (0: none)", minimum=0)
+    known_oom: int | None = option(None, "... and one seen running out of memory (none: none)", minimum=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.cap < self.start:
+            raise ValueError(f"need 1 <= --start <= --cap, got {self.start}, {self.cap}")
 
     @classmethod
     def smoke(cls, seed: int = 0) -> Config:
@@ -210,33 +209,11 @@ def run_for_model(
     return rows
 
 
-def run(cfg: Config, out_dir: str | None = None) -> list[dict]:
-    return run_models(cfg, out_dir, CSV_NAME, run_for_model)
-
-
-def _body(args: argparse.Namespace) -> None:
-    if args.smoke:
-        cfg = Config.smoke(args.seed)
-    else:
-        cfg = Config(models=parse_list(args.models, str, "models"), datasets=parse_list(args.datasets, str, "datasets"),
-                     methods=parse_list(args.methods, str, "methods"), start=args.start, cap=args.cap,
-                     seed=args.seed, device=args.device)  # fmt: skip
-        if cfg.start < 1 or cfg.cap < cfg.start:
-            raise ValueError(f"need 1 <= --start <= --cap, got {cfg.start}, {cfg.cap}")
-    run(cfg, args.out_dir)
+run = partial(run_models, csv_name=CSV_NAME, run_for_model=run_for_model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="memory_and_max_batch", description=__doc__.splitlines()[0])
-    add_common_args(parser)
-    d = Config()
-    parser.add_argument("--models", default=",".join(d.models))
-    parser.add_argument("--datasets", default=",".join(d.datasets))
-    parser.add_argument("--methods", default=",".join(d.methods), help="padded and/or paper")
-    parser.add_argument("--start", type=int, default=d.start, help="first batch size of the doubling")
-    parser.add_argument("--cap", type=int, default=d.cap, help="largest batch size tried")
-    parser.add_argument("--device", default=d.device)
-    return run_cli(_body, parser, argv)
+    return config_main(Config, run, argv, prog="memory_and_max_batch", description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -24,16 +24,15 @@ from typing import Any
 
 import numpy as np
 
+from experiments.cli import check_fields, config_from_args, config_parser, option
 from experiments.common import (
     ALL_DATASETS,
     SMOKE_MODEL,
     Budget,
-    add_common_args,
     append_rows,
     code_rev,
     draw_lengths,
     error_text,
-    parse_list,
     results_dir,
     run_cli,
 )  # fmt: skip
@@ -49,19 +48,31 @@ ILP_TIME_LIMIT_S = 2.0
 
 @dataclass(frozen=True)
 class Config:
-    datasets: tuple[str, ...] = ALL_DATASETS
-    batches: tuple[int, ...] = (16, 64, 256, 1024)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    packers: tuple[str, ...] = ()  # () = every registered packer
-    capacity_modes: tuple[str, ...] = ("max", "auto")
-    models: tuple[str, ...] = ("sheared-llama-1.3b", "llama-2-7b")  # simulator.MODELS names
-    cost_gpu: str = "h100"
-    backends: tuple[str, ...] = ("dense", "flex")
-    measure: bool = False
-    measure_packers: tuple[str, ...] = ()  # () = measure every packer's rows
-    device: str = "cpu"
-    warmup: int = 1
-    reps: int = 3
+    datasets: tuple[str, ...] = option(ALL_DATASETS, "length lists the batches are drawn from")
+    batches: tuple[int, ...] = option((16, 64, 256, 1024), "batch sizes", minimum=1)
+    seeds: tuple[int, ...] = option((0, 1, 2), "seeds of the drawn batches", minimum=0)
+    packers: tuple[str, ...] = option((), "packer names (default: every registered packer)")
+    capacity_modes: tuple[str, ...] = option(("max", "auto"), "capacity rules", choices=("max", "auto"))
+    models: tuple[str, ...] = option(("sheared-llama-1.3b", "llama-2-7b"), "simulator model names")
+    cost_gpu: str = option("h100", "GPU the cost model prices (simulator.GPUS)", flag="gpu")
+    backends: tuple[str, ...] = option(("dense", "flex"), "dense, flex, varlen, padded")
+    measure: bool = option(False, "also time each packing on --device")
+    measure_packers: tuple[str, ...] = option((), "packers whose rows are timed (default: all)")
+    device: str = option("cpu", "torch device of --measure")
+    warmup: int = option(1, "untimed calls per measured packing", minimum=0)
+    reps: int = option(3, "timed calls per measured packing (median)", minimum=1)
+
+    def __post_init__(self) -> None:
+        """ValueError on a bad option, an unknown simulator model, GPU or backend (unknown
+        packers: `packer_names`, which asks the registry)."""
+        from simulator import get_gpu, get_model, make_attention
+
+        check_fields(self)
+        for m in self.models:
+            get_model(m)
+        get_gpu(self.cost_gpu)
+        for b in self.backends:
+            make_attention(b)
 
     @classmethod
     def smoke(cls, seed: int = 0) -> Config:
@@ -283,55 +294,32 @@ def measured_table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def _body(args: argparse.Namespace) -> None:
-    if args.summary:
-        from experiments.common import read_rows
-
-        path = results_dir(args.out_dir) / CSV_NAME
-        rows = read_rows(path)
-        if not rows:
-            raise ValueError(f"no rows in {path}")
-        for backend in ("dense", "flex"):
-            print(f"\n### {backend}\n")
-            print(summary_tables(rows, backend=backend))
-        print("\n### measured\n")
-        print(measured_table(rows))
-        return
-    if args.smoke:
-        cfg = Config.smoke(args.seed)
-    else:
-        cfg = Config(datasets=parse_list(args.datasets, str, "datasets"), batches=parse_list(args.batches, int, "batches"),
-                     seeds=parse_list(args.seeds, int, "seeds", minimum=0),
-                     packers=parse_list(args.packers, str, "packers") if args.packers else (),
-                     models=parse_list(args.models, str, "models"), cost_gpu=args.gpu,
-                     backends=parse_list(args.backends, str, "backends"), measure=args.measure, device=args.device)  # fmt: skip
-        from simulator import get_gpu, get_model, make_attention
-
-        for m in cfg.models:
-            get_model(m)
-        get_gpu(cfg.cost_gpu)
-        for b in cfg.backends:
-            make_attention(b)
-    run(cfg, args.out_dir)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="packer_comparison", description=__doc__.splitlines()[0])
-    add_common_args(parser)
-    d = Config()
-    parser.add_argument("--datasets", default=",".join(d.datasets))
-    parser.add_argument("--batches", default=",".join(map(str, d.batches)))
-    parser.add_argument("--seeds", default=",".join(map(str, d.seeds)))
-    parser.add_argument("--packers", default="", help="comma-separated (default: every registered packer)")
-    parser.add_argument("--models", default=",".join(d.models), help="simulator model names")
-    parser.add_argument("--gpu", default=d.cost_gpu, help="GPU the cost model prices (simulator.GPUS)")
-    parser.add_argument("--backends", default=",".join(d.backends), help="dense, flex, varlen, padded")
-    parser.add_argument("--measure", action="store_true", help="also time each packing on --device")
-    parser.add_argument("--device", default=d.device)
-    parser.add_argument(
-        "--summary", action="store_true", help="print the README tables from the CSV and exit"
-    )
-    return run_cli(_body, parser, argv)
+    parser = config_parser(Config, "packer_comparison", __doc__.splitlines()[0])
+    parser.add_argument("--summary", action="store_true", help="print the README tables from the CSV and exit")
+
+    def body(args: argparse.Namespace) -> None:
+        if args.summary:
+            print_summary(args.out_dir)
+        else:
+            run(config_from_args(Config, args), args.out_dir)
+
+    return run_cli(body, parser, argv)
+
+
+def print_summary(out_dir: str | None = None) -> None:
+    """The README tables (modeled per backend, measured) from the CSV in `out_dir`."""
+    from experiments.common import read_rows
+
+    path = results_dir(out_dir) / CSV_NAME
+    rows = read_rows(path)
+    if not rows:
+        raise ValueError(f"no rows in {path}")
+    for backend in ("dense", "flex"):
+        print(f"\n### {backend}\n")
+        print(summary_tables(rows, backend=backend))
+    print("\n### measured\n")
+    print(measured_table(rows))
 
 
 if __name__ == "__main__":

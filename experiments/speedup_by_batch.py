@@ -12,39 +12,30 @@ Appends to speedup_by_batch.csv.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from experiments.cli import ModelsConfig, config_main, option
 from experiments.common import (
-    GPU_MODELS,
     SMOKE_MODEL,
-    SPEEDUP_COLUMNS,
     Budget,
-    add_common_args,
-    append_rows,
-    parse_list,
-    print_row,
-    run_cli,
     run_models,
-    speedup_rows,
+    speedup_points,
 )  # fmt: skip
 
 CSV_NAME = "speedup_by_batch.csv"
 
 
 @dataclass(frozen=True)
-class Config:
-    models: tuple[str, ...] = GPU_MODELS
-    datasets: tuple[str, ...] = ("mmlu",)
-    batches: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256)
-    methods: tuple[str, ...] = ("padded", "paper", "best")
-    modes: tuple[str, ...] = ("prefill",)
-    warmup: int = 1
-    reps: int = 3
-    seed: int = 0
-    device: str = "cuda"
+class Config(ModelsConfig):
+    datasets: tuple[str, ...] = option(("mmlu",), "length lists the batches are drawn from")
+    batches: tuple[int, ...] = option((4, 8, 16, 32, 64, 128, 256), "batch sizes", minimum=1)
+    methods: tuple[str, ...] = option(("padded", "paper", "best"), "gpu_runner.bench_methods names")
+    modes: tuple[str, ...] = option(("prefill",), "prefill and/or ttft", choices=("prefill", "ttft"))
+    warmup: int = option(1, "untimed calls per method", minimum=0)
+    reps: int = option(3, "timed calls per method (median)", minimum=1)
 
     @classmethod
     def smoke(cls, seed: int = 0) -> Config:
@@ -56,50 +47,15 @@ def run_for_model(
     model: Any, model_name: str, cfg: Config, out_csv: str, budget: Budget | None = None
 ) -> list[dict]:
     """Every (dataset, batch) of `cfg` on one built model, smallest batch first."""
-    rows: list[dict] = []
-    for dataset in cfg.datasets:
-        for batch in sorted(cfg.batches):
-            if budget is not None and budget.expired():
-                print(
-                    f"[speedup_by_batch] time budget spent: skipping {model_name} {dataset} b{batch}",
-                    flush=True,
-                )
-                continue
-            got = speedup_rows(model, model_name, dataset, batch, methods=cfg.methods, modes=cfg.modes,
-                               device=cfg.device, warmup=cfg.warmup, reps=cfg.reps, seed=cfg.seed)  # fmt: skip
-            append_rows(out_csv, got, SPEEDUP_COLUMNS)
-            for r in got:
-                print_row("speedup_by_batch", r)
-            rows += got
-    return rows
+    points = [(dataset, batch) for dataset in cfg.datasets for batch in sorted(cfg.batches)]
+    return speedup_points(model, model_name, cfg, out_csv, points, prog="speedup_by_batch", budget=budget)
 
 
-def run(cfg: Config, out_dir: str | None = None) -> list[dict]:
-    return run_models(cfg, out_dir, CSV_NAME, run_for_model)
-
-
-def _body(args: argparse.Namespace) -> None:
-    if args.smoke:
-        cfg = Config.smoke(args.seed)
-    else:
-        cfg = Config(models=parse_list(args.models, str, "models"), datasets=parse_list(args.datasets, str, "datasets"),
-                     batches=parse_list(args.batches, int, "batches"), methods=parse_list(args.methods, str, "methods"),
-                     modes=parse_list(args.modes, str, "modes"), reps=args.reps, seed=args.seed, device=args.device)  # fmt: skip
-    run(cfg, args.out_dir)
+run = partial(run_models, csv_name=CSV_NAME, run_for_model=run_for_model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="speedup_by_batch", description=__doc__.splitlines()[0])
-    add_common_args(parser)
-    d = Config()
-    parser.add_argument("--models", default=",".join(d.models))
-    parser.add_argument("--datasets", default=",".join(d.datasets))
-    parser.add_argument("--batches", default=",".join(map(str, d.batches)))
-    parser.add_argument("--methods", default=",".join(d.methods))
-    parser.add_argument("--modes", default=",".join(d.modes), help="prefill and/or ttft")
-    parser.add_argument("--reps", type=int, default=d.reps)
-    parser.add_argument("--device", default=d.device)
-    return run_cli(_body, parser, argv)
+    return config_main(Config, run, argv, prog="speedup_by_batch", description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -3,10 +3,9 @@ kernel inside the replayed CUDA graph; per kernel kind (by name) the time per fo
 idle time between consecutive kernels (launch gaps and ramp-downs). Each variant is also
 checked against HF: the K and V of prompt 0 at the first, middle and last layer (relative
 error; a layer computed wrong shows at the last one even where random-weight logits agree).
-Call 20 (log results/logs/h100_call20_profile.log) profiled the engine with and without its
-norms folded into the matmuls (a form of the engine not kept). Usage: graph_profile.py MODEL
-[VARIANT...], a variant being `default` or PrefillEngine
-keyword settings such as `fused_qkv=0,fused_mlp=0` (integers are booleans)."""
+Usage (one GPU): python benchmarks/tools/graph_profile.py MODEL [VARIANT...], a variant
+being `default` or PrefillEngine keyword settings such as `fused_qkv=0,fused_mlp=0`
+(integers are booleans). benchmarks/README.md shows its output for the H100 engine."""
 import json
 import os
 import sys
