@@ -1,7 +1,7 @@
 """Experiment 6: attention backends side by side across length distributions, including
 the long prompts of the production trace (azure_conv, clipped to 4096 tokens):
 
-  padded  HF forward over the left-padded batch (gpu_runner.bench_methods.PaddedHF)
+  padded  HF forward over the left-padded batch (gpu_runner.bench.methods.PaddedHF)
   dense   prepacked rows (FFD at capacity = longest prompt), 4D block-diagonal mask, sdpa
   flex    the same rows under FlexAttention (BlockMask)
   varlen  the same rows as one flat varlen attention call (CUDA only)
@@ -9,9 +9,9 @@ the long prompts of the production trace (azure_conv, clipped to 4096 tokens):
 
 dense / flex / varlen run through the library path `gpu_runner.prefill(model, prompts,
 packing=..., backend=..., return_kv=False)`. Batches are drawn exactly as
-gpu_runner.bench_sweep draws them (`draw_lengths`), so each row can be re-priced by the
+gpu_runner.bench.sweep draws them (`draw_lengths`), so each row can be re-priced by the
 cost model (experiment 7). Each point: `warmup` calls, then the median of `reps`
-CUDA-event-timed calls (gpu_runner.timing.time_calls) and the peak extra memory; a point
+CUDA-event-timed calls (gpu_runner.bench.timing.time_calls) and the peak extra memory; a point
 that fails (out of memory, backend unavailable) is a row with `error`. Appends to
 backend_comparison.csv.
 

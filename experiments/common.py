@@ -4,7 +4,7 @@ Owns: where results go (`results_dir`: --out-dir, else $OUT, else experiments/re
 appending rows to a CSV with a fixed header (`append_rows`), reproducible batches of real
 prompt lengths (`draw_lengths`, `nested_lengths`), the tokens each method computes
 (`computed_tokens`), the method-timing loop over the benchmark library (`time_methods`:
-gpu_runner.bench_methods + gpu_runner.timing, no timing code of its own), a wall-clock
+gpu_runner.bench.methods + gpu_runner.bench.timing, no timing code of its own), a wall-clock
 `Budget` for the GPU driver, and `run_cli` (bad input -> one line on stderr, exit 2; the
 scripts' parsers are built from their Config dataclasses by experiments.cli).
 Nothing here imports torch at module level, so the CPU-only experiments stay light.
@@ -64,7 +64,7 @@ EXTRA_SHAPES: dict[str, dict[str, int]] = {
                    "max_position_embeddings": 4096},
 }  # fmt: skip
 MAX_PROMPT_TOKENS = 4096  # max_position_embeddings of the benchmark shapes: longer prompts are clipped
-SORTED_CHUNK = 16  # micro-batch of the `sorted` method (gpu_runner.bench_methods default)
+SORTED_CHUNK = 16  # micro-batch of the `sorted` method (gpu_runner.bench.methods default)
 
 
 # ------------------------------------------------------------------ files
@@ -154,7 +154,7 @@ def code_rev(paths: Sequence[str] = ("packers", "simulator", "gpu_runner")) -> s
 def draw_lengths(
     dataset: str, batch: int, seed: int = 0, max_len: int | None = MAX_PROMPT_TOKENS
 ) -> np.ndarray:
-    """`batch` prompt lengths of a shipped length list, drawn exactly as gpu_runner.bench_sweep
+    """`batch` prompt lengths of a shipped length list, drawn exactly as gpu_runner.bench.sweep
     does (`simulator.sweep_calibration.sweep_lengths`: without replacement unless the batch
     is larger than the list), then clipped to `max_len` tokens (None: no clipping).
     Unknown datasets raise ValueError."""
@@ -226,9 +226,9 @@ class MethodResult:
 
 def time_methods(model: Any, prompts: Sequence[Sequence[int]], methods: Sequence[str], modes: Sequence[str], *,
                  device: Any, warmup: int, reps: int) -> list[MethodResult]:  # fmt: skip
-    """Time each benchmark method (gpu_runner.bench_methods) on the same prompts, each mode
-    ("prefill" or "ttft") timed by gpu_runner.timing.time_calls, all calls of a method inside
-    one gpu_runner.timing.peak_extra_bytes. A failing method becomes a result with `error`."""
+    """Time each benchmark method (gpu_runner.bench.methods) on the same prompts, each mode
+    ("prefill" or "ttft") timed by gpu_runner.bench.timing.time_calls, all calls of a method inside
+    one gpu_runner.bench.timing.peak_extra_bytes. A failing method becomes a result with `error`."""
     from gpu_runner.bench.methods import make_method
     from gpu_runner.bench.timing import peak_extra_bytes, release_memory, time_calls
 

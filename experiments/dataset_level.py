@@ -4,7 +4,7 @@ length, then cut into batches, HF padding) and prepacking (random order, each ba
 by the paper's method); the PrefillEngine (`best`, GPU only) as a fourth strategy.
 
 Each strategy runs one untimed warm-up batch, then the whole stream between two device
-syncs (wall clock, gpu_runner.timing.wall_clock_s), packing and padding included.
+syncs (wall clock, gpu_runner.bench.timing.wall_clock_s), packing and padding included.
 per_prompt_ms = wall / prompts. `limit` caps the prompts (the first `limit` of the
 shuffled dataset; 0 = all). Appends to dataset_level.csv.
 

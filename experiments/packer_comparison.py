@@ -3,7 +3,7 @@ gap to the lower bound, solve time, padding, modeled prefill time (simulator.Cos
 an H100 by default) for capacity = longest prompt ("max", the paper's rule) and capacity
 chosen by the cost model ("auto", simulator.choose_capacity), per attention backend; and
 with --measure, the measured prefill time of each packing on the device
-(gpu_runner.prefill with that exact packing, gpu_runner.timing.time_calls).
+(gpu_runner.prefill with that exact packing, gpu_runner.bench.timing.time_calls).
 
 The CPU part (everything but measured_ms) is deterministic and real on any machine. One
 row per (dataset, batch, seed, packer, capacity mode, cost model, backend); `machine` is

@@ -32,7 +32,7 @@ CSV_NAME = "speedup_by_batch.csv"
 class Config(ModelsConfig):
     datasets: tuple[str, ...] = option(("mmlu",), "length lists the batches are drawn from")
     batches: tuple[int, ...] = option((4, 8, 16, 32, 64, 128, 256), "batch sizes", minimum=1)
-    methods: tuple[str, ...] = option(("padded", "paper", "best"), "gpu_runner.bench_methods names")
+    methods: tuple[str, ...] = option(("padded", "paper", "best"), "gpu_runner.bench.methods names")
     modes: tuple[str, ...] = option(("prefill",), "prefill and/or ttft", choices=("prefill", "ttft"))
     warmup: int = option(1, "untimed calls per method", minimum=0)
     reps: int = option(3, "timed calls per method (median)", minimum=1)

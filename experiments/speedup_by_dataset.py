@@ -1,7 +1,7 @@
 """Experiment 1: prefill and TTFT speedup of prepacking over HF padding, per dataset and
 model, at batch 16 (the paper's Table: 1.9x-3.5x prefill, 1.6x-2.9x TTFT on an A6000).
 
-Methods (gpu_runner.bench_methods): padded (HF, left-padded batch), paper (FFD at capacity =
+Methods (gpu_runner.bench.methods): padded (HF, left-padded batch), paper (FFD at capacity =
 longest prompt, dense block-diagonal mask, sdpa), best (PrefillEngine: flat varlen row, CUDA
 graphs; GPU only). Appends SPEEDUP_COLUMNS rows to speedup_by_dataset.csv.
 
@@ -32,7 +32,7 @@ CSV_NAME = "speedup_by_dataset.csv"
 class Config(ModelsConfig):
     datasets: tuple[str, ...] = option(DATASETS, "length lists the batch is drawn from")
     batch: int = option(16, "prompts per batch", minimum=1)
-    methods: tuple[str, ...] = option(("padded", "paper", "best"), "gpu_runner.bench_methods names")
+    methods: tuple[str, ...] = option(("padded", "paper", "best"), "gpu_runner.bench.methods names")
     modes: tuple[str, ...] = option(("prefill", "ttft"), "prefill and/or ttft", choices=("prefill", "ttft"))
     warmup: int = option(2, "untimed calls per method", minimum=0)
     reps: int = option(5, "timed calls per method (median)", minimum=1)

@@ -17,7 +17,7 @@ import torch
 
 from gpu_runner.bench import build_model, draw_prompts, load_lengths
 from gpu_runner.engine import PrefillEngine
-from gpu_runner.timing import time_calls
+from gpu_runner.bench.timing import time_calls
 
 dev = torch.device("cuda")
 name = sys.argv[1]
