@@ -37,7 +37,7 @@ def _check_max(arr: np.ndarray) -> None:
     bad = arr > MAX_LENGTH_TOKENS
     if bad.any():
         i = _first_bad(bad)
-        raise limit_error(f"prompt {i} has length", arr[i].item(), MAX_LENGTH_TOKENS, "tokens")
+        raise limit_error(f"prompt {i}: length", arr[i].item(), MAX_LENGTH_TOKENS, "tokens")
 
 
 def validate_lengths(lengths: Sequence[int] | np.ndarray, capacity: int | None = None) -> np.ndarray:
@@ -90,7 +90,7 @@ def validate_lengths(lengths: Sequence[int] | np.ndarray, capacity: int | None =
             if value <= 0:
                 raise ValueError(f"prompt {i} has length {value!r}: lengths must be positive")
             if value > MAX_LENGTH_TOKENS:
-                raise limit_error(f"prompt {i} has length", value, MAX_LENGTH_TOKENS, "tokens")
+                raise limit_error(f"prompt {i}: length", value, MAX_LENGTH_TOKENS, "tokens")
             out[i] = int(value)
     bad = out <= 0
     if bad.any():

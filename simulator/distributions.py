@@ -175,6 +175,8 @@ def _to_lengths(values: Sequence[object], where: Callable[[int], str]) -> np.nda
             raise ValueError(f"{where(i)}: a boolean, not a length")
         if isinstance(v, int):
             x: float | int = v
+        elif isinstance(v, str) and v.strip().lstrip("+-").isdigit():
+            x = int(v) if len(v) < 400 else math.inf  # exact; past 400 digits, past any limit
         else:
             try:
                 x = float(v)  # type: ignore[arg-type]
