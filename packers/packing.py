@@ -77,6 +77,10 @@ def validate_lengths(lengths: Sequence[int] | np.ndarray, capacity: int | None =
             i = _first_bad(bad)
             raise ValueError(f"prompt {i} has length {arr[i].item()!r}: lengths must be integers")
         _check_max(arr)  # inf included
+        bad = arr <= 0  # -inf included, reported as the caller gave it
+        if bad.any():
+            i = _first_bad(bad)
+            raise ValueError(f"prompt {i} has length {arr[i].item()!r}: lengths must be positive")
         out = arr.astype(np.int64)
     else:
         out = np.empty(arr.size, dtype=np.int64)

@@ -91,6 +91,7 @@ def test_packing_loads_are_exact_at_the_largest_length():
         ([float("inf")], "over the limit"),
         ([2**70], "over the limit"),
         ([-(2**70)], "positive"),
+        ([float("-inf")], "length -inf: lengths must be positive"),
         ([True, 5], "not booleans"),
         ([5, True], "not booleans"),
         ([1.5], "integers"),
