@@ -48,12 +48,18 @@ def checked_pack(packer: Packer, lengths: Sequence[int] | np.ndarray, capacity: 
         raise TypeError(f"packer {label!r} returned {type(result).__name__}, not a Packing")
     try:  # rebuilt through __post_init__: a Packing made around its validation is caught here
         checked = Packing(
-            lengths=result.lengths, capacity=result.capacity, bins=result.bins, packer=result.packer, meta=result.meta
+            lengths=result.lengths,
+            capacity=result.capacity,
+            bins=result.bins,
+            packer=result.packer,
+            meta=result.meta,
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"packer {label!r} returned an invalid Packing: {exc}") from None
     if checked.capacity != capacity:
-        raise ValueError(f"packer {label!r} returned a packing for capacity {checked.capacity}, asked {capacity}")
+        raise ValueError(
+            f"packer {label!r} returned a packing for capacity {checked.capacity}, asked {capacity}"
+        )
     if checked.lengths != tuple(arr.tolist()):
         raise ValueError(f"packer {label!r} returned a packing of other lengths than it was given")
     return checked

@@ -118,7 +118,9 @@ class ILPPacker(BasePacker):
                 graphs[rows] = arc_graph(sizes, counts, capacity, rows, MAX_ARCS, deadline)
             graph = graphs[rows]
             if graph is not None:
-                found, infeasible = solve_arcflow(graph, sizes, counts, rows, time_s, self.num_workers, deadline)
+                found, infeasible = solve_arcflow(
+                    graph, sizes, counts, rows, time_s, self.num_workers, deadline
+                )
                 label = "arc-flow"
             elif not quick and lengths.size * rows <= self.max_cells:
                 found, infeasible = _item_model(lengths, type_of, sizes.size, capacity, rows, deadline, self)
@@ -175,7 +177,8 @@ class ILPPacker(BasePacker):
             patterns = np.array(master.patterns)  # every column generated, for the pattern model
             meta.update(lp_bound=lp.bound, lp_value=lp.lp_value, lp_converged=lp.converged, lp_iterations=lp.iterations)
         if _num_bins(best) > bound and left_s() > 0:
-            found = _pattern_model(patterns, counts, bound, _num_bins(best) - 1, time.perf_counter() + 0.5 * left_s(), self)
+            pattern_deadline = time.perf_counter() + 0.5 * left_s()
+            found = _pattern_model(patterns, counts, bound, _num_bins(best) - 1, pattern_deadline, self)
             if found is not None:
                 best, found_by = found, "pattern model"
         while _num_bins(best) > bound and left_s() > 0:
@@ -333,7 +336,13 @@ def _pattern_model(
 
 
 def _item_model(
-    lengths: np.ndarray, type_of: np.ndarray, num_types: int, capacity: int, num_bins: int, deadline: float, packer: ILPPacker
+    lengths: np.ndarray,
+    type_of: np.ndarray,
+    num_types: int,
+    capacity: int,
+    num_bins: int,
+    deadline: float,
+    packer: ILPPacker,
 ) -> tuple[np.ndarray | None, bool]:
     """Is there a packing into exactly `num_bins` bins? One boolean per (prompt, bin).
 

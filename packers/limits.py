@@ -37,7 +37,8 @@ MAX_MEMORY_BYTES = 2**60  # 1 EiB: the largest memory budget
 
 
 def limit_error(what: str, value: object, limit: int, unit: str) -> ValueError:
-    """The one wording of a limit violation: '<what> <value> is over the limit of <limit> <unit> (packers.limits)'."""
+    """The one wording of a limit violation:
+    '<what> <value> is over the limit of <limit> <unit> (packers.limits)'."""
     shown = f"{value:.4g}" if isinstance(value, float) else str(value)
     return ValueError(f"{what} {shown} is over the limit of {limit:,} {unit} (packers.limits)")
 

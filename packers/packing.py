@@ -192,7 +192,8 @@ class Packing:
             or not 1 <= bound <= len(self.bins)
         ):
             raise ValueError(
-                f"meta['lower_bound'] must be an int in 1..{len(self.bins)} (the bins of this packing), got {bound!r}"
+                f"meta['lower_bound'] must be an int in 1..{len(self.bins)} (the bins of this packing), "
+                f"got {bound!r}"
             )
         object.__setattr__(self, "meta", meta)
         object.__setattr__(self, "_loads", tuple(loads.tolist()))

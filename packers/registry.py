@@ -78,7 +78,9 @@ def make_packer(name: str, **params: Any) -> Packer:
         try:
             cls = eps[name].load()
         except Exception as exc:  # a plug-in module may fail to import in any way
-            raise ValueError(f"cannot load packer {name!r} (entry point {eps[name].value}): {type(exc).__name__}: {exc}") from None
+            raise ValueError(
+                f"cannot load packer {name!r} (entry point {eps[name].value}): {type(exc).__name__}: {exc}"
+            ) from None
     try:
         packer = cls(**params)
     except TypeError as exc:

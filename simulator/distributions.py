@@ -203,7 +203,9 @@ def _check_regular_file(path: Path) -> None:
     if stat.S_ISDIR(mode):
         raise ValueError(f"length file {str(path)!r} is a directory")
     if not stat.S_ISREG(mode):
-        kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))
+        kinds = (
+            (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"),
+        )  # fmt: skip
         kind = next((name for test, name in kinds if test(mode)), "special")
         raise ValueError(f"length file {str(path)!r} is not a regular file ({kind})")
 
@@ -223,7 +225,7 @@ def load_lengths_file(path: str | Path) -> np.ndarray:
             try:
                 arr = np.load(path, allow_pickle=False)
             except (ValueError, EOFError):
-                raise ValueError(f"cannot read length file {str(path)!r}: not a readable .npy array") from None
+                raise ValueError(f"cannot read length file {str(path)!r}: not a .npy array") from None
             if arr.ndim != 1:
                 raise ValueError(f"{path}: expected a 1-D array, got shape {arr.shape}")
             values: list[object] = arr.tolist()
@@ -252,11 +254,13 @@ def load_lengths_file(path: str | Path) -> np.ndarray:
             values = [tok for _, tok in pairs]
             where = lambda i: f"{path}: line {pairs[i][0]}"  # noqa: E731
     except OSError as exc:
-        raise ValueError(f"cannot read length file {str(path)!r}: {exc.strerror or type(exc).__name__}") from None
+        why = exc.strerror or type(exc).__name__
+        raise ValueError(f"cannot read length file {str(path)!r}: {why}") from None
     except UnicodeDecodeError:
         raise ValueError(f"cannot read length file {str(path)!r}: not UTF-8 text") from None
     except json.JSONDecodeError as exc:  # its message gives a position, not the content
-        raise ValueError(f"cannot read length file {str(path)!r}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        why = f"not valid JSON ({exc.msg} at line {exc.lineno})"
+        raise ValueError(f"cannot read length file {str(path)!r}: {why}") from None
     if not values:
         raise ValueError(f"length file {str(path)!r} holds no lengths")
     return _to_lengths(values, where)

@@ -25,7 +25,8 @@ def parse_bytes(text: str | int) -> int:
     m = _PATTERN.match(str(text))
     unit = m.group(2).lower() if m else None
     if not m or unit not in _UNITS:
-        raise ValueError(f"bad size {text!r}: use a number with an optional unit ({', '.join(u for u in _UNITS if u)})")
+        units = ", ".join(u for u in _UNITS if u)
+        raise ValueError(f"bad size {text!r}: use a number with an optional unit ({units})")
     number = m.group(1)
     value = int(number) * _UNITS[unit] if number.isdigit() else float(number) * _UNITS[unit]
     if isinstance(value, float) and math.isfinite(value):

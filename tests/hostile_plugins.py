@@ -53,10 +53,14 @@ class AroundValidation:
 
     def pack(self, lengths, capacity):
         fake = object.__new__(Packing)
-        for name, value in dict(
-            lengths=tuple(int(x) for x in lengths), capacity=int(capacity), bins=(tuple(range(len(lengths))),),
-            packer="around", meta={"lower_bound": 1, "status": "optimal", "solve_time_s": 0.0},
-        ).items():  # fmt: skip
+        fields = {
+            "lengths": tuple(int(x) for x in lengths),
+            "capacity": int(capacity),
+            "bins": (tuple(range(len(lengths))),),
+            "packer": "around",
+            "meta": {"lower_bound": 1, "status": "optimal", "solve_time_s": 0.0},
+        }
+        for name, value in fields.items():
             object.__setattr__(fake, name, value)
         object.__setattr__(fake, "_loads", (int(capacity),))
         return fake

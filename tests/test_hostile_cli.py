@@ -73,7 +73,8 @@ def test_hostile_input_exits_2_with_one_line_and_no_files(capsys, tmp_path, argv
 
 def test_huge_capacity_runs_in_bounded_time(capsys):
     start = time.perf_counter()
-    rc = main(["--num-prompts", "64", "--quiet", "--packers", "best-fit,bfd,ffd,lpfhp", "--capacity", str(10**14)])
+    argv = ["--num-prompts", "64", "--quiet", "--packers", "best-fit,bfd,ffd,lpfhp", "--capacity", str(10**14)]
+    rc = main(argv)
     assert rc == 0 and time.perf_counter() - start < 30
     assert "recommendation" in capsys.readouterr().out
 

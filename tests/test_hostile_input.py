@@ -148,8 +148,8 @@ def test_best_fit_equals_a_naive_reference(seed, capacity):
     order = np.arange(lengths.size)
     assert best_fit(lengths, order, capacity).tolist() == _naive_best_fit(lengths.tolist(), capacity)
     p = packers.make_packer("bfd").pack(lengths, capacity)
-    assert loads_of(p.bins, lengths.tolist()) == loads_of(reference_fit(lengths.tolist(), capacity, "best", True),
-                                                          lengths.tolist())  # fmt: skip
+    expected = reference_fit(lengths.tolist(), capacity, "best", True)
+    assert loads_of(p.bins, lengths.tolist()) == loads_of(expected, lengths.tolist())
 
 
 # -- plug-in packers -------------------------------------------------------------------------
