@@ -218,7 +218,10 @@ class CostModel:
     # -- the whole batch ----------------------------------------------------------------
     def cost(self, packing: Packing, layout: RowLayout | None = None) -> PackingCost:
         """Price one packing (see the class docstring). `layout` (= RowLayout.from_packing
-        of this packing) may be passed to share it between backends."""
+        of this packing) may be passed to share it between backends. The packing is trusted:
+        `simulate` / `choose_capacity` get theirs from `packers.checked_pack`; do the same
+        for a packing from an untrusted packer. Counts are exact ints or float64 (pairs,
+        scores, bytes), never wrapping int64."""
         if not isinstance(packing, Packing):
             raise TypeError(f"cost() prices a Packing, got {type(packing).__name__}")
         m, a = self.model, self.attention
