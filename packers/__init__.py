@@ -1,7 +1,9 @@
 """packers: pluggable bin-packing of prompt lengths into packed rows.
 
 Public API: `make_packer(name, **params).pack(lengths, capacity) -> Packing`, the registry
-`PACKERS`, the `Packer` protocol, and lower bounds in `packers.bounds`.
+`PACKERS`, the `Packer` protocol, lower bounds in `packers.bounds`, the input limits in
+`packers.limits`, and `checked_pack(packer, lengths, capacity)`, which runs any packer
+(plug-ins included) and validates what it returns.
 Pure Python + numpy; OR-Tools is imported lazily by the `ilp` packer only.
 
 Built-in packers (module):
@@ -15,8 +17,9 @@ Built-in packers (module):
                                               FFD + LP bound + CP-SAT (ilp, colgen)
 """
 
-from packers import bounds
+from packers import bounds, limits
 from packers.base import BasePacker, Packer, bins_from_assignment
+from packers.checked import checked_pack
 from packers.packing import Packing, validate_capacity, validate_lengths
 from packers.registry import ENTRY_POINT_GROUP, PACKERS, available_packers, make_packer, register
 
@@ -32,6 +35,8 @@ __all__ = [
     "available_packers",
     "bins_from_assignment",
     "bounds",
+    "checked_pack",
+    "limits",
     "make_packer",
     "register",
     "validate_capacity",

@@ -4,9 +4,9 @@
   stored as numpy levels. `leftmost(s, limit)` returns the first bins, in index order, with
   at least `s` free tokens, by a vectorised descent; first-fit placement is O(log_64 B)
   numpy calls per batch of equal-sized prompts.
-- `IntSet`: a set of non-negative ints as a two-level bitset of Python ints, with
-  `successor(v)` / `predecessor(v)` (smallest member >= v / largest <= v) in O(1) big-int
-  operations on at most 2**16 bits. Best-fit and the histogram packer keep the distinct
+- `SortedInts`: a set of ints as sorted blocks, with `successor(v)` / `predecessor(v)`
+  (smallest member >= v / largest <= v) by bisection: O(log n) per operation and O(n)
+  memory, whatever the capacity. Best-fit and the histogram packer keep the distinct
   free-space values of their bins in one.
 
 Both are private helpers: the public contract is `Packer.pack`.
@@ -14,9 +14,11 @@ Both are private helpers: the public contract is `Packer.pack`.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+
 import numpy as np
 
-__all__ = ["FreeSpaceTree", "IntSet", "decreasing_order", "size_runs"]
+__all__ = ["FreeSpaceTree", "SortedInts", "decreasing_order", "size_runs"]
 
 FAN = 64
 _AR = np.arange(FAN, dtype=np.int64)
@@ -92,59 +94,79 @@ class FreeSpaceTree:
             parent[start:stop] = child.reshape(-1, FAN)[start:stop].max(axis=1)
 
 
-class IntSet:
-    """A set of ints in [0, 2**62) as a two-level bitset of Python ints.
+class SortedInts:
+    """A set of ints as sorted blocks of at most 2 * LOAD values, with each block's largest
+    value in `maxes`.
 
-    Values are split into blocks of 2**16; `blocks[b]` has bit (v mod 2**16) set for each
-    member v of block b, and bit b of `top` is set when block b is non-empty.
+    `add`, `discard`, `successor` and `predecessor` cost two bisects plus an O(LOAD) list
+    move (O(log n) comparisons; the list moves are memmoves of at most a few KiB), and the
+    memory is O(members) whatever the values: a huge capacity costs nothing.
     """
 
-    _SHIFT = 16
-    _MASK = (1 << _SHIFT) - 1
+    LOAD = 512
 
     def __init__(self) -> None:
-        self.top = 0
-        self.blocks: dict[int, int] = {}
+        self.blocks: list[list[int]] = []
+        self.maxes: list[int] = []
+
+    def __len__(self) -> int:
+        return sum(map(len, self.blocks))
 
     def add(self, v: int) -> None:
-        b = v >> self._SHIFT
-        word = self.blocks.get(b, 0)
-        if not word:
-            self.top |= 1 << b
-        self.blocks[b] = word | (1 << (v & self._MASK))
+        maxes = self.maxes
+        if not maxes:
+            self.blocks.append([v])
+            maxes.append(v)
+            return
+        i = bisect_left(maxes, v)
+        if i == len(maxes):  # a new largest value
+            i -= 1
+            block = self.blocks[i]
+            block.append(v)
+            maxes[i] = v
+        else:
+            block = self.blocks[i]
+            j = bisect_left(block, v)
+            if block[j] == v:
+                return
+            block.insert(j, v)
+        if len(block) > 2 * self.LOAD:  # split in two halves
+            self.blocks.insert(i + 1, block[self.LOAD :])
+            del block[self.LOAD :]
+            maxes.insert(i, block[-1])
 
     def discard(self, v: int) -> None:
-        b = v >> self._SHIFT
-        word = self.blocks.get(b, 0) & ~(1 << (v & self._MASK))
-        if word:
-            self.blocks[b] = word
-        else:
-            self.blocks.pop(b, None)
-            self.top &= ~(1 << b)
+        maxes = self.maxes
+        i = bisect_left(maxes, v)
+        if i == len(maxes):
+            return
+        block = self.blocks[i]
+        j = bisect_left(block, v)
+        if block[j] != v:
+            return
+        del block[j]
+        if not block:
+            del self.blocks[i]
+            del maxes[i]
+        elif j == len(block):
+            maxes[i] = block[-1]
 
     def predecessor(self, v: int) -> int:
         """Largest member <= v, or -1 when there is none."""
-        if v < 0:
-            return -1
-        b = v >> self._SHIFT
-        word = self.blocks.get(b, 0) & ((2 << (v & self._MASK)) - 1)
-        if word:
-            return (b << self._SHIFT) + word.bit_length() - 1
-        rest = self.top & ((1 << b) - 1)
-        if not rest:
-            return -1
-        b = rest.bit_length() - 1
-        return (b << self._SHIFT) + self.blocks[b].bit_length() - 1
+        maxes = self.maxes
+        i = bisect_right(maxes, v)  # blocks before i hold only values <= v
+        if i < len(maxes):
+            block = self.blocks[i]
+            j = bisect_right(block, v)
+            if j:
+                return block[j - 1]
+        return maxes[i - 1] if i else -1
 
     def successor(self, v: int) -> int:
         """Smallest member >= v, or -1 when there is none."""
-        b = v >> self._SHIFT
-        word = self.blocks.get(b, 0) >> (v & self._MASK)
-        if word:
-            return v + ((word & -word).bit_length() - 1)
-        rest = self.top >> (b + 1)
-        if not rest:
+        maxes = self.maxes
+        i = bisect_left(maxes, v)
+        if i == len(maxes):
             return -1
-        b += (rest & -rest).bit_length()
-        word = self.blocks[b]
-        return (b << self._SHIFT) + ((word & -word).bit_length() - 1)
+        block = self.blocks[i]
+        return block[bisect_left(block, v)]

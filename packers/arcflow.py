@@ -21,6 +21,7 @@ large graphs; `max_arcs` bounds the work (None is returned, nothing is built fur
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,12 +46,21 @@ class ArcGraph:
         return int(self.tails.size)
 
 
+def _expired(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() > deadline
+
+
 def arc_graph(
-    sizes: np.ndarray, counts: np.ndarray, capacity: int, num_rows: int, max_arcs: int | None = None
+    sizes: np.ndarray,
+    counts: np.ndarray,
+    capacity: int,
+    num_rows: int,
+    max_arcs: int | None = None,
+    deadline: float | None = None,
 ) -> ArcGraph | None:
     """The reduced arc-flow graph for packing `counts[t]` prompts of length `sizes[t]` into
     `num_rows` rows (at least the volume bound); None when the graph exceeds `max_arcs`
-    arcs before reduction."""
+    arcs before reduction, or when `time.perf_counter()` passes `deadline` while building."""
     sizes_l = [int(s) for s in sizes]
     counts_l = [int(c) for c in counts]
     budget = num_rows * capacity - sum(s * c for s, c in zip(sizes_l, counts_l))
@@ -63,7 +73,9 @@ def arc_graph(
         if c == 0:
             continue
         new: set[int] = set()
-        for u in reach:
+        for i, u in enumerate(reach):
+            if not i & 1023 and _expired(deadline):
+                return None
             v = u
             for _ in range(min(c, (capacity - u) // s)):
                 arcs.add((v, t))
@@ -90,11 +102,18 @@ def arc_graph(
 
 
 def solve_arcflow(
-    graph: ArcGraph, sizes: np.ndarray, counts: np.ndarray, num_rows: int, time_s: float, num_workers: int
+    graph: ArcGraph,
+    sizes: np.ndarray,
+    counts: np.ndarray,
+    num_rows: int,
+    time_s: float,
+    num_workers: int,
+    deadline: float | None = None,
 ) -> tuple[np.ndarray | None, bool]:
     """CP-SAT on the arc-flow model with exactly `num_rows` paths (rows, some maybe empty).
 
-    Returns (the (types, rows) matrix of a packing or None, proven infeasible).
+    Returns (the (types, rows) matrix of a packing or None, proven infeasible); (None, False)
+    as soon as `time.perf_counter()` passes `deadline` (model building included).
     """
     from ortools.sat.python import cp_model
 
@@ -111,7 +130,11 @@ def solve_arcflow(
         into.setdefault(v, []).append(var)
     for var, u in zip(stop, graph.ends.tolist()):
         out.setdefault(u, []).append(var)
-    for u in set(out) | set(into):
+    if _expired(deadline):
+        return None, False
+    for i, u in enumerate(set(out) | set(into)):
+        if not i & 1023 and _expired(deadline):
+            return None, False
         if u == 0:
             model.add(sum(out[0]) == num_rows)
         else:
@@ -124,6 +147,10 @@ def solve_arcflow(
             return None, True  # no arc can place this length at all
         if c:
             model.add(sum(by_type[t]) == int(c))
+    if _expired(deadline):
+        return None, False
+    if deadline is not None:
+        time_s = min(time_s, deadline - time.perf_counter())
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = num_workers
     solver.parameters.max_time_in_seconds = max(time_s, 0.01)

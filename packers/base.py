@@ -39,18 +39,19 @@ class Packer(Protocol):
     def pack(self, lengths: Sequence[int] | np.ndarray, capacity: int) -> Packing: ...
 
 
-def bins_from_assignment(order: np.ndarray, bin_of: np.ndarray) -> list[list[int]]:
+def bins_from_assignment(order: np.ndarray, bin_of: np.ndarray) -> list[tuple[int, ...]]:
     """Group prompt indices into bins.
 
     order:  prompt indices in placement order (int array, a permutation of 0..n-1).
     bin_of: bin id (0..B-1, dense) of each entry of `order`, same length.
-    Returns B lists of prompt indices, each in placement order. O(n log n), no Python loop
-    over prompts.
+    Returns B tuples of prompt indices (Python ints), each in placement order: tuples, as
+    `Packing.bins` holds them, so the packing takes them without a copy. O(n log n), no
+    Python loop over prompts.
     """
     order = np.asarray(order, dtype=np.int64)
     bin_of = np.asarray(bin_of, dtype=np.int64)
     perm = np.argsort(bin_of, kind="stable")
-    grouped = order[perm].tolist()
+    grouped = tuple(order[perm].tolist())
     counts = np.bincount(bin_of)
     bounds = np.concatenate(([0], np.cumsum(counts))).tolist()
     return [grouped[bounds[b] : bounds[b + 1]] for b in range(len(counts))]
@@ -62,7 +63,7 @@ class BasePacker:
 
     Subclasses set `name` and implement `_assign(lengths, capacity) -> (bins, meta)`, where
     `lengths` is a validated int64 array (never to be modified), `bins` a list of prompt
-    index lists, and `meta` any extra facts (e.g. `status` when not "heuristic").
+    index sequences, and `meta` any extra facts (e.g. `status` when not "heuristic").
     """
 
     name: ClassVar[str] = ""

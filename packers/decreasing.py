@@ -8,7 +8,7 @@ million prompts have at most a few thousand distinct lengths):
   found by a vectorised descent of a 64-ary max tree (`FreeSpaceTree`).
 - best-fit: the bins with the least room >= s take floor(free / s) each; bins are grouped
   by free space (bins with equal free space are interchangeable for every later choice),
-  and the distinct free-space values live in an `IntSet`.
+  and the distinct free-space values live in a `SortedInts`.
 Both are exactly the one-prompt-at-a-time algorithms: after a bin with the least (or
 leftmost) room takes a prompt, it is still the least (leftmost) one with room while
 floor(free / s) > 0. Ties between bins of equal free space go to the most recently moved
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from packers._structures import FreeSpaceTree, IntSet, decreasing_order, size_runs
+from packers._structures import FreeSpaceTree, SortedInts, decreasing_order, size_runs
 from packers.base import BasePacker, bins_from_assignment
 from packers.online import best_fit, first_fit, worst_fit
 from packers.registry import register
@@ -112,7 +112,7 @@ def best_fit_decreasing(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray,
     if sizes.size * MIN_RUN > lengths.size:
         return order, best_fit(lengths, order, capacity)
     groups: dict[int, list[int]] = {}  # free tokens -> bins with exactly that much room
-    values = IntSet()  # the keys of `groups`
+    values = SortedInts()  # the keys of `groups`
     chunks: list[np.ndarray] = []  # bin of each placed prompt, in placement order
     num_bins = 0
 

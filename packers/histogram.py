@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from packers._structures import IntSet, decreasing_order, size_runs
+from packers._structures import SortedInts, decreasing_order, size_runs
 from packers.base import BasePacker
 from packers.registry import register
 
@@ -52,7 +52,7 @@ def pack_histogram(
     reps: list[int] = []
     done: list[list[int]] = []  # [node, rows] that can take no more prompts
     groups: dict[int, list[list[int]]] = {}  # free tokens -> [[node, rows, prompts per row]]
-    values = IntSet()
+    values = SortedInts()
 
     def add(node_parent: int, s: int, r: int, rows: int, free: int, per_row: int) -> None:
         parent.append(node_parent)

@@ -104,8 +104,10 @@ class ILPPacker(BasePacker):
         np.add.at(ffd_take, (type_of[order], bin_of), 1)
         best = ffd_take
 
+        deadline = start + self.time_limit_s  # model building stops here too, not just the solves
+
         def left_s() -> float:
-            return self.time_limit_s - (time.perf_counter() - start)
+            return deadline - time.perf_counter()
 
         graphs: dict[int, ArcGraph | None] = {}
 
@@ -113,13 +115,15 @@ class ILPPacker(BasePacker):
             """Is there a packing into `rows` rows? The arc-flow model where its graph is small
             enough, else (not `quick`) the item model; None when neither runs or time runs out."""
             if rows not in graphs:
-                graphs[rows] = arc_graph(sizes, counts, capacity, rows, MAX_ARCS)
+                graphs[rows] = arc_graph(sizes, counts, capacity, rows, MAX_ARCS, deadline)
             graph = graphs[rows]
             if graph is not None:
-                found, infeasible = solve_arcflow(graph, sizes, counts, rows, time_s, self.num_workers)
+                found, infeasible = solve_arcflow(
+                    graph, sizes, counts, rows, time_s, self.num_workers, deadline
+                )
                 label = "arc-flow"
             elif not quick and lengths.size * rows <= self.max_cells:
-                found, infeasible = _item_model(lengths, type_of, sizes.size, capacity, rows, time_s, self)
+                found, infeasible = _item_model(lengths, type_of, sizes.size, capacity, rows, deadline, self)
                 label = "item model"
             else:
                 return None
@@ -173,7 +177,8 @@ class ILPPacker(BasePacker):
             patterns = np.array(master.patterns)  # every column generated, for the pattern model
             meta.update(lp_bound=lp.bound, lp_value=lp.lp_value, lp_converged=lp.converged, lp_iterations=lp.iterations)
         if _num_bins(best) > bound and left_s() > 0:
-            found = _pattern_model(patterns, counts, bound, _num_bins(best) - 1, 0.5 * left_s(), self)
+            pattern_deadline = time.perf_counter() + 0.5 * left_s()
+            found = _pattern_model(patterns, counts, bound, _num_bins(best) - 1, pattern_deadline, self)
             if found is not None:
                 best, found_by = found, "pattern model"
         while _num_bins(best) > bound and left_s() > 0:
@@ -204,10 +209,14 @@ def _num_bins(take: np.ndarray) -> int:
     return int(take.any(axis=0).sum())
 
 
-def _configure(solver: Any, time_s: float, packer: ILPPacker) -> None:
+def _expired(deadline: float) -> bool:
+    return time.perf_counter() > deadline
+
+
+def _configure(solver: Any, deadline: float, packer: ILPPacker) -> None:
     params = solver.parameters
     params.num_workers = packer.num_workers
-    params.max_time_in_seconds = max(time_s, 0.01)
+    params.max_time_in_seconds = max(deadline - time.perf_counter(), 0.01)
 
 
 def _residual_rounding(
@@ -301,9 +310,10 @@ def _drop_surplus(take: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def _pattern_model(
-    patterns: np.ndarray, counts: np.ndarray, lo: int, hi: int, time_s: float, packer: ILPPacker
+    patterns: np.ndarray, counts: np.ndarray, lo: int, hi: int, deadline: float, packer: ILPPacker
 ) -> np.ndarray | None:
-    """Rows per pattern covering every demand with lo..hi rows; a take matrix or None."""
+    """Rows per pattern covering every demand with lo..hi rows; a take matrix or None
+    (also when `time.perf_counter()` passes `deadline` while the model is built)."""
     from ortools.sat.python import cp_model
 
     if hi < lo:
@@ -311,38 +321,55 @@ def _pattern_model(
     model = cp_model.CpModel()
     uses = [model.new_int_var(0, hi, f"use_{p}") for p in range(len(patterns))]
     for t in range(counts.size):
+        if _expired(deadline):
+            return None
         model.add(sum(int(patterns[p, t]) * uses[p] for p in np.flatnonzero(patterns[:, t]).tolist()) >= int(counts[t]))
     model.add(sum(uses) >= lo)
     model.add(sum(uses) <= hi)
     model.minimize(sum(uses))
     solver = cp_model.CpSolver()
-    _configure(solver, time_s, packer)
-    if solver.solve(model) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+    _configure(solver, deadline, packer)
+    if _expired(deadline) or solver.solve(model) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
     reps = np.array([solver.value(u) for u in uses], dtype=np.int64)
     return _drop_surplus(np.repeat(patterns, reps, axis=0).T, counts)  # (types, rows)
 
 
 def _item_model(
-    lengths: np.ndarray, type_of: np.ndarray, num_types: int, capacity: int, num_bins: int, time_s: float, packer: ILPPacker
+    lengths: np.ndarray,
+    type_of: np.ndarray,
+    num_types: int,
+    capacity: int,
+    num_bins: int,
+    deadline: float,
+    packer: ILPPacker,
 ) -> tuple[np.ndarray | None, bool]:
     """Is there a packing into exactly `num_bins` bins? One boolean per (prompt, bin).
 
     Prompts sorted longest first; prompt i may only use bins 0..i (the classic symmetry
-    breaking: any packing can be renumbered so). Returns (take matrix or None, proven infeasible).
+    breaking: any packing can be renumbered so). Returns (take matrix or None, proven
+    infeasible); (None, False) as soon as `time.perf_counter()` passes `deadline`, model
+    building included.
     """
     from ortools.sat.python import cp_model
 
     order = np.argsort(-lengths, kind="stable")
     sizes = lengths[order].tolist()
     model = cp_model.CpModel()
-    x = [[model.new_bool_var(f"x_{i}_{b}") for b in range(min(i + 1, num_bins))] for i in range(len(sizes))]
-    for row in x:
-        model.add_exactly_one(row)
+    x = []
+    for i in range(len(sizes)):
+        if not i & 63 and _expired(deadline):
+            return None, False
+        x.append([model.new_bool_var(f"x_{i}_{b}") for b in range(min(i + 1, num_bins))])
+        model.add_exactly_one(x[-1])
     for b in range(num_bins):
+        if not b & 7 and _expired(deadline):
+            return None, False
         model.add(sum(sizes[i] * x[i][b] for i in range(b, len(sizes))) <= capacity)
+    if _expired(deadline):
+        return None, False
     solver = cp_model.CpSolver()
-    _configure(solver, time_s, packer)
+    _configure(solver, deadline, packer)
     code = solver.solve(model)
     if code == cp_model.INFEASIBLE:
         return None, True

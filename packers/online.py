@@ -5,7 +5,7 @@ do without seeing the whole batch. The placement functions take an explicit `ord
 the offline "decreasing" packers reuse them on sorted input.
 
 Costs per prompt: next-fit O(1); first-fit O(log B) (binary max tree over bins);
-best-fit O(1) big-int operations (`IntSet` over distinct free-space values); worst-fit
+best-fit O(log B) (`SortedInts` over the distinct free-space values); worst-fit
 O(log B) (heap). Ties between bins with equal room go to the lowest bin index, except in
 best-fit, where they go to the most recently moved bin (counts and loads are the same).
 Bins are numbered in opening order.
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from packers._structures import IntSet
+from packers._structures import SortedInts
 from packers.base import BasePacker, bins_from_assignment
 from packers.registry import register
 
@@ -82,7 +82,7 @@ def first_fit(lengths: np.ndarray, order: np.ndarray, capacity: int) -> np.ndarr
 def best_fit(lengths: np.ndarray, order: np.ndarray, capacity: int) -> np.ndarray:
     """Bin of each prompt of `order`: a bin with the least room that still fits it."""
     groups: dict[int, list[int]] = {}  # free tokens -> bins with exactly that much room
-    values = IntSet()
+    values = SortedInts()
     bin_of = np.empty(order.size, dtype=np.int64)
     num_bins = 0
     for pos, size in enumerate(lengths[order].tolist()):

@@ -50,17 +50,17 @@ def _load_dotted(path: str) -> type:
         obj: Any = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load packer {path!r}: {exc}") from None
+    except Exception as exc:  # a plug-in module may fail to import in any way
+        raise ValueError(f"cannot load packer {path!r}: {type(exc).__name__}: {exc}") from None
     return obj
 
 
 def make_packer(name: str, **params: Any) -> Packer:
     """Build a packer by registry name, entry-point name or dotted `module:Class`.
 
-    Raises `ValueError` for an unknown name (listing the valid names), for a loaded object
-    that has no `pack` method, and for hyperparameters the packer does not take (listing
-    the ones it does).
+    Raises `ValueError` for an unknown name (listing the valid names), a plug-in that fails
+    to import or to construct (whatever it raises), a loaded object that has no `pack`
+    method, and hyperparameters the packer does not take (listing the ones it does).
     """
     if not isinstance(name, str):
         raise ValueError(f"packer name must be a string, got {name!r}")
@@ -75,12 +75,21 @@ def make_packer(name: str, **params: Any) -> Packer:
                 f"unknown packer {name!r}; valid names: {', '.join(available_packers())} "
                 "(or a dotted 'module:Class')"
             )
-        cls = eps[name].load()
+        try:
+            cls = eps[name].load()
+        except Exception as exc:  # a plug-in module may fail to import in any way
+            raise ValueError(
+                f"cannot load packer {name!r} (entry point {eps[name].value}): {type(exc).__name__}: {exc}"
+            ) from None
     try:
         packer = cls(**params)
     except TypeError as exc:
         accepted = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
         raise ValueError(f"bad parameters for packer {name!r}: {exc}; it takes {accepted or 'no parameters'}") from None
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"cannot build packer {name!r}: {type(exc).__name__}: {exc}") from None
     if not callable(getattr(packer, "pack", None)):
         raise ValueError(f"{name!r} does not give a packer: {type(packer).__qualname__} has no pack() method")
     return packer

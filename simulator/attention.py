@@ -84,16 +84,18 @@ class AttentionCost:
         """Raise `ValueError` when this backend cannot run the layout."""
 
     def row_tokens(self, layout: RowLayout) -> np.ndarray:
-        """Rectangle backends run every row at the full width W: (R,) of W."""
+        """Rectangle backends run every row at the full width W: (R,) int64 of W."""
         return np.full(layout.num_rows, layout.width_tokens, dtype=np.int64)
 
     def pairs_per_row(self, layout: RowLayout) -> np.ndarray:
+        """(R,) float64 query-key pairs per head (float64: W**2 of a wide row would wrap int64)."""
         raise NotImplementedError
 
     def score_elements_per_row(self, layout: RowLayout) -> np.ndarray:
+        """(R,) float64 score elements materialized per head."""
         if not self.materializes_scores:
-            return np.zeros(layout.num_rows, dtype=np.int64)
-        return np.full(layout.num_rows, layout.width_tokens**2, dtype=np.int64)
+            return np.zeros(layout.num_rows, dtype=np.float64)
+        return np.full(layout.num_rows, float(layout.width_tokens) ** 2)
 
     def mask_bytes(self, layout: RowLayout) -> int:
         raise NotImplementedError
@@ -113,7 +115,7 @@ class DenseAttention(AttentionCost):
     score_copies: float = 0.0  # the anchors' memory shows no materialized score matrix
 
     def pairs_per_row(self, layout: RowLayout) -> np.ndarray:
-        return np.full(layout.num_rows, layout.width_tokens**2, dtype=np.int64)
+        return np.full(layout.num_rows, float(layout.width_tokens) ** 2)
 
     def mask_bytes(self, layout: RowLayout) -> int:
         return layout.num_rows * layout.width_tokens**2
@@ -151,7 +153,7 @@ class FlexAttention(AttentionCost):
             raise ValueError(f"block_tokens must be a positive integer, got {self.block_tokens!r}")
 
     def pairs_per_row(self, layout: RowLayout) -> np.ndarray:
-        return layout.touched_tiles_per_row(self.block_tokens) * self.block_tokens**2
+        return layout.touched_tiles_per_row(self.block_tokens) * float(self.block_tokens) ** 2
 
     def mask_bytes(self, layout: RowLayout) -> int:
         t = -(-layout.width_tokens // self.block_tokens)

@@ -12,7 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from packers import Packer, Packing
+from packers import Packer, Packing, checked_pack
+from packers.limits import check_capacity_tokens
 from simulator.cost import CostModel, PackingCost
 from simulator.layout import RowLayout
 
@@ -25,15 +26,16 @@ ROUND_TOKENS = 128
 
 
 def parse_capacity(spec: CapacitySpec) -> CapacitySpec:
-    """Normalize 'max' | 'auto' | positive int (or its decimal string); `ValueError` otherwise."""
+    """Normalize 'max' | 'auto' | positive int (or its decimal string) at most
+    `packers.limits.MAX_CAPACITY_TOKENS`; `ValueError` otherwise."""
     if isinstance(spec, str):
         text = spec.strip().lower()
         if text in ("max", "auto"):
             return text
-        if text.isdigit() and int(text) > 0:
-            return int(text)
+        if text.isascii() and text.isdigit() and int(text) > 0:
+            return check_capacity_tokens(int(text))
     elif isinstance(spec, (int, np.integer)) and not isinstance(spec, bool) and spec > 0:
-        return int(spec)
+        return check_capacity_tokens(int(spec))
     raise ValueError(f"capacity must be 'max', 'auto' or a positive integer, got {spec!r}")
 
 
@@ -71,7 +73,9 @@ def choose_capacity(
 
     'max' and an integer pack once; 'auto' packs once per candidate of
     `capacity_candidates(lengths)` and, per backend, keeps the fitting candidate with the
-    lowest est_time_s (fewest forwards first, ties to the smaller capacity)."""
+    lowest est_time_s (fewest forwards first, ties to the smaller capacity). Every packing
+    goes through `packers.checked_pack`: a packer that fails or returns anything but a valid
+    `Packing` of these lengths at this capacity raises `ValueError` / `TypeError` naming it."""
     spec = parse_capacity(capacity)
     if spec == "auto":
         candidates = capacity_candidates(lengths)
@@ -81,7 +85,7 @@ def choose_capacity(
         candidates = [int(spec)]
     best: list[CapacityChoice | None] = [None] * len(cost_models)
     for cap in candidates:
-        packing = packer.pack(lengths, cap)
+        packing = checked_pack(packer, lengths, cap)  # plug-ins included: nothing unchecked is priced
         layout = RowLayout.from_packing(packing)  # shared by every backend
         for i, model in enumerate(cost_models):
             cost = model.cost(packing, layout)

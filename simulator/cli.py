@@ -12,7 +12,7 @@ from typing import Any, NoReturn, Sequence
 from simulator.attention import available_attention
 from simulator.distributions import FAMILIES, PROFILES
 from simulator.gpus import available_gpus
-from simulator.report import format_table, recommendation_line, write_csv, write_plot
+from simulator.report import check_output_path, format_table, recommendation_line, write_csv, write_plot
 from simulator.run import DEFAULT_NUM_PROMPTS, EXCLUDED_BY_DEFAULT, simulate
 from simulator.specs import available_models
 from simulator.units import parse_bytes
@@ -92,6 +92,10 @@ def parse_packer_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if args.csv is not None:  # before the work: a bad path costs nothing
+        check_output_path(args.csv, "--csv")
+    if args.plot is not None:
+        check_output_path(args.plot, "--plot")
     packer_names = None
     if args.packers is not None:
         packer_names = [n.strip() for n in args.packers.split(",") if n.strip()]
@@ -111,9 +115,9 @@ def _run(argv: Sequence[str] | None) -> int:
         seed=args.seed,
         progress=not args.quiet and sys.stderr.isatty(),
     )
-    if args.csv:
+    if args.csv is not None:
         write_csv(result, args.csv)
-    if args.plot:
+    if args.plot is not None:
         write_plot(result, args.plot)
     if not args.quiet:
         print(format_table(result))
@@ -125,10 +129,11 @@ def _run(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (0 ok, 2 bad input)."""
+    """Entry point; returns the exit code (0 ok, 2 bad input, a failing packer or an
+    unwritable output: one line on stderr, no traceback, no partial file)."""
     try:
         return _run(argv)
-    except (_UsageError, ValueError, OSError) as exc:
+    except (_UsageError, ValueError, TypeError, OSError, OverflowError) as exc:
         message = " ".join(str(exc).split())
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2

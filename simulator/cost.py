@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from packers import Packing
+from packers.limits import check_memory_bytes
 from simulator.attention import AttentionCost, make_attention
 from simulator.gpus import GPUSpec, get_gpu
 from simulator.layout import RowLayout
@@ -76,6 +77,15 @@ def activation_bytes_per_token(model: ModelSpec) -> int:
     attn = 2 * model.q_width + 2 * model.kv_width
     mlp = (3 if model.gated_mlp else 2) * model.intermediate_size
     return model.activation_bytes * (2 * model.hidden_size + max(attn, mlp))
+
+
+def _exact_sum(values: np.ndarray) -> int:
+    """Sum of an int64 array as a Python int, exact even where the int64 sum would wrap."""
+    if values.size == 0:
+        return 0
+    if int(np.abs(values).max()) <= (2**62) // values.size:
+        return int(values.sum())
+    return sum(values.tolist())
 
 
 @dataclass(frozen=True)
@@ -154,7 +164,7 @@ class CostModel:
         budget = self.gpu.memory_bytes if self.memory_budget_bytes is None else self.memory_budget_bytes
         if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget <= 0:
             raise ValueError(f"memory_budget_bytes must be a positive integer, got {budget!r}")
-        object.__setattr__(self, "memory_budget_bytes", int(budget))
+        object.__setattr__(self, "memory_budget_bytes", check_memory_bytes(budget, "memory_budget_bytes"))
         if not 0 < self.matmul_efficiency <= 1:
             raise ValueError(f"matmul_efficiency must be in (0, 1], got {self.matmul_efficiency!r}")
         if not self.elementwise_passes >= 0:
@@ -208,13 +218,18 @@ class CostModel:
     # -- the whole batch ----------------------------------------------------------------
     def cost(self, packing: Packing, layout: RowLayout | None = None) -> PackingCost:
         """Price one packing (see the class docstring). `layout` (= RowLayout.from_packing
-        of this packing) may be passed to share it between backends."""
+        of this packing) may be passed to share it between backends. The packing is trusted:
+        `simulate` / `choose_capacity` get theirs from `packers.checked_pack`; do the same
+        for a packing from an untrusted packer. Counts are exact ints or float64 (pairs,
+        scores, bytes), never wrapping int64."""
+        if not isinstance(packing, Packing):
+            raise TypeError(f"cost() prices a Packing, got {type(packing).__name__}")
         m, a = self.model, self.attention
         layout = self._layout(packing, layout)
         row_tokens = a.row_tokens(layout)
         pairs = a.pairs_per_row(layout)
         scores = a.score_elements_per_row(layout)
-        forward_tokens = int(row_tokens.sum())
+        forward_tokens = _exact_sum(row_tokens)
         pairs_total, scores_total = int(pairs.sum()), int(scores.sum())
         real_tokens = layout.real_tokens
         n = layout.num_prompts
@@ -266,26 +281,26 @@ class CostModel:
         m, a = self.model, self.attention
         r_total = layout.num_rows
         free = self.memory_budget_bytes - m.weight_bytes - kv_bytes
+        # float64 throughout: byte counts of huge rows exceed int64; no wrap, exact below 2**53
         whole = int(np.ceil(
-            activation_bytes_per_token(m) * int(row_tokens.sum())
-            + m.num_heads * a.score_copies * m.activation_bytes * int(scores.sum())
+            activation_bytes_per_token(m) * float(_exact_sum(row_tokens))
+            + m.num_heads * a.score_copies * m.activation_bytes * float(scores.sum())
             + float(mask_bytes)
             + LOGITS_BYTES_PER_ELEMENT * m.vocab_size * layout.num_prompts
         ))  # fmt: skip
         if whole <= free:  # the common case: everything in one forward
             return 1, whole
         order = np.argsort(-row_tokens, kind="stable")
-        top_tokens = np.cumsum(row_tokens[order])
+        top_tokens = np.cumsum(row_tokens[order].astype(np.float64))
         top_scores = np.cumsum(scores[order])
         top_prompts = np.cumsum(layout.prompts_per_row()[order])
         rows = np.arange(1, r_total + 1)
-        act = (
+        act = np.ceil(
             activation_bytes_per_token(m) * top_tokens
             + m.num_heads * a.score_copies * m.activation_bytes * top_scores
-            + mask_bytes * rows / r_total
+            + float(mask_bytes) * rows / r_total
             + LOGITS_BYTES_PER_ELEMENT * m.vocab_size * top_prompts
         )
-        act = np.ceil(act).astype(np.int64)
         fitting = np.flatnonzero(act <= free)
         if fitting.size == 0:
             return None, int(act[-1])

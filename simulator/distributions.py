@@ -11,8 +11,10 @@ SPEC grammar:
   W*SPEC + W*SPEC ...        a mixture; weights are normalized, e.g.
                              0.8*mmlu + 0.2*constant:value=2000
 Parametric draws are rounded to integers and clipped to [1, max] (max = the optional `max`
-parameter every family takes; unbounded when absent). Every parse error is one-line
-`ValueError`.
+parameter every family takes; unbounded when absent, and then a draw past the toolkit's
+longest length, `packers.limits.MAX_LENGTH_TOKENS`, is a `ValueError` asking for `max=`).
+Every parse or sampling error is one-line `ValueError`; file errors name the file and line
+or entry, never its content.
 """
 
 from __future__ import annotations
@@ -20,13 +22,17 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
+
+from packers.limits import MAX_LENGTH_TOKENS, limit_error
 
 __all__ = [
     "FAMILIES",
@@ -111,10 +117,20 @@ class Parametric:
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         p = dict(self.params)
-        raw = np.asarray(FAMILIES[self.family].sampler(rng, n, p), dtype=np.float64)
+        try:
+            with np.errstate(all="ignore"):
+                raw = np.asarray(FAMILIES[self.family].sampler(rng, n, p), dtype=np.float64)
+        except (OverflowError, ValueError) as exc:  # e.g. sigma**2 past the float range
+            why = "a parameter is out of the float range" if isinstance(exc, OverflowError) else str(exc)
+            raise ValueError(f"bad distribution {self.spec!r}: cannot draw from it: {why}") from None
+        if np.isnan(raw).any():
+            raise ValueError(f"bad distribution {self.spec!r}: its parameters give undefined (NaN) draws")
         hi = p.get("max")
-        out = np.clip(np.rint(raw), 1, hi if hi is not None else np.inf)
-        return np.minimum(out, np.iinfo(np.int64).max // 4).astype(np.int64)
+        if hi is None and (raw > MAX_LENGTH_TOKENS + 0.5).any():
+            err = limit_error("a draw of", float(raw.max()), MAX_LENGTH_TOKENS, "tokens")
+            raise ValueError(f"bad distribution {self.spec!r}: {err}; add max=N to clip the draws") from None
+        out = np.clip(np.rint(raw), 1, hi if hi is not None else MAX_LENGTH_TOKENS)
+        return out.astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,49 +167,78 @@ class Mixture:
 
 # -- files -----------------------------------------------------------------------------------
 def _to_lengths(values: Sequence[object], where: Callable[[int], str]) -> np.ndarray:
+    """Positive integer lengths; errors name the place and the kind of problem, never the
+    value itself (the file may be one the user should not be shown)."""
     out = np.empty(len(values), dtype=np.int64)
     for i, v in enumerate(values):
-        try:
-            x = float(v)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise ValueError(f"{where(i)}: {v!r} is not a number") from None
-        if not math.isfinite(x) or not x.is_integer():
-            raise ValueError(f"{where(i)}: {v!r} is not an integer length")
+        if isinstance(v, (bool, np.bool_)):
+            raise ValueError(f"{where(i)}: a boolean, not a length")
+        if isinstance(v, int):
+            x: float | int = v
+        elif isinstance(v, str) and v.strip().lstrip("+-").isdigit():
+            x = int(v) if len(v) < 400 else math.inf  # exact; past 400 digits, past any limit
+        else:
+            try:
+                x = float(v)  # type: ignore[arg-type]
+            except (TypeError, ValueError, OverflowError):
+                raise ValueError(f"{where(i)}: not a number") from None
+            if math.isnan(x) or (math.isfinite(x) and not x.is_integer()):
+                raise ValueError(f"{where(i)}: not an integer length")
         if x < 1:
-            raise ValueError(f"{where(i)}: length {v!r} must be a positive integer")
+            raise ValueError(f"{where(i)}: a length must be a positive integer (this one is below 1)")
+        if x > MAX_LENGTH_TOKENS:
+            raise ValueError(f"{where(i)}: {limit_error('a length of', x, MAX_LENGTH_TOKENS, 'tokens')}")
         out[i] = int(x)
     return out
+
+
+def _check_regular_file(path: Path) -> None:
+    """`ValueError` saying what `path` is when it is not a readable regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ValueError(f"length file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read length file {str(path)!r}: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise ValueError(f"length file {str(path)!r} is a directory")
+    if not stat.S_ISREG(mode):
+        kinds = (
+            (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"),
+        )  # fmt: skip
+        kind = next((name for test, name in kinds if test(mode)), "special")
+        raise ValueError(f"length file {str(path)!r} is not a regular file ({kind})")
 
 
 _CSV_COLUMNS = ("length", "lengths", "num_tokens", "tokens", "prompt_tokens", "contexttokens")
 
 
 def load_lengths_file(path: str | Path) -> np.ndarray:
-    """Read prompt lengths (positive ints) from .txt/.csv/.json/.npy; `ValueError` naming
-    the file (and line or entry) for a missing, empty, malformed or non-positive input."""
+    """Read prompt lengths (positive ints) from .txt/.csv/.json/.npy (UTF-8, a BOM allowed);
+    `ValueError` naming the file (and line or entry), never its content, for a missing,
+    non-regular (directory, FIFO, device), empty, malformed, non-positive or over-limit input."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"length file {str(path)!r} does not exist")
+    _check_regular_file(path)
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
             try:
                 arr = np.load(path, allow_pickle=False)
-            except (ValueError, EOFError) as exc:
-                raise ValueError(f"cannot read length file {str(path)!r}: {exc}") from None
+            except (ValueError, EOFError):
+                raise ValueError(f"cannot read length file {str(path)!r}: not a .npy array") from None
             if arr.ndim != 1:
                 raise ValueError(f"{path}: expected a 1-D array, got shape {arr.shape}")
             values: list[object] = arr.tolist()
             where = lambda i: f"{path}: entry {i}"  # noqa: E731
         elif suffix == ".json":
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
             if isinstance(data, dict):
                 data = data.get("lengths")
             if not isinstance(data, list):
                 raise ValueError(f"{path}: expected a JSON list of lengths or {{\"lengths\": [...]}}")
             values, where = data, (lambda i: f"{path}: entry {i}")
         elif suffix == ".csv":
-            rows = [r for r in csv.reader(path.read_text().splitlines()) if r]
+            rows = [r for r in csv.reader(path.read_text(encoding="utf-8-sig").splitlines()) if r]
             col, start = 0, 0
             if rows and any(c.strip().lower() in _CSV_COLUMNS for c in rows[0]):
                 header = [c.strip().lower() for c in rows[0]]
@@ -204,12 +249,18 @@ def load_lengths_file(path: str | Path) -> np.ndarray:
             values = [r[col] if col < len(r) else "" for r in rows[start:]]
             where = lambda i: f"{path}: line {i + start + 1}"  # noqa: E731
         else:  # .txt and anything else: whitespace-separated numbers, one per line usually
-            lines = path.read_text().splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
             pairs = [(ln + 1, tok) for ln, line in enumerate(lines) for tok in line.split()]
             values = [tok for _, tok in pairs]
             where = lambda i: f"{path}: line {pairs[i][0]}"  # noqa: E731
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read length file {str(path)!r}: {exc}") from None
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ValueError(f"cannot read length file {str(path)!r}: {why}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot read length file {str(path)!r}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:  # its message gives a position, not the content
+        why = f"not valid JSON ({exc.msg} at line {exc.lineno})"
+        raise ValueError(f"cannot read length file {str(path)!r}: {why}") from None
     if not values:
         raise ValueError(f"length file {str(path)!r} holds no lengths")
     return _to_lengths(values, where)
@@ -246,6 +297,9 @@ def _parse_parametric(spec: str, family: str, body: str) -> Parametric:
             raise ValueError(f"bad distribution {spec!r}: {key}={value.strip()!r} is not a number") from None
         if not math.isfinite(params[key]):
             raise ValueError(f"bad distribution {spec!r}: {key} must be finite")
+        if key in ("value", "low", "high", "min", "max") and params[key] > MAX_LENGTH_TOKENS:
+            err = limit_error(f"{key} =", params[key], MAX_LENGTH_TOKENS, "tokens")
+            raise ValueError(f"bad distribution {spec!r}: {err}")
     missing = [k for k in fam.required if k not in params]
     if missing:
         raise ValueError(f"bad distribution {spec!r}: {family} needs {', '.join(missing)} ({fam.doc})")
@@ -272,8 +326,8 @@ def parse_distribution(spec: str) -> Distribution:
             if not m:
                 raise ValueError(f"bad mixture {spec!r}: each component must be WEIGHT*SPEC, got {part.strip()!r}")
             weight = float(m.group(1))
-            if not weight > 0:
-                raise ValueError(f"bad mixture {spec!r}: weights must be > 0, got {m.group(1)}")
+            if not 0 < weight < math.inf:
+                raise ValueError(f"bad mixture {spec!r}: weights must be > 0 and finite, got {m.group(1)}")
             components.append((weight, parse_distribution(m.group(2))))
         return Mixture(spec, tuple(components))
     if spec.startswith("file:"):

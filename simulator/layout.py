@@ -77,34 +77,36 @@ class RowLayout:
         return cached
 
     def causal_pairs_total(self) -> int:
-        """sum over prompts of l(l+1)/2: the pairs a per-prompt causal mask allows (cached)."""
+        """sum over prompts of l(l+1)/2: the pairs a per-prompt causal mask allows (cached;
+        float64 sums, exact below 2**53, never wrapping)."""
         cached = self.__dict__.get("_causal_pairs_total")
         if cached is None:
-            cached = int((self.seg_lengths * (self.seg_lengths + 1) // 2).sum())
+            cached = int(self.causal_pairs_per_row().sum())
             object.__setattr__(self, "_causal_pairs_total", cached)
         return cached
 
     def causal_pairs_per_row(self) -> np.ndarray:
-        """(R,) query-key pairs a per-prompt causal mask allows: sum over the row's prompts of l(l+1)/2."""
-        pairs = self.seg_lengths * (self.seg_lengths + 1) // 2
-        return np.bincount(self.seg_row, weights=pairs, minlength=self.num_rows).astype(np.int64)
+        """(R,) float64 query-key pairs a per-prompt causal mask allows: sum over the row's
+        prompts of l(l+1)/2 (float64: l**2 of a long prompt would wrap int64)."""
+        seg = self.seg_lengths.astype(np.float64)
+        return np.bincount(self.seg_row, weights=seg * (seg + 1) / 2, minlength=self.num_rows)
 
     def touched_tiles_per_row(self, block_tokens: int) -> np.ndarray:
-        """(R,) block_tokens x block_tokens tiles of the row's (W x W) score matrix that hold at
-        least one allowed pair of the block-diagonal causal mask (padding tiles excluded).
+        """(R,) float64 count of block_tokens x block_tokens tiles of the row's (W x W) score
+        matrix that hold at least one allowed pair of the block-diagonal causal mask (padding
+        tiles excluded).
 
         Query block i of a row starts at position b*i; the prompt holding that position starts
         at s, and because prompts are contiguous the allowed keys of the whole block are the
         contiguous range [s, b*i + b), so the block touches key blocks floor(s/b) .. i:
-        tiles(i) = i - floor(s/b) + 1, summed over the blocks that hold real tokens.
+        tiles(i) = i - floor(s/b) + 1. The query blocks starting inside a prompt [s, e) are
+        i = lo .. hi with lo = ceil(s/b), hi = ceil(e/b) - 1; with k = hi - lo + 1 (>= 0) they
+        touch k * (lo - floor(s/b) + 1) + k(k-1)/2 tiles. O(n), whatever the row width.
         """
         b = block_tokens
-        nblocks = -(-self.loads_tokens // b)
-        stride = (-(-self.width_tokens // b) + 1) * b  # row pitch in a virtual flat layout
-        gstart = self.seg_row * stride + self.seg_start  # ascending
-        q_row = np.repeat(np.arange(self.num_rows, dtype=np.int64), nblocks)
-        first = np.concatenate(([0], np.cumsum(nblocks)[:-1]))
-        q_block = np.arange(q_row.size, dtype=np.int64) - np.repeat(first, nblocks)
-        seg = np.searchsorted(gstart, q_row * stride + q_block * b, side="right") - 1
-        tiles = q_block - self.seg_start[seg] // b + 1
-        return np.bincount(q_row, weights=tiles, minlength=self.num_rows).astype(np.int64)
+        start = self.seg_start
+        end = start + self.seg_lengths
+        lo = -(-start // b)
+        k = np.maximum(-(-end // b) - lo, 0).astype(np.float64)
+        tiles = k * (lo - start // b + 1) + k * (k - 1) / 2
+        return np.bincount(self.seg_row, weights=tiles, minlength=self.num_rows)

@@ -4,13 +4,60 @@ PNG plot (matplotlib with the Agg backend, imported only when plotting)."""
 from __future__ import annotations
 
 import csv
+import os
+import stat
+import tempfile
 from pathlib import Path
+from typing import IO, Callable
 
 import numpy as np
 
 from simulator.run import BASELINE, JSON_RESULT_FIELDS, ResultRow, SimulationResult
 
-__all__ = ["format_table", "recommendation_line", "write_csv", "write_plot"]
+__all__ = ["check_output_path", "format_table", "recommendation_line", "write_csv", "write_plot"]
+
+
+def check_output_path(path: str | Path, what: str = "output") -> Path:
+    """`path` as a `Path` a file can be written to, else `ValueError` saying why: empty, a
+    directory or another non-regular file (e.g. /dev/full), or a missing parent folder.
+    Checked before the work, so a bad path costs nothing."""
+    text = str(path)
+    if not text.strip():
+        raise ValueError(f"{what} path is empty")
+    target = Path(text)
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise ValueError(f"{what} {text!r}: {exc.strerror}") from None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise ValueError(f"{what} {text!r} is a directory; give a file path")
+    if mode is not None and not stat.S_ISREG(mode):
+        raise ValueError(f"{what} {text!r} is not a regular file")
+    if not target.resolve().parent.is_dir():
+        raise ValueError(f"{what} {text!r}: folder {str(target.parent)!r} does not exist")
+    return target
+
+
+def _write_atomically(path: str | Path, mode: str, write: Callable[[IO], None], what: str) -> None:
+    """Write through `write` into a temporary file next to `path`, then rename it onto
+    `path`; on any failure remove the temporary file and leave `path` untouched."""
+    target = check_output_path(path, what)
+    fd, tmp = tempfile.mkstemp(dir=target.resolve().parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({"newline": ""} if "b" not in mode else {})) as fh:
+            write(fh)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # what open() would have given, not mkstemp's 0600
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _sorted_rows(result: SimulationResult) -> list[ResultRow]:
@@ -68,17 +115,23 @@ def recommendation_line(result: SimulationResult) -> str:
 
 
 def write_csv(result: SimulationResult, path: str | Path) -> None:
-    """The JSON result fields, one row per (packer, attention), plus forwards and fits."""
-    with open(path, "w", newline="") as fh:
+    """The JSON result fields, one row per (packer, attention), plus forwards and fits.
+    Written atomically (a temporary file renamed on success); `ValueError` / `OSError` for
+    a path that cannot be written, with no file left behind."""
+
+    def write(fh: IO) -> None:
         writer = csv.writer(fh)
         writer.writerow([*JSON_RESULT_FIELDS, "forwards", "fits", "num_batches"])
         for r in _sorted_rows(result):
             writer.writerow([*(getattr(r, k) for k in JSON_RESULT_FIELDS), r.forwards, r.fits, r.num_batches])
 
+    _write_atomically(path, "w", write, "CSV output")
+
 
 def write_plot(result: SimulationResult, path: str | Path) -> None:
     """PNG with three panels: length histogram, padding waste per packer, modeled time per
-    (packer, attention)."""
+    (packer, attention). Written atomically to exactly `path` (no suffix added), as
+    `write_csv` writes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,5 +157,7 @@ def write_plot(result: SimulationResult, path: str | Path) -> None:
     axes[2].invert_yaxis()
     axes[2].tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        _write_atomically(path, "wb", lambda fh: fig.savefig(fh, dpi=110, format="png"), "plot output")
+    finally:
+        plt.close(fig)

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 import packers as packers_lib
+from packers.limits import check_memory_bytes, check_num_prompts
 from simulator.attention import available_attention, make_attention
 from simulator.capacity import CapacitySpec, choose_capacity, parse_capacity
 from simulator.cost import CostModel, PackingCost
@@ -172,6 +173,11 @@ def _positive_int(value: object, what: str) -> int:
     return int(value)
 
 
+def _prompt_count(value: object, what: str) -> int:
+    """A positive int within `packers.limits.MAX_PROMPTS`."""
+    return check_num_prompts(_positive_int(value, what), what)
+
+
 def _evaluate(
     batches: Sequence[np.ndarray],
     *,
@@ -195,10 +201,12 @@ def _evaluate(
             plan.append((name, packer, backends, "max" if name == "pad" else capacity))
     flat_backends = [a for a in attention if a in FLAT_ATTENTION]
     if flat_backends:
-        plan.append(("flat", FlatPacker(), flat_backends, "max"))
+        plan.append(("flat", FlatPacker(), flat_backends, "max"))  # capacity: the batch's sum, below
     acc: dict[tuple[str, str], _Acc] = {(p, a): _Acc() for p, _, bs, _ in plan for a in bs}
     for batch in progress if progress is not None else batches:
         for name, packer, backends, cap in plan:
+            if name == "flat":  # one row holding the whole batch
+                cap = int(batch.sum())
             for a, choice in zip(backends, choose_capacity(batch, packer, [cost_models[a] for a in backends], cap)):
                 acc[(name, a)].add(choice.cost)
     base_time = acc[BASELINE].est_time_s
@@ -247,8 +255,11 @@ def simulate(
     (`simulator.distributions`), a `Distribution`, or explicit lengths (used as given, in
     order; `num_prompts` is then ignored). packers=None means `default_packers()`;
     packer_params maps a packer name to its hyperparameters (e.g. {"ilp": {"time_limit_s": 1}}).
-    attention: 'all' (= dense, flex, varlen), one name, or a list. Bad input: `ValueError`."""
-    batch_size = _positive_int(batch_size, "batch size")
+    attention: 'all' (= dense, flex, varlen), one name, or a list. Bad input, or a value past
+    `packers.limits` (prompts, lengths, capacity, memory budget): `ValueError`, checked
+    before any packing; a packer that fails or returns an invalid packing: `ValueError` /
+    `TypeError` naming it (`packers.checked_pack`)."""
+    batch_size = _prompt_count(batch_size, "batch size")
     model_spec, gpu_spec = get_model(model), get_gpu(gpu)
     capacity = parse_capacity(capacity)
     attn = _attention_list(attention)
@@ -257,10 +268,10 @@ def simulate(
     if unused:  # flat takes no parameters
         raise ValueError(f"packer parameters given for {', '.join(unused)}, which is not in the packers run")
     if memory_budget_bytes is not None:
-        memory_budget_bytes = _positive_int(memory_budget_bytes, "memory budget (bytes)")
+        memory_budget_bytes = check_memory_bytes(_positive_int(memory_budget_bytes, "memory budget (bytes)"))
     if isinstance(lengths_dist, (str,)) or hasattr(lengths_dist, "sample"):
         dist = parse_distribution(lengths_dist) if isinstance(lengths_dist, str) else lengths_dist
-        num_prompts = _positive_int(num_prompts, "number of prompts")
+        num_prompts = _prompt_count(num_prompts, "number of prompts")
         lengths = dist.sample(num_prompts, np.random.default_rng(seed))
         dist_spec = dist.spec
     else:

@@ -18,7 +18,7 @@ from packer_oracles import loads_of, reference_fit
 
 import packers
 from packers import decreasing
-from packers._structures import FreeSpaceTree, IntSet
+from packers._structures import FreeSpaceTree, SortedInts
 from packers.decreasing import best_fit_decreasing, first_fit_decreasing
 from packers.histogram import pack_histogram
 from packers.online import best_fit, first_fit
@@ -100,15 +100,26 @@ def test_huge_capacity_uses_the_one_at_a_time_path():
     assert [list(b) for b in p.bins] == expected
 
 
+class _TinyBlocks(SortedInts):
+    LOAD = 2  # split blocks after 4 values, so a few dozen operations exercise every branch
+
+
 @settings(max_examples=100, deadline=None)
-@given(ops=st.lists(st.tuples(st.booleans(), st.integers(0, 300_000), st.integers(0, 300_005)), max_size=60))
-def test_intset_matches_a_python_set(ops):
-    ours, ref = IntSet(), set()
-    for add, value, query in ops:
-        (ours.add if add else ours.discard)(value)
-        (ref.add if add else ref.discard)(value)
-        assert ours.successor(query) == min((v for v in ref if v >= query), default=-1)
-        assert ours.predecessor(query) == max((v for v in ref if v <= query), default=-1)
+@given(
+    ops=st.lists(st.tuples(st.booleans(), st.integers(0, 10**15), st.integers(-1, 10**15 + 5)), max_size=60),
+    small=st.integers(0, 40),
+)
+def test_sorted_ints_matches_a_python_set(ops, small):
+    # half of the values come from a small range so that adds and discards collide
+    for cls in (SortedInts, _TinyBlocks):
+        ours, ref = cls(), set()
+        for add, value, query in ops:
+            value = value if value % 2 else small + value % 7
+            (ours.add if add else ours.discard)(value)
+            (ref.add if add else ref.discard)(value)
+            assert ours.successor(query) == min((v for v in ref if v >= query), default=-1)
+            assert ours.predecessor(query) == max((v for v in ref if v <= query), default=-1)
+        assert len(ours) == len(ref)
 
 
 def test_free_space_tree_finds_leftmost_bins():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import subprocess
 import sys
 
@@ -91,11 +92,11 @@ def test_item_model_finds_or_refutes_a_bin_count():
     lengths, capacity = [5, 5, 4, 3, 3, 2, 2, 1], 10  # 25 tokens, OPT = 3
     arr, sizes, type_of, counts = _problem(lengths, capacity)
     packer = packers.make_packer("ilp", num_workers=1)
-    take, infeasible = ilp._item_model(arr, type_of, sizes.size, capacity, 3, 5.0, packer)
+    take, infeasible = ilp._item_model(arr, type_of, sizes.size, capacity, 3, time.perf_counter() + 5.0, packer)
     _check_take(take, sizes, counts, capacity)
     assert not infeasible
     _, sizes2, type2, _ = _problem([6, 6, 6], 10)
-    take, infeasible = ilp._item_model(np.array([6, 6, 6]), type2, sizes2.size, 10, 2, 5.0, packer)
+    take, infeasible = ilp._item_model(np.array([6, 6, 6]), type2, sizes2.size, 10, 2, time.perf_counter() + 5.0, packer)
     assert take is None and infeasible
 
 
@@ -107,7 +108,7 @@ def test_lp_heuristics_and_pattern_model_give_valid_packings():
     for take in (
         ilp._residual_rounding(lp.patterns, lp.usage, sizes, counts, 100),
         ilp._dive(lp.patterns, lp.usage, sizes, counts, 100, 5.0),
-        ilp._pattern_model(lp.patterns, counts, lp.bound, 20, 5.0, packer),
+        ilp._pattern_model(lp.patterns, counts, lp.bound, 20, time.perf_counter() + 5.0, packer),
     ):
         _check_take(take, sizes, counts, 100)
     bins = ilp._bins_from_counts(take, type_of)

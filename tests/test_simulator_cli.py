@@ -141,7 +141,7 @@ BAD = [
     (["--capacity", "huge"], "capacity"),
     (["--capacity", "16", "--lengths-dist", "constant:value=20"], "over the capacity"),
     (["--memory-budget", "lots"], "bad size"),
-    (["--csv", "{tmp}/no/such/dir/out.csv"], "No such file"),
+    (["--csv", "{tmp}/no/such/dir/out.csv"], "does not exist"),
     (["--no-such-flag"], "unrecognized"),
     (["--packer-param", "ilp.time_limit_s"], "NAME.KEY=VALUE"),
     (["--packers", "ffd", "--packer-param", "ilp.time_limit_s=1"], "not in the packers run"),
