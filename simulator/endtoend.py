@@ -32,6 +32,7 @@ False (the time is still given, as if it fitted).
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -268,9 +269,21 @@ def _continuous(
     def admissible(pending: int = 0) -> bool:
         return bool(waiting) and live + pending < max_batch_size and reserved + reserve[waiting[0]] <= budget
 
+    def wants_refill() -> bool:
+        """Ask the policy, with free slots = how many waiting prompts (in order) fit the free
+        slots and the KV budget now: under a binding KV budget that, not the slot count, is free."""
+        if not admissible():
+            return False
+        free, kv = 0, reserved
+        for i in itertools.islice(waiting, max_batch_size - live):
+            if kv + reserve[i] > budget:
+                break
+            free, kv = free + 1, kv + int(reserve[i])
+        return policy.should_refill(free, live, len(waiting))
+
     while waiting or heap:
         group: list[int] = []
-        if admissible() and policy.should_refill(max_batch_size - live, live, len(waiting)):
+        if wants_refill():
             tokens = 0
             while admissible(len(group)) and not (group and tokens + p[waiting[0]] > prefill_token_budget):
                 i = waiting.popleft()
@@ -296,7 +309,7 @@ def _continuous(
             if waiting and not group:
                 raise ValueError(f"schedule policy {policy.name!r} does not refill an idle loop")
             continue
-        steps = 1 if admissible() and policy.should_refill(max_batch_size - live, live, len(waiting)) else heap[0][0] - k
+        steps = 1 if wants_refill() else heap[0][0] - k
         step_s = float(np.sum(decode.step_time_s(live, cache_tokens + live * np.arange(steps, dtype=np.float64))))
         t += step_s
         dec_total += step_s

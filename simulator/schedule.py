@@ -2,8 +2,9 @@
 registry (`POLICIES`, `make_policy`), named as in gpu_runner's decode loop.
 
 A policy answers one question between decode steps: prefill waiting prompts now, or keep
-decoding? It sees counts only (free slots, live sequences, waiting prompts); what fits (the
-slot count, the KV budget, the prefill token budget) is decided by the simulation.
+decoding? It sees counts only: free slots (how many waiting prompts, in order, fit the free decode
+slots and the KV budget right now), live sequences, waiting prompts; which prompts go into
+the refill (the prefill token budget) is decided by the simulation.
 
   refill-when-free   refill as soon as any slot is free
   batch-refill       refill when at least `min_free` slots are free (or every waiting prompt
