@@ -150,17 +150,19 @@ class GenerationRun:
 
     @property
     def tokens_per_s(self) -> float:
-        return self.output_tokens / self.total_s if self.total_s > 0 else float("inf")
+        return self.output_tokens / self.total_s if self.total_s > 0 else 0.0
 
     def ttft_percentile_s(self, q: float) -> float:
         ran = self.ttft_s[np.isfinite(self.ttft_s)]
         return float(np.percentile(ran, q)) if ran.size else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields; a TTFT percentile is None when no request ran."""
+        nan_to_none = lambda x: None if x != x else x  # noqa: E731
         return {
             "method": self.method, "policy": self.policy, "total_s": self.total_s, "tokens_per_s": self.tokens_per_s,
-            "ttft_p50_s": self.ttft_percentile_s(50), "ttft_p90_s": self.ttft_percentile_s(90),
-            "ttft_p99_s": self.ttft_percentile_s(99), "prefill_s": self.prefill_s, "decode_s": self.decode_s,
+            "ttft_p50_s": nan_to_none(self.ttft_percentile_s(50)), "ttft_p90_s": nan_to_none(self.ttft_percentile_s(90)),
+            "ttft_p99_s": nan_to_none(self.ttft_percentile_s(99)), "prefill_s": self.prefill_s, "decode_s": self.decode_s,
             "output_tokens": self.output_tokens, "decode_steps": self.decode_steps, "prefills": self.prefills,
             "peak_live": self.peak_live, "peak_kv_bytes": self.peak_kv_bytes, "fits": self.fits, "note": self.note,
         }  # fmt: skip
@@ -327,6 +329,11 @@ def _continuous(
             f"{unfit.size} request(s) not run: request {i} needs {int(reserve[i])} KV tokens "
             f"(prompt + new tokens), the budget holds {budget}"
         )
+        if budget == 0:
+            note += (
+                f" (the memory budget of {hw.memory_budget_bytes / 1e9:.1f} GB leaves no room next to the "
+                f"{hw.model.weight_bytes / 1e9:.1f} GB of weights and one prefill's activations)"
+            )
     return GenerationRun(
         name, policy.name, t, pre_total, dec_total, int(o.sum() - o[unfit].sum()), ttft, k, prefills, peak_live,
         int(kv_cache_bytes(hw.model, peak_reserved)), unfit.size == 0, note,

@@ -153,7 +153,7 @@ def format_generation_table(result: GenerationResult) -> str:
         table.append((
             r.method, r.policy, f"{r.total_s:.2f}" + ("" if r.fits else "!"), f"{r.tokens_per_s:.0f}",
             f"{r.ttft_percentile_s(50):.2f}", f"{r.ttft_percentile_s(90):.2f}", f"{r.ttft_percentile_s(99):.2f}",
-            str(r.decode_steps), f"{base.total_s / r.total_s:.2f}x" if base else "-",
+            str(r.decode_steps), f"{base.total_s / r.total_s:.2f}x" if base and r.total_s > 0 else "-",
         ))  # fmt: skip
     widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(cols)]
     fmt = lambda row: "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731
