@@ -49,6 +49,7 @@ MEASURED = (
     Point("hf-continuous", 256, 23.9),
     # generate_batch with max_new_tokens=1 on an H100 (bench hf-cb ttft, benchmarks/README.md): held out
     Point("hf-continuous", 1, 0.9914, gpu="h100", in_sample=False, source="benchmarks/README.md, hf-cb ttft"),
+    # the engine's decode loop (method "engine", refill-when-free): add its measured runs here and refit
 )
 ENGINE_PREFILL_MEASURED_S = 0.0880  # H200 PrefillEngine, the same 64 prompts (../shared/DESIGN.md)
 
@@ -87,15 +88,17 @@ def engine_prefill_error(matmul_efficiency: float = ENGINE_PREFILL["matmul_effic
     return cost.cost(flat_packing(benchmark_batch())).est_time_s / ENGINE_PREFILL_MEASURED_S - 1
 
 
-def fit() -> tuple[dict[str, DecodeMethod], float]:
-    """Least squares on log(predicted / measured) over the in-sample points: hf-eager
+def fit(points: Sequence[Point] = MEASURED) -> tuple[dict[str, DecodeMethod], float]:
+    """Least squares on log(predicted / measured) over the in-sample `points`: hf-eager
     (kv_extra_passes, layer_overhead_s, call_overhead_s), hf-paged (step_overhead_s,
-    call_overhead_s); and the engine prefill matmul_efficiency. Returns (methods, efficiency)."""
+    call_overhead_s), graph (step_overhead_s, only when engine points are given: none are
+    measured yet); and the engine prefill matmul_efficiency. Returns (methods, efficiency)."""
     from scipy.optimize import brentq, least_squares
 
     shipped = dict(DECODE_METHODS)
-    eager_pts = [p for p in MEASURED if p.in_sample and p.method in ("hf-padded", "prepack-hf")]
-    paged_pts = [p for p in MEASURED if p.in_sample and p.method == "hf-continuous"]
+    eager_pts = [p for p in points if p.in_sample and p.method in ("hf-padded", "prepack-hf")]
+    paged_pts = [p for p in points if p.in_sample and p.method == "hf-continuous"]
+    engine_pts = [p for p in points if p.in_sample and p.method == "engine"]
 
     def eager(x: np.ndarray) -> np.ndarray:
         m = {**shipped, "hf-eager": replace(shipped["hf-eager"], kv_extra_passes=x[0], layer_overhead_s=x[1] * 1e-3,
@@ -114,6 +117,13 @@ def fit() -> tuple[dict[str, DecodeMethod], float]:
                             call_overhead_s=float(e[2])),
         "hf-paged": replace(shipped["hf-paged"], step_overhead_s=float(g[0]) * 1e-3, call_overhead_s=float(g[1])),
     }  # fmt: skip
+    if engine_pts:
+        def graph(x: np.ndarray) -> np.ndarray:
+            m = {**methods, "graph": replace(shipped["graph"], step_overhead_s=x[0] * 1e-3)}
+            return np.log1p(errors(m, engine_pts))
+
+        s = least_squares(graph, [0.05], bounds=([0], [100])).x
+        methods["graph"] = replace(shipped["graph"], step_overhead_s=float(s[0]) * 1e-3)
     efficiency = brentq(engine_prefill_error, 0.05, 1.0)
     return methods, float(efficiency)
 

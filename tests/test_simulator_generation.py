@@ -163,3 +163,14 @@ def test_cli_budget_below_the_weights_reports_instead_of_failing(capsys):
     assert not engine["fits"] and engine["output_tokens"] == 0 and engine["ttft_p50_s"] is None
     assert "20 request(s) not run" in engine["note"] and "13.5 GB of weights" in engine["note"]
     assert "! engine/refill-when-free: 20 request(s) not run" in out
+
+
+def test_engine_points_once_measured_calibrate_the_graph_overhead():
+    from simulator.decode_calibration import Point, predict
+
+    # synthetic engine runs 1 ms per step slower than the shipped prior: the fit must find ~1 ms
+    slow = {**DECODE_METHODS, "graph": replace(DECODE_METHODS["graph"], step_overhead_s=1.05e-3)}
+    pts = [Point("engine", n, predict(Point("engine", n, 1.0), slow)) for n in (32, 256)]
+    methods, _ = fit([*MEASURED, *pts])
+    assert methods["graph"].step_overhead_s == pytest.approx(1.05e-3, rel=0.02)
+    assert fit()[0]["graph"] == DECODE_METHODS["graph"]  # no engine points: the prior stays
