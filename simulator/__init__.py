@@ -24,8 +24,15 @@ Public API (all importable without torch):
     simulate(lengths_dist=..., batch_size=..., ...) -> SimulationResult (config, results rows)
     flat_packing(lengths) -> Packing            every prompt in one row (the flat varlen batch)
     recommend(lengths, model=..., gpu=...) -> ResultRow | None   best packer/backend/capacity
+  Generation (prefill + decode, end to end)
+    DecodeCostModel(model, gpu, method).step_time_s(batch, kv_tokens)   one decode step
+    DECODE_METHODS, make_decode_method(name)    decode loops: hf-eager, hf-paged, graph
+    POLICIES, make_policy(name, **params)       refill policies: refill-when-free, batch-refill
+    GENERATION_METHODS                          hf-padded, prepack-hf, hf-continuous, engine
+    simulate_generation(lengths_dist=..., output_dist=..., ...) -> GenerationResult
   Calibration
     python -m simulator.calibration [--fit]             H100 anchors (CALIBRATION.md)
+    python -m simulator.decode_calibration [--fit]      H200 generation runs (CALIBRATION.md)
     python -m simulator.sweep_calibration CSV... [--fit] the GPU runner's measured sweep
   The `simulate` console script is simulator.cli:main.
 
@@ -51,12 +58,18 @@ from simulator.distributions import (
     load_profile,
     parse_distribution,
 )
+from simulator.decode import DECODE_METHODS, DecodeCostModel, DecodeMethod, make_decode_method
+from simulator.endtoend import GENERATION_METHODS, GenerationRun, Requests
+from simulator.generation import GenerationResult, simulate_generation
 from simulator.gpus import GPUS, GPUSpec, available_gpus, get_gpu
 from simulator.layout import RowLayout
+from simulator.schedule import POLICIES, make_policy
 from simulator.run import ResultRow, SimulationResult, default_packers, flat_packing, recommend, simulate
 from simulator.specs import MODELS, ModelSpec, available_models, get_model
 
 __all__ = [
+    "DECODE_METHODS", "DecodeCostModel", "DecodeMethod", "GENERATION_METHODS", "GenerationResult", "GenerationRun",
+    "POLICIES", "Requests", "make_decode_method", "make_policy", "simulate_generation",
     "ATTENTION", "AttentionCost", "CapacityChoice", "CostModel", "Distribution", "FAMILIES", "GPUS",
     "GPUSpec", "MODELS", "ModelSpec", "PROFILES", "PackingCost", "ResultRow", "RowLayout",
     "SimulationResult", "attention_flops", "available_attention", "available_gpus", "available_models",

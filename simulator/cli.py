@@ -11,9 +11,12 @@ from typing import Any, NoReturn, Sequence
 
 from simulator.attention import available_attention
 from simulator.distributions import FAMILIES, PROFILES
+from simulator.endtoend import GENERATION_METHODS
+from simulator.generation import format_generation_table, simulate_generation, write_generation_csv
 from simulator.gpus import available_gpus
 from simulator.report import check_output_path, format_table, recommendation_line, write_csv, write_plot
 from simulator.run import DEFAULT_NUM_PROMPTS, EXCLUDED_BY_DEFAULT, simulate
+from simulator.schedule import available_policies
 from simulator.specs import available_models
 from simulator.units import parse_bytes
 
@@ -70,7 +73,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, metavar="PATH", help="write the result rows as CSV")
     p.add_argument("--plot", default=None, metavar="PATH", help="write a PNG: length histogram, waste, modeled time")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    _add_generation_arguments(p)
     return p
+
+
+# -- end-to-end generation (--output-dist): simulator.generation ---------------------------------
+def _add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "end-to-end generation (with --output-dist)",
+        "Predict prefill + decode of every request for HF generate padded, gpu_runner.generate today "
+        "(prepack-hf), HF generate_batch and the engine per schedule policy: total s, tokens/s, TTFT percentiles. "
+        "--batch-size is then the static batch of the HF methods; --packers, --packer-param, --capacity, "
+        "--attention and --plot apply to the prefill-only simulation.",
+    )
+    g.add_argument("--output-dist", default=None, metavar="SPEC",
+                   help="output lengths, same SPEC grammar as --lengths-dist (e.g. azure_conv_output, "
+                   "lognormal:mean=200,sigma=1, file:PATH); azure_conv + azure_conv_output take the trace's first "
+                   "--num-prompts requests in order, paired")  # fmt: skip
+    g.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="cap on every output (default none); continuous methods reserve KV for prompt + N tokens")  # fmt: skip
+    g.add_argument("--methods", default=None, metavar="A,B,...",
+                   help=f"generation methods (default all: {', '.join(GENERATION_METHODS)})")
+    g.add_argument("--policies", default=None, metavar="A,B,...",
+                   help=f"engine schedule policies (default all: {', '.join(available_policies())})")
+
+
+def _names(text: str | None, flag: str) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"{flag} is empty")
+    return names
+
+
+def _run_generation(args: argparse.Namespace) -> int:
+    for flag, value in (("--packers", args.packers), ("--packer-param", args.packer_param), ("--plot", args.plot)):
+        if value:
+            raise ValueError(f"{flag} applies to the prefill-only simulation, not with --output-dist")
+    result = simulate_generation(
+        lengths_dist=args.lengths_dist,
+        output_dist=args.output_dist,
+        num_prompts=args.num_prompts,
+        max_new_tokens=args.max_new_tokens,
+        model=args.model,
+        gpu=args.gpu,
+        batch_size=args.batch_size,
+        memory_budget_bytes=None if args.memory_budget is None else parse_bytes(args.memory_budget),
+        methods=_names(args.methods, "--methods"),
+        policies=_names(args.policies, "--policies"),
+        seed=args.seed,
+    )
+    if args.csv is not None:
+        write_generation_csv(result, args.csv)
+    if not args.quiet:
+        print(format_generation_table(result))
+    if args.json:
+        print(json.dumps(result.to_json()))
+    return 0
 
 
 def parse_packer_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -96,6 +156,11 @@ def _run(argv: Sequence[str] | None) -> int:
         check_output_path(args.csv, "--csv")
     if args.plot is not None:
         check_output_path(args.plot, "--plot")
+    if args.output_dist is not None:
+        return _run_generation(args)
+    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--methods", args.methods), ("--policies", args.policies)):
+        if value is not None:
+            raise ValueError(f"{flag} needs --output-dist (end-to-end generation)")
     packer_names = None
     if args.packers is not None:
         packer_names = [n.strip() for n in args.packers.split(",") if n.strip()]

@@ -3,7 +3,8 @@ files, all parsed from one SPEC string by `parse_distribution`.
 
 SPEC grammar:
   NAME                       a built-in profile (simulator/data/NAME.txt): mmlu, wikitext256,
-                             alpaca, samsum, azure_conv; sampled with replacement
+                             alpaca, samsum, azure_conv, azure_conv_output (output lengths
+                             of the azure_conv trace, line-paired); sampled with replacement
   file:PATH                  lengths from a .txt (whitespace-separated), .csv (one column, or
                              the column named length/lengths/num_tokens/tokens), .json (a
                              list, or {"lengths": [...]}) or .npy file; sampled with replacement
@@ -46,7 +47,7 @@ __all__ = [
     "parse_distribution",
 ]
 
-PROFILES = ("mmlu", "wikitext256", "alpaca", "samsum", "azure_conv")
+PROFILES = ("mmlu", "wikitext256", "alpaca", "samsum", "azure_conv", "azure_conv_output")
 
 
 class Distribution(Protocol):

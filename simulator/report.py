@@ -40,7 +40,7 @@ def check_output_path(path: str | Path, what: str = "output") -> Path:
     return target
 
 
-def _write_atomically(path: str | Path, mode: str, write: Callable[[IO], None], what: str) -> None:
+def write_atomically(path: str | Path, mode: str, write: Callable[[IO], None], what: str) -> None:
     """Write through `write` into a temporary file next to `path`, then rename it onto
     `path`; on any failure remove the temporary file and leave `path` untouched."""
     target = check_output_path(path, what)
@@ -125,7 +125,7 @@ def write_csv(result: SimulationResult, path: str | Path) -> None:
         for r in _sorted_rows(result):
             writer.writerow([*(getattr(r, k) for k in JSON_RESULT_FIELDS), r.forwards, r.fits, r.num_batches])
 
-    _write_atomically(path, "w", write, "CSV output")
+    write_atomically(path, "w", write, "CSV output")
 
 
 def write_plot(result: SimulationResult, path: str | Path) -> None:
@@ -158,6 +158,6 @@ def write_plot(result: SimulationResult, path: str | Path) -> None:
     axes[2].tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     try:
-        _write_atomically(path, "wb", lambda fh: fig.savefig(fh, dpi=110, format="png"), "plot output")
+        write_atomically(path, "wb", lambda fh: fig.savefig(fh, dpi=110, format="png"), "plot output")
     finally:
         plt.close(fig)
