@@ -5,6 +5,10 @@ Public API:
       per-prompt next-token logits [N, vocab] and KV caches (`.kv[i]`, `.cache_for(i)`,
       `.cache_for_batch(indices)`), caller's order.
   prefill_texts(model, tokenizer, texts, **options) -> PrefillResult
+  score(model, requests, packer="ffd", share_contexts="auto", ...) -> list[ScoreResult]
+      log-likelihood (and greedy flag, per-token log-probs) of each (context ids,
+      continuation ids) request, caller's order; score_rolling(model, texts,
+      prefix_token_id=...) -> total log-likelihood of long texts (perplexity).
   generate(model, prompts, max_new_tokens, packer="ffd", backend="auto", **generate_kwargs)
       -> list[list[int]]: new tokens per prompt, continued from a prepacked prefill.
   pack_inputs / PackedInputs: the packed tensors; available_backends / get_backend /
@@ -20,7 +24,8 @@ Example:
 Modules: inputs (packed layout), masks (dense and flex masks), varlen / flex (attention
 functions registered with transformers), backends (registry), cache (transformers cache
 compatibility, per-prompt K/V views), plan (memory estimate, forwards under a budget),
-runner (prefill), generate (continued generation).
+runner (prefill), generate (continued generation), score_requests / scoring (scoring).
+The lm-evaluation-harness backend lives in gpu_runner.harness (imports lm_eval; not imported here).
 """
 
 from gpu_runner.backends import (
@@ -33,6 +38,7 @@ from gpu_runner.backends import (
 from gpu_runner.cache import PromptKV
 from gpu_runner.generate import generate
 from gpu_runner.inputs import PackedInputs, pack_inputs, prompt_lengths
+from gpu_runner.scoring import ScoreResult, score, score_rolling
 from gpu_runner.runner import (
     ForwardPlan,
     PrefillOutOfMemoryError,
@@ -59,4 +65,7 @@ __all__ = [
     "prompt_lengths",
     "register_backend",
     "resolve_backend",
+    "ScoreResult",
+    "score",
+    "score_rolling",
 ]
