@@ -60,8 +60,9 @@ class PrepackLM(TemplateLM):
     """An lm-eval `LM` whose loglikelihood, loglikelihood_rolling and generate_until run
     packed (`gpu_runner.score`, `score_rolling`, `generate`).
 
-    pretrained: a transformers causal LM instance, or a name / path for
-                `AutoModelForCausalLM.from_pretrained` (then `dtype`, `device` apply).
+    pretrained: a transformers causal LM instance (used where it is; `dtype`, `device`
+                ignored), or a name / path for `AutoModelForCausalLM.from_pretrained`
+                (then loaded in `dtype` onto `device`, default CUDA if there is one).
     tokenizer:  a tokenizer instance or name / path (default: `pretrained`'s when a string).
     packer, capacity, backend, share_contexts, memory_budget_bytes: passed to `score`
                 (memory_budget_bytes default on CUDA: half the free memory; on CPU: none).
@@ -95,7 +96,8 @@ class PrepackLM(TemplateLM):
         if kwargs:
             _log.warning("prepacking: ignoring model_args %s", sorted(kwargs))
         if isinstance(pretrained, str):
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+                device = "cuda" if torch.cuda.is_available() else "cpu"  # as HFLM falls back
             model = AutoModelForCausalLM.from_pretrained(
                 pretrained, dtype=_dtype(dtype), trust_remote_code=trust_remote_code
             )
