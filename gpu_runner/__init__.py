@@ -38,7 +38,6 @@ from gpu_runner.backends import (
 from gpu_runner.cache import PromptKV
 from gpu_runner.generate import generate
 from gpu_runner.inputs import PackedInputs, pack_inputs, prompt_lengths
-from gpu_runner.scoring import ScoreResult, score, score_rolling
 from gpu_runner.runner import (
     ForwardPlan,
     PrefillOutOfMemoryError,
@@ -47,6 +46,7 @@ from gpu_runner.runner import (
     prefill,
     prefill_texts,
 )
+from gpu_runner.scoring import ScoreResult, score, score_rolling
 
 __all__ = [
     "AttentionBackend",
@@ -55,6 +55,7 @@ __all__ = [
     "PrefillOutOfMemoryError",
     "PrefillResult",
     "PromptKV",
+    "ScoreResult",
     "available_backends",
     "estimate_forward_bytes",
     "generate",
@@ -65,7 +66,6 @@ __all__ = [
     "prompt_lengths",
     "register_backend",
     "resolve_backend",
-    "ScoreResult",
     "score",
     "score_rolling",
 ]

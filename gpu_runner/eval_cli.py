@@ -20,8 +20,9 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> None:
     """Run lm-eval's CLI on `argv` (default sys.argv[1:]) with "prepacking" registered."""
     try:
-        import gpu_runner.harness  # noqa: F401  (registers the model)
         from lm_eval.__main__ import cli_evaluate
+
+        import gpu_runner.harness  # noqa: F401  (registers the model)
     except ImportError as exc:
         raise SystemExit(f"prepack-eval needs lm-evaluation-harness: pip install 'prepacking[eval]' ({exc})")
     if argv is not None:

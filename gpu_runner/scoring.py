@@ -37,15 +37,17 @@ from gpu_runner.runner import (
     project_logits,
     sub_packing,
 )
-from gpu_runner.score_requests import SHARE_MODES, ScoreLayout, _ids, layout_requests, validate_requests
+from gpu_runner.score_requests import (
+    SHARE_MODES,
+    ScoreLayout,
+    _ids,
+    auto_share,
+    layout_requests,
+    validate_requests,
+)
 
-__all__ = ["DEFAULT_SHARE", "LOGIT_CHUNK_TOKENS", "ScoreResult", "rolling_windows", "score", "score_rolling"]
+__all__ = ["LOGIT_CHUNK_TOKENS", "ScoreResult", "rolling_windows", "score", "score_rolling"]
 
-# What share_contexts="auto" means. "identical" is exact under every backend and removes the
-# whole repeat of one-token multiple choice (MMLU: 4 requests, 1 segment, 1 lm_head row);
-# "tree" also shares contexts between multi-token choices but needs a dense tree mask
-# (benchmarks/scoring_share.py measures what it saves).
-DEFAULT_SHARE = "identical"
 # Scored positions projected through the lm_head per step: 4096 x 32000 fp32 = 0.5 GB.
 LOGIT_CHUNK_TOKENS = 4096
 _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
@@ -120,16 +122,17 @@ def score(
               ints; the model is fed context + continuation[:-1] (<= max_position_embeddings).
     packer, capacity ("max" = the longest segment, or an int), backend ("auto", "dense",
               "flex", "varlen"), memory_budget_bytes: as for `gpu_runner.prefill`.
-    share_contexts: "auto" (= DEFAULT_SHARE), "none", "identical", "tree"
-              (`gpu_runner.score_requests`); "tree" runs the dense backend.
+    share_contexts: "none", "identical", "tree" (`gpu_runner.score_requests`; "tree" runs
+              the dense backend) or "auto": "tree" where it feeds >= 10% fewer tokens than
+              "identical" and the backend allows it (`score_requests.auto_share`), else
+              "identical". All give the same scores up to float summation order.
     return_token_logprobs: also hand back each continuation token's log-prob.
     Raises `ValueError` naming the request index on bad input, before any device work;
     `PrefillOutOfMemoryError` naming the forward if the device runs out of memory.
     """
-    share = DEFAULT_SHARE if share_contexts == "auto" else share_contexts
-    if share not in SHARE_MODES:
+    if share_contexts != "auto" and share_contexts not in SHARE_MODES:
         raise ValueError(f"share_contexts must be 'auto' or one of {SHARE_MODES}, got {share_contexts!r}")
-    if share == "tree" and backend not in ("auto", "dense"):
+    if share_contexts == "tree" and backend not in ("auto", "dense"):
         raise ValueError(f"share_contexts='tree' needs a tree mask: backend must be 'auto' or 'dense', got {backend!r}")
     config = text_config(model.config)
     vocab = model.get_input_embeddings().num_embeddings
@@ -140,6 +143,9 @@ def score(
     if memory_budget_bytes is not None:
         memory_budget_bytes = packers.validate_capacity(memory_budget_bytes)
     device, dtype = _model_device_dtype(model)
+    share = share_contexts
+    if share == "auto":
+        share = auto_share(checked) if backend in ("auto", "dense") else "identical"
     layout = layout_requests(checked, share)
     cap = _resolve_capacity(capacity, layout.lengths)
     packer_obj = packers.make_packer(packer) if isinstance(packer, str) else packer

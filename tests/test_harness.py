@@ -15,7 +15,7 @@ from test_runner_support import FAMILIES, MAX_POS, tiny_model
 
 lm_eval = pytest.importorskip("lm_eval")
 harness = pytest.importorskip("gpu_runner.harness")
-from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.api.instance import Instance
 
 TASKS_DIR = Path(__file__).parent / "data" / "lm_eval_tasks"
 TASKS = ["prepack_tiny_mc", "prepack_tiny_ppl", "prepack_tiny_gen"]

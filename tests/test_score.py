@@ -24,7 +24,7 @@ def _requests(seed: int) -> list[tuple[list[int], list[int]]]:
     """Multiple-choice questions (4 choices sharing a context, 1- and multi-token), a
     1-token context, repeated identical requests, and one that fills the context window."""
     rng = random.Random(seed)
-    ids = lambda n: [rng.randrange(VOCAB) for _ in range(n)]  # noqa: E731
+    ids = lambda n: [rng.randrange(VOCAB) for _ in range(n)]
     out = []
     for q in range(5):
         context = ids(rng.randint(2, 40))
@@ -51,7 +51,7 @@ def _greedy_request(model, context: list[int]) -> tuple[list[int], list[int]]:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("share", ["none", "identical", "tree"])
+@pytest.mark.parametrize("share", ["none", "identical", "tree", "auto"])
 def test_score_matches_hflm(family, share):
     model = tiny_model(family)
     requests = _requests(seed=FAMILIES.index(family))
@@ -85,6 +85,21 @@ def test_identical_and_tree_feed_fewer_tokens():
     assert fed["tree"] < fed["identical"] < fed["none"]
     one_token = layout_requests(checked[:4], "identical")  # 4 one-token choices of one context
     assert len(one_token.segments) == 1 and one_token.unique_offset.size == 1
+
+
+def test_auto_share_picks_tree_only_where_it_saves_tokens():
+    from gpu_runner.score_requests import auto_share, validate_requests
+
+    rng = random.Random(2)
+    ids = lambda n: [rng.randrange(VOCAB) for _ in range(n)]
+    contexts = [ids(30) for _ in range(3)]
+    one_token = [(c, ids(1)) for c in contexts for _ in range(4)]  # MMLU-shaped: nothing to gain
+    endings = [(c, ids(12)) for c in contexts for _ in range(4)]  # HellaSwag-shaped
+    unrelated = [(ids(30), ids(12)) for _ in range(8)]
+    check = lambda r: validate_requests(r, vocab_size=VOCAB, max_input_tokens=MAX_POS)
+    assert auto_share(check(one_token)) == "identical"
+    assert auto_share(check(endings)) == "tree"
+    assert auto_share(check(unrelated)) == "identical"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
