@@ -32,6 +32,8 @@ def test_smoke_run_writes_consistent_records(tmp_path):
     for (name, method), r in records.items():
         assert "error" not in r, r
         assert r["wall_s"] > 0 and r["max_abs_diff_vs_hflm64"] <= 1e-4
+        if method != "hflm-64":
+            assert r["max_abs_diff_vs_hflm_unpadded"] <= 1e-4
         if method == "hflm-64":
             assert r["hflm_padded_tokens"] >= r["fed_tokens"] and r["hflm_padded_over_real"] >= 1.0
             assert r["hflm_padded_vs_unpadded_max_abs_diff"] <= 1e-4
