@@ -171,35 +171,34 @@ def layout_requests(requests: list[tuple[np.ndarray, np.ndarray]], share: str) -
     if share not in SHARE_MODES:
         raise ValueError(f"share_contexts must be one of {SHARE_MODES}, got {share!r}")
     segments: list[np.ndarray] = []
-    positions: list[np.ndarray] = []
-    branches: list[np.ndarray] = []
+    parts: list[list[np.ndarray]] = []  # tree: per segment, the context then each distinct tail
     pair_seg: list[np.ndarray] = []
     pair_off: list[np.ndarray] = []
     keys: dict[bytes, int] = {}
     tails: list[dict[bytes, int]] = []  # tree: per segment, tail bytes -> offset of its first token
+    sizes: list[int] = []  # tree: tokens laid out so far per segment
     for context, continuation in requests:
         n_ctx, n_cont = context.size, continuation.size
         if share == "tree":
             key = context.tobytes()
             seg = keys.get(key)
             if seg is None:
-                seg = keys[key] = len(segments)
-                segments.append(context)
-                positions.append(np.arange(n_ctx, dtype=np.int64))
-                branches.append(np.zeros(n_ctx, dtype=np.int64))
+                seg = keys[key] = len(parts)
+                parts.append([context])
                 tails.append({})
+                sizes.append(n_ctx)
             tail = continuation[:-1]
-            offsets = [n_ctx - 1]
             if tail.size:
                 seen = tails[seg]
                 start = seen.get(tail.tobytes())
                 if start is None:
-                    start = seen[tail.tobytes()] = int(segments[seg].size)
-                    segments[seg] = np.concatenate((segments[seg], tail))
-                    positions[seg] = np.concatenate((positions[seg], n_ctx + np.arange(tail.size, dtype=np.int64)))
-                    branches[seg] = np.concatenate((branches[seg], np.full(tail.size, len(seen), dtype=np.int64)))
-                offsets += range(start, start + tail.size)
-            pair_off.append(np.asarray(offsets, dtype=np.int64))
+                    start = seen[tail.tobytes()] = sizes[seg]
+                    parts[seg].append(tail)
+                    sizes[seg] += tail.size
+                offsets = np.concatenate(([n_ctx - 1], np.arange(start, start + tail.size, dtype=np.int64)))
+            else:
+                offsets = np.asarray([n_ctx - 1], dtype=np.int64)
+            pair_off.append(offsets)
         else:
             fed = np.concatenate((context, continuation[:-1]))
             key = fed.tobytes() if share == "identical" else None
@@ -211,6 +210,14 @@ def layout_requests(requests: list[tuple[np.ndarray, np.ndarray]], share: str) -
                     keys[key] = seg
             pair_off.append(np.arange(n_ctx - 1, n_ctx - 1 + n_cont, dtype=np.int64))
         pair_seg.append(np.full(n_cont, seg, dtype=np.int64))
+    positions: list[np.ndarray] = []
+    branches: list[np.ndarray] = []
+    if share == "tree":
+        for group in parts:
+            n_ctx = group[0].size
+            segments.append(np.concatenate(group))
+            positions.append(np.concatenate([np.arange(n_ctx)] + [n_ctx + np.arange(t.size) for t in group[1:]]))
+            branches.append(np.repeat(np.arange(len(group), dtype=np.int64), [t.size for t in group]))
     seg_of = np.concatenate(pair_seg)
     off_of = np.concatenate(pair_off)
     width = max(s.size for s in segments) + 1  # offsets < width: (segment, offset) -> one int key

@@ -67,6 +67,21 @@ def test_score_matches_hflm(family, share):
     assert got[-1].is_greedy and not all(r.is_greedy for r in got)  # both flags occur
 
 
+@pytest.mark.parametrize("backend", ["varlen-reference", "flex"])
+def test_other_attention_backends_score_the_same(backend):
+    # varlen-reference: the CUDA varlen path's plumbing (flat rows, cu_seqlens, no mask) with
+    # a reference kernel on CPU; what backend="auto" runs on a GPU for identical / none.
+    from test_runner_support import register_reference_varlen_backends
+
+    register_reference_varlen_backends()
+    model = tiny_model("mistral")
+    requests = _requests(seed=5)
+    expected = gpu_runner.score(model, requests, share_contexts="identical", backend="dense")
+    got = gpu_runner.score(model, requests, share_contexts="identical", backend=backend)
+    assert max(abs(a.logprob - b.logprob) for a, b in zip(got, expected)) <= TOL
+    assert [a.is_greedy for a in got] == [b.is_greedy for b in expected]
+
+
 def test_caller_order_and_packer_do_not_change_scores():
     model = tiny_model("qwen2")
     requests = _requests(seed=7)
