@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.smoke:
         args.model, args.device, args.dtype, args.limit, args.self_check, args.mixed = "tiny", "cpu", "float32", 4, 8, 24
-        args.methods = "ours-identical,ours-tree,ours-none,hflm-64"  # hflm-auto probes up to 512 x 2048 tokens
+        args.methods = "ours-identical,ours-tree,hflm-64"  # hflm-auto probes up to 512 x 2048 tokens
     models = args.model.split(",")
     sets, methods = args.sets.split(","), args.methods.split(",")
     for name in (*sets, *methods, *models):
