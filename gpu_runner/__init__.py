@@ -5,6 +5,10 @@ Public API:
       per-prompt next-token logits [N, vocab] and KV caches (`.kv[i]`, `.cache_for(i)`,
       `.cache_for_batch(indices)`), caller's order.
   prefill_texts(model, tokenizer, texts, **options) -> PrefillResult
+  score(model, requests, packer="ffd", share_contexts="auto", ...) -> list[ScoreResult]
+      log-likelihood (and greedy flag, per-token log-probs) of each (context ids,
+      continuation ids) request, caller's order; score_rolling(model, texts,
+      prefix_token_id=...) -> total log-likelihood of long texts (perplexity).
   generate(model, prompts, max_new_tokens, packer="ffd", backend="auto", **generate_kwargs)
       -> list[list[int]]: new tokens per prompt, continued from a prepacked prefill.
   pack_inputs / PackedInputs: the packed tensors; available_backends / get_backend /
@@ -21,7 +25,9 @@ Modules: validate (input checks, shared with the engine), inputs (packed layout)
 (the backend registry and the dense, flex and varlen backends with their masks), plan (memory
 estimate, forwards under a budget), cache (transformers cache compatibility, PromptKV),
 result (PrefillResult), runner (prefill), generation (continued generation), engine/ (the
-CUDA-graph PrefillEngine), distributed/ (multi-GPU prefill), bench/ (prepack-bench).
+CUDA-graph PrefillEngine), distributed/ (multi-GPU prefill), bench/ (prepack-bench),
+score_requests / scoring (packed log-likelihoods). The lm-evaluation-harness backend lives in
+gpu_runner.harness (it imports lm_eval; nothing here imports it).
 Public names are imported on first use, so `import gpu_runner.distributed` needs no torch.
 """
 
@@ -40,6 +46,7 @@ _EXPORTS = {
     **dict.fromkeys(('prefill', 'prefill_texts'), "gpu_runner.runner"),
     **dict.fromkeys(('validate_prompts',), "gpu_runner.validate"),
     **dict.fromkeys(('EngineOutput', 'PrefillEngine'), "gpu_runner.engine"),
+    **dict.fromkeys(('ScoreResult', 'score', 'score_rolling'), "gpu_runner.scoring"),
 }
 
 
@@ -69,6 +76,7 @@ __all__ = [
     "PrefillOutOfMemoryError",
     "PrefillResult",
     "PromptKV",
+    "ScoreResult",
     "available_backends",
     "estimate_forward_bytes",
     "generate",
@@ -80,4 +88,6 @@ __all__ = [
     "register_backend",
     "resolve_backend",
     "validate_prompts",
+    "score",
+    "score_rolling",
 ]

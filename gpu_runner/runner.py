@@ -25,14 +25,14 @@ from packers import Packing
 __all__ = ["prefill", "prefill_texts", "project_logits", "sub_packing"]
 
 
-def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
     for p in model.parameters():
         if p.is_floating_point():
             return p.device, p.dtype
     raise ValueError(f"{type(model).__name__} has no floating-point parameters")
 
 
-def _resolve_capacity(capacity: int | str, lengths: Sequence[int]) -> int:
+def resolve_capacity(capacity: int | str, lengths: Sequence[int]) -> int:
     longest = max(lengths)
     if capacity == "max":
         return longest
@@ -42,7 +42,7 @@ def _resolve_capacity(capacity: int | str, lengths: Sequence[int]) -> int:
     return value
 
 
-def _decoder(model: torch.nn.Module) -> torch.nn.Module:
+def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
     getter = getattr(model, "get_decoder", None)
     decoder = getter() if callable(getter) else None
     if decoder is None or decoder is model:
@@ -173,7 +173,7 @@ def prefill(
     `PrefillOutOfMemoryError` naming the forward if the device runs out of memory.
     """
     prompts, lengths = validate_prompts(model, prompts)
-    device, dtype = _model_device_dtype(model)
+    device, dtype = model_device_dtype(model)
     if backend != "auto":
         attn = resolve_backend(backend, device, dtype)  # unknown / unavailable: fail before packing
     if packing is not None:
@@ -185,7 +185,7 @@ def prefill(
                 f"for {len(lengths)} prompts, or the lengths differ"
             )
     else:
-        cap = _resolve_capacity(capacity, lengths)
+        cap = resolve_capacity(capacity, lengths)
         packer_obj = packers.make_packer(packer) if isinstance(packer, str) else packer
         if not hasattr(packer_obj, "pack"):
             raise ValueError(f"packer must be a registry name or have pack(); got {packer!r}")
@@ -218,7 +218,7 @@ def prefill(
     plans = plan_forwards(
         packing, estimate, row_len=row_len, num_rows=num_rows, memory_budget_bytes=memory_budget_bytes
     )
-    decoder = _decoder(model)
+    decoder = decoder_of(model)
     logits: torch.Tensor | None = None
     kv = PromptKV(len(lengths)) if return_kv else None
     with torch.no_grad(), attention_implementation(model, attn.attn_implementation):

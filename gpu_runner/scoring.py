@@ -1,0 +1,314 @@
+"""Packed scoring: log-likelihoods of continuations given contexts, and rolling
+log-likelihoods of long texts (perplexity), on any transformers causal LM.
+
+`score(model, requests)` validates every (context ids, continuation ids) request before
+any device work, lays them out as segments (`gpu_runner.score_requests`: context +
+continuation[:-1] fed together, requests sharing work as `share_contexts` says), packs the
+segments into rows with a packer, plans forwards under a memory budget (`gpu_runner.plan`),
+and runs each packed forward through the decoder only. The final hidden states are
+gathered at the scored positions alone and projected through the lm_head there, in chunks
+of `LOGIT_CHUNK_TOKENS` (never a [tokens, vocab] tensor for a whole row), with
+log_softmax in fp32. Results stay on the device until one transfer at the end.
+
+`score_rolling(model, texts, prefix_token_id=...)` cuts each text into lm-evaluation-
+harness's disjoint rolling windows (`rolling_windows`) and scores them all in one `score`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+import packers
+from gpu_runner.attention import get_backend, resolve_backend
+from gpu_runner.attention.masks import dense_block_causal_mask
+from gpu_runner.attention.switch import attention_implementation
+from gpu_runner.inputs import pack_inputs
+from gpu_runner.plan import estimate_forward_bytes, plan_forwards, text_config
+from gpu_runner.result import PrefillOutOfMemoryError
+from gpu_runner.runner import decoder_of, model_device_dtype, project_logits, resolve_capacity, sub_packing
+from gpu_runner.validate import sliding_window
+from gpu_runner.score_requests import (
+    SHARE_MODES,
+    ScoreLayout,
+    _ids,
+    auto_share,
+    layout_requests,
+    validate_requests,
+)
+
+__all__ = ["LOGIT_CHUNK_TOKENS", "ScoreResult", "rolling_windows", "score", "score_rolling"]
+
+# Scored positions projected through the lm_head per step: 4096 x 32000 fp32 = 0.5 GB.
+LOGIT_CHUNK_TOKENS = 4096
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """One request's score.
+
+    logprob:        sum over continuation tokens of log p(token | everything before it), nats.
+    is_greedy:      every continuation token is the argmax of its next-token distribution.
+    token_logprobs: the per-token log-probs (continuation order), or None if not asked for.
+    """
+
+    logprob: float
+    is_greedy: bool
+    token_logprobs: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.logprob, float) or np.isnan(self.logprob) or self.logprob > 1e-3:
+            raise ValueError(f"logprob must be a float <= 0, got {self.logprob!r}")
+        if not isinstance(self.is_greedy, bool):
+            raise ValueError(f"is_greedy must be a bool, got {self.is_greedy!r}")
+        if self.token_logprobs is not None and len(self.token_logprobs) == 0:
+            raise ValueError("token_logprobs, when given, holds one value per continuation token")
+
+
+def _tree_extras(layout: ScoreLayout, members: list[int], rows: np.ndarray, starts: np.ndarray,
+                 row_len: int, num_rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position ids and branch ids [num_rows, row_len] of a tree-layout forward (padding:
+    position 0, branch -1)."""
+    assert layout.positions is not None and layout.branches is not None
+    lengths = np.asarray([layout.segments[g].size for g in members], dtype=np.int64)
+    first = np.cumsum(lengths) - lengths
+    within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(first, lengths)
+    dest = np.repeat(rows * row_len + starts, lengths) + within
+    pos = np.zeros(num_rows * row_len, dtype=np.int64)
+    branch = np.full(num_rows * row_len, -1, dtype=np.int64)
+    pos[dest] = np.concatenate([layout.positions[g] for g in members])
+    branch[dest] = np.concatenate([layout.branches[g] for g in members])
+    shape = (num_rows, row_len)
+    return (torch.from_numpy(pos.reshape(shape)).to(device), torch.from_numpy(branch.reshape(shape)).to(device))
+
+
+def _slots(packing: packers.Packing) -> tuple[np.ndarray, np.ndarray]:
+    """Row and start offset of each prompt of `packing` (its own prompt order), host-side."""
+    rows = np.empty(packing.num_prompts, dtype=np.int64)
+    starts = np.empty(packing.num_prompts, dtype=np.int64)
+    for r, members in enumerate(packing.bins):
+        offset = 0
+        for i in members:
+            rows[i], starts[i] = r, offset
+            offset += packing.lengths[i]
+    return rows, starts
+
+
+def score(
+    model: torch.nn.Module,
+    requests: Sequence[Any],
+    *,
+    packer: str | packers.Packer = "ffd",
+    capacity: int | str = "max",
+    backend: str = "auto",
+    return_token_logprobs: bool = False,
+    share_contexts: str = "auto",
+    memory_budget_bytes: int | None = None,
+    pad_token_id: int = 0,
+) -> list[ScoreResult]:
+    """Log-likelihood of each continuation given its context, in the caller's order.
+
+    requests: N (context ids, continuation ids) pairs, each a non-empty list / 1-D tensor of
+              ints; the model is fed context + continuation[:-1] (<= max_position_embeddings).
+    packer, capacity ("max" = the longest segment, or an int), backend ("auto", "dense",
+              "flex", "varlen"), memory_budget_bytes: as for `gpu_runner.prefill`.
+    share_contexts: "none", "identical", "tree" (`gpu_runner.score_requests`; "tree" runs
+              the dense backend) or "auto": "tree" where it feeds >= 10% fewer tokens than
+              "identical" and the backend allows it (`score_requests.auto_share`), else
+              "identical". All give the same scores up to float summation order.
+    return_token_logprobs: also hand back each continuation token's log-prob.
+    Raises `ValueError` naming the request index on bad input, before any device work;
+    `PrefillOutOfMemoryError` naming the forward if the device runs out of memory.
+    """
+    if share_contexts != "auto" and share_contexts not in SHARE_MODES:
+        raise ValueError(f"share_contexts must be 'auto' or one of {SHARE_MODES}, got {share_contexts!r}")
+    if share_contexts == "tree" and backend not in ("auto", "dense"):
+        raise ValueError(f"share_contexts='tree' needs a tree mask: backend must be 'auto' or 'dense', got {backend!r}")
+    config = text_config(model.config)
+    vocab = model.get_input_embeddings().num_embeddings
+    checked = validate_requests(requests, vocab_size=vocab, window=sliding_window(config),
+                                max_input_tokens=getattr(config, "max_position_embeddings", None))
+    if not 0 <= int(pad_token_id) < vocab:
+        raise ValueError(f"pad_token_id {pad_token_id} is outside the vocabulary [0, {vocab})")
+    if memory_budget_bytes is not None:
+        memory_budget_bytes = packers.validate_capacity(memory_budget_bytes)
+    device, dtype = model_device_dtype(model)
+    share = share_contexts
+    if share == "auto":
+        share = auto_share(checked) if backend in ("auto", "dense") else "identical"
+    layout = layout_requests(checked, share)
+    cap = resolve_capacity(capacity, layout.lengths)
+    packer_obj = packers.make_packer(packer) if isinstance(packer, str) else packer
+    packing = packer_obj.pack(layout.lengths, cap)
+    if share == "tree":
+        attn = get_backend("dense")
+    else:
+        attn = resolve_backend(backend, device, dtype, config=config, packing=packing)
+
+    def estimate(rows: int, width: int, n: int) -> int:
+        return estimate_forward_bytes(
+            model.config, num_rows=rows, row_len=width, num_prompts=min(LOGIT_CHUNK_TOKENS, rows * width),
+            backend=attn.name, dtype=dtype, device=device, return_kv=False,
+        )  # fmt: skip
+
+    plans = plan_forwards(packing, estimate, memory_budget_bytes=memory_budget_bytes)
+    num_pairs = layout.pair_target.size
+    pair_lp = torch.empty(num_pairs, dtype=torch.float32, device=device)
+    pair_greedy = torch.empty(num_pairs, dtype=torch.bool, device=device)
+    unique_forward = np.empty(layout.unique_segment.size, dtype=np.int64)
+    unique_flat = np.empty(layout.unique_segment.size, dtype=np.int64)
+    decoder = decoder_of(model)
+    with torch.no_grad(), attention_implementation(model, attn.attn_implementation):
+        for k, plan in enumerate(plans):
+            if len(plan.bins) == packing.num_bins:
+                members, sub = list(range(packing.num_prompts)), packing
+            else:
+                members, sub = sub_packing(packing, plan.bins)
+            rows, starts = _slots(sub)
+            # Scored positions of this forward: flat index (row * row_len + start + offset).
+            local = np.full(packing.num_prompts, -1, dtype=np.int64)
+            local[members] = np.arange(len(members))
+            here = np.flatnonzero(local[layout.unique_segment] >= 0)
+            j = local[layout.unique_segment[here]]
+            unique_forward[here] = k
+            unique_flat[here] = rows[j] * plan.row_len + starts[j] + layout.unique_offset[here]
+            try:
+                _run_forward(model, decoder, attn, layout, members, sub, plan, rows, starts, here,
+                             unique_flat, pad_token_id, device, pair_lp, pair_greedy)  # fmt: skip
+            except _OUT_OF_MEMORY as exc:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                raise PrefillOutOfMemoryError(
+                    f"out of memory in scoring forward {k + 1}/{len(plans)}: {plan.num_rows} rows x "
+                    f"{plan.row_len} tokens (estimated {plan.estimated_bytes} bytes); pass "
+                    "memory_budget_bytes to split it into smaller forwards"
+                ) from exc
+    lp = pair_lp.cpu().numpy().astype(np.float64)
+    greedy = pair_greedy.cpu().numpy()
+    counts = np.bincount(layout.pair_request, minlength=layout.num_requests)
+    first = np.cumsum(counts) - counts
+    sums = np.add.reduceat(lp, first)
+    all_greedy = np.logical_and.reduceat(greedy, first)
+    return [
+        ScoreResult(
+            logprob=float(sums[i]),
+            is_greedy=bool(all_greedy[i]),
+            token_logprobs=tuple(lp[first[i] : first[i] + counts[i]].tolist()) if return_token_logprobs else None,
+        )
+        for i in range(layout.num_requests)
+    ]
+
+
+def _run_forward(model, decoder, attn, layout: ScoreLayout, members, sub, plan, rows, starts, here,
+                 unique_flat, pad_token_id, device, pair_lp, pair_greedy) -> None:
+    """One packed forward; writes the log-prob and greedy flag of every pair it scores."""
+    inputs = pack_inputs([layout.segments[g] for g in members], sub, row_len=plan.row_len,
+                         num_rows=plan.num_rows, pad_token_id=pad_token_id, device=device)  # fmt: skip
+    position_ids = inputs.position_ids
+    if layout.branches is not None:
+        position_ids, branch = _tree_extras(layout, members, rows, starts, plan.row_len, plan.num_rows, device)
+        same_branch = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])
+        kwargs = {"attention_mask": dense_block_causal_mask(inputs.segment_ids) & same_branch.unsqueeze(1)}
+    else:
+        kwargs = attn.forward_kwargs(inputs)
+    out = decoder(input_ids=inputs.input_ids, position_ids=position_ids, use_cache=False, **kwargs)
+    hidden = out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1])
+    # Pairs of this forward, grouped by their scored position (contiguous slices per chunk).
+    rank = np.full(layout.unique_segment.size, -1, dtype=np.int64)
+    rank[here] = np.arange(here.size)
+    pair_rank = rank[layout.pair_unique]
+    pairs = np.flatnonzero(pair_rank >= 0)
+    pairs = pairs[np.argsort(pair_rank[pairs], kind="stable")]
+    sorted_rank = pair_rank[pairs]
+    flat = torch.from_numpy(unique_flat[here]).to(device)
+    for lo in range(0, here.size, LOGIT_CHUNK_TOKENS):
+        hi = min(lo + LOGIT_CHUNK_TOKENS, here.size)
+        a, b = np.searchsorted(sorted_rank, [lo, hi])
+        logits = project_logits(model, hidden.index_select(0, flat[lo:hi])).float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        chosen = torch.from_numpy(sorted_rank[a:b] - lo).to(device)
+        target = torch.from_numpy(layout.pair_target[pairs[a:b]]).to(device)
+        dest = torch.from_numpy(pairs[a:b]).to(device)
+        pair_lp[dest] = logprobs[chosen, target]
+        pair_greedy[dest] = logprobs.argmax(-1)[chosen] == target
+
+
+def rolling_windows(tokens: Sequence[int], prefix_token_id: int, max_length: int,
+                    context_len: int = 1) -> list[tuple[list[int], list[int]]]:
+    """lm-evaluation-harness's disjoint rolling windows of one text: (context, continuation)
+    pairs that predict every token exactly once, each window feeding <= max_length tokens
+    (the first conditioned on `prefix_token_id`, later ones on as much earlier text as fits).
+
+    Same as `lm_eval.utils.make_disjoint_window` over `get_rolling_token_windows`.
+    """
+    if not 1 <= context_len <= max_length:
+        raise ValueError(f"need 1 <= context_len <= max_length, got {context_len} and {max_length}")
+    tokens = list(tokens)
+    windows: list[tuple[list[int], list[int]]] = []
+    if not tokens:
+        return windows
+    pred_len = max_length - context_len + 1
+    first = min(max_length, len(tokens))
+    raw = [([prefix_token_id] + tokens[: first - 1], tokens[:first])]
+    predicted = first
+    while predicted < len(tokens):
+        n = min(len(tokens) - predicted, pred_len)
+        end = predicted + n
+        raw.append((tokens[max(end - max_length - 1, 0) : end - 1], tokens[end - n : end]))
+        predicted += n
+    for fed, target in raw:
+        windows.append((fed[: len(fed) - (len(target) - 1)], target))
+    return windows
+
+
+def score_rolling(
+    model: torch.nn.Module,
+    texts: Sequence[Sequence[int]],
+    *,
+    prefix_token_id: int,
+    max_length: int | None = None,
+    context_len: int = 1,
+    **options: Any,
+) -> list[float]:
+    """Total log-likelihood (nats) of each token-id text, caller's order: every token is
+    predicted once, in disjoint windows of <= `max_length` fed tokens (default the model's
+    max_position_embeddings), the first conditioned on `prefix_token_id` (e.g. BOS/EOS), as
+    lm-evaluation-harness's `loglikelihood_rolling` does. `options` go to `score`.
+    ValueError naming the text index for an empty or non-int text, before device work.
+    """
+    config = text_config(model.config)
+    vocab = model.get_input_embeddings().num_embeddings
+    context = getattr(config, "max_position_embeddings", None)
+    if max_length is None:
+        max_length = context
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1 or (
+        context is not None and max_length > context
+    ):
+        raise ValueError(f"max_length must be an int in [1, {context}], got {max_length!r}")
+    if isinstance(prefix_token_id, bool) or not isinstance(prefix_token_id, (int, np.integer)) or not (
+        0 <= prefix_token_id < vocab
+    ):
+        raise ValueError(f"prefix_token_id must be a token id in [0, {vocab}), got {prefix_token_id!r}")
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence) or len(texts) == 0:
+        raise ValueError("texts must be a non-empty list of token-id lists")
+    requests: list[tuple[list[int], list[int]]] = []
+    owner: list[int] = []
+    for i, text in enumerate(texts):
+        ids = _ids(text, f"text {i}")
+        if ids.size == 0:
+            raise ValueError(f"text {i} is empty: nothing to score")
+        bad = (ids < 0) | (ids >= vocab)
+        if bad.any():
+            raise ValueError(f"text {i} has token id {int(ids[bad.argmax()])} outside the vocabulary [0, {vocab})")
+        windows = rolling_windows(ids.tolist(), int(prefix_token_id), max_length, context_len)
+        requests += windows
+        owner += [i] * len(windows)
+    results = score(model, requests, **options)
+    totals = np.zeros(len(texts), dtype=np.float64)
+    np.add.at(totals, owner, [r.logprob for r in results])
+    return totals.tolist()
