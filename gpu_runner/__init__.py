@@ -6,7 +6,10 @@ Public API:
       `.cache_for_batch(indices)`), caller's order.
   prefill_texts(model, tokenizer, texts, **options) -> PrefillResult
   generate(model, prompts, max_new_tokens, packer="ffd", backend="auto", **generate_kwargs)
-      -> list[list[int]]: new tokens per prompt, continued from a prepacked prefill.
+      -> list[list[int]]: new tokens per prompt; through the prefill engine and the
+      CUDA-graph decode loop with packed refill where the engine supports the model
+      (batch_generate), else continued from a prepacked prefill in HF generate.
+  clear_generation_cache(model): free the engine and KV pool generate cached on the model.
   pack_inputs / PackedInputs: the packed tensors; available_backends / get_backend /
   register_backend: the attention-backend registry (dense, flex, varlen, auto);
   estimate_forward_bytes: the memory estimate that memory_budget_bytes splitting uses.
@@ -31,7 +34,7 @@ from gpu_runner.backends import (
     resolve_backend,
 )
 from gpu_runner.cache import PromptKV
-from gpu_runner.generate import generate
+from gpu_runner.generate import clear_generation_cache, generate
 from gpu_runner.inputs import PackedInputs, pack_inputs, prompt_lengths
 from gpu_runner.runner import (
     ForwardPlan,
@@ -50,6 +53,7 @@ __all__ = [
     "PrefillResult",
     "PromptKV",
     "available_backends",
+    "clear_generation_cache",
     "estimate_forward_bytes",
     "generate",
     "get_backend",

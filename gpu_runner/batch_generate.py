@@ -95,18 +95,22 @@ class BatchGenerator:
     page_tokens: tokens per KV page; kv_budget_bytes: the KV pool's size (default
     `default_kv_budget_bytes`); prefill_tokens: the engine's pre-sized row (the default
     policies' token budget); token_bucket, cuda_graphs: as for `PrefillEngine` (graphs for
-    the decode buckets too).
+    the decode buckets too); engine: an existing `PrefillEngine` of `model` to reuse (its
+    own token_bucket and cuda_graphs then apply).
     """
 
-    def __init__(self, model: torch.nn.Module, *, max_batch: int = 128, page_tokens: int = 64,
+    def __init__(self, model: torch.nn.Module, *, max_batch: int = 256, page_tokens: int = 64,
                  kv_budget_bytes: int | None = None, prefill_tokens: int = 8192, token_bucket: int = 128,
-                 cuda_graphs: bool = True) -> None:
+                 cuda_graphs: bool = True, engine: PrefillEngine | None = None) -> None:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
         if isinstance(prefill_tokens, bool) or not isinstance(prefill_tokens, int) or prefill_tokens < 1:
             raise ValueError(f"prefill_tokens must be a positive int, got {prefill_tokens!r}")
-        self.engine = PrefillEngine(model, token_bucket=token_bucket, cuda_graphs=cuda_graphs, max_tokens=prefill_tokens)
-        eng = self.engine
+        if engine is None:
+            engine = PrefillEngine(model, token_bucket=token_bucket, cuda_graphs=cuda_graphs, max_tokens=prefill_tokens)
+        elif engine.model is not model:
+            raise ValueError("engine was built for another model")
+        self.engine = eng = engine
         self.layout = KVLayout(len(eng.layers), eng.num_kv_heads, eng.head_dim, eng.embed.element_size(), page_tokens)
         if kv_budget_bytes is None:
             kv_budget_bytes = default_kv_budget_bytes(eng, max_batch=max_batch, prefill_tokens=prefill_tokens)
@@ -118,7 +122,7 @@ class BatchGenerator:
                 f"({self.layout.page_bytes} bytes): free device memory or pass a larger kv_budget_bytes")
         self.cache = PagedKVCache(self.layout, num_pages=num_pages, max_seqs=max_batch, max_pages=max_pages,
                                   device=eng.device, dtype=eng.dtype)
-        self.step = DecodeStep(eng, self.cache, cuda_graphs=cuda_graphs)
+        self.step = DecodeStep(eng, self.cache, cuda_graphs=eng.cuda_graphs)
         self.prefill_tokens = prefill_tokens
 
     # ------------------------------------------------------------------ validation
@@ -193,7 +197,7 @@ class BatchGenerator:
         window = list(islice(queue, self.cache.free_slots))
         lengths = [len(run.prompts[i]) for i in window]
         pages = [self.layout.pages_for(len(run.prompts[i]) + run.news[i] - 1) for i in window]
-        chosen = policy.select(live=len(run.live), free_slots=self.cache.free_slots, free_pages=self.cache.free_pages,
+        chosen = policy.select(live=len(run.live), waiting=len(queue), free_slots=self.cache.free_slots, free_pages=self.cache.free_pages,
                                prompt_tokens=lengths, kv_pages=pages)
         if not chosen:
             if not run.live:

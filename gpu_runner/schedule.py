@@ -7,7 +7,8 @@ ONE packed prefill and join the batch. Policies only choose: the loop checks mem
 Contract shared by every policy (`RefillPolicy.select`):
   inputs  live: sequences decoding now; free_slots: room in the decode batch;
           free_pages / kv_pages[i]: KV pages free now and needed by waiting prompt i;
-          prompt_tokens[i]: length of waiting prompt i (the queue, in arrival order)
+          prompt_tokens[i]: length of waiting prompt i (the queue's first free_slots
+          prompts, in arrival order); waiting: prompts in the whole queue
   output  queue positions to prefill now (ascending), or [] to keep decoding. Only a prefix
           of the queue that fits (slots and pages, in order: no prompt overtakes one that
           does not fit, so none starves) is eligible; the packer picks, under
@@ -40,7 +41,7 @@ class RefillPolicy(Protocol):
     name: str
     token_budget: int
 
-    def select(self, *, live: int, free_slots: int, free_pages: int, prompt_tokens: Sequence[int],
+    def select(self, *, live: int, waiting: int, free_slots: int, free_pages: int, prompt_tokens: Sequence[int],
                kv_pages: Sequence[int]) -> list[int]: ...
 
 
@@ -87,7 +88,7 @@ class RefillWhenFree:
     def __post_init__(self) -> None:
         _check_common(self.token_budget, self.packer)
 
-    def select(self, *, live: int, free_slots: int, free_pages: int, prompt_tokens: Sequence[int],
+    def select(self, *, live: int, waiting: int, free_slots: int, free_pages: int, prompt_tokens: Sequence[int],
                kv_pages: Sequence[int]) -> list[int]:
         count = _fitting_prefix(free_slots, free_pages, kv_pages)
         return _head_row(prompt_tokens, count, self.token_budget, self.packer)
@@ -108,10 +109,10 @@ class BatchRefill:
         if isinstance(self.min_free, bool) or not isinstance(self.min_free, int) or self.min_free < 1:
             raise ValueError(f"min_free must be a positive int, got {self.min_free!r}")
 
-    def select(self, *, live: int, free_slots: int, free_pages: int, prompt_tokens: Sequence[int],
+    def select(self, *, live: int, waiting: int, free_slots: int, free_pages: int, prompt_tokens: Sequence[int],
                kv_pages: Sequence[int]) -> list[int]:
         count = _fitting_prefix(free_slots, free_pages, kv_pages)
-        if live and count < min(self.min_free, len(prompt_tokens)):
+        if live and count < min(self.min_free, waiting):
             return []
         return _head_row(prompt_tokens, count, self.token_budget, self.packer)
 
