@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-cap", type=int, default=1000, help="cap on the trace's output lengths")
     p.add_argument("--hf-batch", type=int, default=64, help="prompts per HF generate call (hf-padded)")
     p.add_argument("--time-limit-s", type=float, default=120.0, help="per workload and method")
+    p.add_argument("--policy", default="refill-when-free",
+                   help="ours: refill policy, NAME or NAME:key=int,... (e.g. batch-refill:min_free=16)")
+    p.add_argument("--token-budget", type=int, default=8192, help="ours: tokens per packed refill prefill")
+    p.add_argument("--token-bucket", type=int, default=128, help="ours: the prefill engine's token bucket")
+    p.add_argument("--max-batch", type=int, default=256, help="ours: most sequences decoding at once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16")
@@ -48,11 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny model on CPU, float32, short outputs: checks the plumbing")
     args = p.parse_args(argv)
     try:
-        opts = dict(model=args.model, workloads=_csv(args.workloads), methods=_csv(args.methods), batch=args.batch,
+        name, _, params = args.policy.partition(":")
+        try:
+            policy_params = tuple((k.strip(), int(v)) for k, v in (kv.split("=") for kv in _csv(params)))
+        except ValueError:
+            raise ValueError(f"--policy takes NAME or NAME:key=int,..., got {args.policy!r}") from None
+        opts = dict(policy=name, policy_params=policy_params, token_budget=args.token_budget,
+                    token_bucket=args.token_bucket, max_batch=args.max_batch, model=args.model,
+                    workloads=_csv(args.workloads), methods=_csv(args.methods), batch=args.batch,
                     azure_requests=args.azure_requests, max_new_cap=args.max_new_cap, hf_batch=args.hf_batch,
                     time_limit_s=args.time_limit_s, seed=args.seed, device=args.device, dtype=args.dtype, out=args.out)
         if args.smoke:
-            opts.update(model="tiny", device="cpu", dtype="float32", batch=min(args.batch, 8),
+            opts.update(model="tiny", device="cpu", dtype="float32", batch=min(args.batch, 8), token_bucket=16,
                         azure_requests=min(args.azure_requests, 12), hf_batch=min(args.hf_batch, 4),
                         time_limit_s=min(args.time_limit_s, 60.0), scale_new_tokens=1 / 32)
         cfg = GenerateBenchConfig(**opts)

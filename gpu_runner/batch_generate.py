@@ -31,10 +31,11 @@ import torch
 from gpu_runner.decode import DecodeStep
 from gpu_runner.engine import PrefillEngine
 from gpu_runner.kv_pages import GenerateOutOfMemoryError, KVLayout, PagedKVCache
+from gpu_runner.runner import validate_prompts
 from gpu_runner.sampling import SamplingParams, sample
 from gpu_runner.schedule import RefillPolicy, make_policy
 
-__all__ = ["BatchGenerator", "GenerationOutput", "GenerationStats", "default_kv_budget_bytes"]
+__all__ = ["BatchGenerator", "GenerationOutput", "GenerationStats", "default_kv_budget_bytes", "per_prompt_new_tokens"]
 
 _CPU_KV_BUDGET_BYTES = 256 * 2**20
 
@@ -130,21 +131,8 @@ class BatchGenerator:
     def _validate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int],
                   stop_token_ids: Iterable[int]) -> tuple[list[list[int]], list[int], set[int]]:
         eng = self.engine
-        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or len(prompts) == 0:
-            raise ValueError("prompts must be a non-empty list of token-id lists")
-        lists = []
-        for i, p in enumerate(prompts):
-            if isinstance(p, torch.Tensor):
-                p = p.tolist()
-            if isinstance(p, (str, bytes)) or not isinstance(p, Sequence) or len(p) == 0:
-                raise ValueError(f"prompt {i} must be a non-empty list of token ids, got {type(p).__name__}")
-            if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in p):
-                raise ValueError(f"prompt {i} holds a token id that is not an int")
-            lo, hi = min(p), max(p)
-            if lo < 0 or hi >= eng.vocab_size:
-                raise ValueError(f"prompt {i}: token id {lo if lo < 0 else hi} is outside the vocabulary [0, {eng.vocab_size})")
-            lists.append([int(t) for t in p])
-        news = _per_prompt(max_new_tokens, len(lists))
+        lists, _ = validate_prompts(eng.model, prompts)  # the library's checks and messages
+        news = per_prompt_new_tokens(max_new_tokens, len(lists))
         stops = set()
         for t in stop_token_ids:
             if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < eng.vocab_size:
@@ -275,7 +263,7 @@ class _Run:
         self.live = still
 
 
-def _per_prompt(max_new_tokens: int | Sequence[int], n: int) -> list[int]:
+def per_prompt_new_tokens(max_new_tokens: int | Sequence[int], n: int) -> list[int]:
     """max_new_tokens as one int >= 0 per prompt; ValueError otherwise."""
     def ok(v: object) -> bool:
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0

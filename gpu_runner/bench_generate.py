@@ -61,6 +61,11 @@ class GenerateBenchConfig:
     dtype: str = "bfloat16"
     out: str = ""
     scale_new_tokens: float = 1.0  # smoke runs shrink every output length by this factor
+    policy: str = "refill-when-free"  # ours: the refill policy (a name of gpu_runner.schedule.POLICIES)
+    policy_params: tuple[tuple[str, int], ...] = ()  # its int hyperparameters besides token_budget
+    token_budget: int = 8192  # ours: tokens per packed refill prefill (the engine's pre-sized row)
+    token_bucket: int = 128  # ours: the prefill engine's token bucket (fewer graphs when larger)
+    max_batch: int = 256  # ours: most sequences decoding at once
 
     def __post_init__(self) -> None:
         from gpu_runner.bench import MODEL_SHAPES
@@ -77,6 +82,14 @@ class GenerateBenchConfig:
             raise ValueError("batch, azure_requests, max_new_cap and hf_batch must be >= 1")
         if not self.time_limit_s > 0 or not 0 < self.scale_new_tokens <= 1:
             raise ValueError("time_limit_s must be > 0 and scale_new_tokens in (0, 1]")
+        if min(self.token_budget, self.token_bucket, self.max_batch) < 1:
+            raise ValueError("token_budget, token_bucket and max_batch must be >= 1")
+        self.make_policy()  # ValueError for an unknown policy or parameter
+
+    def make_policy(self) -> Any:
+        from gpu_runner.schedule import make_policy
+
+        return make_policy(self.policy, token_budget=self.token_budget, **dict(self.policy_params))
 
 
 @dataclass(frozen=True)
@@ -141,20 +154,22 @@ def _sync(device: torch.device) -> None:
 
 
 def _run_ours(model: Any, w: Workload, cfg: GenerateBenchConfig, device: torch.device) -> dict[str, Any]:
-    gen = BatchGenerator(model)
+    gen = BatchGenerator(model, max_batch=cfg.max_batch, prefill_tokens=cfg.token_budget, token_bucket=cfg.token_bucket)
+    policy = cfg.make_policy()
     t0 = time.perf_counter()
-    warm = min(len(w.prompts), 256)
-    gen.generate(w.prompts[:warm], [min(n, 8) for n in w.new_tokens[:warm]])
+    warm = min(len(w.prompts), 256)  # graph captures (decode buckets, common prefill shapes) stay out
+    gen.generate(w.prompts[:warm], [min(n, 8) for n in w.new_tokens[:warm]], policy=policy)
     _sync(device)
     warmup_s = time.perf_counter() - t0
-    out = gen.generate(w.prompts, w.new_tokens)
+    out = gen.generate(w.prompts, w.new_tokens, policy=policy)
     _sync(device)
     s = out.stats
     return dict(wall_s=s.wall_s, completed=len(w.prompts), new_tokens=sum(map(len, out.tokens)),
                 ttft_s=_percentiles(s.first_token_s),
                 notes=dict(warmup_s=warmup_s, decode_steps=s.decode_steps, prefills=s.prefills, max_live=s.max_live,
                            padded_rows=s.padded_rows, decode_graphs=gen.step.num_graphs,
-                           prefill_graphs=gen.engine.num_graphs, kv_pages=gen.cache.num_pages, policy=s.policy))
+                           prefill_graphs=gen.engine.num_graphs, kv_pages=gen.cache.num_pages,
+                           kv_page_bytes=gen.layout.page_bytes, policy=asdict(policy)))
 
 
 def _left_padded(prompts: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

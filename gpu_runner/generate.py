@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from gpu_runner.batch_generate import _per_prompt
+from gpu_runner.batch_generate import per_prompt_new_tokens
 from gpu_runner.cache import cache_from_kv, cache_kwarg_name
 from gpu_runner.generate_engine import ENGINE_OPTIONS, clear_generation_cache, engine_generate, engine_unsupported
 from gpu_runner.runner import prefill, validate_prompts
@@ -117,7 +117,7 @@ def _generate_hf(
 ) -> list[list[int]]:
     """Today's path: packed prefill of all but the last prompt tokens, then HF generate."""
     prompts, lengths = validate_prompts(model, prompts)
-    news = _per_prompt(max_new_tokens, len(prompts))
+    news = per_prompt_new_tokens(max_new_tokens, len(prompts))
     max_new_tokens = max(news)
     clash = sorted(set(generate_kwargs) & set(_RESERVED))
     if clash:

@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
-from gpu_runner.batch_generate import BatchGenerator, _per_prompt, default_kv_budget_bytes
+from gpu_runner.batch_generate import BatchGenerator, default_kv_budget_bytes, per_prompt_new_tokens
 from gpu_runner.engine import PrefillEngine
+from gpu_runner.runner import validate_prompts
 from gpu_runner.sampling import SamplingParams
 from gpu_runner.schedule import DEFAULT_POLICY, make_policy
 
@@ -87,7 +88,7 @@ def engine_unsupported(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
     except (ValueError, AttributeError, TypeError) as exc:
         return f"the prefill engine does not support the model ({exc})"
     try:
-        news = _per_prompt(max_new_tokens, len(prompts))
+        news = per_prompt_new_tokens(max_new_tokens, len(prompts))
         needs = [len(p) + n - 1 for p, n in zip(prompts, news) if n > 0]
     except (TypeError, ValueError):
         return None
@@ -148,16 +149,11 @@ def engine_generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], ma
     cfg = getattr(model, "generation_config", None)
     stops = _as_ids(options.get("eos_token_id", getattr(cfg, "eos_token_id", None)))
     stops |= _as_ids(options.get("stop_token_ids"))
-    if isinstance(prompts, Sequence) and not isinstance(prompts, (str, bytes)) and prompts:
-        news = _per_prompt(max_new_tokens, len(prompts))
-        if all(n == 0 for n in news):
-            return [[] for _ in prompts]
-    else:
-        raise ValueError("prompts must be a non-empty list of token-id lists")
-    try:
-        gen = _generator(model, prompts, news, kv_budget_bytes)
-    except TypeError as exc:
-        raise ValueError(f"prompts must be lists of token ids: {exc}") from None
+    prompts, _ = validate_prompts(model, prompts)
+    news = per_prompt_new_tokens(max_new_tokens, len(prompts))
+    if all(n == 0 for n in news):
+        return [[] for _ in prompts]
+    gen = _generator(model, prompts, news, kv_budget_bytes)
     if policy is None or isinstance(policy, str):
         policy = make_policy(policy or DEFAULT_POLICY, packer=packer, token_budget=gen.prefill_tokens)
     return gen.generate(prompts, news, sampling=sampling, stop_token_ids=stops, policy=policy).tokens

@@ -114,8 +114,8 @@ def test_generate_falls_back_to_hf_path_when_the_engine_path_does_not_apply():
 
 
 @pytest.mark.parametrize("prompts,news,kwargs,match", [
-    ([], 3, {}, "non-empty"),
-    ([[1, 2], []], 3, {}, "prompt 1"),
+    ([], 3, {}, "prompts is empty"),
+    ([[1, 2], []], 3, {}, "prompt 1 is empty"),
     ([[1, 2], [96]], 3, {}, "outside the vocabulary"),
     ([[1, 2]], -1, {}, "max_new_tokens"),
     ([[1, 2]], True, {}, "max_new_tokens"),
@@ -163,11 +163,17 @@ def test_page_pool_and_buckets():
 
 @pytest.mark.gpu
 def test_cuda_graphs_match_eager_and_hf():
-    model = tiny_model("llama", device="cuda")
+    # head_dim 32: the engine's Triton prefill kernels need head_dim / 2 >= 16
+    from test_runner_support import model_config
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = model_config("llama", hidden_size=128, intermediate_size=128)
+    model = AutoModelForCausalLM.from_config(cfg).to("cuda").eval()
     prompts = random_prompts(random_lengths(12, longest=40, seed=35), seed=35)
     news = _news(12, 35)
     expected = [hf_greedy(model, p, n, eos_token_id=None) for p, n in zip(prompts, news)]
     for graphs in (False, True):
-        gen = BatchGenerator(model, max_batch=5, page_tokens=16, cuda_graphs=graphs)
+        gen = BatchGenerator(model, max_batch=5, page_tokens=16, prefill_tokens=256, cuda_graphs=graphs)
         assert gen.generate(prompts, news).tokens == expected
     assert gen.step.num_graphs >= 2

@@ -22,7 +22,7 @@ def _main():
 def test_smoke_run_writes_one_json(tmp_path):
     out = tmp_path / "g.json"
     argv = ["--smoke", "--workloads", "mmlu-32,azure", "--methods", "ours,hf-padded", "--azure-requests", "3",
-            "--batch", "5", "--out", str(out)]
+            "--batch", "5", "--policy", "batch-refill:min_free=2", "--token-budget", "2048", "--out", str(out)]
     assert _main()(argv) == 0
     doc = json.loads(out.read_text())
     assert doc["gpu"] == "cpu" and doc["copy_bandwidth_bytes_per_s"] > 0
@@ -34,6 +34,8 @@ def test_smoke_run_writes_one_json(tmp_path):
     assert recs[("mmlu-32", "ours")]["new_tokens"] == recs[("mmlu-32", "hf-padded")]["new_tokens"] == 5 * 1
     assert set(recs[("azure", "ours")]["speedup_vs"]) == {"hf-padded"}
     assert recs[("azure", "ours")]["ttft_s"]["p50"] > 0
+    assert recs[("azure", "ours")]["notes"]["policy"] == {"min_free": 2, "token_budget": 2048, "packer": "ffd",
+                                                          "name": "batch-refill"}
     step = doc["decode_step"]
     assert step["batch"] == 5 and step["step_ms"] > 0 and step["read_once_ms"] > 0 and step["weight_bytes"] > 0
     assert doc["first_token_agreement"]["ours_vs_unpadded"] == 1.0  # float32: exact
@@ -41,6 +43,8 @@ def test_smoke_run_writes_one_json(tmp_path):
 
 @pytest.mark.parametrize("argv,match", [(["--smoke", "--workloads", "nope"], "unknown workload"),
                                         (["--smoke", "--methods", "magic"], "unknown method"),
+                                        (["--smoke", "--policy", "batch-refill:min_free=x"], "--policy takes"),
+                                        (["--smoke", "--policy", "batch-refill:slots=2"], "bad parameters"),
                                         (["--model", "gpt9"], "unknown model")])
 def test_bad_input_exits_2_with_one_line(argv, match, capsys):
     assert _main()(argv) == 2
