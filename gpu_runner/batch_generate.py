@@ -157,14 +157,16 @@ class BatchGenerator:
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int], *,
-                 sampling: SamplingParams = SamplingParams(), stop_token_ids: Iterable[int] = (),
+                 sampling: SamplingParams | None = None, stop_token_ids: Iterable[int] = (),
                  policy: RefillPolicy | None = None) -> GenerationOutput:
         """New tokens for every prompt (caller's order). max_new_tokens: an int >= 0 or one per
-        prompt; stop_token_ids: tokens that end a sequence (kept in its output); policy: the
-        refill schedule (default `make_policy()` with token_budget = prefill_tokens).
+        prompt; sampling: greedy when None; stop_token_ids: tokens that end a sequence (kept
+        in its output); policy: the refill schedule (default `make_policy()` with
+        token_budget = prefill_tokens).
         ValueError for bad input before any device work; GenerateOutOfMemoryError naming the
         buffer that did not fit."""
         prompts, news, stops = self._validate(prompts, max_new_tokens, stop_token_ids)
+        sampling = sampling or SamplingParams()
         if policy is None:
             policy = make_policy(token_budget=self.prefill_tokens)
         t0 = time.perf_counter()
@@ -194,9 +196,10 @@ class BatchGenerator:
         if sorted(set(chosen)) != list(chosen) or chosen[-1] >= len(window) or sum(pages[j] for j in chosen) > self.cache.free_pages:
             raise RuntimeError(f"refill policy {policy.name!r} selected {chosen}: not ascending queue positions that fit")
         picked = [window[j] for j in chosen]
+        taken = set(chosen)
         for _ in window:
             queue.popleft()
-        queue.extendleft(reversed([i for j, i in enumerate(window) if j not in set(chosen)]))
+        queue.extendleft(reversed([i for j, i in enumerate(window) if j not in taken]))
         run.prefill(picked)
 
 

@@ -28,6 +28,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -141,7 +142,7 @@ def copy_bandwidth_bytes_per_s(device: torch.device, num_bytes: int = 2**31) -> 
 
 
 def _percentiles(values: Sequence[float]) -> dict[str, float] | None:
-    vals = [v for v in values if v == v]  # drop NaN (requests that never got a token)
+    vals = [v for v in values if not np.isnan(v)]  # drop requests that never got a token
     if not vals:
         return None
     p = np.percentile(vals, [50, 90, 99])
@@ -380,8 +381,8 @@ def run_generate_benchmark(cfg: GenerateBenchConfig) -> dict[str, Any]:
             _speedups(doc.data["records"])
         if method == "ours":  # probes before HF continuous batching touches the model
             mmlu = make_workload("mmlu-256", cfg, model.config.vocab_size, context)
-            for key, probe in (("decode_step", lambda: _decode_step_probe(model, mmlu, device, copy_bw)),
-                               ("first_token_agreement", lambda: _first_token_agreement(model, mmlu, device))):
+            for key, probe in (("decode_step", partial(_decode_step_probe, model, mmlu, device, copy_bw)),
+                               ("first_token_agreement", partial(_first_token_agreement, model, mmlu, device))):
                 try:
                     doc.set(key, probe())
                 except Exception as exc:  # noqa: BLE001

@@ -29,7 +29,12 @@ import torch
 
 from gpu_runner.batch_generate import per_prompt_new_tokens
 from gpu_runner.cache import cache_from_kv, cache_kwarg_name
-from gpu_runner.generate_engine import ENGINE_OPTIONS, clear_generation_cache, engine_generate, engine_unsupported
+from gpu_runner.generate_engine import (
+    ENGINE_OPTIONS,
+    clear_generation_cache,
+    engine_generate,
+    engine_unsupported,
+)
 from gpu_runner.runner import prefill, validate_prompts
 
 __all__ = ["ENGINE_OPTIONS", "clear_generation_cache", "generate"]

@@ -79,3 +79,18 @@ def test_torch_reference_equals_per_row_attention_and_rejects_bad_shapes():
         decode_attention(torch.randn(2, 3, 8), k, v, table, torch.tensor([0, 1]), lengths, 0.5)
     with pytest.raises(ValueError, match="seq and lengths"):
         decode_attention(q, k, v, table, torch.tensor([0]), lengths, 0.5)
+
+
+@pytest.mark.gpu
+def test_decode_kernel_on_cuda_bf16_matches_the_reference():
+    torch.manual_seed(2)
+    for hq, hkv, d, page in ((32, 32, 128, 64), (32, 8, 128, 64), (16, 2, 64, 16)):
+        k = torch.randn(40, page, hkv, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        table = torch.randperm(40, device="cuda").to(torch.int32).view(4, 10)
+        seq = torch.tensor([0, 1, 2, 3, 1, 0], device="cuda")
+        lengths = torch.tensor([1, 10 * page, 3 * page + 5, page, 17, 2], device="cuda")
+        q = torch.randn(6, hq, d, device="cuda", dtype=torch.bfloat16)
+        out = decode_attention(q, k, v, table, seq, lengths, d**-0.5)
+        ref = decode_attention_torch(q.float(), k.float(), v.float(), table, seq, lengths, d**-0.5)
+        torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
