@@ -13,7 +13,8 @@ This module owns what `benchmarks/generate_bench.py` measures (issue 14's "Must 
              ours: `BatchGenerator` (prefill engine, CUDA-graph decode, packed refill), one
              warm-up pass on a slice of the workload first (graph captures), then timed
   records    wall time, new tokens/s, time-to-first-token percentiles (where the method
-             exposes first-token times), requests completed within the method's time limit
+             exposes first-token times; every request is submitted at t = 0, so it includes
+             queueing), requests completed within the method's time limit
 Plus: a decode step at batch 64 (CUDA-event median over replays) against the time to read
 the weights and the live KV once at the device copy bandwidth measured here, and bf16
 first-token agreement of ours and of HF padded with HF run on each prompt alone.
@@ -260,7 +261,10 @@ def _run_hf_cb_manager(model: Any, w: Workload, cfg: GenerateBenchConfig, device
         manager.stop(block=True, timeout=30)
     done = list(results.values())
     return dict(wall_s=wall, completed=len(done), new_tokens=sum(len(r.generated_tokens) for r in done),
-                ttft_s=_percentiles(_cb_first_token_s(done, t0)), notes={"api": "init_continuous_batching manager"})
+                ttft_s=_percentiles(_cb_first_token_s(done, t0)),
+                notes={"api": "init_continuous_batching manager",
+                       "cut_runs": "HF hands a request back only when it finishes: tokens of unfinished requests are "
+                                   "not counted, so a cut run's tokens/s is a lower bound"})
 
 
 _RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {"ours": _run_ours, "hf-padded": _run_hf_padded,
