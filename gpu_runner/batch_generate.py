@@ -172,11 +172,15 @@ class BatchGenerator:
         t0 = time.perf_counter()
         run = _Run(self, prompts, news, stops, sampling, t0)
         queue = deque(i for i, n in enumerate(news) if n > 0)
-        while queue or run.live:
-            if queue and self.cache.free_slots:
-                self._refill(run, queue, policy)
-            if run.live:
-                run.decode()
+        try:
+            while queue or run.live:
+                if queue and self.cache.free_slots:
+                    self._refill(run, queue, policy)
+                if run.live:
+                    run.decode()
+        finally:  # an error mid-run (out of memory, a policy's bad choice) leaves no slot taken
+            for seq in run.live:
+                self.cache.release(seq.slot)
         stats = GenerationStats(policy=policy.name, decode_steps=run.steps, prefills=run.prefills,
                                 prefill_tokens=run.prefill_tokens, decode_rows=run.rows, padded_rows=run.padded,
                                 max_live=run.max_live, wall_s=time.perf_counter() - t0,

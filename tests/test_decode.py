@@ -177,3 +177,35 @@ def test_cuda_graphs_match_eager_and_hf():
         gen = BatchGenerator(model, max_batch=5, page_tokens=16, prefill_tokens=256, cuda_graphs=graphs)
         assert gen.generate(prompts, news).tokens == expected
     assert gen.step.num_graphs >= 2
+
+
+def test_out_of_memory_names_what_did_not_fit(monkeypatch):
+    model = tiny_model("llama")
+    layout = KVLayout(2, 2, 8, 4, 8)
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "zeros", no_memory)
+        with pytest.raises(GenerateOutOfMemoryError, match=r"the KV page pool \(5 pages of 8 tokens"):
+            PagedKVCache(layout, num_pages=4, max_seqs=2, max_pages=4, device="cpu", dtype=torch.float32)
+    gen = BatchGenerator(model, max_batch=4, page_tokens=8, prefill_tokens=64)
+    prompts = random_prompts([5, 3, 9, 4, 6], seed=36)
+    calls = []
+    real_prefill = gen.engine.prefill
+
+    def second_prefill_fails(batch):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real_prefill(batch)
+
+    # a 12-token budget: the second refill fails while the first one's prompts decode
+    monkeypatch.setattr(gen.engine, "prefill", second_prefill_fails)
+    with pytest.raises(GenerateOutOfMemoryError, match=r"the packed prefill of \d+ prompts \(\d+ tokens\) did not fit"):
+        gen.generate(prompts, 6, policy=make_policy(token_budget=12))
+    assert calls[0] < len(prompts)
+    assert gen.cache.free_slots == 4 and gen.cache.free_pages == gen.cache.num_pages  # nothing leaked
+    monkeypatch.setattr(gen.engine, "prefill", real_prefill)
+    assert gen.generate(prompts, 4).tokens == [hf_greedy(model, p, 4, eos_token_id=None) for p in prompts]
