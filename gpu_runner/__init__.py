@@ -10,7 +10,10 @@ Public API:
       continuation ids) request, caller's order; score_rolling(model, texts,
       prefix_token_id=...) -> total log-likelihood of long texts (perplexity).
   generate(model, prompts, max_new_tokens, packer="ffd", backend="auto", **generate_kwargs)
-      -> list[list[int]]: new tokens per prompt, continued from a prepacked prefill.
+      -> list[list[int]]: new tokens per prompt; through the prefill engine and the
+      CUDA-graph decode loop with packed refill where the engine supports the model
+      (batch_generate), else continued from a prepacked prefill in HF generate.
+  clear_generation_cache(model): free the engine and KV pool generate cached on the model.
   pack_inputs / PackedInputs: the packed tensors; available_backends / get_backend /
   register_backend: the attention-backend registry (dense, flex, varlen, auto);
   estimate_forward_bytes: the memory estimate that memory_budget_bytes splitting uses.
@@ -39,7 +42,7 @@ from typing import Any
 _EXPORTS = {
     **dict.fromkeys(('AttentionBackend', 'available_backends', 'get_backend', 'register_backend', 'resolve_backend'), "gpu_runner.attention"),
     **dict.fromkeys(('PromptKV',), "gpu_runner.cache"),
-    **dict.fromkeys(('generate',), "gpu_runner.generation"),
+    **dict.fromkeys(('clear_generation_cache', 'generate'), "gpu_runner.generation"),
     **dict.fromkeys(('PackedInputs', 'pack_inputs', 'prompt_lengths'), "gpu_runner.inputs"),
     **dict.fromkeys(('ForwardPlan', 'estimate_forward_bytes'), "gpu_runner.plan"),
     **dict.fromkeys(('PrefillOutOfMemoryError', 'PrefillResult'), "gpu_runner.result"),
@@ -78,6 +81,7 @@ __all__ = [
     "PromptKV",
     "ScoreResult",
     "available_backends",
+    "clear_generation_cache",
     "estimate_forward_bytes",
     "generate",
     "get_backend",
