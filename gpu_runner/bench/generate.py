@@ -9,7 +9,8 @@ This module owns what `benchmarks/generate_bench.py` measures (issue 14's "Must 
   methods    hf-padded: HF `model.generate` on left-padded batches (`hf_batch` prompts per
              call in arrival order, each call as long as its longest output);
              hf-cb: HF continuous batching (`generate_batch` for fixed lengths; its manager
-             with per-request max_new_tokens for the trace);
+             with per-request max_new_tokens for the trace); each HF method makes one short
+             untimed call first (8 prompts x 4 tokens: CUDA initialisation stays out);
              ours: `BatchGenerator` (prefill engine, CUDA-graph decode, packed refill), one
              warm-up pass on a slice of the workload first (graph captures), then timed
   records    wall time, new tokens/s, time-to-first-token percentiles (where the method
@@ -184,7 +185,20 @@ def _left_padded(prompts: Sequence[Sequence[int]], device: torch.device) -> tupl
     return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
 
 
+def _warm_hf_padded(model: Any, w: Workload, device: torch.device) -> float:
+    """One short untimed generate call (CUDA/cuBLAS initialisation, first-call allocations
+    stay out of the timing, as ours keeps its graph captures out); returns its seconds."""
+    t0 = time.perf_counter()
+    ids, mask = _left_padded(w.prompts[:8], device)
+    with torch.no_grad():
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0,
+                       eos_token_id=None)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
 def _run_hf_padded(model: Any, w: Workload, cfg: GenerateBenchConfig, device: torch.device) -> dict[str, Any]:
+    warmup_s = _warm_hf_padded(model, w, device)
     t0 = time.perf_counter()
     done = tokens = 0
     ttft: list[float] = []
@@ -203,7 +217,8 @@ def _run_hf_padded(model: Any, w: Workload, cfg: GenerateBenchConfig, device: to
         done += len(chunk)
         tokens += sum(news)
     return dict(wall_s=time.perf_counter() - t0, completed=done, new_tokens=tokens, ttft_s=_percentiles(ttft),
-                notes={"ttft": "the end of each generate call (HF returns tokens only then)", "hf_batch": cfg.hf_batch})
+                notes={"ttft": "the end of each generate call (HF returns tokens only then)", "hf_batch": cfg.hf_batch,
+                       "warmup_s": warmup_s})
 
 
 def _generation_config(max_new: int) -> Any:
@@ -215,9 +230,12 @@ def _generation_config(max_new: int) -> Any:
 def _run_hf_cb(model: Any, w: Workload, cfg: GenerateBenchConfig, device: torch.device) -> dict[str, Any]:
     if not hasattr(model, "generate_batch"):
         raise RuntimeError("this transformers has no generate_batch (continuous batching)")
+    params = inspect.signature(model.generate_batch).parameters
+    kwargs = {k: v for k, v in (("progress_bar", False), ("record_timestamps", True)) if k in params}
+    with torch.no_grad():  # untimed warm-up, as for the other methods
+        model.generate_batch(inputs=[list(p) for p in w.prompts[:8]], generation_config=_generation_config(4), **kwargs)
+    _sync(device)
     if len(set(w.new_tokens)) == 1:  # fixed lengths: the public one-call API
-        params = inspect.signature(model.generate_batch).parameters
-        kwargs = {k: v for k, v in (("progress_bar", False), ("record_timestamps", True)) if k in params}
         t0 = time.perf_counter()
         with torch.no_grad():
             out = model.generate_batch(inputs=[list(p) for p in w.prompts],

@@ -222,11 +222,14 @@ if triton is not None:
 
 def fusable(x: torch.Tensor, w: torch.Tensor) -> bool:
     """True where the fused kernel runs on x [T, hidden] and the fused weight w [2 I, hidden]:
-    Triton with TMA descriptors, a Hopper-or-newer GPU (or the CPU interpreter), one dtype,
+    Triton with TMA descriptors, a Hopper-or-newer GPU (or the CPU interpreter), one dtype
+    (16-bit on the GPU: fp32 tiles of the default config need ~320 KB of shared memory),
     contiguous operands, and 16-byte strides of x's, w's and the output's rows (TMA's rule)."""
     if TensorDescriptor is None or not use_triton(x) or x.dtype != w.dtype:
         return False
     if x.is_cuda and torch.cuda.get_device_capability(x.device) < (9, 0):
+        return False
+    if x.is_cuda and x.element_size() > 2:  # fp32 tiles of the default config overflow shared memory
         return False
     size = x.element_size()
     return x.is_contiguous() and w.is_contiguous() and (x.shape[1] * size) % 16 == 0 and (w.shape[0] * size) % 32 == 0
