@@ -8,7 +8,8 @@ buffers and graphs, `clear_generation_cache` everything), and `engine_score`, wh
 packs a `ScoreLayout`'s segments into flat rows of at most `batch_tokens` tokens (FFD,
 so rows fill up to the budget and share one graph bucket), lays every row out with numpy
 over the whole set at once, runs the rows back to back without a host sync (the host
-stages row k + 1 while the device runs row k) and transfers the results once at the end.
+stages row k + 1 while the device runs row k; all rows in one shape bucket, so one
+CUDA graph) and transfers the results once at the end.
 
 The engine has no tree masks: the engine path lays requests out with "identical" sharing
 (or "none" when asked); share_contexts="tree" is a runner option.
@@ -123,8 +124,10 @@ def engine_score(model: torch.nn.Module, layout: ScoreLayout, *,
     tokens = np.concatenate([layout.segments[i] for i in plan["order"]]).astype(np.int64, copy=False)
     seg_b, tok_b, u_b, p_b = plan["seg_bounds"], plan["tok_bounds"], plan["u_bounds"], plan["p_bounds"]
     rows = range(len(seg_b) - 1)
-    scorer.reserve(int(np.diff(tok_b).max()), int(np.diff(seg_b).max()), int(np.diff(u_b).max()),
-                   int(np.diff(p_b).max()))
+    # every row runs in the largest row's bucket: one CUDA graph for the whole set (rows
+    # are FFD-filled up to the budget, so the padding of the few light rows is small)
+    shape = scorer.shape_of(int(np.diff(tok_b).max()), int(np.diff(seg_b).max()), int(np.diff(u_b).max()),
+                            int(np.diff(p_b).max()))
     device = scorer.engine.device
     num_pairs = layout.pair_target.size
     lp = torch.empty(num_pairs, dtype=torch.float32, device=device)
@@ -134,7 +137,7 @@ def engine_score(model: torch.nn.Module, layout: ScoreLayout, *,
                            lengths=plan["ordered_lengths"][seg_b[k] : seg_b[k + 1]],
                            gpos=plan["gpos"][u_b[k] : u_b[k + 1]], pair_u=plan["pair_u"][p_b[k] : p_b[k + 1]],
                            target=plan["target"][p_b[k] : p_b[k + 1]])  # fmt: skip
-        row_lp, row_greedy = scorer.run(batch)
+        row_lp, row_greedy = scorer.run(batch, shape)
         lp[p_b[k] : p_b[k + 1]].copy_(row_lp)
         greedy[p_b[k] : p_b[k + 1]].copy_(row_greedy)
     out_lp = np.empty(num_pairs, dtype=np.float64)

@@ -12,7 +12,9 @@ every layer's K / V go to one scratch layer, no cache is kept), then the scoring
 (never a [positions, vocab] fp32 tensor beyond one chunk). Buckets: tokens rounded up to
 `token_bucket`, segments, gathered positions and pairs to powers of two; padding gathers
 row 0 and scores target 0, results the caller ignores. Outputs stay on the device, in
-static buffers valid until the next `run`: no host sync per batch.
+static buffers valid until the next `run`: no host sync per batch. A caller running many
+rows passes one `shape` (the bucket of its largest row) to every `run`: one graph, captured
+once, serves the whole stream.
 """
 
 from __future__ import annotations
@@ -84,11 +86,10 @@ class EngineScorer:
     """Scoring through `engine` (a PrefillEngine): buffers, staging and one CUDA graph per bucket.
 
     token_bucket: the row length is the batch's tokens rounded up to a multiple of this
-                  (callers filling rows to a fixed budget get one bucket for all full rows)
     logit_chunk:  positions per lm_head step inside the head (fp32 logits of this many rows)
     """
 
-    def __init__(self, engine: Any, *, token_bucket: int = 1024, logit_chunk: int = 1024) -> None:
+    def __init__(self, engine: Any, *, token_bucket: int = 128, logit_chunk: int = 1024) -> None:
         if token_bucket < 1 or logit_chunk < 1:
             raise ValueError(f"token_bucket and logit_chunk must be >= 1, got {token_bucket}, {logit_chunk}")
         self.engine = engine
@@ -130,14 +131,20 @@ class EngineScorer:
         self._copied = [None, None]
 
     @torch.no_grad()
-    def run(self, batch: ScoreBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, batch: ScoreBatch, shape: tuple[int, int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Score `batch`: (log-probs [q] fp32, greedy flags [q] bool), device views valid until
-        the next `run`. Enqueues device work only (no host sync on CUDA)."""
+        the next `run`. Enqueues device work only (no host sync on CUDA). `shape`: the bucket
+        to run in (a `shape_of` of sizes >= the batch's; callers pass one for a whole stream
+        of rows so that one graph serves them all), default the batch's own."""
         eng = self.engine
         n, total = batch.lengths.size, batch.tokens.size
-        key = self.shape_of(total, n, batch.gpos.size, batch.pair_u.size)
-        self.reserve(total, n, batch.gpos.size, batch.pair_u.size)
-        t, p, g, q = key
+        own = self.shape_of(total, n, batch.gpos.size, batch.pair_u.size)
+        if shape is None:
+            shape = own
+        if any(o > w for o, w in zip(own, shape)):
+            raise ValueError(f"the batch needs the bucket {own}, over the shape {shape} asked for")
+        self.reserve(*shape)
+        t, p, g, q = shape
         s = num_chunks(t, p, eng.q_chunk, eng.attention)
         max_len = 0
         if eng.attention == FLASH and not eng.q_chunk:
