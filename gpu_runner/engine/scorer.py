@@ -183,19 +183,17 @@ class EngineScorer:
     def _replay(self, key: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         entry = self._graphs.get(key)
         if entry is None:
-            # each new bucket runs once eagerly first: Triton compiles for its shapes and
-            # cuBLAS initialises outside the capture (a few buckets per score call)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self._forward(key)
-            torch.cuda.current_stream().wait_stream(side)
+            # A new bucket's first row runs eagerly (its results are this row's: Triton
+            # compiles for the shapes and cuBLAS initialises outside any capture, and no
+            # forward is spent on warming up), then the graph is captured for the next rows.
+            out = self._forward(key)
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
-                out = self._forward(key)
-            entry = self._graphs[key] = (graph, out)
+                static = self._forward(key)
+            self._graphs[key] = (graph, static)
+            return out
         graph, out = entry
         graph.replay()
         return out
