@@ -113,7 +113,8 @@ def auto_path(model: Any) -> str:
     """What path="auto" runs for this model (with the default options)."""
     from gpu_runner.score_engine import engine_score_unsupported
 
-    return "engine" if engine_score_unsupported(model, share_contexts="auto", backend="auto", need_cuda=True) is None else "runner"
+    reason = engine_score_unsupported(model, share_contexts="auto", backend="auto", need_cuda=True)
+    return "engine" if reason is None else "runner"
 
 
 def run_ours(model: Any, requests: list[Request], options: dict[str, Any]) -> list[float]:

@@ -16,7 +16,9 @@ harness's disjoint rolling windows (`rolling_windows`) and scores them all in on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import gc
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +65,7 @@ class ScoreResult:
     token_logprobs: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.logprob, float) or np.isnan(self.logprob) or self.logprob > 1e-3:
+        if not isinstance(self.logprob, float) or not self.logprob <= 1e-3:  # NaN fails the comparison
             raise ValueError(f"logprob must be a float <= 0, got {self.logprob!r}")
         if not isinstance(self.is_greedy, bool):
             raise ValueError(f"is_greedy must be a bool, got {self.is_greedy!r}")
@@ -136,6 +138,30 @@ def score(
     """
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    with _gc_paused():  # tens of thousands of small objects: the cyclic GC would walk the caller's heap
+        return _score(model, requests, packer=packer, capacity=capacity, backend=backend,
+                      return_token_logprobs=return_token_logprobs, share_contexts=share_contexts,
+                      memory_budget_bytes=memory_budget_bytes, pad_token_id=pad_token_id, path=path,
+                      batch_tokens=batch_tokens)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off inside (restored after: score's host work allocates
+    one object per request, which would trigger full collections over large request lists)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _score(model: torch.nn.Module, requests: Sequence[Any], *, packer: str | packers.Packer, capacity: int | str,
+           backend: str, return_token_logprobs: bool, share_contexts: str, memory_budget_bytes: int | None,
+           pad_token_id: int, path: str, batch_tokens: int) -> list[ScoreResult]:
+    """`score` (same arguments, path already checked)."""
     if share_contexts != "auto" and share_contexts not in SHARE_MODES:
         raise ValueError(f"share_contexts must be 'auto' or one of {SHARE_MODES}, got {share_contexts!r}")
     if share_contexts == "tree" and backend not in ("auto", "dense"):
@@ -216,16 +242,14 @@ def _results(layout: ScoreLayout, lp: np.ndarray, greedy: np.ndarray, return_tok
     """Per-request results from per-pair log-probs and greedy flags (the layout's pair order)."""
     counts = np.bincount(layout.pair_request, minlength=layout.num_requests)
     first = np.cumsum(counts) - counts
-    sums = np.add.reduceat(lp, first)
-    all_greedy = np.logical_and.reduceat(greedy, first)
-    return [
-        ScoreResult(
-            logprob=float(sums[i]),
-            is_greedy=bool(all_greedy[i]),
-            token_logprobs=tuple(lp[first[i] : first[i] + counts[i]].tolist()) if return_token_logprobs else None,
-        )
-        for i in range(layout.num_requests)
-    ]
+    sums = np.add.reduceat(lp, first).tolist()  # Python floats / bools: no numpy scalar per request
+    all_greedy = np.logical_and.reduceat(greedy, first).tolist()
+    if not return_token_logprobs:
+        return [ScoreResult(logprob, flag) for logprob, flag in zip(sums, all_greedy)]
+    ends = (first + counts).tolist()
+    flat = lp.tolist()
+    return [ScoreResult(logprob, flag, tuple(flat[a:b]))
+            for logprob, flag, a, b in zip(sums, all_greedy, first.tolist(), ends)]
 
 
 def _run_forward(model, decoder, attn, layout: ScoreLayout, members, sub, plan, rows, starts, here,

@@ -131,7 +131,8 @@ class EngineScorer:
         self._copied = [None, None]
 
     @torch.no_grad()
-    def run(self, batch: ScoreBatch, shape: tuple[int, int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, batch: ScoreBatch,
+            shape: tuple[int, int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Score `batch`: (log-probs [q] fp32, greedy flags [q] bool), device views valid until
         the next `run`. Enqueues device work only (no host sync on CUDA). `shape`: the bucket
         to run in (a `shape_of` of sizes >= the batch's; callers pass one for a whole stream
