@@ -9,8 +9,15 @@ list, `simulator/data/mmlu.txt`, 14,033 of them, or its first `--limit`):
   mixed200   200 unrelated requests: contexts drawn from the list, continuations of 1-40
              tokens (a small task, where a global length sort cannot remove padding)
 Methods:
-  ours-<share>  `gpu_runner.score(model, requests, share_contexts=<share>)` (runner path:
-                packed rows, attention backend "auto"), share in auto / none / identical / tree
+  ours-<share>  `gpu_runner.score(model, requests, share_contexts=<share>, path="runner")`
+                (packed rows through the HF decoder, attention backend "auto"), share in
+                none / identical / tree
+  ours-engine   `gpu_runner.score(model, requests, path="engine", batch_tokens=...)`: the
+                CUDA-graph PrefillEngine over flat rows of <= --batch-tokens tokens,
+                "identical" sharing (the engine has no tree masks)
+  ours-auto     `gpu_runner.score(model, requests)`: whatever path="auto" picks (the
+                engine where it applies, else the runner with share_contexts="auto");
+                the record's "path" says which ran
   hflm-64       `HFLM(model, batch_size=64)._loglikelihood_tokens(requests)`
   hflm-auto     the same with batch_size="auto" (max_batch_size 512)
 Per (model, set, method): wall time of the whole set (synced start to synced end, host
@@ -26,7 +33,7 @@ One JSON (a dict with the GPU name and a list of records) is rewritten after eve
 
   python benchmarks/scoring_bench.py --smoke                       # tiny model, CPU, seconds
   python benchmarks/scoring_bench.py --model sheared-llama-1.3b --sets mmlu,hellaswag,mixed200
-  python benchmarks/scoring_bench.py --model llama-2-7b --sets mmlu --methods ours-identical,hflm-64
+  python benchmarks/scoring_bench.py --model llama-2-7b --sets mmlu --methods ours-engine,ours-identical,hflm-64
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ from gpu_runner.score_requests import layout_requests, validate_requests
 from gpu_runner.bench.timing import matmul_peak_flops, release_memory, wall_clock_s
 
 SETS = ("mmlu", "hellaswag", "mixed200")
-METHODS = ("ours-auto", "ours-identical", "ours-tree", "ours-none", "hflm-64", "hflm-auto")
+METHODS = ("ours-auto", "ours-engine", "ours-identical", "ours-tree", "ours-none", "hflm-64", "hflm-auto")
 Request = tuple[list[int], list[int]]
 
 
@@ -92,8 +99,26 @@ def work_of(config: Any, requests: list[Request]) -> dict[str, float]:
             "roofline_flops": flops, "tree_fed_tokens": layout_requests(checked, "tree").num_fed_tokens}
 
 
-def run_ours(model: Any, requests: list[Request], share: str, budget: int | None) -> list[float]:
-    results = gpu_runner.score(model, requests, share_contexts=share, memory_budget_bytes=budget)
+def ours_options(method: str, budget: int | None, batch_tokens: int) -> dict[str, Any]:
+    """`gpu_runner.score` options of an ours-* method (module docstring)."""
+    kind = method.removeprefix("ours-")
+    if kind == "engine":
+        return {"path": "engine", "batch_tokens": batch_tokens}
+    if kind == "auto":
+        return {"path": "auto", "batch_tokens": batch_tokens, "memory_budget_bytes": budget}
+    return {"path": "runner", "share_contexts": kind, "memory_budget_bytes": budget}
+
+
+def auto_path(model: Any) -> str:
+    """What path="auto" runs for this model (with the default options)."""
+    from gpu_runner.score_engine import engine_score_unsupported
+
+    reason = engine_score_unsupported(model, share_contexts="auto", backend="auto", need_cuda=True)
+    return "engine" if reason is None else "runner"
+
+
+def run_ours(model: Any, requests: list[Request], options: dict[str, Any]) -> list[float]:
+    results = gpu_runner.score(model, requests, **options)
     return [r.logprob for r in results]
 
 
@@ -146,7 +171,8 @@ class Recorder:
 
 
 def bench_set(model: Any, model_name: str, set_name: str, requests: list[Request], methods: list[str],
-              rec: Recorder, peak_flops: float | None, device: torch.device, self_check: int) -> None:
+              rec: Recorder, peak_flops: float | None, device: torch.device, self_check: int,
+              batch_tokens: int = 32768) -> None:
     """Every method on one request set; hflm-64 runs first (the reference for diffs and speedups)."""
     work = work_of(model.config, requests)
     roofline_s = work["roofline_flops"] / peak_flops if peak_flops else None
@@ -160,10 +186,17 @@ def bench_set(model: Any, model_name: str, set_name: str, requests: list[Request
         base = dict(model=model_name, set=set_name, method=method, num_requests=len(requests), **work)
         try:
             if method.startswith("ours-"):
-                share = method.removeprefix("ours-")
-                run_ours(model, requests[: min(64, len(requests))], share, budget)  # warm-up
-                scores, wall_s = wall_clock_s(lambda s=share: run_ours(model, requests, s, budget), device=device)
-                extra: dict[str, Any] = {"share_contexts": share}
+                options = ours_options(method, budget, batch_tokens)
+                run_ours(model, requests[: min(64, len(requests))], options)  # warm-up
+                scores, wall_s = wall_clock_s(lambda o=options: run_ours(model, requests, o), device=device)
+                path = options["path"] if options["path"] != "auto" else auto_path(model)
+                extra: dict[str, Any] = {"share_contexts": options.get("share_contexts", "auto"), "path": path}
+                if path == "engine":
+                    from gpu_runner.score_engine import engine_scorer
+
+                    scorer = engine_scorer(model)
+                    extra.update(share_contexts="identical", batch_tokens=batch_tokens, engine_graphs=scorer.num_graphs,
+                                 engine_attention=scorer.engine.attention)
             else:
                 lm = make_hflm(model, 64 if method == "hflm-64" else "auto")
                 run_hflm(lm, requests[: min(64, len(requests))])
@@ -197,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=0, help="first N contexts of the length list (0 = all)")
     p.add_argument("--mixed", type=int, default=200, help="requests of the mixed200 set")
     p.add_argument("--self-check", type=int, default=512, help="requests HFLM also scores unpadded (batch 1)")
+    p.add_argument("--batch-tokens", type=int, default=32768, help="tokens per flat row of ours-engine / ours-auto")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--out", default="")
@@ -204,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.smoke:
         args.model, args.device, args.dtype, args.limit, args.self_check, args.mixed = "tiny", "cpu", "float32", 4, 8, 24
-        args.methods = "ours-identical,ours-tree,hflm-64"  # hflm-auto probes up to 512 x 2048 tokens
+        args.methods = "ours-identical,ours-tree,ours-engine,ours-auto,hflm-64"  # hflm-auto probes 512 x 2048 tokens
+        args.batch_tokens = 256  # several flat rows
     models = args.model.split(",")
     sets, methods = args.sets.split(","), args.methods.split(",")
     for name in (*sets, *methods, *models):
@@ -223,8 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         for set_name in sets:
             requests = make_requests(set_name, lengths, model.config.vocab_size, mixed=args.mixed)
             t0 = time.perf_counter()
-            bench_set(model, model_name, set_name, requests, methods, rec, peak, device, args.self_check)
+            bench_set(model, model_name, set_name, requests, methods, rec, peak, device, args.self_check,
+                      args.batch_tokens)
             print(f"# {model_name} {set_name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        gpu_runner.clear_generation_cache(model)  # the engine and scorer cached on the model
         del model
         release_memory(device)
     return 0

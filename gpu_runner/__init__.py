@@ -5,15 +5,17 @@ Public API:
       per-prompt next-token logits [N, vocab] and KV caches (`.kv[i]`, `.cache_for(i)`,
       `.cache_for_batch(indices)`), caller's order.
   prefill_texts(model, tokenizer, texts, **options) -> PrefillResult
-  score(model, requests, packer="ffd", share_contexts="auto", ...) -> list[ScoreResult]
+  score(model, requests, packer="ffd", share_contexts="auto", path="auto", ...) -> list[ScoreResult]
       log-likelihood (and greedy flag, per-token log-probs) of each (context ids,
-      continuation ids) request, caller's order; score_rolling(model, texts,
-      prefix_token_id=...) -> total log-likelihood of long texts (perplexity).
+      continuation ids) request, caller's order, through the CUDA-graph engine where it
+      applies (score_engine) or packed rows through the HF decoder; score_rolling(model,
+      texts, prefix_token_id=...) -> total log-likelihood of long texts (perplexity).
   generate(model, prompts, max_new_tokens, packer="ffd", backend="auto", **generate_kwargs)
       -> list[list[int]]: new tokens per prompt; through the prefill engine and the
       CUDA-graph decode loop with packed refill where the engine supports the model
       (batch_generate), else continued from a prepacked prefill in HF generate.
-  clear_generation_cache(model): free the engine and KV pool generate cached on the model.
+  clear_generation_cache(model): free the engine, KV pool and scorer cached on the model;
+  clear_score_cache(model): free only the scorer's buffers and CUDA graphs.
   pack_inputs / PackedInputs: the packed tensors; available_backends / get_backend /
   register_backend: the attention-backend registry (dense, flex, varlen, auto);
   estimate_forward_bytes: the memory estimate that memory_budget_bytes splitting uses.
@@ -29,7 +31,7 @@ Modules: validate (input checks, shared with the engine), inputs (packed layout)
 estimate, forwards under a budget), cache (transformers cache compatibility, PromptKV),
 result (PrefillResult), runner (prefill), generation (continued generation), engine/ (the
 CUDA-graph PrefillEngine), distributed/ (multi-GPU prefill), bench/ (prepack-bench),
-score_requests / scoring (packed log-likelihoods). The lm-evaluation-harness backend lives in
+score_requests / scoring / score_engine (packed log-likelihoods, runner and engine paths). The lm-evaluation-harness backend lives in
 gpu_runner.harness (it imports lm_eval; nothing here imports it).
 Public names are imported on first use, so `import gpu_runner.distributed` needs no torch.
 """
@@ -50,6 +52,7 @@ _EXPORTS = {
     **dict.fromkeys(('validate_prompts',), "gpu_runner.validate"),
     **dict.fromkeys(('EngineOutput', 'PrefillEngine'), "gpu_runner.engine"),
     **dict.fromkeys(('ScoreResult', 'score', 'score_rolling'), "gpu_runner.scoring"),
+    **dict.fromkeys(('clear_score_cache',), "gpu_runner.score_engine"),
 }
 
 
@@ -82,6 +85,7 @@ __all__ = [
     "ScoreResult",
     "available_backends",
     "clear_generation_cache",
+    "clear_score_cache",
     "estimate_forward_bytes",
     "generate",
     "get_backend",

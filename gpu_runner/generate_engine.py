@@ -23,7 +23,8 @@ from gpu_runner.validate import validate_prompts
 from gpu_runner.engine.sampling import SamplingParams
 from gpu_runner.schedule import DEFAULT_POLICY, make_policy
 
-__all__ = ["ENGINE_MODEL_TYPES", "ENGINE_OPTIONS", "clear_generation_cache", "engine_generate", "engine_unsupported"]
+__all__ = ["ENGINE_MODEL_TYPES", "ENGINE_OPTIONS", "cached_engine", "clear_generation_cache", "engine_generate",
+           "engine_unsupported"]
 
 ENGINE_OPTIONS = frozenset(
     {"do_sample", "temperature", "top_k", "top_p", "eos_token_id", "stop_token_ids", "seed", "pad_token_id"}
@@ -69,6 +70,14 @@ def _engine(model: torch.nn.Module) -> PrefillEngine:
         entry = {"engine": PrefillEngine(model, max_tokens=8192), "gen": None}
         model.__dict__[_ATTR] = entry
     return entry["engine"]
+
+
+def cached_engine(model: torch.nn.Module) -> tuple[PrefillEngine, dict[str, Any]]:
+    """The engine cached on `model` (built on first use) and its cache entry, a dict where
+    other engine paths keep their state next to it (scoring: key "scorer"); all of it is
+    freed by `clear_generation_cache`. ValueError if the engine does not support the model."""
+    eng = _engine(model)
+    return eng, model.__dict__[_ATTR]
 
 
 def engine_unsupported(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: Any,

@@ -64,8 +64,11 @@ class PrepackLM(TemplateLM):
                 ignored), or a name / path for `AutoModelForCausalLM.from_pretrained`
                 (then loaded in `dtype` onto `device`, default CUDA if there is one).
     tokenizer:  a tokenizer instance or name / path (default: `pretrained`'s when a string).
-    packer, capacity, backend, share_contexts, memory_budget_bytes: passed to `score`
-                (memory_budget_bytes default on CUDA: half the free memory; on CPU: none).
+    packer, capacity, backend, share_contexts, memory_budget_bytes, path, batch_tokens:
+                passed to `score` (memory_budget_bytes default on CUDA: half the free
+                memory; on CPU: none). path "auto" scores through the CUDA-graph engine
+                where it applies ("identical" context sharing there), else the runner;
+                "engine" / "runner" force one (`gpu_runner.score`).
     max_length, add_bos_token, prefix_token_id, max_gen_toks: as in lm-eval's HFLM.
     """
 
@@ -81,6 +84,8 @@ class PrepackLM(TemplateLM):
         backend: str = "auto",
         share_contexts: str = "auto",
         memory_budget_bytes: int | None = None,
+        path: str = "auto",
+        batch_tokens: int | None = None,
         max_length: int | None = None,
         add_bos_token: bool | None = None,
         prefix_token_id: int | None = None,
@@ -122,8 +127,10 @@ class PrepackLM(TemplateLM):
             memory_budget_bytes = int(torch.cuda.mem_get_info(self._device)[0] // 2)
         self.score_options = dict(
             packer=packer, capacity=capacity, backend=backend, share_contexts=share_contexts,
-            memory_budget_bytes=None if memory_budget_bytes is None else int(memory_budget_bytes),
+            memory_budget_bytes=None if memory_budget_bytes is None else int(memory_budget_bytes), path=path,
         )  # fmt: skip
+        if batch_tokens is not None:
+            self.score_options["batch_tokens"] = int(batch_tokens)
 
     # -------------------------------------------------------------- what lm-eval reads
 

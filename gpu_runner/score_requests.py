@@ -38,6 +38,8 @@ TREE_MIN_SAVING = 0.10
 
 def _ids(value: Any, what: str) -> np.ndarray:
     """A 1-D int64 array of token ids, or ValueError naming `what`."""
+    if type(value) is list and set(map(type, value)) <= {int}:  # the common case, checked fast
+        return np.asarray(value, dtype=np.int64)
     if isinstance(value, torch.Tensor):
         if value.dim() != 1 or value.dtype in (torch.bool,) or value.is_floating_point() or value.is_complex():
             raise ValueError(f"{what} must be a 1-D integer tensor, got {value.dtype} {tuple(value.shape)}")
@@ -72,7 +74,9 @@ def validate_requests(
         raise ValueError("requests is empty: nothing to score")
     out = []
     for i, request in enumerate(requests):
-        if isinstance(request, (str, bytes, dict)) or not isinstance(request, Sequence) or len(request) != 2:
+        if not (type(request) in (tuple, list) and len(request) == 2) and (  # fast for plain pairs
+            isinstance(request, (str, bytes, dict)) or not isinstance(request, Sequence) or len(request) != 2
+        ):
             raise ValueError(f"request {i} must be a (context ids, continuation ids) pair, got {request!r:.80}")
         context = _ids(request[0], f"request {i} context")
         continuation = _ids(request[1], f"request {i} continuation")
@@ -177,6 +181,7 @@ def layout_requests(requests: list[tuple[np.ndarray, np.ndarray]], share: str) -
     keys: dict[bytes, int] = {}
     tails: list[dict[bytes, int]] = []  # tree: per segment, tail bytes -> offset of its first token
     sizes: list[int] = []  # tree: tokens laid out so far per segment
+    request_seg: list[int] = []  # none / identical: each request's segment
     for context, continuation in requests:
         n_ctx, n_cont = context.size, continuation.size
         if share == "tree":
@@ -199,7 +204,8 @@ def layout_requests(requests: list[tuple[np.ndarray, np.ndarray]], share: str) -
             else:
                 offsets = np.asarray([n_ctx - 1], dtype=np.int64)
             pair_off.append(offsets)
-        else:
+            pair_seg.append(np.full(n_cont, seg, dtype=np.int64))
+        else:  # pair offsets n_ctx - 1 ... n_ctx + n_cont - 2, built after the loop
             fed = np.concatenate((context, continuation[:-1]))
             key = fed.tobytes() if share == "identical" else None
             seg = keys.get(key) if key is not None else None
@@ -208,8 +214,7 @@ def layout_requests(requests: list[tuple[np.ndarray, np.ndarray]], share: str) -
                 segments.append(fed)
                 if key is not None:
                     keys[key] = seg
-            pair_off.append(np.arange(n_ctx - 1, n_ctx - 1 + n_cont, dtype=np.int64))
-        pair_seg.append(np.full(n_cont, seg, dtype=np.int64))
+            request_seg.append(seg)
     positions: list[np.ndarray] = []
     branches: list[np.ndarray] = []
     if share == "tree":
@@ -218,8 +223,15 @@ def layout_requests(requests: list[tuple[np.ndarray, np.ndarray]], share: str) -
             segments.append(np.concatenate(group))
             positions.append(np.concatenate([np.arange(n_ctx)] + [n_ctx + np.arange(t.size) for t in group[1:]]))
             branches.append(np.repeat(np.arange(len(group), dtype=np.int64), [t.size for t in group]))
-    seg_of = np.concatenate(pair_seg)
-    off_of = np.concatenate(pair_off)
+    if share == "tree":
+        seg_of = np.concatenate(pair_seg)
+        off_of = np.concatenate(pair_off)
+    else:
+        n_ctx_all = np.fromiter((c.size for c, _ in requests), dtype=np.int64, count=len(requests))
+        n_cont_all = np.fromiter((t.size for _, t in requests), dtype=np.int64, count=len(requests))
+        seg_of = np.repeat(np.asarray(request_seg, dtype=np.int64), n_cont_all)
+        first = np.cumsum(n_cont_all) - n_cont_all
+        off_of = np.repeat(n_ctx_all - 1 - first, n_cont_all) + np.arange(int(n_cont_all.sum()), dtype=np.int64)
     width = max(s.size for s in segments) + 1  # offsets < width: (segment, offset) -> one int key
     unique, inverse = np.unique(seg_of * width + off_of, return_inverse=True)
     tree = share == "tree"

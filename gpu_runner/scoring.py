@@ -16,7 +16,9 @@ harness's disjoint rolling windows (`rolling_windows`) and scores them all in on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import gc
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,7 @@ from gpu_runner.plan import estimate_forward_bytes, plan_forwards, text_config
 from gpu_runner.result import PrefillOutOfMemoryError
 from gpu_runner.runner import decoder_of, model_device_dtype, project_logits, resolve_capacity, sub_packing
 from gpu_runner.validate import sliding_window
+from gpu_runner.score_engine import DEFAULT_BATCH_TOKENS, PATHS, engine_score, engine_score_unsupported
 from gpu_runner.score_requests import (
     SHARE_MODES,
     ScoreLayout,
@@ -62,7 +65,7 @@ class ScoreResult:
     token_logprobs: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.logprob, float) or np.isnan(self.logprob) or self.logprob > 1e-3:
+        if not isinstance(self.logprob, float) or not self.logprob <= 1e-3:  # NaN fails the comparison
             raise ValueError(f"logprob must be a float <= 0, got {self.logprob!r}")
         if not isinstance(self.is_greedy, bool):
             raise ValueError(f"is_greedy must be a bool, got {self.is_greedy!r}")
@@ -110,6 +113,8 @@ def score(
     share_contexts: str = "auto",
     memory_budget_bytes: int | None = None,
     pad_token_id: int = 0,
+    path: str = "auto",
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
 ) -> list[ScoreResult]:
     """Log-likelihood of each continuation given its context, in the caller's order.
 
@@ -122,9 +127,41 @@ def score(
               "identical" and the backend allows it (`score_requests.auto_share`), else
               "identical". All give the same scores up to float summation order.
     return_token_logprobs: also hand back each continuation token's log-prob.
+    path: "runner" (the above: HF decoder over packed rows), "engine" (the CUDA-graph
+              `PrefillEngine`: flat rows of <= `batch_tokens` tokens, "identical" sharing
+              unless "none" is asked; packer, capacity, memory_budget_bytes and pad_token_id
+              do not apply; `gpu_runner.score_engine`), or "auto": the engine where it
+              applies (CUDA, a model type it supports, backend "auto", share_contexts not
+              "tree"), else the runner. ValueError if "engine" is asked where it cannot run.
     Raises `ValueError` naming the request index on bad input, before any device work;
     `PrefillOutOfMemoryError` naming the forward if the device runs out of memory.
     """
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    with _gc_paused():  # tens of thousands of small objects: the cyclic GC would walk the caller's heap
+        return _score(model, requests, packer=packer, capacity=capacity, backend=backend,
+                      return_token_logprobs=return_token_logprobs, share_contexts=share_contexts,
+                      memory_budget_bytes=memory_budget_bytes, pad_token_id=pad_token_id, path=path,
+                      batch_tokens=batch_tokens)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off inside (restored after: score's host work allocates
+    one object per request, which would trigger full collections over large request lists)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _score(model: torch.nn.Module, requests: Sequence[Any], *, packer: str | packers.Packer, capacity: int | str,
+           backend: str, return_token_logprobs: bool, share_contexts: str, memory_budget_bytes: int | None,
+           pad_token_id: int, path: str, batch_tokens: int) -> list[ScoreResult]:
+    """`score` (same arguments, path already checked)."""
     if share_contexts != "auto" and share_contexts not in SHARE_MODES:
         raise ValueError(f"share_contexts must be 'auto' or one of {SHARE_MODES}, got {share_contexts!r}")
     if share_contexts == "tree" and backend not in ("auto", "dense"):
@@ -137,6 +174,15 @@ def score(
         raise ValueError(f"pad_token_id {pad_token_id} is outside the vocabulary [0, {vocab})")
     if memory_budget_bytes is not None:
         memory_budget_bytes = packers.validate_capacity(memory_budget_bytes)
+    if path != "runner":
+        reason = engine_score_unsupported(model, share_contexts=share_contexts, backend=backend,
+                                          need_cuda=path == "auto")
+        if reason is None:
+            layout = layout_requests(checked, "none" if share_contexts == "none" else "identical")
+            lp, greedy = engine_score(model, layout, batch_tokens=batch_tokens)
+            return _results(layout, lp, greedy, return_token_logprobs)
+        if path == "engine":
+            raise ValueError(f"path='engine' cannot score this: {reason}")
     device, dtype = model_device_dtype(model)
     share = share_contexts
     if share == "auto":
@@ -188,20 +234,22 @@ def score(
                     f"{plan.row_len} tokens (estimated {plan.estimated_bytes} bytes); pass "
                     "memory_budget_bytes to split it into smaller forwards"
                 ) from exc
-    lp = pair_lp.cpu().numpy().astype(np.float64)
-    greedy = pair_greedy.cpu().numpy()
+    return _results(layout, pair_lp.cpu().numpy().astype(np.float64), pair_greedy.cpu().numpy(),
+                    return_token_logprobs)
+
+
+def _results(layout: ScoreLayout, lp: np.ndarray, greedy: np.ndarray, return_token_logprobs: bool) -> list[ScoreResult]:
+    """Per-request results from per-pair log-probs and greedy flags (the layout's pair order)."""
     counts = np.bincount(layout.pair_request, minlength=layout.num_requests)
     first = np.cumsum(counts) - counts
-    sums = np.add.reduceat(lp, first)
-    all_greedy = np.logical_and.reduceat(greedy, first)
-    return [
-        ScoreResult(
-            logprob=float(sums[i]),
-            is_greedy=bool(all_greedy[i]),
-            token_logprobs=tuple(lp[first[i] : first[i] + counts[i]].tolist()) if return_token_logprobs else None,
-        )
-        for i in range(layout.num_requests)
-    ]
+    sums = np.add.reduceat(lp, first).tolist()  # Python floats / bools: no numpy scalar per request
+    all_greedy = np.logical_and.reduceat(greedy, first).tolist()
+    if not return_token_logprobs:
+        return [ScoreResult(logprob, flag) for logprob, flag in zip(sums, all_greedy)]
+    ends = (first + counts).tolist()
+    flat = lp.tolist()
+    return [ScoreResult(logprob, flag, tuple(flat[a:b]))
+            for logprob, flag, a, b in zip(sums, all_greedy, first.tolist(), ends)]
 
 
 def _run_forward(model, decoder, attn, layout: ScoreLayout, members, sub, plan, rows, starts, here,

@@ -40,11 +40,13 @@ def _loglikelihood_args(seed: int) -> list[tuple[str, str]]:
     return args
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_loglikelihood_matches_hflm(family):
+@pytest.mark.parametrize("family,path", [(f, "auto") for f in FAMILIES] + [("qwen2", "engine")])
+def test_loglikelihood_matches_hflm(family, path):
     model = tiny_model(family)
     args = _loglikelihood_args(seed=FAMILIES.index(family))
-    ours = harness.PrepackLM(model, word_tokenizer()).loglikelihood(_instances("loglikelihood", args))
+    lm = harness.PrepackLM(model, word_tokenizer(), path=path, batch_tokens=96)
+    assert lm.score_options["path"] == path and lm.score_options["batch_tokens"] == 96
+    ours = lm.loglikelihood(_instances("loglikelihood", args))
     theirs = hflm(model).loglikelihood(_instances("loglikelihood", args), disable_tqdm=True)
     assert len(ours) == len(args)
     for i, ((lp, greedy), (want_lp, want_greedy)) in enumerate(zip(ours, theirs)):
@@ -154,6 +156,10 @@ def test_bad_model_args():
         harness.PrepackLM(tiny_model("llama"))
     with pytest.raises(ValueError, match="pretrained must be"):
         harness.PrepackLM(3, word_tokenizer())
+    with pytest.raises(ValueError, match="path must be one of"):
+        harness.PrepackLM(tiny_model("llama"), word_tokenizer(), path="fast").loglikelihood(
+            _instances("loglikelihood", [("the", " cat")])
+        )
     with pytest.raises(ValueError, match="share_contexts must be"):
         harness.PrepackLM(tiny_model("llama"), word_tokenizer(), share_contexts="x").loglikelihood(
             _instances("loglikelihood", [("the", " cat")])

@@ -27,13 +27,16 @@ def test_smoke_run_writes_consistent_records(tmp_path):
     data = json.loads(out.read_text())
     assert data["gpu"].startswith("cpu") and data["lm_eval"]
     records = {(r["set"], r["method"]): r for r in data["records"]}
-    methods = ("hflm-64", "ours-identical", "ours-tree")
+    methods = ("hflm-64", "ours-identical", "ours-tree", "ours-engine", "ours-auto")
     assert set(records) == {(s, m) for s in bench.SETS for m in methods}
     for (name, method), r in records.items():
         assert "error" not in r, r
         assert r["wall_s"] > 0 and r["max_abs_diff_vs_hflm64"] <= 1e-4
         if method != "hflm-64":
             assert r["max_abs_diff_vs_hflm_unpadded"] <= 1e-4
+            assert r["path"] == {"ours-engine": "engine"}.get(method, "runner")  # auto: the runner on CPU
+        if method == "ours-engine":
+            assert r["share_contexts"] == "identical" and r["batch_tokens"] == 256 and r["engine_attention"] == "torch"
         if method == "hflm-64":
             assert r["hflm_padded_tokens"] >= r["fed_tokens"] and r["hflm_padded_over_real"] >= 1.0
             assert r["hflm_padded_vs_unpadded_max_abs_diff"] <= 1e-4

@@ -37,7 +37,8 @@ keeps them).
 
 Modules: engine (PrefillEngine: options, KV / input buffers, CUDA graphs), weights (model
 checks, fused projections), staging (host layout of the flat row), forward (the layer
-forward), kernels (Triton / torch RMSNorm, RoPE, attention kernels), matmul (persistent
+forward), scorer (EngineScorer: log-probs of target tokens at any row positions, for
+`gpu_runner.score`), kernels (Triton / torch RMSNorm, RoPE, attention kernels), matmul (persistent
 Triton matmuls with SwiGLU / QKV-RoPE epilogues).
 """
 

@@ -18,7 +18,7 @@ from gpu_runner.engine.staging import layout, num_chunks
 from gpu_runner.engine.weights import FusedLayer
 from simulator.names import FLASH, PACKED
 
-__all__ = ["Row", "attend", "forward"]
+__all__ = ["Row", "attend", "final_norm", "forward", "hidden_states"]
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,24 @@ def _attention_flash(
 def forward(eng: Any, t: int, p: int, max_len: int) -> torch.Tensor:
     """Device part of one prefill of `eng` (a PrefillEngine) over its input buffer; returns
     logits [p, vocab]. Reads only the engine's attributes (layers, embed, cos / sin, _kv, ...)."""
-    buf = eng._in_dev
+    h = hidden_states(eng, t, p, max_len, eng._in_dev, eng._kv)
+    last = eng._in_dev[layout(t, p, num_chunks(t, p, eng.q_chunk, eng.attention))["last"]]
+    return F.linear(final_norm(eng, h.index_select(0, last)), eng.lm_head)  # last tokens only
+
+
+def final_norm(eng: Any, h: torch.Tensor) -> torch.Tensor:
+    """The model's final RMSNorm of rows h [n, hidden] (fp32 statistics, HF's rounding)."""
+    x = h.float()
+    return eng.final_norm * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eng.eps)).to(h.dtype)
+
+
+def hidden_states(eng: Any, t: int, p: int, max_len: int, buf: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """The flat row's last hidden states [t, hidden] (before the final norm), inputs read
+    from `buf` (laid out as `staging.layout(t, p, ...)` says); layer i's roped K / V go to
+    kv[i], or all to kv[0] when kv holds one layer (scoring: no cache is kept)."""
     s = num_chunks(t, p, eng.q_chunk, eng.attention)
     lay = layout(t, p, s)
-    ids, pos, last = buf[lay["ids"]], buf[lay["pos"]], buf[lay["last"]]
+    ids, pos = buf[lay["ids"]], buf[lay["pos"]]
     cu = buf[lay["cu"]].to(torch.int32)
     if s:
         cu_q, cu_k, used_k = (buf[lay[k]].to(torch.int32) for k in ("cu_q", "cu_k", "used_k"))
@@ -79,7 +93,8 @@ def forward(eng: Any, t: int, p: int, max_len: int) -> torch.Tensor:
     # h + x + q (or qkv) + the MLP activation (the graph's memory pool is sized by it). The residual
     # stream h is updated inside the O and down matmuls (addmm_, beta = 1): no separate add pass.
     for li, w in enumerate(eng.layers):
-        a = attend(eng, h, w, eng._kv[li, 0, :t], eng._kv[li, 1, :t], row)
+        kv_l = kv[li if kv.shape[0] > 1 else 0]
+        a = attend(eng, h, w, kv_l[0, :t], kv_l[1, :t], row)
         h.addmm_(a.reshape(t, -1), w.o.t())
         a = None
         x = rmsnorm(h, w.ln2, eng.eps)
@@ -90,10 +105,7 @@ def forward(eng: Any, t: int, p: int, max_len: int) -> torch.Tensor:
         x = None
         h.addmm_(act, w.down.t())
         act = None
-    hl = h.index_select(0, last)  # last tokens only
-    xl = hl.float()
-    xl = eng.final_norm * (xl * torch.rsqrt(xl.pow(2).mean(-1, keepdim=True) + eng.eps)).to(hl.dtype)
-    return F.linear(xl, eng.lm_head)
+    return h
 
 
 def attend(eng: Any, h: torch.Tensor, w: FusedLayer, k_out: torch.Tensor, v_out: torch.Tensor, row: Row) -> torch.Tensor:

@@ -13,7 +13,7 @@ import numpy as np
 from gpu_runner.validate import check_prompts
 from simulator.names import FLASH
 
-__all__ = ["bucket_tokens", "layout", "next_pow2", "num_chunks", "stage", "stage_chunks"]
+__all__ = ["bucket_tokens", "layout", "next_pow2", "num_chunks", "stage", "stage_chunks", "write_row"]
 
 
 def bucket_tokens(num_tokens: int, token_bucket: int) -> int:
@@ -31,9 +31,13 @@ def num_chunks(t: int, p: int, q_chunk: int, attention: str) -> int:
     return p + 1 + t // q_chunk if (q_chunk and attention == FLASH) else 0
 
 
-def layout(t: int, p: int, s: int) -> dict[str, slice]:
-    """Where each input lives in the int64 input buffer (the same for host and device)."""
-    cuts = {"ids": t, "pos": t, "seg": t, "cu": p + 2, "last": p, "cu_q": s + 1, "cu_k": s + 1, "used_k": s}
+def layout(t: int, p: int, s: int, g: int = 0, q: int = 0) -> dict[str, slice]:
+    """Where each input lives in the int64 input buffer (the same for host and device).
+    Scoring (`engine.scorer`) appends g gathered row positions ("gpos") and q scored pairs
+    (each an index into the gathered positions, "pair_u", and a target token, "target")
+    after the prefill inputs, whose places do not depend on g and q."""
+    cuts = {"ids": t, "pos": t, "seg": t, "cu": p + 2, "last": p, "cu_q": s + 1, "cu_k": s + 1, "used_k": s,
+            "gpos": g, "pair_u": q, "target": q}
     out, at = {}, 0
     for name, n in cuts.items():
         out[name] = slice(at, at + n)
@@ -61,14 +65,24 @@ def stage(eng: Any, prompts: Sequence[Sequence[int]]) -> tuple[int, int, int, np
         eng._copied.synchronize()  # the previous batch's copy has left the pinned buffer
     s = num_chunks(t, p, eng.q_chunk, eng.attention)
     lay = layout(t, p, s)
-    host = eng._in_host.numpy()
+    write_row(eng._in_host.numpy(), lay, tokens, lengths, cu, t, eng.pad_token_id, eng.q_chunk if s else 0)
+    return t, p, max_len, cu
+
+
+def write_row(host: np.ndarray, lay: dict[str, slice], tokens: np.ndarray, lengths: np.ndarray, cu: np.ndarray,
+              t: int, pad_token_id: int, q_chunk: int) -> None:
+    """Write one flat row (prompts `tokens` back to back, `lengths`, bounds `cu` [n + 1],
+    padded to t tokens) into `host` at `lay`: ids, positions, segment starts, prompt bounds,
+    last-token indices and, with q_chunk > 0, the flash query chunks. Vectorized numpy."""
+    n, total = len(lengths), int(cu[-1])
     ids, pos = host[lay["ids"]], host[lay["pos"]]
-    ids[:] = eng.pad_token_id
     ids[:total] = tokens
-    pos[:] = 0
-    pos[:total] = np.arange(total, dtype=np.int64) - np.repeat(cu[:-1], lengths)
+    ids[total:] = pad_token_id
+    starts = np.repeat(cu[:-1], lengths)
+    pos[:total] = np.arange(total, dtype=np.int64) - starts
+    pos[total:] = 0
     seg_start = host[lay["seg"]]
-    seg_start[:total] = np.repeat(cu[:-1], lengths)
+    seg_start[:total] = starts
     seg_start[total:] = total  # the tail padding is its own segment
     bounds = host[lay["cu"]]
     bounds[: n + 1] = cu
@@ -76,9 +90,8 @@ def stage(eng: Any, prompts: Sequence[Sequence[int]]) -> tuple[int, int, int, np
     last = host[lay["last"]]
     last[:] = 0
     last[:n] = cu[1:] - 1
-    if s:
-        stage_chunks(host, lay, cu, t, eng.q_chunk)
-    return t, p, max_len, cu
+    if q_chunk:
+        stage_chunks(host, lay, cu, t, q_chunk)
 
 
 def stage_chunks(host: np.ndarray, lay: dict[str, slice], cu: np.ndarray, t: int, q_chunk: int) -> None:
