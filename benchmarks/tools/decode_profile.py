@@ -1,7 +1,7 @@
 """Where a decode step's time goes, and the split-KV attention kernel against the first one.
 
 The batch-64 decode state of the generation benchmark's probe (`gpu_runner.bench.generate.
-_decode_step_probe`: 64 MMLU prompts of the mmlu-256 workload, each sequence half-way through
+decode_step_probe`: 64 MMLU prompts of the mmlu-256 workload, each sequence half-way through
 its 256 new tokens) under each attention variant: the head kernel (program per row and query
 head), the split kernel at the rule's S (`decode_kernels.decode_splits`) and at fixed S. Per
 variant: step and graph-replay ms against reading the weights and the live KV once at the
@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch  # noqa: E402
 
 from gpu_runner.bench import build_model  # noqa: E402
-from gpu_runner.bench.generate import (GenerateBenchConfig, _decode_step_probe, copy_bandwidth_bytes_per_s,  # noqa: E402
-                                       make_workload)
+from gpu_runner.bench.generate import (GenerateBenchConfig, copy_bandwidth_bytes_per_s,  # noqa: E402
+                                       decode_step_probe, make_workload)
 from gpu_runner.bench.timing import release_memory  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model} batch {len(w.prompts)}: copy {copy_bw / 1e12:.2f} TB/s", flush=True)
     variants = [("head", None, True), ("split", None, True)] + [("split", s, False) for s in splits]
     for kernel, s, with_kernels in variants:
-        r = _decode_step_probe(model, w, device, copy_bw, attention_kernel=kernel, attention_splits=s,
+        r = decode_step_probe(model, w, device, copy_bw, attention_kernel=kernel, attention_splits=s,
                                kernels=with_kernels)
         release_memory(device)
         doc["variants"].append(r)

@@ -41,7 +41,7 @@ from gpu_runner.bench import build_model, draw_prompts, gpu_slug, load_lengths
 from gpu_runner.bench.timing import kernel_times, release_memory, time_calls
 
 __all__ = ["GENERATE_METHODS", "WORKLOADS", "GenerateBenchConfig", "Workload", "copy_bandwidth_bytes_per_s",
-           "make_workload", "run_generate_benchmark"]
+           "decode_step_probe", "make_workload", "run_generate_benchmark"]
 
 WORKLOADS = ("mmlu-32", "mmlu-256", "azure")
 GENERATE_METHODS = ("ours", "hf-padded", "hf-cb")
@@ -289,7 +289,7 @@ _RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {"ours": _run_ours, "hf-pad
                                                        "hf-cb": _run_hf_cb}
 
 
-def _decode_step_probe(model: Any, w: Workload, device: torch.device, copy_bw: float, *,
+def decode_step_probe(model: Any, w: Workload, device: torch.device, copy_bw: float, *,
                        attention_kernel: str = "split", attention_splits: int | None = None,
                        kernels: bool = False) -> dict[str, Any]:
     """A decode step at batch len(w.prompts) (64), each sequence in the middle of its output
@@ -418,7 +418,7 @@ def run_generate_benchmark(cfg: GenerateBenchConfig) -> dict[str, Any]:
             _speedups(doc.data["records"])
         if method == "ours":  # probes before HF continuous batching touches the model
             mmlu = make_workload("mmlu-256", cfg, model.config.vocab_size, context)
-            for key, probe in (("decode_step", partial(_decode_step_probe, model, mmlu, device, copy_bw)),
+            for key, probe in (("decode_step", partial(decode_step_probe, model, mmlu, device, copy_bw)),
                                ("first_token_agreement", partial(_first_token_agreement, model, mmlu, device))):
                 try:
                     doc.set(key, probe())
