@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_runner.bench.cli import main as _cli_main  # noqa: E402
+from gpu_runner.bench.cli import main as _cli_main
 
 
 def main(argv: list[str] | None = None) -> int:

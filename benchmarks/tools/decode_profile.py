@@ -18,12 +18,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import torch  # noqa: E402
+import torch
 
-from gpu_runner.bench import build_model  # noqa: E402
-from gpu_runner.bench.generate import (GenerateBenchConfig, copy_bandwidth_bytes_per_s,  # noqa: E402
-                                       decode_step_probe, make_workload)
-from gpu_runner.bench.timing import release_memory  # noqa: E402
+from gpu_runner.bench import build_model
+from gpu_runner.bench.generate import (
+    GenerateBenchConfig,
+    copy_bandwidth_bytes_per_s,
+    decode_step_probe,
+    make_workload,
+)
+from gpu_runner.bench.timing import release_memory
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,8 @@ On CUDA (or Triton's interpreter, TRITON_INTERPRET=1) two Triton kernels exist:
     S (`decode_splits`): the fewest powers of two with rows x KV heads x S >= 4 x the SMs
     (one wave of small programs hides the page loads' latency), at most the table's width.
   head (the first kernel: the baseline benchmarks/tools/decode_profile.py compares against,
-    and the kernel for head_dim < 16): program (row, query head), one page per loop step, fp32 broadcasts.
+    and the kernel for head_dim < 16): program (row, query head), one page per loop step,
+    fp32 broadcasts.
 Elsewhere the torch reference gathers the pages and runs masked sdpa.
 """
 
