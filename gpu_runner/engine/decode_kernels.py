@@ -153,7 +153,6 @@ if triton is not None:
         b = tl.program_id(0).to(tl.int64)
         kvh = tl.program_id(1)
         split = tl.program_id(2)
-        G: tl.constexpr = HQ // HKV
         n = tl.load(len_ptr + b)
         chunk = tl.cdiv(tl.cdiv(n, PAGE), S) * PAGE  # keys per split, whole pages
         lo = split * chunk
@@ -161,8 +160,9 @@ if triton is not None:
         table_row = table_ptr + tl.load(seq_ptr + b).to(tl.int64) * table_stride
         g = tl.arange(0, GP)
         d = tl.arange(0, D)
-        heads = kvh * G + g  # query heads of this KV head (rows g >= G are padding)
-        q = tl.load(q_ptr + b * (HQ * D) + heads[:, None] * D + d[None, :], mask=(g < G)[:, None], other=0.0)
+        heads = kvh * (HQ // HKV) + g  # query heads of this KV head
+        live = g < HQ // HKV  # rows past the group are padding
+        q = tl.load(q_ptr + b * (HQ * D) + heads[:, None] * D + d[None, :], mask=live[:, None], other=0.0)
         m_i = tl.full([GP], float("-inf"), tl.float32)
         l_i = tl.zeros([GP], dtype=tl.float32)
         acc = tl.zeros([GP, D], dtype=tl.float32)
@@ -179,12 +179,12 @@ if triton is not None:
         if S == 1:
             out = acc / l_i[:, None]
             tl.store(o_ptr + b * (HQ * D) + heads[:, None] * D + d[None, :], out.to(o_ptr.dtype.element_ty),
-                     mask=(g < G)[:, None])
+                     mask=live[:, None])
         else:  # an empty split stores m = -inf, l = 0, acc = 0: weight 0 in the reduce
             at = (b * HQ + heads) * S + split  # [GP] partial index (row, query head, split)
-            tl.store(m_ptr + at, m_i, mask=g < G)
-            tl.store(l_ptr + at, l_i, mask=g < G)
-            tl.store(acc_ptr + at[:, None] * D + d[None, :], acc, mask=(g < G)[:, None])
+            tl.store(m_ptr + at, m_i, mask=live)
+            tl.store(l_ptr + at, l_i, mask=live)
+            tl.store(acc_ptr + at[:, None] * D + d[None, :], acc, mask=live[:, None])
 
     @triton.jit
     def _reduce_kernel(o_ptr, m_ptr, l_ptr, acc_ptr, HQ: tl.constexpr, D: tl.constexpr, S: tl.constexpr,
