@@ -1,7 +1,8 @@
 """The decode attention kernel (`gpu_runner.engine.decode_kernels`) on CPU through Triton's
 interpreter (TRITON_INTERPRET=1, in a subprocess: Triton reads it when kernels are defined):
-against the torch reference (GQA and MHA, several page sizes, rows sharing pages' tables,
-one-key rows), and batch generation with every Triton kernel of the step equal to HF greedy.
+both kernels (head; split at several split counts, float32 and float16) against the torch
+reference (GQA and MHA, several page sizes, rows sharing pages' tables, one-key rows, whole
+pages), and batch generation with every Triton kernel of the step equal to HF greedy.
 Skipped where Triton is not installed."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import textwrap
 import pytest
 import torch
 
-from gpu_runner.engine.decode_kernels import decode_attention, decode_attention_torch
+from gpu_runner.engine.decode_kernels import decode_attention, decode_attention_torch, decode_splits
 from tests.conftest import REPO_ROOT
 
 _SCRIPT = textwrap.dedent(
@@ -25,15 +26,27 @@ _SCRIPT = textwrap.dedent(
 
     assert dk.use_triton(torch.empty(1)), "interpreter not active"
     torch.manual_seed(0)
-    for hq, hkv, d, page in ((4, 2, 16, 8), (4, 4, 32, 16), (6, 2, 16, 4), (2, 1, 32, 32)):
+    # (Hq, Hkv, D, page): GQA groups of 2, 3 and 16 (no query-row padding), MHA, pages of 4..32
+    for hq, hkv, d, page in ((4, 2, 16, 8), (4, 4, 32, 16), (6, 2, 16, 4), (2, 1, 32, 32), (32, 2, 16, 16)):
         k, v = torch.randn(9, page, hkv, d), torch.randn(9, page, hkv, d)
         table = torch.tensor([[3, 1, 7], [0, 2, 5], [8, 8, 8], [6, 4, 0]], dtype=torch.int32)
         seq = torch.tensor([1, 0, 3, 2, 1])
-        lengths = torch.tensor([1, 3 * page, page + 1, 1, 2 * page - 1])
+        lengths = torch.tensor([1, 3 * page, page + 1, page, 2 * page - 1])  # one key, whole pages, partial
         q = torch.randn(5, hq, d)
-        out = dk.decode_attention(q, k, v, table, seq, lengths, 0.3)
         ref = dk.decode_attention_torch(q, k, v, table, seq, lengths, 0.3)
+        out = dk.decode_attention(q, k, v, table, seq, lengths, 0.3, kernel="head")
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        # split kernel, float32 (exact products): the rule's S, no split, and more splits than pages
+        for splits in (None, 1, 2, 3, 5):
+            out = dk.decode_attention(q, k, v, table, seq, lengths, 0.3, splits=splits)
+            torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        # float16 tensor-core inputs against the reference on the same rounded inputs (bf16 is
+        # checked on the GPU below: the interpreter's tl.dot multiplies bf16 bit patterns)
+        h = [t.half() for t in (q, k, v)]
+        ref16 = dk.decode_attention_torch(*(t.float() for t in h), table, seq, lengths, 0.3)
+        for splits in (1, 2):
+            out = dk.decode_attention(*h, table, seq, lengths, 0.3, splits=splits)
+            torch.testing.assert_close(out.float(), ref16, atol=2e-3, rtol=2e-3)
     print("kernel ok")
 
     from transformers import AutoModelForCausalLM, LlamaConfig
@@ -79,6 +92,18 @@ def test_torch_reference_equals_per_row_attention_and_rejects_bad_shapes():
         decode_attention(torch.randn(2, 3, 8), k, v, table, torch.tensor([0, 1]), lengths, 0.5)
     with pytest.raises(ValueError, match="seq and lengths"):
         decode_attention(q, k, v, table, torch.tensor([0]), lengths, 0.5)
+    with pytest.raises(ValueError, match="unknown decode attention kernel"):
+        decode_attention(q, k, v, table, torch.tensor([0, 1]), lengths, 0.5, kernel="rows")
+    with pytest.raises(ValueError, match="splits"):
+        decode_attention(q, k, v, table, torch.tensor([0, 1]), lengths, 0.5, splits=0)
+
+
+def test_split_rule_fills_a_wave_within_the_table():
+    cpu = torch.device("cpu")  # 4 stand-in SMs: target 16 programs
+    assert decode_splits(64, 32, 20, cpu) == 1
+    assert decode_splits(1, 2, 20, cpu) == 8
+    assert decode_splits(1, 1, 3, cpu) == 3  # never more splits than the table has pages
+    assert decode_splits(3, 1, 64, cpu) == 8
 
 
 @pytest.mark.gpu
@@ -91,6 +116,7 @@ def test_decode_kernel_on_cuda_bf16_matches_the_reference():
         seq = torch.tensor([0, 1, 2, 3, 1, 0], device="cuda")
         lengths = torch.tensor([1, 10 * page, 3 * page + 5, page, 17, 2], device="cuda")
         q = torch.randn(6, hq, d, device="cuda", dtype=torch.bfloat16)
-        out = decode_attention(q, k, v, table, seq, lengths, d**-0.5)
         ref = decode_attention_torch(q.float(), k.float(), v.float(), table, seq, lengths, d**-0.5)
-        torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+        for kernel, splits in (("head", None), ("split", None), ("split", 1), ("split", 4), ("split", 16)):
+            out = decode_attention(q, k, v, table, seq, lengths, d**-0.5, kernel=kernel, splits=splits)
+            torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)

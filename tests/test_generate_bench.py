@@ -1,6 +1,7 @@
-"""CPU smoke run of the end-to-end generation benchmark (benchmarks/generate_bench.py): one
-JSON with records per workload and method, speedups, the decode-step probe and first-token
-agreement; exit status 2 with one line on bad input."""
+"""CPU smoke run of the end-to-end generation benchmark (`prepack-bench --scenarios e2e`,
+through its wrapper benchmarks/generate_bench.py): one JSON with records per workload and
+method, speedups, the decode-step probe and first-token agreement; exit status 2 with one
+line on bad input."""
 
 from __future__ import annotations
 
@@ -45,8 +46,19 @@ def test_smoke_run_writes_one_json(tmp_path):
                                         (["--smoke", "--methods", "magic"], "unknown method"),
                                         (["--smoke", "--policy", "batch-refill:min_free=x"], "--policy takes"),
                                         (["--smoke", "--policy", "batch-refill:slots=2"], "bad parameters"),
-                                        (["--model", "gpt9"], "unknown model")])
+                                        (["--model", "gpt9"], "unknown model"),
+                                        (["--model", "tiny,llama-2-7b"], "one --model"),
+                                        (["--batch", "x"], "invalid int value")])
 def test_bad_input_exits_2_with_one_line(argv, match, capsys):
     assert _main()(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0]
+
+
+def test_cli_runs_e2e_alone_and_names_the_generate_choices(capsys):
+    from gpu_runner.bench import cli, generate
+
+    assert (cli.GENERATE_METHODS, cli.WORKLOADS) == (generate.GENERATE_METHODS, generate.WORKLOADS)
+    assert cli.main(["--scenarios", "a,e2e", "--smoke"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "runs alone" in err[0]

@@ -38,10 +38,10 @@ import torch
 
 from gpu_runner.engine.batch_generate import BatchGenerator
 from gpu_runner.bench import build_model, draw_prompts, gpu_slug, load_lengths
-from gpu_runner.bench.timing import release_memory, time_calls
+from gpu_runner.bench.timing import kernel_times, release_memory, time_calls
 
 __all__ = ["GENERATE_METHODS", "WORKLOADS", "GenerateBenchConfig", "Workload", "copy_bandwidth_bytes_per_s",
-           "make_workload", "run_generate_benchmark"]
+           "decode_step_probe", "make_workload", "run_generate_benchmark"]
 
 WORKLOADS = ("mmlu-32", "mmlu-256", "azure")
 GENERATE_METHODS = ("ours", "hf-padded", "hf-cb")
@@ -289,13 +289,18 @@ _RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {"ours": _run_ours, "hf-pad
                                                        "hf-cb": _run_hf_cb}
 
 
-def _decode_step_probe(model: Any, w: Workload, device: torch.device, copy_bw: float) -> dict[str, Any]:
+def decode_step_probe(model: Any, w: Workload, device: torch.device, copy_bw: float, *,
+                       attention_kernel: str = "split", attention_splits: int | None = None,
+                       kernels: bool = False) -> dict[str, Any]:
     """A decode step at batch len(w.prompts) (64), each sequence in the middle of its output
     (cache = prompt + half the new tokens): median ms of `DecodeStep.run` (host staging and
     the graph) and of the graph replay alone, against the bytes of the weights and the live
-    KV read once at the copy bandwidth (bytes read + written per second)."""
+    KV read once at the copy bandwidth (bytes read + written per second). attention_kernel,
+    attention_splits: the decode step's attention (`DecodeStep`); kernels: add the replay's
+    per-kernel times (`timing.kernel_times`, CUDA graphs only) and the attention kernels' sum."""
     n = len(w.prompts)
     gen = BatchGenerator(model, max_batch=n)
+    gen.step.attention_kernel, gen.step.attention_splits = attention_kernel, attention_splits  # before any capture
     eng, cache = gen.engine, gen.cache
     lengths = [len(p) for p in w.prompts]
     slots = [cache.admit(L + w.new_tokens[i]) for i, L in enumerate(lengths)]
@@ -303,18 +308,28 @@ def _decode_step_probe(model: Any, w: Workload, device: torch.device, copy_bw: f
     ids = [1] * n
     call = lambda: gen.step.run(ids, pos, slots)  # noqa: E731
     step = time_calls(call, device=device, warmup=3, reps=30)
-    replay_ms = None
+    replay_ms = per_kernel = None
     if gen.step.num_graphs:
         graph = gen.step._graphs[gen.step.bucket(n)][0]
         replay_ms = time_calls(graph.replay, device=device, warmup=3, reps=30).median_ms
+        if kernels:
+            per_kernel = {k: asdict(t) for k, t in kernel_times(graph.replay, device=device, warmup=2, reps=5).items()}
     weights = [eng.lm_head, eng.final_norm] + [t for w_ in eng.layers for t in (w_.ln1, w_.qkv, w_.qkv_bias, w_.o,
                                                                                w_.ln2, w_.gate_up, w_.down) if t is not None]
     weight_bytes = sum(t.numel() * t.element_size() for t in weights) + n * eng.embed.shape[1] * eng.embed.element_size()
     kv_bytes = sum(p + 1 for p in pos) * gen.layout.token_bytes
     read_ms = (weight_bytes + kv_bytes) / copy_bw * 1e3
-    return dict(batch=n, step_ms=step.median_ms, replay_ms=replay_ms, weight_bytes=weight_bytes, live_kv_bytes=kv_bytes,
-                read_once_ms=read_ms, step_over_read=step.median_ms / read_ms,
-                replay_over_read=(replay_ms / read_ms) if replay_ms else None)
+    out = dict(batch=n, attention_kernel=attention_kernel, attention_splits=attention_splits, step_ms=step.median_ms,
+               replay_ms=replay_ms, weight_bytes=weight_bytes, live_kv_bytes=kv_bytes, read_once_ms=read_ms,
+               step_over_read=step.median_ms / read_ms, replay_over_read=(replay_ms / read_ms) if replay_ms else None)
+    if per_kernel is not None:
+        out["kernels"] = per_kernel
+        out["attention_ms"] = sum(t["ms"] for k, t in per_kernel.items() if k.lstrip("_").startswith(_ATTENTION_KERNELS))
+        out["kv_read_once_ms"] = kv_bytes / copy_bw * 1e3
+    return out
+
+
+_ATTENTION_KERNELS = ("split_kernel", "reduce_kernel", "decode_attention_kernel")  # decode_kernels' Triton kernels
 
 
 def _first_token_agreement(model: Any, w: Workload, device: torch.device) -> dict[str, Any]:
@@ -403,7 +418,7 @@ def run_generate_benchmark(cfg: GenerateBenchConfig) -> dict[str, Any]:
             _speedups(doc.data["records"])
         if method == "ours":  # probes before HF continuous batching touches the model
             mmlu = make_workload("mmlu-256", cfg, model.config.vocab_size, context)
-            for key, probe in (("decode_step", partial(_decode_step_probe, model, mmlu, device, copy_bw)),
+            for key, probe in (("decode_step", partial(decode_step_probe, model, mmlu, device, copy_bw)),
                                ("first_token_agreement", partial(_first_token_agreement, model, mmlu, device))):
                 try:
                     doc.set(key, probe())

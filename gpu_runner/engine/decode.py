@@ -5,8 +5,8 @@ feed its last token at its position and return next-token logits. Per layer, as 
 engine (`gpu_runner.engine`), with its fused weights, RoPE tables and kernels:
   RMSNorm -> fused QKV (+ bias) -> RoPE at each row's position (the engine's cos/sin tables,
   HF's rounding) with K, V written to the row's page (`kv_pages.PagedKVCache`) -> attention
-  over the row's cache (`decode_kernels.decode_attention`: lengths and page table read from
-  device memory) -> O matmul adding into the residual -> RMSNorm -> gate/up, SiLU * up,
+  over the row's cache (`decode_kernels.decode_attention`, split-KV by default: lengths and
+  page table read from device memory) -> O matmul adding into the residual -> RMSNorm -> gate/up, SiLU * up,
   down adding into the residual; then the final norm and lm_head on the bucket's rows.
 
 Static shapes: rows are padded up to a batch-size bucket (1, 2, 4, 8, 16, 32, 48, 64, 96,
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpu_runner.engine.decode_kernels import decode_attention
+from gpu_runner.engine.decode_kernels import KERNELS, decode_attention
 from gpu_runner.engine.kernels import rmsnorm, rope_store, silu_mul
 from gpu_runner.engine.kv_pages import GenerateOutOfMemoryError, PagedKVCache
 
@@ -56,11 +56,18 @@ def batch_buckets(max_batch: int) -> tuple[int, ...]:
 class DecodeStep:
     """Decode steps over `engine`'s weights (a `PrefillEngine`) and `cache`'s page pool.
 
-    cuda_graphs: capture one graph per bucket on CUDA (ignored elsewhere). Call `run` between
-    admissions; its logits are views valid until the next call.
+    cuda_graphs: capture one graph per bucket on CUDA (ignored elsewhere). attention_kernel:
+    "split" (default) or "head", and attention_splits: the split kernel's S (None: the rule of
+    `decode_kernels.decode_splits` per bucket), fixed when a bucket's graph is captured (the
+    decode profile compares them). Call `run` between admissions; its logits are views valid
+    until the next call.
     """
 
-    def __init__(self, engine, cache: PagedKVCache, *, cuda_graphs: bool = True) -> None:
+    def __init__(self, engine, cache: PagedKVCache, *, cuda_graphs: bool = True, attention_kernel: str = "split",
+                 attention_splits: int | None = None) -> None:
+        if attention_kernel not in KERNELS:
+            raise ValueError(f"unknown decode attention kernel {attention_kernel!r}; choose from {', '.join(KERNELS)}")
+        self.attention_kernel, self.attention_splits = attention_kernel, attention_splits
         self.engine, self.cache = engine, cache
         self.device = engine.device
         self.buckets = batch_buckets(cache.max_seqs)
@@ -105,7 +112,7 @@ class DecodeStep:
             k_pool.view(-1, eng.num_kv_heads, eng.head_dim).index_copy_(0, dest, k_new)
             v_pool.view(-1, eng.num_kv_heads, eng.head_dim).index_copy_(0, dest, v_new)
             a = decode_attention(q.contiguous(), k_pool, v_pool, self.cache.table, slot, lengths, eng.scale,
-                                 num_pages=num_pages)
+                                 num_pages=num_pages, kernel=self.attention_kernel, splits=self.attention_splits)
             h.addmm_(a.reshape(rows, -1), w.o.t())
             x = rmsnorm(h, w.ln2, eng.eps)
             h.addmm_(silu_mul(F.linear(x, w.gate_up)), w.down.t())

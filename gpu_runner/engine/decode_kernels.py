@@ -14,9 +14,21 @@ Shapes (B = rows of the bucket, P = page_tokens):
   lengths [B] int              keys each row attends to (its cache length, new token included), >= 1
   -> [B, Hq, D]
 
-On CUDA (or Triton's interpreter, TRITON_INTERPRET=1) it is one Triton kernel, program
-(row, query head): an online softmax over the row's pages, one page per loop step, in
-float32. Elsewhere the torch reference gathers the pages and runs masked sdpa.
+On CUDA (or Triton's interpreter, TRITON_INTERPRET=1) two Triton kernels exist:
+  split (the default, "flash-decoding"): program (row, KV head, split s of S): the query heads
+    of one KV head together as a [G, D] tile (padded to 16 rows) against 64-key (at least 16)
+    tiles of the row's pages: QK^T and PV are tl.dot (tensor cores for 16-bit inputs, fp32
+    accumulation, exact fp32 products for fp32 inputs), online softmax in float32 over split
+    s's share of the row's pages (ceil(pages / S) pages each: lengths live on the device, so
+    S is static and a split past the row's end does no work). With S > 1 each split writes
+    its (max, sum, unnormalised output) to fp32 scratch and a reduce kernel, program (row,
+    query head), combines them; with S = 1 the split kernel writes the output itself.
+    S (`decode_splits`): the fewest powers of two with rows x KV heads x S >= 4 x the SMs
+    (one wave of small programs hides the page loads' latency), at most the table's width.
+  head (the first kernel: the baseline benchmarks/tools/decode_profile.py compares against,
+    and the kernel for head_dim < 16): program (row, query head), one page per loop step,
+    fp32 broadcasts.
+Elsewhere the torch reference gathers the pages and runs masked sdpa.
 """
 
 from __future__ import annotations
@@ -33,7 +45,11 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
     tl = None
 
-__all__ = ["decode_attention", "decode_attention_torch"]
+__all__ = ["KERNELS", "decode_attention", "decode_attention_torch", "decode_splits"]
+
+KERNELS = ("split", "head")
+_WAVES = 4  # the split rule: rows x KV heads x splits >= _WAVES x SMs
+_CPU_SMS = 4  # stands in for the SM count under the interpreter (tests)
 
 
 def decode_attention_torch(
@@ -107,19 +123,121 @@ if triton is not None:
                                              HKV * D, D, PAGE)
         tl.store(o_ptr + b * (HQ * D) + h * D + d, (acc / l_i).to(o_ptr.dtype.element_ty))
 
+    @triton.jit
+    def _split_tile(q, k_ptr, v_ptr, table_row, start, hi, kvh, qk_scale, m_i, l_i, acc,
+                    HKV: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Keys start.. start + BLOCK_N (those < hi) of the split kernel's online softmax."""
+        key = start + tl.arange(0, BLOCK_N)
+        valid = key < hi
+        page = tl.load(table_row + key // PAGE, mask=valid, other=0).to(tl.int64)
+        d = tl.arange(0, D)
+        addr = (page * PAGE + key % PAGE)[:, None] * (HKV * D) + kvh * D + d[None, :]
+        k = tl.load(k_ptr + addr, mask=valid[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale  # [GP, BLOCK_N]
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every tile holds a key
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        v = tl.load(v_ptr + addr, mask=valid[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        return m_new, l_i * alpha + tl.sum(p, 1), acc
+
+    @triton.jit
+    def _split_kernel(
+        q_ptr, k_ptr, v_ptr, table_ptr, seq_ptr, len_ptr, o_ptr, m_ptr, l_ptr, acc_ptr, table_stride, qk_scale,
+        HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
+        GP: tl.constexpr, S: tl.constexpr, INTERPRET: tl.constexpr,
+    ):
+        """Program (b, kv head, split): the G = HQ / HKV query heads of one KV head over split's
+        share of row b's pages (scores in log2 units); S = 1 writes the output, else partials."""
+        b = tl.program_id(0).to(tl.int64)
+        kvh = tl.program_id(1)
+        split = tl.program_id(2)
+        n = tl.load(len_ptr + b)
+        chunk = tl.cdiv(tl.cdiv(n, PAGE), S) * PAGE  # keys per split, whole pages
+        lo = split * chunk
+        hi = tl.minimum(n, lo + chunk)
+        table_row = table_ptr + tl.load(seq_ptr + b).to(tl.int64) * table_stride
+        g = tl.arange(0, GP)
+        d = tl.arange(0, D)
+        heads = kvh * (HQ // HKV) + g  # query heads of this KV head
+        live = g < HQ // HKV  # rows past the group are padding
+        q = tl.load(q_ptr + b * (HQ * D) + heads[:, None] * D + d[None, :], mask=live[:, None], other=0.0)
+        m_i = tl.full([GP], float("-inf"), tl.float32)
+        l_i = tl.zeros([GP], dtype=tl.float32)
+        acc = tl.zeros([GP, D], dtype=tl.float32)
+        if INTERPRET:  # Triton's CPU interpreter cannot run a for loop with run-time bounds
+            start = lo
+            while start < hi:
+                m_i, l_i, acc = _split_tile(q, k_ptr, v_ptr, table_row, start, hi, kvh, qk_scale, m_i, l_i, acc,
+                                            HKV, D, PAGE, BLOCK_N)
+                start += BLOCK_N
+        else:  # a for loop: Triton pipelines its loads
+            for start in range(lo, hi, BLOCK_N):
+                m_i, l_i, acc = _split_tile(q, k_ptr, v_ptr, table_row, start, hi, kvh, qk_scale, m_i, l_i, acc,
+                                            HKV, D, PAGE, BLOCK_N)
+        if S == 1:
+            out = acc / l_i[:, None]
+            tl.store(o_ptr + b * (HQ * D) + heads[:, None] * D + d[None, :], out.to(o_ptr.dtype.element_ty),
+                     mask=live[:, None])
+        else:  # an empty split stores m = -inf, l = 0, acc = 0: weight 0 in the reduce
+            at = (b * HQ + heads) * S + split  # [GP] partial index (row, query head, split)
+            tl.store(m_ptr + at, m_i, mask=live)
+            tl.store(l_ptr + at, l_i, mask=live)
+            tl.store(acc_ptr + at[:, None] * D + d[None, :], acc, mask=live[:, None])
+
+    @triton.jit
+    def _reduce_kernel(o_ptr, m_ptr, l_ptr, acc_ptr, HQ: tl.constexpr, D: tl.constexpr, S: tl.constexpr,
+                       SP: tl.constexpr):
+        """Program (b, h): combine the S partials of query head h of row b (split 0 is never empty)."""
+        b = tl.program_id(0).to(tl.int64)
+        h = tl.program_id(1)
+        sp = tl.arange(0, SP)
+        d = tl.arange(0, D)
+        at = (b * HQ + h) * S + sp
+        m = tl.load(m_ptr + at, mask=sp < S, other=float("-inf"))
+        w = tl.exp2(m - tl.max(m, 0))
+        l_sum = tl.sum(w * tl.load(l_ptr + at, mask=sp < S, other=0.0), 0)
+        acc = tl.load(acc_ptr + at[:, None] * D + d[None, :], mask=(sp < S)[:, None], other=0.0)
+        out = tl.sum(w[:, None] * acc, 0) / l_sum
+        tl.store(o_ptr + (b * HQ + h) * D + d, out.to(o_ptr.dtype.element_ty))
+
+
+def _sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else _CPU_SMS
+
+
+def decode_splits(rows: int, kv_heads: int, max_pages: int, device: torch.device) -> int:
+    """The split kernel's S for a batch of `rows` (the rule in the module docstring)."""
+    target, s = _WAVES * _sms(device), 1
+    while rows * kv_heads * s < target and s < max_pages:
+        s *= 2
+    return max(1, min(s, max_pages))
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << (max(1, int(x)) - 1).bit_length()
+
 
 def decode_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, seq: torch.Tensor,
-    lengths: torch.Tensor, scale: float, *, num_pages: int | None = None, num_warps: int = 4,
+    lengths: torch.Tensor, scale: float, *, num_pages: int | None = None, kernel: str = "split",
+    splits: int | None = None, num_warps: int = 4,
 ) -> torch.Tensor:
     """Attention of each row's one query token over its sequence's cached keys (paged).
 
     Shapes in the module docstring; q, k, v contiguous; every length >= 1 and at most
     pages-in-table x page_tokens (not checked on the device: that would sync). `num_pages`
-    bounds the pages the torch path gathers (the kernel reads lengths, so ignores it).
-    Triton path: head_dim and page_tokens powers of two.
-    ValueError for inconsistent shapes.
+    bounds the pages the torch path gathers (the kernels read lengths, so ignore it).
+    kernel: "split" or "head" (module docstring); splits: the split kernel's S (default
+    `decode_splits`; head_dim < 16 runs the head kernel). Triton path: head_dim and
+    page_tokens powers of two.
+    ValueError for inconsistent shapes or an unknown kernel.
     """
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown decode attention kernel {kernel!r}; choose from {', '.join(KERNELS)}")
+    if splits is not None and (isinstance(splits, bool) or not isinstance(splits, int) or splits < 1):
+        raise ValueError(f"splits must be a positive int or None, got {splits!r}")
     b, hq, d = q.shape
     if k.dim() != 4 or k.shape != v.shape or k.shape[3] != d or hq % k.shape[2]:
         raise ValueError(f"decode_attention needs q [B, Hq, D] and k, v [pages, P, Hkv, D] with Hkv dividing Hq, got "
@@ -133,6 +251,19 @@ def decode_attention(
     if d & (d - 1) or page & (page - 1):
         raise ValueError(f"the decode kernel needs head_dim and page_tokens powers of two, got {d} and {page}")
     out = torch.empty_like(q)
+    hkv = k.shape[2]
+    if kernel == "split" and d >= 16:  # tl.dot needs 16 columns; smaller heads take the head kernel
+        s = splits or decode_splits(b, hkv, table.shape[1], q.device)
+        parts = [torch.empty((b, hq, s) + extra, dtype=torch.float32, device=q.device) for extra in ((), (), (d,))] \
+            if s > 1 else [out] * 3  # unused with S = 1
+        _split_kernel[(b, hkv, s)](
+            q, k, v, table, seq, lengths, out, *parts, table.stride(0), scale * 1.4426950408889634,
+            HQ=hq, HKV=hkv, D=d, PAGE=page, BLOCK_N=max(page, 16), GP=max(16, _next_pow2(hq // hkv)), S=s,
+            INTERPRET=not q.is_cuda, num_warps=num_warps,
+        )
+        if s > 1:
+            _reduce_kernel[(b, hq)](out, *parts, HQ=hq, D=d, S=s, SP=_next_pow2(s), num_warps=num_warps)
+        return out
     _decode_attention_kernel[(b, hq)](
         q, k, v, table, seq, lengths, out, table.stride(0), scale * 1.4426950408889634,
         HQ=hq, HKV=k.shape[2], D=d, PAGE=page, INTERPRET=not q.is_cuda, num_warps=num_warps,
