@@ -26,12 +26,11 @@ import torch
 import packers
 from gpu_runner.attention import get_backend, resolve_backend
 from gpu_runner.attention.masks import dense_block_causal_mask
-from gpu_runner.attention.switch import attention_implementation
 from gpu_runner.inputs import pack_inputs
+from gpu_runner.model_guard import inference_call
 from gpu_runner.plan import estimate_forward_bytes, plan_forwards, text_config
 from gpu_runner.result import PrefillOutOfMemoryError
 from gpu_runner.runner import decoder_of, model_device_dtype, project_logits, resolve_capacity, sub_packing
-from gpu_runner.validate import sliding_window
 from gpu_runner.score_requests import (
     SHARE_MODES,
     ScoreLayout,
@@ -40,6 +39,7 @@ from gpu_runner.score_requests import (
     layout_requests,
     validate_requests,
 )
+from gpu_runner.validate import sliding_window
 
 __all__ = ["LOGIT_CHUNK_TOKENS", "ScoreResult", "rolling_windows", "score", "score_rolling"]
 
@@ -144,7 +144,7 @@ def score(
     layout = layout_requests(checked, share)
     cap = resolve_capacity(capacity, layout.lengths)
     packer_obj = packers.make_packer(packer) if isinstance(packer, str) else packer
-    packing = packer_obj.pack(layout.lengths, cap)
+    packing = packers.checked_pack(packer_obj, layout.lengths, cap)  # a plug-in's result is checked
     if share == "tree":
         attn = get_backend("dense")
     else:
@@ -163,7 +163,7 @@ def score(
     unique_forward = np.empty(layout.unique_segment.size, dtype=np.int64)
     unique_flat = np.empty(layout.unique_segment.size, dtype=np.int64)
     decoder = decoder_of(model)
-    with torch.no_grad(), attention_implementation(model, attn.attn_implementation):
+    with inference_call(model, attn.attn_implementation):  # the model to itself, eval mode
         for k, plan in enumerate(plans):
             if len(plan.bins) == packing.num_bins:
                 members, sub = list(range(packing.num_prompts)), packing
