@@ -140,10 +140,12 @@ def plan_forwards(
 
 
 def free_device_bytes(device: torch.device) -> int | None:
-    """Memory free for new tensors on `device`, bytes: CUDA `mem_get_info`'s free bytes; on
-    CPU the kernel's MemAvailable (Linux), else free physical pages; None where unknown."""
+    """Memory free for new tensors on `device`, bytes: on CUDA the driver's free bytes
+    (`mem_get_info`) plus what torch's caching allocator holds reserved but unused; on CPU
+    the kernel's MemAvailable (Linux), else free physical pages; None where unknown."""
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + max(int(cached), 0)
     if device.type != "cpu":
         return None
     try:
