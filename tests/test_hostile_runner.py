@@ -5,6 +5,7 @@ one clear error, before any device work."""
 
 from __future__ import annotations
 
+import copy
 import re
 import threading
 
@@ -92,7 +93,7 @@ def test_model_lock_is_one_reentrant_lock_per_model():
 # -- train mode ------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind,backend", CALLS)
 def test_a_model_left_in_train_mode_runs_without_dropout_and_stays_in_train_mode(kind, backend):
-    model = tiny_model("llama", attn="eager")
+    model = copy.deepcopy(tiny_model("llama", attn="eager"))  # tiny_model is cached: a copy to change
     model.config.attention_dropout = 0.5  # what dropout would change
     for layer in model.model.layers:
         layer.self_attn.attention_dropout = 0.5
@@ -106,7 +107,7 @@ def test_a_model_left_in_train_mode_runs_without_dropout_and_stays_in_train_mode
 
 
 def test_train_mode_is_restored_when_the_call_fails():
-    model = tiny_model("llama").train()
+    model = copy.deepcopy(tiny_model("llama")).train()
     with pytest.raises(RuntimeError, match="inside"), inference_call(model, "sdpa"):
         assert not model.training
         raise RuntimeError("inside")
