@@ -27,14 +27,15 @@ from typing import Any
 
 import torch
 
-from gpu_runner.engine.batch_generate import per_prompt_new_tokens
 from gpu_runner.cache import cache_from_kv, cache_kwarg_name
+from gpu_runner.engine.batch_generate import per_prompt_new_tokens
 from gpu_runner.generate_engine import (
     ENGINE_OPTIONS,
     clear_generation_cache,
     engine_generate,
     engine_unsupported,
 )
+from gpu_runner.model_guard import inference_call
 from gpu_runner.runner import prefill
 from gpu_runner.validate import validate_prompts
 
@@ -89,10 +90,33 @@ def generate(
     stop_token_ids, seed and pad_token_id; the hf path passes them to `model.generate`
     (stop_token_ids joined to eos_token_id, seed through torch.manual_seed); they may not
     set input ids, masks or caches. A list ends at the first EOS / stop token (included),
-    as `model.generate` on that prompt alone would.
+    as `model.generate` on that prompt alone would. The whole call holds the model's lock and
+    runs in eval mode (`gpu_runner.model_guard`), like `prefill`.
     """
     if path not in ("auto", "engine", "hf"):
         raise ValueError(f"path must be auto, engine or hf, got {path!r}")
+    with inference_call(model):  # the model to itself (and its cached engine), eval mode
+        return _generate(model, prompts, max_new_tokens, packer, backend, capacity=capacity,
+                         memory_budget_bytes=memory_budget_bytes, decode_batch_size=decode_batch_size,
+                         path=path, policy=policy, kv_budget_bytes=kv_budget_bytes, **generate_kwargs)
+
+
+def _generate(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int | Sequence[int],
+    packer: str,
+    backend: str,
+    *,
+    capacity: int | str,
+    memory_budget_bytes: int | None,
+    decode_batch_size: int | None,
+    path: str,
+    policy: Any,
+    kv_budget_bytes: int | None,
+    **generate_kwargs: Any,
+) -> list[list[int]]:
+    """`generate`'s dispatch to the engine or the hf path, inside the model's call guard."""
     if path != "hf":
         runner_options = {"backend": backend != "auto", "capacity": capacity != "max",
                           "memory_budget_bytes": memory_budget_bytes is not None,

@@ -12,7 +12,14 @@ import torch
 from gpu_runner.attention.registry import get_backend
 from packers import Packing
 
-__all__ = ["ForwardPlan", "estimate_forward_bytes", "plan_forwards", "text_config"]
+__all__ = [
+    "ForwardPlan",
+    "check_fits_device",
+    "estimate_forward_bytes",
+    "free_device_bytes",
+    "plan_forwards",
+    "text_config",
+]
 
 
 @dataclass(frozen=True)
@@ -130,3 +137,45 @@ def plan_forwards(
                 )
     close()
     return tuple(plans)
+
+
+def free_device_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on `device`, bytes: on CUDA the driver's free bytes
+    (`mem_get_info`) plus what torch's caching allocator holds reserved but unused; on CPU
+    the kernel's MemAvailable (Linux), else free physical pages; None where unknown."""
+    if device.type == "cuda":
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + max(int(cached), 0)
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits_device(plans: tuple[ForwardPlan, ...], device: torch.device) -> None:
+    """`ValueError` naming the first forward whose `estimated_bytes` exceed what `device` has
+    free (`free_device_bytes`), before anything is allocated: e.g. `row_len=10**5` asks a
+    dense mask of 10^10 bytes per row. Does nothing where free memory is unknown."""
+    biggest = max(plans, key=lambda p: p.estimated_bytes)
+    if biggest.estimated_bytes <= 0:
+        return
+    free = free_device_bytes(device)
+    if free is None or biggest.estimated_bytes <= free:
+        return
+    k = plans.index(biggest)
+    raise ValueError(
+        f"packed forward {k + 1}/{len(plans)} ({biggest.num_rows} rows x {biggest.row_len} tokens) "
+        f"needs an estimated {biggest.estimated_bytes:,} bytes, more than the {free:,} bytes free on "
+        f"{device}: lower row_len / num_rows / the capacity, or pass memory_budget_bytes"
+    )

@@ -14,15 +14,16 @@ from typing import Any
 import torch
 
 import packers
-from gpu_runner.attention import AttentionBackend, attention_implementation, resolve_backend
+from gpu_runner.attention import AttentionBackend, resolve_backend
 from gpu_runner.cache import PromptKV, cache_kwarg_name, cache_layers_kv, new_dynamic_cache, output_cache
 from gpu_runner.inputs import pack_inputs
-from gpu_runner.plan import ForwardPlan, estimate_forward_bytes, plan_forwards, text_config
+from gpu_runner.model_guard import inference_call
+from gpu_runner.plan import ForwardPlan, check_fits_device, estimate_forward_bytes, plan_forwards, text_config
 from gpu_runner.result import OUT_OF_MEMORY, PrefillOutOfMemoryError, PrefillResult
 from gpu_runner.validate import validate_prompts
 from packers import Packing
 
-__all__ = ["prefill", "prefill_texts", "project_logits", "sub_packing"]
+__all__ = ["check_packing", "prefill", "prefill_texts", "project_logits", "sub_packing"]
 
 
 def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -40,6 +41,27 @@ def resolve_capacity(capacity: int | str, lengths: Sequence[int]) -> int:
     if value < longest:
         raise ValueError(f"capacity {value} is below the longest prompt ({longest} tokens)")
     return value
+
+
+def check_packing(packing: object, lengths: Sequence[int]) -> Packing:
+    """A caller's ready `packing` for prompts of `lengths`, rebuilt through `Packing`'s own
+    validation (so one built around it, e.g. with `object.__setattr__`, is caught) and
+    checked to pack exactly these lengths; `ValueError` otherwise."""
+    if not isinstance(packing, Packing):
+        raise ValueError(f"packing must be a packers.Packing, got {type(packing).__name__}")
+    try:
+        rebuilt = Packing(
+            lengths=packing.lengths, capacity=packing.capacity, bins=packing.bins,
+            packer=packing.packer, meta=packing.meta,
+        )  # fmt: skip
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"packing is not a valid Packing: {exc}") from None
+    if tuple(lengths) != rebuilt.lengths:
+        raise ValueError(
+            f"packing does not match the prompts: it packs {rebuilt.num_prompts} lengths "
+            f"for {len(lengths)} prompts, or the lengths differ"
+        )
+    return rebuilt
 
 
 def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
@@ -152,11 +174,15 @@ def prefill(
     """Prefill `prompts` through `model` in packed rows; one result per prompt, caller's order.
 
     model:    a transformers causal LM (Llama, Mistral, Qwen2, ... with `get_decoder()` /
-              `.model` and an lm_head); its attention implementation is switched to the
-              backend's for the call and restored after.
+              `.model` and an lm_head); for the call it runs in eval mode under the
+              backend's attention implementation, holding the model's lock
+              (`gpu_runner.model_guard`: concurrent calls on one model are serialized and
+              exact), and both are restored after.
     prompts:  N token-id lists (or 1-D tensors), each non-empty.
-    packer:   registry name (`packers.available_packers()`) or a packer object;
-              ignored when `packing` is given.
+    packer:   registry name (`packers.available_packers()`) or a packer object, run
+              through `packers.checked_pack` (a result for other lengths or another
+              capacity, or not a `Packing`, raises naming the packer); ignored when
+              `packing` is given.
     capacity: "max" (the longest prompt, the paper's rule) or an int >= the longest prompt.
     backend:  "auto", "dense", "flex", "varlen" (`gpu_runner.available_backends()`).
     packing:  a ready `Packing` of exactly these prompt lengths (skips packing).
@@ -169,7 +195,8 @@ def prefill(
     pad_token_id: token id of padding slots (default the config's, else 0); never affects
               real tokens.
     Raises `ValueError` on bad input (see `validate_prompts`; unknown packer / backend,
-    mismatched packing, bad capacity / row_len / num_rows) before any device work, and
+    mismatched or invalid packing, bad capacity / row_len / num_rows, a forward estimated
+    to need more memory than the device has free) before any device work, and
     `PrefillOutOfMemoryError` naming the forward if the device runs out of memory.
     """
     prompts, lengths = validate_prompts(model, prompts)
@@ -177,19 +204,13 @@ def prefill(
     if backend != "auto":
         attn = resolve_backend(backend, device, dtype)  # unknown / unavailable: fail before packing
     if packing is not None:
-        if not isinstance(packing, Packing):
-            raise ValueError(f"packing must be a packers.Packing, got {type(packing).__name__}")
-        if tuple(lengths) != packing.lengths:
-            raise ValueError(
-                f"packing does not match the prompts: it packs {packing.num_prompts} lengths "
-                f"for {len(lengths)} prompts, or the lengths differ"
-            )
+        packing = check_packing(packing, lengths)
     else:
         cap = resolve_capacity(capacity, lengths)
         packer_obj = packers.make_packer(packer) if isinstance(packer, str) else packer
         if not hasattr(packer_obj, "pack"):
             raise ValueError(f"packer must be a registry name or have pack(); got {packer!r}")
-        packing = packer_obj.pack(lengths, cap)
+        packing = packers.checked_pack(packer_obj, lengths, cap)  # a plug-in's result is checked
     if backend == "auto":
         attn = resolve_backend(backend, device, dtype, config=text_config(model.config), packing=packing)
     if row_len == "capacity":
@@ -218,10 +239,11 @@ def prefill(
     plans = plan_forwards(
         packing, estimate, row_len=row_len, num_rows=num_rows, memory_budget_bytes=memory_budget_bytes
     )
+    check_fits_device(plans, device)  # row_len=10**5 and the like: refused before allocating
     decoder = decoder_of(model)
     logits: torch.Tensor | None = None
     kv = PromptKV(len(lengths)) if return_kv else None
-    with torch.no_grad(), attention_implementation(model, attn.attn_implementation):
+    with inference_call(model, attn.attn_implementation):  # the model to itself, eval mode
         for k, plan in enumerate(plans):
             if len(plan.bins) == packing.num_bins:  # one forward takes everything: nothing to renumber
                 members, sub = list(range(packing.num_prompts)), packing

@@ -64,7 +64,8 @@ def _head_row(prompt_tokens: Sequence[int], count: int, token_budget: int, packe
     if prompt_tokens[0] > token_budget:
         return [0]
     eligible = [i for i in range(count) if prompt_tokens[i] <= token_budget]
-    packing = packers.make_packer(packer).pack([prompt_tokens[i] for i in eligible], token_budget)
+    lengths = [prompt_tokens[i] for i in eligible]
+    packing = packers.checked_pack(packers.make_packer(packer), lengths, token_budget)  # plug-ins checked
     row = next(b for b in packing.bins if 0 in b)
     return sorted(eligible[j] for j in row)
 

@@ -28,8 +28,8 @@ import torch
 import packers
 from gpu_runner.attention import get_backend, resolve_backend
 from gpu_runner.attention.masks import dense_block_causal_mask
-from gpu_runner.attention.switch import attention_implementation
 from gpu_runner.inputs import pack_inputs
+from gpu_runner.model_guard import inference_call, model_lock
 from gpu_runner.plan import estimate_forward_bytes, plan_forwards, text_config
 from gpu_runner.result import PrefillOutOfMemoryError
 from gpu_runner.runner import decoder_of, model_device_dtype, project_logits, resolve_capacity, sub_packing
@@ -179,7 +179,8 @@ def _score(model: torch.nn.Module, requests: Sequence[Any], *, packer: str | pac
                                           need_cuda=path == "auto")
         if reason is None:
             layout = layout_requests(checked, "none" if share_contexts == "none" else "identical")
-            lp, greedy = engine_score(model, layout, batch_tokens=batch_tokens)
+            with model_lock(model):  # the cached scorer's buffers are per model: one call at a time
+                lp, greedy = engine_score(model, layout, batch_tokens=batch_tokens)
             return _results(layout, lp, greedy, return_token_logprobs)
         if path == "engine":
             raise ValueError(f"path='engine' cannot score this: {reason}")
@@ -190,7 +191,7 @@ def _score(model: torch.nn.Module, requests: Sequence[Any], *, packer: str | pac
     layout = layout_requests(checked, share)
     cap = resolve_capacity(capacity, layout.lengths)
     packer_obj = packers.make_packer(packer) if isinstance(packer, str) else packer
-    packing = packer_obj.pack(layout.lengths, cap)
+    packing = packers.checked_pack(packer_obj, layout.lengths, cap)  # a plug-in's result is checked
     if share == "tree":
         attn = get_backend("dense")
     else:
@@ -209,7 +210,7 @@ def _score(model: torch.nn.Module, requests: Sequence[Any], *, packer: str | pac
     unique_forward = np.empty(layout.unique_segment.size, dtype=np.int64)
     unique_flat = np.empty(layout.unique_segment.size, dtype=np.int64)
     decoder = decoder_of(model)
-    with torch.no_grad(), attention_implementation(model, attn.attn_implementation):
+    with inference_call(model, attn.attn_implementation):  # the model to itself, eval mode
         for k, plan in enumerate(plans):
             if len(plan.bins) == packing.num_bins:
                 members, sub = list(range(packing.num_prompts)), packing

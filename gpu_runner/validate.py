@@ -12,8 +12,11 @@ import torch
 
 from gpu_runner.inputs import prompt_lengths
 from gpu_runner.plan import text_config
+from packers.limits import check_num_prompts
 
 __all__ = ["check_prompts", "sliding_window", "validate_prompts"]
+
+_BOOLS = frozenset({bool, np.bool_})
 
 
 def _normalize(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -49,9 +52,14 @@ def check_prompts(
     checked (an integer array, prompts back to back) for callers that lay them out
     themselves (the engine)."""
     prompts = _normalize(prompts)
+    if prompts:  # an empty list: prompt_lengths says so
+        check_num_prompts(len(prompts))
     lengths = prompt_lengths(prompts)
+    ids = list(chain.from_iterable(prompts))
+    if not _BOOLS.isdisjoint(map(type, ids)):  # numpy would read [True, 5] as [1, 5]
+        raise ValueError("token ids must be integers, not bools: every prompt must be a flat list of ints")
     try:
-        tokens = np.asarray(list(chain.from_iterable(prompts)))
+        tokens = np.asarray(ids)
     except (ValueError, TypeError):
         tokens = np.asarray([None])
     if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
@@ -85,8 +93,9 @@ def validate_prompts(
 ) -> tuple[list[list[int]], list[int]]:
     """Check prompts against the model; return (prompts as lists, lengths).
 
-    `ValueError` for: an empty list, an empty prompt, a non-integer token id, a token id
-    outside [0, vocab), a prompt longer than `max_position_embeddings`, or a prompt longer
+    `ValueError` for: an empty list, more prompts than `packers.limits.MAX_PROMPTS`, an
+    empty prompt, a non-integer token id (bools and floats included), a token id outside
+    [0, vocab), a prompt longer than `max_position_embeddings`, or a prompt longer
     than a sliding attention window (packed masks here are full causal).
     """
     prompts, lengths, _ = check_prompts(model, prompts)

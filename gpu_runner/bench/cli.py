@@ -3,7 +3,9 @@ cost-model sweep from the command line.
 
 This module only parses arguments and calls `scenarios.run_benchmark` (scenarios a, b),
 `generate.run_generate_benchmark` (scenario e2e) or `sweep.run_sweep` by keyword. Bad input
-prints one line and exits with status 2.
+(an unknown name, a value out of range, a device other than cpu / cuda, an `--out` that cannot
+be written) prints one line and exits with status 2, before any model is built; `--out` is
+written atomically, so no partial file is left.
 """
 
 from __future__ import annotations
@@ -177,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except ValueError as exc:
         print(f"prepack-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. --out on a full disk: one line, and no partial file (atomic writes)
+        print(f"prepack-bench: error: {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

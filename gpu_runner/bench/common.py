@@ -16,7 +16,7 @@ from simulator.gpus import match_gpu
 from simulator.specs import ModelSpec
 
 __all__ = [
-    "MODEL_SHAPES", "build_model", "draw_prompts", "error_text", "gpu_slug", "load_lengths", "real_token_flops",
+    "MODEL_SHAPES", "bench_device", "build_model", "draw_prompts", "error_text", "gpu_slug", "load_lengths", "real_token_flops",
     "stream_batches",
 ]
 
@@ -31,6 +31,22 @@ MODEL_SHAPES: dict[str, dict[str, int]] = {
 }
 _REPO = Path(__file__).resolve().parents[2]
 _LENGTH_DIRS = (_REPO / "simulator" / "data", _REPO / "benchmarks" / "data", _REPO.parent / "shared" / "data" / "lengths")
+
+
+def bench_device(name: str) -> torch.device:
+    """The device a benchmark runs on: "cpu", "cuda" or "cuda:N" (CUDA available);
+    `ValueError` saying why otherwise (e.g. "tpu"), before any model is built."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {name!r} is not supported; use cpu or cuda") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not supported; use cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda asked for, but CUDA is not available (use --device cpu or --smoke)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def load_lengths(dataset: str) -> np.ndarray:

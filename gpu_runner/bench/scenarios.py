@@ -18,7 +18,6 @@ measured in the same run (`timing.matmul_peak_flops`).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -27,10 +26,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpu_runner.bench.common import MODEL_SHAPES, build_model, draw_prompts, error_text, gpu_slug, load_lengths
-from gpu_runner.bench.common import real_token_flops, stream_batches
+from gpu_runner.bench.common import (
+    MODEL_SHAPES,
+    bench_device,
+    build_model,
+    draw_prompts,
+    error_text,
+    gpu_slug,
+    load_lengths,
+    real_token_flops,
+    stream_batches,
+)
 from gpu_runner.bench.methods import METHOD_NAMES, make_method
-from gpu_runner.bench.timing import matmul_peak_flops, peak_extra_bytes, release_memory, time_calls, wall_clock_s
+from gpu_runner.bench.timing import (
+    matmul_peak_flops,
+    peak_extra_bytes,
+    release_memory,
+    time_calls,
+    wall_clock_s,
+)
+from packers.limits import check_num_prompts
+from simulator.report import check_output_path, write_atomically
 
 __all__ = ["MODES", "BenchConfig", "BenchRecord", "merge_records", "run_benchmark"]
 
@@ -114,6 +130,10 @@ class BenchConfig:
                 raise ValueError(f"unknown scenario {s!r}; choose from a, b")
         if self.batch < 1 or self.reps < 1 or self.warmup < 0 or self.stream_batches < 0:
             raise ValueError("batch and reps must be >= 1, warmup and stream_batches >= 0")
+        check_num_prompts(self.batch, "batch")
+        if self.sorted_chunk < 1 or self.token_bucket < 1 or self.q_chunk < 0 or self.seed < 0:
+            raise ValueError("sorted_chunk and token_bucket must be >= 1, q_chunk and seed >= 0")
+        bench_device(self.device)
         if self.attention not in ("auto", "packed", "flash", "torch"):
             raise ValueError(f"attention must be auto, packed, flash or torch, got {self.attention!r}")
         if self.dtype not in ("bfloat16", "float16", "float32"):
@@ -135,11 +155,9 @@ class _Sink:
 
     def add(self, rec: BenchRecord) -> BenchRecord:
         self.records.append(rec)
-        if self.path:
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump([asdict(r) for r in self.records], f, indent=1)
-            os.replace(tmp, self.path)
+        if self.path:  # atomically (a temporary file next to it, renamed): never half a file
+            records = [asdict(r) for r in self.records]
+            write_atomically(self.path, "w", lambda f: json.dump(records, f, indent=1), "--out")
         shown = f"{rec.ms:10.2f} ms" if rec.ms is not None else f"ERROR {rec.error}"
         frac = f" roofline {rec.roofline_fraction:.2f}" if rec.roofline_fraction else ""
         sp = f" x{rec.speedup_vs_padded:.2f} vs padded" if rec.speedup_vs_padded else ""
@@ -263,9 +281,9 @@ def _scenario_b(model, name: str, cfg: BenchConfig, peak: float, gpu: str, sink:
 
 def run_benchmark(cfg: BenchConfig) -> list[BenchRecord]:
     """Run every model of `cfg` through the chosen scenarios; returns (and writes) the records."""
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda asked for, but CUDA is not available (use --device cpu or --smoke)")
+    device = bench_device(cfg.device)
+    if cfg.out:
+        check_output_path(cfg.out, "--out")  # before any model is built
     gpu = gpu_slug(device)
     peak = matmul_peak_flops(device=device, n=8192 if device.type == "cuda" else 256)
     print(f"gpu={gpu} matmul peak {peak / 1e12:.1f} TFLOP/s torch {torch.__version__}", flush=True)

@@ -20,9 +20,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpu_runner.bench.common import build_model, draw_prompts, error_text, gpu_slug, load_lengths
+from gpu_runner.bench.common import (
+    bench_device,
+    build_model,
+    draw_prompts,
+    error_text,
+    gpu_slug,
+    load_lengths,
+)
 from gpu_runner.bench.timing import release_memory, time_calls
+from packers.limits import check_num_prompts
 from simulator.names import DENSE, FLEX, GRAPH, PADDED, VARLEN
+from simulator.report import check_output_path
 
 __all__ = ["SWEEP_COLUMNS", "SweepPoint", "default_grid", "run_sweep"]
 
@@ -50,6 +59,7 @@ class SweepPoint:
             raise ValueError("the graph backend runs one flat row (packer 'flat')")
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
+        check_num_prompts(self.batch, "batch")
 
 
 def default_grid(models: Sequence[str], datasets: Sequence[str], batches: Sequence[int],
@@ -85,7 +95,11 @@ def _runner(model: torch.nn.Module, point: SweepPoint, prompts: list[list[int]])
 def run_sweep(points: Sequence[SweepPoint], *, out: str, device: str = "cuda", dtype: str = "bfloat16",
               warmup: int = 1, reps: int = 3, seed: int = 0) -> list[dict[str, Any]]:
     """Measure every point (models built once each, in order); append rows to the CSV `out`."""
-    dev = torch.device(device)
+    dev = bench_device(device)
+    if out:
+        check_output_path(out, "--out")  # a missing folder or a directory: refused before any work
+    if seed < 0 or warmup < 0 or reps < 1:
+        raise ValueError(f"seed and warmup must be >= 0 and reps >= 1, got {seed}, {warmup}, {reps}")
     gpu = gpu_slug(dev)
     rows: list[dict[str, Any]] = []
     handle = open(out, "w", newline="") if out else None
