@@ -30,8 +30,9 @@ the HF module's own weights become views into the fused tensors, so no weight me
 duplicated and the HF model keeps working unchanged.
 
 Supported: Llama-family decoder layers (Llama, Mistral, Qwen2: GQA and QKV bias included)
-with SiLU MLPs and static RoPE (default / linear / llama3 scaling); O-projection and MLP
-biases are refused (`ValueError`: the residual add lives in those matmuls). Results hold views into
+with SiLU MLPs and static RoPE (default / linear / llama3 scaling); everything else is
+refused at construction with `support.UnsupportedModelError` (`gpu_runner.engine_support`
+lists what the engine implements: O-projection and MLP biases, QK-norms, multipliers, ...). Results hold views into
 the engine's buffers: they are valid until the next `prefill` call (`EngineOutput.clone()`
 keeps them).
 """
@@ -49,11 +50,9 @@ import torch.nn.functional as F
 
 from gpu_runner import matmul_kernels as mm
 from gpu_runner.engine_kernels import packed_attention, rmsnorm, rope_attention, rope_store, silu_mul, use_triton
+from gpu_runner.support import require_supported
 
 __all__ = ["EngineOutput", "PrefillEngine", "bucket_tokens"]
-
-_STATIC_ROPE = {None, "default", "linear", "llama3"}
-
 
 def bucket_tokens(num_tokens: int, token_bucket: int) -> int:
     """Token count rounded up to a multiple of `token_bucket` (the static shape of the row)."""
@@ -200,16 +199,9 @@ class PrefillEngine:
     ) -> None:
         if token_bucket < 1:
             raise ValueError(f"token_bucket must be >= 1, got {token_bucket}")
+        require_supported(model, "engine")  # every module and field the engine implements
         cfg = model.config
-        inner = getattr(model, "model", None)
-        if inner is None or not hasattr(inner, "layers") or not hasattr(model, "lm_head"):
-            raise ValueError(f"unsupported model {type(model).__name__}: expected a Llama-family causal LM")
-        if getattr(cfg, "hidden_act", "silu") != "silu":
-            raise ValueError(f"unsupported activation {cfg.hidden_act!r}: the engine fuses SiLU MLPs only")
-        rope = getattr(cfg, "rope_scaling", None) or getattr(cfg, "rope_parameters", None) or {}
-        rope_type = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
-        if rope_type not in _STATIC_ROPE:
-            raise ValueError(f"unsupported RoPE type {rope_type!r}: the engine needs static frequencies")
+        inner = model.model
         self.model = model
         self.token_bucket = int(token_bucket)
         if q_chunk < 0:

@@ -19,6 +19,7 @@ import torch
 
 from gpu_runner.cache import cache_from_kv, cache_kwarg_name
 from gpu_runner.runner import prefill, validate_prompts
+from gpu_runner.support import require_supported
 
 __all__ = ["generate"]
 
@@ -59,10 +60,13 @@ def generate(
     last token). decode_batch_size: prompts per `model.generate` call (default all);
     batches are formed from length-sorted prompts to keep left padding small.
     generate_kwargs: passed to `model.generate` (greedy unless `do_sample=True` is given);
-    they may not set input ids, masks or caches. A list ends at the first EOS token
+    they may not set input ids, masks or caches. Raises `support.UnsupportedModelError`
+    (a ValueError) unless generation and the prefill backend are proven exact for the
+    model. A list ends at the first EOS token
     (included), as `model.generate` on that prompt alone would.
     """
     prompts, lengths = validate_prompts(model, prompts)
+    require_supported(model, "generate", lengths=lengths)  # UnsupportedModelError if not proven
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     clash = sorted(set(generate_kwargs) & set(_RESERVED))

@@ -29,6 +29,7 @@ from gpu_runner.cache import (
 )
 from gpu_runner.inputs import pack_inputs, prompt_lengths
 from gpu_runner.plan import ForwardPlan, estimate_forward_bytes, plan_forwards, text_config
+from gpu_runner.support import UnsupportedModelError, auto_backend, local_window, model_type, require_backend
 from packers import Packing
 
 __all__ = [
@@ -140,17 +141,6 @@ def _normalize(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
     return out
 
 
-def _sliding_window(config: Any) -> int | None:
-    """The smallest sliding window any layer of the model uses, or None."""
-    window = getattr(config, "sliding_window", None)
-    if not window or getattr(config, "use_sliding_window", True) is False:
-        return None
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None and "sliding_attention" not in layer_types:
-        return None
-    return int(window)
-
-
 def validate_prompts(
     model: torch.nn.Module, prompts: Sequence[Sequence[int]]
 ) -> tuple[list[list[int]], list[int]]:
@@ -158,7 +148,8 @@ def validate_prompts(
 
     `ValueError` for: an empty list, an empty prompt, a non-integer token id, a token id
     outside [0, vocab), a prompt longer than `max_position_embeddings`, or a prompt longer
-    than a sliding attention window (packed masks here are full causal).
+    than the model's local attention span (sliding window / attention chunk: packed masks
+    here are full causal; `support.UnsupportedModelError`, a ValueError).
     """
     prompts = _normalize(prompts)
     lengths = prompt_lengths(prompts)
@@ -179,15 +170,15 @@ def validate_prompts(
     longest = max(lengths)
     config = text_config(model.config)
     context = getattr(config, "max_position_embeddings", None)
-    if context is not None and longest > context:
+    if isinstance(context, int) and context > 0 and longest > context:  # XLNet says -1: no limit
         i = lengths.index(longest)
         raise ValueError(f"prompt {i} has {longest} tokens, over the model's context ({context})")
-    window = _sliding_window(config)
+    window = local_window(config)
     if window is not None and longest > window:
         i = lengths.index(longest)
-        raise ValueError(
-            f"prompt {i} has {longest} tokens, over the model's sliding window ({window}): "
-            "packed prefill uses full causal masks"
+        raise UnsupportedModelError(
+            f"prompt {i} has {longest} tokens, over the model's sliding window ({window}) "
+            f"(local attention, model_type {model_type(model)!r}): packed prefill uses full causal masks"
         )
     return prompts, lengths
 
@@ -328,7 +319,9 @@ def prefill(
     return_kv: keep per-prompt K/V (needs the packed cache in memory).
     pad_token_id: token id of padding slots (default the config's, else 0); never affects
               real tokens.
-    Raises `ValueError` on bad input (see `validate_prompts`; unknown packer / backend,
+    Raises `support.UnsupportedModelError` (a ValueError) when the backend is not proven
+    exact for this model ("auto" picks one that is, or raises it naming the paths that are),
+    `ValueError` on bad input (see `validate_prompts`; unknown packer / backend,
     mismatched packing, bad capacity / row_len / num_rows) before any device work, and
     `PrefillOutOfMemoryError` naming the forward if the device runs out of memory.
     """
@@ -336,6 +329,7 @@ def prefill(
     device, dtype = _model_device_dtype(model)
     if backend != "auto":
         attn = resolve_backend(backend, device, dtype)  # unknown / unavailable: fail before packing
+        require_backend(model, backend, lengths=lengths)  # not proven exact: UnsupportedModelError
     if packing is not None:
         if not isinstance(packing, Packing):
             raise ValueError(f"packing must be a packers.Packing, got {type(packing).__name__}")
@@ -350,8 +344,8 @@ def prefill(
         if not hasattr(packer_obj, "pack"):
             raise ValueError(f"packer must be a registry name or have pack(); got {packer!r}")
         packing = packer_obj.pack(lengths, cap)
-    if backend == "auto":
-        attn = resolve_backend(backend, device, dtype, config=text_config(model.config), packing=packing)
+    if backend == "auto":  # the cheapest backend proven exact for this model
+        attn = resolve_backend(auto_backend(model, device, dtype, lengths=lengths, packing=packing), device, dtype)
     if row_len == "capacity":
         row_len = packing.capacity
     if row_len is not None:
