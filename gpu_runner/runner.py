@@ -203,17 +203,30 @@ def _decoder(model: torch.nn.Module) -> torch.nn.Module:
     return decoder
 
 
+def _head(model: torch.nn.Module) -> torch.nn.Module:
+    """The module that turns final hidden states into logits: the output embedding, or the
+    child of the model that holds it when that child is a whole prediction head (BERT-style
+    `cls`: dense + norm + decoder)."""
+    out = model.get_output_embeddings()
+    if out is None:
+        raise ValueError(f"{type(model).__name__} has no output embedding (lm_head)")
+    decoder = _decoder(model)
+    for child in model.children():
+        if child is out or child is decoder:
+            continue
+        if any(m is out for m in child.modules()) and not any(m is decoder for m in child.modules()):
+            return child
+    return out
+
+
 def project_logits(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Next-token logits [N, vocab] from final hidden states [N, hidden], as the model's head does.
 
-    Applies the output embedding, then any logit scaling the config declares:
+    Applies the output head (`_head`), then any logit scaling the config declares:
     `logit_scale` (multiply, Cohere), `logits_scaling` (divide, Granite),
     `final_logit_softcapping` (tanh cap, Gemma 2/3). Llama, Mistral, Qwen2 have none.
     """
-    head = model.get_output_embeddings()
-    if head is None:
-        raise ValueError(f"{type(model).__name__} has no output embedding (lm_head)")
-    logits = head(hidden)
+    logits = _head(model)(hidden)
     cfg = text_config(model.config)
     scale = getattr(cfg, "logit_scale", None)
     if scale is not None:
