@@ -10,6 +10,9 @@ Public API:
   pack_inputs / PackedInputs: the packed tensors; available_backends / get_backend /
   register_backend: the attention-backend registry (dense, flex, varlen, auto);
   estimate_forward_bytes: the memory estimate that memory_budget_bytes splitting uses.
+  supported_paths(model) / require_supported(model, path) / UnsupportedModelError: which
+  paths (dense, flex, varlen, generate, engine) are proven exact for a model
+  (gpu_runner.support; docs/support_matrix.md).
 
 Example:
     result = gpu_runner.prefill(model, [[1, 5, 9], [1, 7]], packer="ffd", backend="auto")
@@ -41,6 +44,7 @@ from gpu_runner.runner import (
     prefill,
     prefill_texts,
 )
+from gpu_runner.support import UnsupportedModelError, require_supported, supported_paths
 
 __all__ = [
     "AttentionBackend",
@@ -49,6 +53,7 @@ __all__ = [
     "PrefillOutOfMemoryError",
     "PrefillResult",
     "PromptKV",
+    "UnsupportedModelError",
     "available_backends",
     "estimate_forward_bytes",
     "generate",
@@ -58,5 +63,7 @@ __all__ = [
     "prefill_texts",
     "prompt_lengths",
     "register_backend",
+    "require_supported",
     "resolve_backend",
+    "supported_paths",
 ]

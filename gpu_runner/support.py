@@ -146,9 +146,12 @@ def local_window(config: Any) -> int | None:
         return None
     kinds = getattr(config, "layer_types", None) or getattr(config, "attention_layers", None)
     local = ("sliding", "chunk", "local")
-    if kinds is not None and not getattr(config, "attention_chunk_size", None):
-        if not any(word in str(kind).lower() for kind in kinds for word in local):
-            return None
+    if (
+        kinds is not None
+        and not getattr(config, "attention_chunk_size", None)
+        and not any(word in str(kind).lower() for kind in kinds for word in local)
+    ):
+        return None
     return min(spans)
 
 

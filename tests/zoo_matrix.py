@@ -134,7 +134,7 @@ def render(rows: dict[str, dict[str, str]], skipped: dict[str, str]) -> str:
 
 def parse(text: str) -> tuple[str, dict[str, dict[str, str]]]:
     """(transformers version, rows) of a rendered matrix."""
-    version = re.search(r"^transformers (\S+):", text, re.M)
+    version = re.search(r"^transformers (\S+):", text, re.MULTILINE)
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

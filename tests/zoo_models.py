@@ -78,7 +78,7 @@ def _shrink(values: dict[str, Any]) -> dict[str, Any]:
             out[key] = min(out[key], tiny) if key in ("num_nextn_predict_layers",) else tiny
     layers = _num_layers(values)
     if layers is not None:
-        field, n = layers
+        _, n = layers
         per_layer = {k: v for k, v in values.items() if isinstance(v, list) and len(v) == n and n > 1}
         keep: list[int] = []
         for v in per_layer.values():
@@ -139,7 +139,7 @@ def _config_and_size(cls: type, values: dict[str, Any]) -> tuple[Any, int]:
 @cache
 def build_tiny(model_type: str) -> torch.nn.Module | str:
     """A tiny fp32 eval-mode model of `model_type` (fixed seed), or why it cannot be built."""
-    from transformers import AutoModelForCausalLM, CONFIG_MAPPING
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
 
     if model_type in _SKIP:
         return _SKIP[model_type]
@@ -149,14 +149,14 @@ def build_tiny(model_type: str) -> torch.nn.Module | str:
             warnings.simplefilter("ignore")
             try:
                 values = cls().to_dict()
-            except Exception:  # some defaults do not validate; start from nothing
+            except Exception:  # noqa: BLE001 - some defaults do not validate; start from nothing
                 values = {}
             tiny = _overrides(model_type, _shrink(values))
             for k in ("transformers_version", "architectures", "model_type", "_name_or_path", "dtype"):
                 tiny.pop(k, None)
             try:
                 config, params = _config_and_size(cls, tiny)
-            except Exception:  # some configs do not round-trip to_dict(): pass only what changed
+            except Exception:  # noqa: BLE001 - some configs do not round-trip to_dict(): pass only what changed
                 config, params = _config_and_size(cls, {k: v for k, v in tiny.items() if values.get(k) != v})
             if params > _MAX_PARAMS:
                 return f"cannot build tiny: {params} parameters after shrinking"
