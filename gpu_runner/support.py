@@ -137,7 +137,10 @@ def local_window(config: Any) -> int | None:
     """The smallest local-attention span any layer of the model uses (sliding window,
     Llama-4's attention chunk, GPT-Neo's local window), or None when every layer attends
     globally (no span field, `use_sliding_window=False`, or per-layer kinds with no local one)."""
-    fields = ("sliding_window", "sliding_window_size", "attention_chunk_size", "window_size", "local_window_size")
+    fields = (
+        "sliding_window", "sliding_window_size", "attention_chunk_size", "window_size", "local_window_size",
+        "local_attention",
+    )  # fmt: skip
     spans = [
         v for v in (getattr(config, f, None) for f in fields)
         if isinstance(v, int) and not isinstance(v, bool) and v > 0
@@ -178,6 +181,12 @@ def _features(model: torch.nn.Module) -> list[tuple[str, str]]:
         for n, _ in model.named_parameters()
     ):
         found.append(("QK-norm", "query/key normalization"))
+    if getattr(cfg, "keep_window_size", None):
+        found.append((
+            "dynamic attention mask",
+            "keys are top-k selected over the whole row once it is longer than keep_window_size, "
+            "so a packed row would select across prompts",
+        ))
     if getattr(cfg, "alibi", False) or "alibi" in model_type(model):
         found.append(("ALiBi", "position biases computed from the attention mask"))
     return found
@@ -208,8 +217,9 @@ def _not_proven(model: torch.nn.Module, path: str, features: list[tuple[str, str
 
 
 # Structural features refused on every path even for a proven model type: a tiny zoo
-# config may lack the layers (e.g. convolution layers) that a real config of that type has.
-_ALWAYS_REFUSED = ("recurrent/SSM state", "encoder-decoder")
+# config may lack the layers (e.g. convolution layers) that a real config of that type has,
+# and a dynamic mask only differs once rows are longer than the zoo's (Doge: 2048 tokens).
+_ALWAYS_REFUSED = ("recurrent/SSM state", "encoder-decoder", "dynamic attention mask")
 
 
 def _runner_refusal(model: torch.nn.Module, path: str, features: list[tuple[str, str]]) -> tuple[str, str] | None:
