@@ -35,8 +35,11 @@ class Outcome:
 
 def prompts(vocab: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(7)
-    low = 3 if vocab > 8 else 0  # keep clear of the usual special ids 0-2
-    return [torch.randint(low, vocab, (n,), generator=g).tolist() for n in PROMPT_LENGTHS]
+    from tests.zoo_models import SPECIAL_IDS
+
+    # text tokens only: clear of the usual special ids 0-2 and of the top ids, where the zoo
+    # puts image / audio / other special token ids
+    return [torch.randint(3, vocab - SPECIAL_IDS, (n,), generator=g).tolist() for n in PROMPT_LENGTHS]
 
 
 def _device(model) -> torch.device:

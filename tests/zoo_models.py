@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+import zlib
 from functools import cache
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch
 VOCAB = 128
 MAX_POS = 256
 WINDOW = 64  # small windows, still longer than every zoo prompt
+SPECIAL_IDS = 8  # special token ids (image, audio, ...) moved into the top 8 ids; prompts avoid them
 
 # field -> tiny value, for whichever of these names a config carries
 _SHRINK: dict[str, Any] = {
@@ -46,7 +48,7 @@ _SHRINK: dict[str, Any] = {
     "mamba_d_state": 16, "mamba_n_heads": 4, "mamba_d_head": 16, "mamba_n_groups": 1,
     "mamba_expand": 2, "state_size": 16, "mamba_chunk_size": 16, "chunk_size": 16,
     "index_topk": 16, "index_head_dim": 16, "index_n_heads": 2,
-    "hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": VOCAB,
+    "hidden_size_per_layer_input": 8, "intermediate_size_mlp": 128, "vocab_size_per_layer_input": VOCAB,
     "swa_num_attention_heads": 4, "swa_num_key_value_heads": 2, "swa_head_dim": 16,
     "attention_hidden_size": 64, "num_dense_layers": 1, "first_k_dense_replace": 1,
     "num_nextn_predict_layers": 0, "num_kv_shared_layers": 0, "rotary_dim": 8,
@@ -76,6 +78,11 @@ def _shrink(values: dict[str, Any]) -> dict[str, Any]:
     for key, tiny in _SHRINK.items():
         if isinstance(out.get(key), int) and not isinstance(out.get(key), bool) and out[key] > 0:
             out[key] = min(out[key], tiny) if key in ("num_nextn_predict_layers",) else tiny
+        elif isinstance(out.get(key), list) and out[key] and all(isinstance(v, int) for v in out[key]):
+            out[key] = [tiny] * len(out[key])  # per-layer sizes (Gemma 3n's intermediate_size)
+    for key in ("head_dim", "num_key_value_heads"):  # None = derived from the default sizes
+        if key in out and out[key] is None and "num_attention_heads" in out:
+            out[key] = _SHRINK[key]
     layers = _num_layers(values)
     if layers is not None:
         _, n = layers
@@ -94,13 +101,13 @@ def _shrink(values: dict[str, Any]) -> dict[str, Any]:
             if isinstance(out.get(name), int) and out[name] > 0:
                 out[name] = len(keep)
         for k, v in per_layer.items():
-            out[k] = [v[i] for i in keep]
+            out[k] = [out[k][i] for i in keep]  # out: per-layer sizes already shrunk
         for k, v in values.items():  # {layer index: settings} maps (Gemma 4's per_layer_config)
             if isinstance(v, dict) and v and all(str(i).isdigit() for i in v):
                 out[k] = {j: v[i] for j, i in enumerate(keep) if i in v or str(i) in v for i in [i if i in v else str(i)]}
     for key, value in values.items():
         if key.endswith(("_token_id", "_token_index")) and isinstance(value, int) and value >= VOCAB:
-            out[key] = VOCAB - 1 - hash(key) % 8
+            out[key] = VOCAB - 1 - zlib.crc32(key.encode()) % SPECIAL_IDS  # stable across processes
         elif key.endswith(("_token_id", "_token_ids")) and isinstance(value, list):
             out[key] = [v if not isinstance(v, int) or v < VOCAB else VOCAB - 1 for v in value]
         if isinstance(value, dict) and "model_type" in value:
