@@ -129,3 +129,30 @@ def test_refusal_validates_and_unknown_path_is_a_value_error():
         Refusal("dense", "llama", "", "y")
     with pytest.raises(ValueError, match="unknown path"):
         require_supported(build_tiny("llama"), "fast")
+
+
+@pytest.mark.parametrize(
+    "field,value,feature",
+    [
+        ("hidden_act", "gelu", "non-SiLU MLP"),
+        ("rope_interleave", True, "interleaved RoPE"),
+        ("embedding_multiplier", 12.0, "embedding_multiplier"),
+        ("attention_multiplier", 0.5, "attention_multiplier"),
+        ("logits_scaling", 4.0, "logits_scaling"),
+        ("attn_logit_softcapping", 50.0, "attn_logit_softcapping"),
+        ("pretraining_tp", 2, "pretraining_tp"),
+    ],
+)
+def test_engine_refuses_config_fields_it_does_not_implement(field, value, feature):
+    """A Llama whose config carries a field the engine's kernels do not apply is refused
+    by name (the allowlist reads the config, not the class alone)."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.test_runner_support import model_config
+
+    model = AutoModelForCausalLM.from_config(model_config("llama")).eval()
+    assert refusal(model, "engine") is None
+    setattr(model.config, field, value)
+    found = refusal(model, "engine")
+    assert found is not None and found.feature == feature, found
+    assert "dense" in found.alternatives
