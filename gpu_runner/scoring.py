@@ -31,7 +31,9 @@ from gpu_runner.inputs import pack_inputs
 from gpu_runner.plan import estimate_forward_bytes, plan_forwards, text_config
 from gpu_runner.result import PrefillOutOfMemoryError
 from gpu_runner.runner import decoder_of, model_device_dtype, project_logits, resolve_capacity, sub_packing
+from gpu_runner.support import auto_backend, refusal, require_backend, require_supported
 from gpu_runner.validate import sliding_window
+from simulator.names import DENSE
 from gpu_runner.score_requests import (
     SHARE_MODES,
     ScoreLayout,
@@ -123,6 +125,8 @@ def score(
               "identical". All give the same scores up to float summation order.
     return_token_logprobs: also hand back each continuation token's log-prob.
     Raises `ValueError` naming the request index on bad input, before any device work;
+    `support.UnsupportedModelError` (a ValueError) when the backend is not proven exact for
+    the model ("auto" picks one that is);
     `PrefillOutOfMemoryError` naming the forward if the device runs out of memory.
     """
     if share_contexts != "auto" and share_contexts not in SHARE_MODES:
@@ -140,15 +144,21 @@ def score(
     device, dtype = model_device_dtype(model)
     share = share_contexts
     if share == "auto":
-        share = auto_share(checked) if backend in ("auto", "dense") else "identical"
+        tree_ok = backend in ("auto", "dense") and refusal(model, DENSE) is None  # the tree mask runs dense
+        share = auto_share(checked) if tree_ok else "identical"
     layout = layout_requests(checked, share)
     cap = resolve_capacity(capacity, layout.lengths)
     packer_obj = packers.make_packer(packer) if isinstance(packer, str) else packer
     packing = packer_obj.pack(layout.lengths, cap)
     if share == "tree":
-        attn = get_backend("dense")
+        require_supported(model, DENSE, lengths=layout.lengths)  # not proven exact: UnsupportedModelError
+        attn = get_backend(DENSE)
+    elif backend == "auto":  # the cheapest backend proven exact for this model
+        attn = resolve_backend(auto_backend(model, device, dtype, lengths=layout.lengths, packing=packing),
+                               device, dtype)
     else:
-        attn = resolve_backend(backend, device, dtype, config=config, packing=packing)
+        attn = resolve_backend(backend, device, dtype)
+        require_backend(model, backend, lengths=layout.lengths)
 
     def estimate(rows: int, width: int, n: int) -> int:
         return estimate_forward_bytes(

@@ -30,13 +30,14 @@ the HF module's own weights become views into the fused tensors, so no weight me
 duplicated and the HF model keeps working unchanged.
 
 Supported: Llama-family decoder layers (Llama, Mistral, Qwen2: GQA and QKV bias included)
-with SiLU MLPs and static RoPE (default / linear / llama3 scaling); O-projection and MLP
-biases are refused (`ValueError`: the residual add lives in those matmuls). Results hold views into
+with SiLU MLPs and static RoPE (default / linear / llama3 scaling); everything else is
+refused at construction with `support.UnsupportedModelError` (`engine.support` lists what
+the engine implements: O-projection and MLP biases, QK-norms, multipliers, ... are refused). Results hold views into
 the engine's buffers: they are valid until the next `prefill` call (`EngineOutput.clone()`
 keeps them).
 
-Modules: engine (PrefillEngine: options, KV / input buffers, CUDA graphs), weights (model
-checks, fused projections), staging (host layout of the flat row), forward (the layer
+Modules: engine (PrefillEngine: options, KV / input buffers, CUDA graphs), support (which
+models it takes), weights (fused projections), staging (host layout of the flat row), forward (the layer
 forward), kernels (Triton / torch RMSNorm, RoPE, attention kernels), matmul (persistent
 Triton matmuls with SwiGLU / QKV-RoPE epilogues).
 """

@@ -15,8 +15,9 @@ from gpu_runner.engine import matmul as mm
 from gpu_runner.engine.forward import forward
 from gpu_runner.engine.kernels import use_triton
 from gpu_runner.engine.staging import bucket_tokens, layout, num_chunks, stage
-from gpu_runner.engine.weights import check_supported, fuse_layer
+from gpu_runner.engine.weights import fuse_layer
 from gpu_runner.plan import text_config
+from gpu_runner.support import require_supported
 from gpu_runner.validate import sliding_window
 from simulator.names import AUTO, ENGINE, ENGINE_ATTENTION, FLASH, PACKED, TORCH
 
@@ -99,7 +100,7 @@ class PrefillEngine:
     ) -> None:
         if token_bucket < 1:
             raise ValueError(f"token_bucket must be >= 1, got {token_bucket}")
-        check_supported(model)
+        require_supported(model, "engine")  # every module and field the engine implements
         cfg = model.config
         inner = model.model
         self.model = model

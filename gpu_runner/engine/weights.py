@@ -1,6 +1,6 @@
-"""Engine weights: which models the engine takes, and each decoder layer's projections
-fused once (QKV and gate/up concatenated; by default the HF module's own weights become
-views into the fused tensors, so no weight memory is duplicated)."""
+"""Engine weights: each decoder layer's projections fused once (QKV and gate/up concatenated; by default the HF module's own weights become
+views into the fused tensors, so no weight memory is duplicated). Which models the engine
+takes is `engine.support`'s decision (through `gpu_runner.support.require_supported`)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,7 @@ import torch
 
 from gpu_runner.engine import matmul as mm
 
-__all__ = ["FusedLayer", "check_supported", "fuse_layer", "rebind"]
-
-_STATIC_ROPE = {None, "default", "linear", "llama3"}
-
+__all__ = ["FusedLayer", "fuse_layer", "rebind"]
 
 @dataclass(frozen=True)
 class FusedLayer:
@@ -27,20 +24,6 @@ class FusedLayer:
     ln2: torch.Tensor
     gate_up: torch.Tensor  # [2 I, hidden]
     down: torch.Tensor
-
-
-def check_supported(model: torch.nn.Module) -> None:
-    """`ValueError` unless `model` is a Llama-family causal LM with SiLU MLPs and static RoPE."""
-    cfg = model.config
-    inner = getattr(model, "model", None)
-    if inner is None or not hasattr(inner, "layers") or not hasattr(model, "lm_head"):
-        raise ValueError(f"unsupported model {type(model).__name__}: expected a Llama-family causal LM")
-    if getattr(cfg, "hidden_act", "silu") != "silu":
-        raise ValueError(f"unsupported activation {cfg.hidden_act!r}: the engine fuses SiLU MLPs only")
-    rope = getattr(cfg, "rope_scaling", None) or getattr(cfg, "rope_parameters", None) or {}
-    rope_type = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
-    if rope_type not in _STATIC_ROPE:
-        raise ValueError(f"unsupported RoPE type {rope_type!r}: the engine needs static frequencies")
 
 
 def fuse_layer(layer: torch.nn.Module, share: bool, *, qkv_rope: bool, num_q_heads: int, num_kv_heads: int,
