@@ -55,7 +55,8 @@ def _cached(model: torch.nn.Module) -> dict[str, Any] | None:
     if entry is None:
         return None
     eng: PrefillEngine = entry["engine"]
-    q_proj = model.model.layers[0].self_attn.q_proj.weight
+    attn = model.model.layers[0].self_attn
+    q_proj = (attn.q_proj if hasattr(attn, "q_proj") else attn.qkv_proj).weight  # Phi-3 stores QKV fused
     if q_proj.data_ptr() != eng.layers[0].qkv.data_ptr() or model.lm_head.weight is not eng.lm_head:
         clear_generation_cache(model)  # the weights moved (model.to, reloading): build anew
         return None
@@ -87,6 +88,8 @@ def engine_unsupported(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
         eng = _engine(model)
     except (ValueError, AttributeError, TypeError) as exc:
         return f"the prefill engine does not support the model ({exc})"
+    if eng.device.type == "cuda" and eng.head_dim & (eng.head_dim - 1):
+        return f"the decode kernel needs a power-of-two head_dim, the model's is {eng.head_dim}"
     try:
         news = per_prompt_new_tokens(max_new_tokens, len(prompts))
         needs = [len(p) + n - 1 for p, n in zip(prompts, news) if n > 0]

@@ -249,10 +249,12 @@ def refusal(
 
 def _reason(model: torch.nn.Module, path: str, lengths: Sequence[int] | None) -> tuple[str, str] | None:
     features = _features(model)
-    if path == "engine":  # the engine runs its own kernels: the interface does not matter
+    if path == "engine":
         from gpu_runner.engine.support import engine_refusal
 
-        features = [f for f in features if not f[0].startswith("attention outside")]
+        # the engine runs its own kernels: the attention interface does not matter, and a
+        # QK-norm is the engine's own decision (engine_refusal: Qwen3's is implemented)
+        features = [f for f in features if not f[0].startswith("attention outside") and f[0] != "QK-norm"]
         found = features[0] if features else engine_refusal(model)
         if found is not None:
             return found

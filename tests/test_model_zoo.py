@@ -75,11 +75,18 @@ def test_matrix_lists_every_type_of_its_version():
 
 
 def test_refusal_names_type_feature_and_alternatives():
-    model = build_tiny("qwen3")
-    with pytest.raises(UnsupportedModelError, match=r"'engine' .*'qwen3' \(QK-norm\).*proven exact for it: dense"):
+    model = build_tiny("olmo2")  # QK-norm over the whole projection: not in the engine (Qwen3's per-head one is)
+    with pytest.raises(UnsupportedModelError, match=r"'engine' .*'olmo2' \(QK-norm\).*proven exact for it: dense"):
         require_supported(model, "engine")
     assert "engine" not in supported_paths(model) and "dense" in supported_paths(model)
     assert issubclass(UnsupportedModelError, ValueError)
+
+
+@pytest.mark.parametrize("model_type", ["qwen3", "granite", "phi3", "gemma"])
+def test_engine_takes_the_widened_families(model_type):
+    """Qwen3 (QK-norm), Granite (multipliers), Phi-3 (fused weights), Gemma (GeLU-tanh,
+    (1 + w) norms, scaled embedding): the engine path is proven and accepted."""
+    assert "engine" in supported_paths(build_tiny(model_type))
 
 
 def test_attention_outside_the_interface_is_refused_everywhere():
@@ -152,7 +159,10 @@ def test_engine_refuses_config_fields_it_does_not_implement(field, value, featur
 
     model = AutoModelForCausalLM.from_config(model_config("llama")).eval()
     assert refusal(model, "engine") is None
-    setattr(model.config, field, value)
+    if field == "hidden_act":  # the activation is read from the MLP's module, built from the config
+        model = AutoModelForCausalLM.from_config(model_config("llama", hidden_act=value)).eval()
+    else:
+        setattr(model.config, field, value)
     found = refusal(model, "engine")
     assert found is not None and found.feature == feature, found
     assert "dense" in found.alternatives

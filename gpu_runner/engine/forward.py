@@ -18,7 +18,7 @@ from gpu_runner.engine.staging import layout, num_chunks
 from gpu_runner.engine.weights import FusedLayer
 from simulator.names import FLASH, PACKED
 
-__all__ = ["Row", "attend", "forward"]
+__all__ = ["Row", "attend", "embed", "final_logits", "forward", "mlp_act", "project_qkv"]
 
 
 @dataclass(frozen=True)
@@ -74,26 +74,59 @@ def forward(eng: Any, t: int, p: int, max_len: int) -> torch.Tensor:
         cos_t, sin_t = eng.cos.index_select(0, pos), eng.sin.index_select(0, pos)
     row = Row(pos=pos, seg=buf[lay["seg"]], cos=cos_t, sin=sin_t, cu=cu, cu_q=cu_q, cu_k=cu_k, used_k=used_k,
                max_q=max_q, max_k=max_k)
-    h = F.embedding(ids, eng.embed)
+    h = embed(eng, ids)
+    alpha = eng.family.residual_scale
     # References are dropped as soon as a buffer is consumed: the peak stays at about
     # h + x + q (or qkv) + the MLP activation (the graph's memory pool is sized by it). The residual
     # stream h is updated inside the O and down matmuls (addmm_, beta = 1): no separate add pass.
     for li, w in enumerate(eng.layers):
         a = attend(eng, h, w, eng._kv[li, 0, :t], eng._kv[li, 1, :t], row)
-        h.addmm_(a.reshape(t, -1), w.o.t())
+        h.addmm_(a.reshape(t, -1), w.o.t(), alpha=alpha)
         a = None
         x = rmsnorm(h, w.ln2, eng.eps)
-        if eng.fused_mlp:
-            act = mm.swiglu(x, w.gate_up, counters=eng._counters)
-        else:
-            act = silu_mul(F.linear(x, w.gate_up))
+        act = mlp_act(eng, x, w, fused=eng.fused_mlp)
         x = None
-        h.addmm_(act, w.down.t())
+        h.addmm_(act, w.down.t(), alpha=alpha)
         act = None
-    hl = h.index_select(0, last)  # last tokens only
-    xl = hl.float()
-    xl = eng.final_norm * (xl * torch.rsqrt(xl.pow(2).mean(-1, keepdim=True) + eng.eps)).to(hl.dtype)
-    return F.linear(xl, eng.lm_head)
+    return final_logits(eng, h.index_select(0, last))  # last tokens only
+
+
+def embed(eng: Any, ids: torch.Tensor) -> torch.Tensor:
+    """Token embeddings [T, hidden] (times the family's embedding scale)."""
+    h = F.embedding(ids, eng.embed)
+    return h if eng.family.embed_scale == 1.0 else h.mul_(eng.family.embed_scale)
+
+
+def project_qkv(eng: Any, x: torch.Tensor, w: FusedLayer) -> torch.Tensor:
+    """The fused QKV projection [T, (Hq + 2 Hkv) D] of normed x; with a QK-norm (Qwen3) each
+    head's q and k RMS-normalized in place (HF's rounding), ready for RoPE."""
+    qkv = F.linear(x, w.qkv, w.qkv_bias)
+    if w.q_norm is not None:
+        t, d, hq, hkv = qkv.shape[0], eng.head_dim, eng.num_q_heads, eng.num_kv_heads
+        parts = ((qkv[:, : hq * d].view(t, hq, d), w.q_norm), (qkv[:, hq * d : (hq + hkv) * d].view(t, hkv, d), w.k_norm))
+        for part, weight in parts:
+            y = part.float()
+            y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eng.family.qk_eps)
+            part.copy_(weight * y.to(part.dtype))
+    return qkv
+
+
+def mlp_act(eng: Any, x: torch.Tensor, w: FusedLayer, *, fused: bool) -> torch.Tensor:
+    """act(gate) * up [T, I] of normed x: SiLU (the fused swiglu matmul where `fused`, else
+    cuBLAS then silu_mul) or GeLU-tanh (Gemma: torch ops)."""
+    if eng.family.activation == "silu":
+        return mm.swiglu(x, w.gate_up, counters=eng._counters) if fused else silu_mul(F.linear(x, w.gate_up))
+    gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
+    return gate.copy_(F.gelu(gate, approximate="tanh") * up)
+
+
+def final_logits(eng: Any, h: torch.Tensor) -> torch.Tensor:
+    """Logits [n, vocab] of final hidden states [n, hidden]: the final RMSNorm (HF's
+    rounding), lm_head, then the family's logits divisor."""
+    xl = h.float()
+    xl = eng.final_norm * (xl * torch.rsqrt(xl.pow(2).mean(-1, keepdim=True) + eng.eps)).to(h.dtype)
+    logits = F.linear(xl, eng.lm_head)
+    return logits if eng.family.logits_divisor == 1.0 else logits.div_(eng.family.logits_divisor)
 
 
 def attend(eng: Any, h: torch.Tensor, w: FusedLayer, k_out: torch.Tensor, v_out: torch.Tensor, row: Row) -> torch.Tensor:
@@ -103,7 +136,7 @@ def attend(eng: Any, h: torch.Tensor, w: FusedLayer, k_out: torch.Tensor, v_out:
         q = mm.qkv_rope(x, w.qkv, row.cos, row.sin, k_out, v_out, eng.num_q_heads, bias=w.qkv_bias,
                         counters=eng._counters)
         return packed_attention(q, k_out, v_out, row.seg, eng.scale)
-    qkv = F.linear(x, w.qkv, w.qkv_bias)
+    qkv = project_qkv(eng, x, w)
     if eng.attention == PACKED:
         return rope_attention(qkv, row.pos, eng.cos, eng.sin, row.seg, k_out, v_out, eng.num_q_heads, eng.scale)
     q = rope_store(qkv, row.pos, eng.cos, eng.sin, k_out, v_out, eng.num_q_heads)
