@@ -439,6 +439,7 @@ PROVEN: dict[str, frozenset[str]] = {
         "ministral",
         "ministral3",
         "mistral",
+        "olmo2",
         "phi3",
         "qwen2",
         "qwen3",

@@ -1,8 +1,9 @@
 """GPU checks of the engine's families beyond Llama (Qwen3's QK-norm, Granite's multipliers,
 Phi-3's fused weights and head_dim 96, Gemma's GeLU-tanh MLP, (1 + w) norms and scaled
-embedding): prefill logits and K/V (CUDA graphs, the default attention) against HF run on
-each prompt alone, and generate's engine path against HF generate, in bf16 with bf16
-tolerances. The exact fp32 proof is the model-zoo test (tests/test_model_zoo.py)."""
+embedding, OLMo2's post-norms and whole-projection QK-norm): prefill logits and K/V (CUDA
+graphs, the default attention) against HF run on each prompt alone, and generate's engine
+path against HF generate, in bf16 with bf16 tolerances. The exact fp32 proof is the
+model-zoo test (tests/test_model_zoo.py)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-_SMALL = dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=0)
+_SMALL = {"vocab_size": 512, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 3,
+          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048, "pad_token_id": 0}
 FAMILIES = {
-    "qwen3": dict(head_dim=64),
-    "granite": dict(embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.0078125,
-                    logits_scaling=8.0),
-    "phi3": dict(hidden_size=384),  # head_dim 96: the flash attention path
-    "gemma": dict(head_dim=64, hidden_act="gelu_pytorch_tanh"),
+    "qwen3": {"head_dim": 64},
+    "granite": {"embedding_multiplier": 12.0, "residual_multiplier": 0.22, "attention_multiplier": 0.0078125,
+                "logits_scaling": 8.0},
+    "phi3": {"hidden_size": 384},  # head_dim 96: the flash attention path
+    "gemma": {"head_dim": 64, "hidden_act": "gelu_pytorch_tanh"},
+    "olmo2": {},
 }
 
 

@@ -75,17 +75,18 @@ def test_matrix_lists_every_type_of_its_version():
 
 
 def test_refusal_names_type_feature_and_alternatives():
-    model = build_tiny("olmo2")  # QK-norm over the whole projection: not in the engine (Qwen3's per-head one is)
-    with pytest.raises(UnsupportedModelError, match=r"'engine' .*'olmo2' \(QK-norm\).*proven exact for it: dense"):
+    model = build_tiny("apertus")  # QK-norm with an activation the engine has not (xIELU)
+    with pytest.raises(UnsupportedModelError, match=r"'engine' .*'apertus' \(QK-norm\).*proven exact for it: dense"):
         require_supported(model, "engine")
     assert "engine" not in supported_paths(model) and "dense" in supported_paths(model)
     assert issubclass(UnsupportedModelError, ValueError)
 
 
-@pytest.mark.parametrize("model_type", ["qwen3", "granite", "phi3", "gemma"])
+@pytest.mark.parametrize("model_type", ["qwen3", "granite", "phi3", "gemma", "olmo2"])
 def test_engine_takes_the_widened_families(model_type):
     """Qwen3 (QK-norm), Granite (multipliers), Phi-3 (fused weights), Gemma (GeLU-tanh,
-    (1 + w) norms, scaled embedding): the engine path is proven and accepted."""
+    (1 + w) norms, scaled embedding), OLMo2 (post-norms, whole-projection QK-norm): the
+    engine path is proven and accepted."""
     assert "engine" in supported_paths(build_tiny(model_type))
 
 

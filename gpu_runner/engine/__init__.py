@@ -29,8 +29,11 @@ Weights: the QKV and gate/up projections are concatenated once at construction; 
 the HF module's own weights become views into the fused tensors, so no weight memory is
 duplicated and the HF model keeps working unchanged.
 
-Supported: Llama-family decoder layers (Llama, Mistral, Qwen2: GQA and QKV bias included)
-with SiLU MLPs and static RoPE (default / linear / llama3 scaling); everything else is
+Supported: Llama-style decoder layers (GQA and QKV bias included) with static RoPE (default /
+linear / llama3 scaling) of the families in `engine.support.ENGINE_FAMILIES`: Llama,
+Mistral, Qwen2, Qwen3 (QK-norm), Granite (multipliers), Phi-3 (fused weights), Gemma (GeLU-tanh
+MLP, (1 + w) norms, scaled embedding), OLMo2 (post-norms, whole QK-norm), whose constants
+`weights.EngineFamily` holds, plus modular copies the model-zoo test proves; everything else is
 refused at construction with `support.UnsupportedModelError` (`engine.support` lists what
 the engine implements: O-projection and MLP biases, QK-norms, multipliers, ... are refused). Results hold views into
 the engine's buffers: they are valid until the next `prefill` call (`EngineOutput.clone()`

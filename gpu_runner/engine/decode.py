@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from gpu_runner.engine.decode_kernels import decode_attention
-from gpu_runner.engine.forward import embed, final_logits, mlp_act, project_qkv
+from gpu_runner.engine.forward import embed, final_logits, mlp_act, project_qkv, residual_add
 from gpu_runner.engine.kernels import rmsnorm, rope_store
 from gpu_runner.engine.kv_pages import GenerateOutOfMemoryError, PagedKVCache
 
@@ -96,10 +96,9 @@ class DecodeStep:
         slot, dest = self._field(buf, "slot", rows), self._field(buf, "dest", rows)
         lengths = pos + 1  # the new token's key is the last one the row attends to
         h = embed(eng, ids)
-        alpha = eng.family.residual_scale
         for li, w in enumerate(eng.layers):
             k_pool, v_pool = self.cache.layer(li)
-            x = rmsnorm(h, w.ln1, eng.eps)
+            x = h if w.ln1 is None else rmsnorm(h, w.ln1, eng.eps)
             qkv = project_qkv(eng, x, w)
             k_new = torch.empty((rows, eng.num_kv_heads, eng.head_dim), dtype=h.dtype, device=h.device)
             v_new = torch.empty_like(k_new)
@@ -108,9 +107,9 @@ class DecodeStep:
             v_pool.view(-1, eng.num_kv_heads, eng.head_dim).index_copy_(0, dest, v_new)
             a = decode_attention(q.contiguous(), k_pool, v_pool, self.cache.table, slot, lengths, eng.scale,
                                  num_pages=num_pages)
-            h.addmm_(a.reshape(rows, -1), w.o.t(), alpha=alpha)
-            x = rmsnorm(h, w.ln2, eng.eps)
-            h.addmm_(mlp_act(eng, x, w, fused=False), w.down.t(), alpha=alpha)
+            residual_add(eng, h, a.reshape(rows, -1), w.o, w.post_attn)
+            x = h if w.ln2 is None else rmsnorm(h, w.ln2, eng.eps)
+            residual_add(eng, h, mlp_act(eng, x, w, fused=False), w.down, w.post_mlp)
         return final_logits(eng, h)
 
     def _capture(self, rows: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:

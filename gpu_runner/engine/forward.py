@@ -18,7 +18,7 @@ from gpu_runner.engine.staging import layout, num_chunks
 from gpu_runner.engine.weights import FusedLayer
 from simulator.names import FLASH, PACKED
 
-__all__ = ["Row", "attend", "embed", "final_logits", "forward", "mlp_act", "project_qkv"]
+__all__ = ["Row", "attend", "embed", "final_logits", "forward", "mlp_act", "project_qkv", "residual_add"]
 
 
 @dataclass(frozen=True)
@@ -75,18 +75,17 @@ def forward(eng: Any, t: int, p: int, max_len: int) -> torch.Tensor:
     row = Row(pos=pos, seg=buf[lay["seg"]], cos=cos_t, sin=sin_t, cu=cu, cu_q=cu_q, cu_k=cu_k, used_k=used_k,
                max_q=max_q, max_k=max_k)
     h = embed(eng, ids)
-    alpha = eng.family.residual_scale
     # References are dropped as soon as a buffer is consumed: the peak stays at about
     # h + x + q (or qkv) + the MLP activation (the graph's memory pool is sized by it). The residual
     # stream h is updated inside the O and down matmuls (addmm_, beta = 1): no separate add pass.
     for li, w in enumerate(eng.layers):
         a = attend(eng, h, w, eng._kv[li, 0, :t], eng._kv[li, 1, :t], row)
-        h.addmm_(a.reshape(t, -1), w.o.t(), alpha=alpha)
+        residual_add(eng, h, a.reshape(t, -1), w.o, w.post_attn)
         a = None
-        x = rmsnorm(h, w.ln2, eng.eps)
+        x = h if w.ln2 is None else rmsnorm(h, w.ln2, eng.eps)
         act = mlp_act(eng, x, w, fused=eng.fused_mlp)
         x = None
-        h.addmm_(act, w.down.t(), alpha=alpha)
+        residual_add(eng, h, act, w.down, w.post_mlp)
         act = None
     return final_logits(eng, h.index_select(0, last))  # last tokens only
 
@@ -97,13 +96,26 @@ def embed(eng: Any, ids: torch.Tensor) -> torch.Tensor:
     return h if eng.family.embed_scale == 1.0 else h.mul_(eng.family.embed_scale)
 
 
+def residual_add(eng: Any, h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, post: torch.Tensor | None) -> None:
+    """h += residual_scale * (x @ weight.T), inside the matmul (addmm_); with a post-norm
+    weight (OLMo2) the product is RMS-normed first."""
+    if post is None:
+        h.addmm_(x, weight.t(), alpha=eng.family.residual_scale)
+    else:
+        h.add_(rmsnorm(x @ weight.t(), post, eng.eps), alpha=eng.family.residual_scale)
+
+
 def project_qkv(eng: Any, x: torch.Tensor, w: FusedLayer) -> torch.Tensor:
-    """The fused QKV projection [T, (Hq + 2 Hkv) D] of normed x; with a QK-norm (Qwen3) each
-    head's q and k RMS-normalized in place (HF's rounding), ready for RoPE."""
+    """The fused QKV projection [T, (Hq + 2 Hkv) D] of normed x; with a QK-norm, q and k
+    RMS-normalized in place (HF's rounding), per head (Qwen3: a [D] weight) or over the whole
+    projection (OLMo2: [Hq D] / [Hkv D]), ready for RoPE."""
     qkv = F.linear(x, w.qkv, w.qkv_bias)
     if w.q_norm is not None:
         t, d, hq, hkv = qkv.shape[0], eng.head_dim, eng.num_q_heads, eng.num_kv_heads
-        parts = ((qkv[:, : hq * d].view(t, hq, d), w.q_norm), (qkv[:, hq * d : (hq + hkv) * d].view(t, hkv, d), w.k_norm))
+        q, k = qkv[:, : hq * d], qkv[:, hq * d : (hq + hkv) * d]
+        if w.q_norm.numel() == d:  # per head, else over the whole projection
+            q, k = q.view(t, hq, d), k.view(t, hkv, d)
+        parts = ((q, w.q_norm), (k, w.k_norm))
         for part, weight in parts:
             y = part.float()
             y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eng.family.qk_eps)
@@ -131,7 +143,7 @@ def final_logits(eng: Any, h: torch.Tensor) -> torch.Tensor:
 
 def attend(eng: Any, h: torch.Tensor, w: FusedLayer, k_out: torch.Tensor, v_out: torch.Tensor, row: Row) -> torch.Tensor:
     """Layer w's attention over the flat row: [T, Hq, D]; its roped K and V go to k_out / v_out."""
-    x = rmsnorm(h, w.ln1, eng.eps)
+    x = h if w.ln1 is None else rmsnorm(h, w.ln1, eng.eps)
     if w.qkv_rope:  # Q, K, V roped in the QKV matmul's epilogue, K and V written to the cache there
         q = mm.qkv_rope(x, w.qkv, row.cos, row.sin, k_out, v_out, eng.num_q_heads, bias=w.qkv_bias,
                         counters=eng._counters)

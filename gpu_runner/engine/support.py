@@ -5,14 +5,14 @@ that those kernels do not compute would be silently skipped. It is therefore acc
 only when every piece is one it implements, read from the model itself:
 
   - the decoder layer, attention, MLP and norm classes are those of `ENGINE_FAMILIES`
-    (Llama, Mistral, Qwen2, Qwen3, Granite, Phi3, Gemma), or the model type is one the
+    (Llama, Mistral, Qwen2, Qwen3, Granite, Phi3, Gemma, Olmo2), or the model type is one the
     model-zoo test proved exact through the engine (`support_table.PROVEN["engine"]`: a
     modular copy of a family under its own names); any other subclass or copy may change
     the math: refused;
   - every parameter of a layer is one of: input / post-attention RMSNorm weights, Q/K/V
     projection weights and biases, O projection weight, gate / up / down weights, plus
     what the layer's family adds (`_FAMILY_PARAMS`: Qwen3's per-head QK-norm, Phi-3's
-    fused qkv_proj / gate_up_proj), so other QK-norms, extra norms, sinks, O or MLP
+    fused qkv_proj / gate_up_proj, OLMo2's whole-projection QK-norm and post-norms), so other QK-norms, extra norms, sinks, O or MLP
     biases, experts are refused by name;
   - SiLU or GeLU-tanh gated MLP (probed from the activation module), static RoPE over the full head (default / linear /
     llama3 scaling), no tensor-parallel pretraining split, no logit scaling, multipliers
@@ -31,11 +31,13 @@ from gpu_runner.engine.weights import ACTIVATIONS, mlp_activation
 
 __all__ = ["ENGINE_FAMILIES", "engine_refusal"]
 
-ENGINE_FAMILIES = ("Llama", "Mistral", "Qwen2", "Qwen3", "Granite", "Phi3", "Gemma")
+ENGINE_FAMILIES = ("Llama", "Mistral", "Qwen2", "Qwen3", "Granite", "Phi3", "Gemma", "Olmo2")
 # what a family adds to the Llama layer (`weights.EngineFamily` applies it): parameters ...
 _FAMILY_PARAMS = {
     "Qwen3": frozenset({"self_attn.q_norm.weight", "self_attn.k_norm.weight"}),  # per-head QK-norm
     "Phi3": frozenset({"self_attn.qkv_proj.weight", "mlp.gate_up_proj.weight"}),  # stored fused
+    "Olmo2": frozenset({"self_attn.q_norm.weight", "self_attn.k_norm.weight",  # whole-projection QK-norm,
+                        "post_feedforward_layernorm.weight"}),  # norms after attention and MLP
 }
 # ... config fields whose values it applies (elsewhere a value other than 1 is refused) ...
 _FAMILY_FIELDS = {"Granite": frozenset({"embedding_multiplier", "residual_multiplier", "attention_multiplier",
@@ -109,7 +111,7 @@ def engine_refusal(model: torch.nn.Module) -> tuple[str, str] | None:
             "decoder layer": type(layer).__name__,
             "attention": type(getattr(layer, "self_attn", None)).__name__,
             "MLP": type(getattr(layer, "mlp", None)).__name__,
-            "norm": type(getattr(layer, "input_layernorm", None)).__name__,
+            "norm": type(getattr(layer, "input_layernorm", None) or getattr(layer, "post_feedforward_layernorm", None)).__name__,
             "post-attention norm": type(getattr(layer, "post_attention_layernorm", None)).__name__,
             "final norm": type(getattr(inner, "norm", None)).__name__,
         }

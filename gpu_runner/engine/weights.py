@@ -33,7 +33,10 @@ class EngineFamily:
     norm_offset:    RMSNorm weights applied as (offset + w) (Gemma: 1)
     activation:     the MLP's act(gate) * up: "silu" or "gelu_tanh" (Gemma's gelu_pytorch_tanh),
                     probed from the MLP's activation module (`mlp_activation`)
-    qk_norm:        RMSNorm over each head's q and k before RoPE (Qwen3), with `qk_eps`
+    qk_norm:        RMSNorm of q and k before RoPE, with `qk_eps`: over each head (Qwen3) or
+                    over the whole projection (OLMo2), as the norm weight's size says
+    post_norms:     no pre-norms; the attention and MLP outputs are RMS-normed before the
+                    residual add (OLMo2)
     eps:            the decoder norms' epsilon
     """
 
@@ -47,6 +50,7 @@ class EngineFamily:
     qk_norm: bool = False
     qk_eps: float = 1e-6
     eps: float = 1e-6
+    post_norms: bool = False
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -78,7 +82,7 @@ def mlp_activation(mlp: torch.nn.Module) -> str | None:
 
 
 def _eps(norm: torch.nn.Module) -> float:
-    return float(getattr(norm, "variance_epsilon", None) or getattr(norm, "eps"))
+    return float(getattr(norm, "variance_epsilon", None) or norm.eps)
 
 
 def engine_family(model: torch.nn.Module) -> EngineFamily:
@@ -90,6 +94,8 @@ def engine_family(model: torch.nn.Module) -> EngineFamily:
     if name == "Granite":
         kw = {"embed_scale": float(cfg.embedding_multiplier), "residual_scale": float(cfg.residual_multiplier),
               "attn_scale": float(cfg.attention_multiplier), "logits_divisor": float(cfg.logits_scaling)}
+    elif name == "Olmo2":
+        kw = {"post_norms": True}
     elif name == "Gemma":
         rounded = torch.tensor(cfg.hidden_size**0.5, dtype=inner.embed_tokens.weight.dtype)
         kw = {"embed_scale": float(rounded), "norm_offset": 1.0}
@@ -115,16 +121,18 @@ def norm_weight(weight: torch.Tensor, family: EngineFamily) -> torch.Tensor:
 class FusedLayer:
     """One decoder layer's weights as the engine's forward reads them."""
 
-    ln1: torch.Tensor
+    ln1: torch.Tensor | None  # pre-attention norm (None: EngineFamily.post_norms)
     qkv: torch.Tensor  # [(Hq + 2 Hkv) * D, hidden]
     qkv_bias: torch.Tensor | None
     qkv_rope: bool  # the QKV matmul ropes and writes Q and the KV cache itself (matmul.qkv_rope)
     o: torch.Tensor
-    ln2: torch.Tensor
+    ln2: torch.Tensor | None  # pre-MLP norm (None: EngineFamily.post_norms)
     gate_up: torch.Tensor  # [2 I, hidden]
     down: torch.Tensor
-    q_norm: torch.Tensor | None = None  # [D] per-head RMSNorm weights (EngineFamily.qk_norm)
+    q_norm: torch.Tensor | None = None  # [D] per head or [Hq D] whole (EngineFamily.qk_norm)
     k_norm: torch.Tensor | None = None
+    post_attn: torch.Tensor | None = None  # norms of the attention / MLP outputs (post_norms)
+    post_mlp: torch.Tensor | None = None
 
 
 def fuse_layer(layer: torch.nn.Module, share: bool, *, qkv_rope: bool, num_q_heads: int, num_kv_heads: int,
@@ -166,10 +174,14 @@ def fuse_layer(layer: torch.nn.Module, share: bool, *, qkv_rope: bool, num_q_hea
                      and mm.qkv_fusable(probe, qkv, num_q_heads, num_kv_heads, head_dim))
     q_norm = attn.q_norm.weight if family.qk_norm else None
     k_norm = attn.k_norm.weight if family.qk_norm else None
-    return FusedLayer(ln1=norm_weight(layer.input_layernorm.weight, family), qkv=qkv, qkv_bias=bias,
-                      qkv_rope=fused_qkv, o=attn.o_proj.weight,
-                      ln2=norm_weight(layer.post_attention_layernorm.weight, family), gate_up=gate_up,
-                      down=mlp.down_proj.weight, q_norm=q_norm, k_norm=k_norm)
+    if family.post_norms:  # OLMo2: post_attention_layernorm norms the attention output
+        norms = {"ln1": None, "ln2": None, "post_attn": layer.post_attention_layernorm.weight,
+                 "post_mlp": layer.post_feedforward_layernorm.weight}
+    else:
+        norms = {"ln1": norm_weight(layer.input_layernorm.weight, family),
+                 "ln2": norm_weight(layer.post_attention_layernorm.weight, family)}
+    return FusedLayer(qkv=qkv, qkv_bias=bias, qkv_rope=fused_qkv, o=attn.o_proj.weight, gate_up=gate_up,
+                      down=mlp.down_proj.weight, q_norm=q_norm, k_norm=k_norm, **norms)
 
 
 def rebind(modules: list[torch.nn.Module], fused: torch.Tensor, name: str) -> None:
