@@ -321,7 +321,12 @@ def auto_backend(
     `model` that can run on `device` in `dtype`, the cheaper by the simulator's cost model
     (`attention.registry.auto_backend_name`'s rule); else flex if it is proven exact (e.g. Gemma 2 or
     GPT-OSS on CPU: no sdpa support); else `UnsupportedModelError` naming what is proven."""
-    from gpu_runner.attention.registry import AUTO_CANDIDATES, BACKENDS, cheapest_by_cost_model, gpu_table_name
+    from gpu_runner.attention.registry import (
+        AUTO_CANDIDATES,
+        BACKENDS,
+        cheapest_by_cost_model,
+        gpu_table_name,
+    )
 
     exact = exact_backends(model, lengths=lengths)
     runnable = [n for n in exact if n in BACKENDS and BACKENDS[n].unavailable(device, dtype) is None]
