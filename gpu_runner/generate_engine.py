@@ -2,7 +2,8 @@
 
 This module owns the glue between the public `generate(model, prompts, max_new_tokens,
 **options)` and `batch_generate.BatchGenerator`: whether the engine path applies
-(`engine_unsupported` returns the reason it does not, or None), the generation options it
+(`engine_unsupported` returns the reason it does not, or None; the model must be proven
+exact on the "engine" and "generate" paths by `gpu_runner.support`), the generation options it
 understands (`ENGINE_OPTIONS`, read like HF generate: the model's generation_config fills
 what the call leaves out) and the generator cached on the model between calls (engine,
 KV page pool, captured CUDA graphs), rebuilt when the model's weights moved or a call
@@ -22,16 +23,13 @@ from gpu_runner.engine import PrefillEngine
 from gpu_runner.validate import validate_prompts
 from gpu_runner.engine.sampling import SamplingParams
 from gpu_runner.schedule import DEFAULT_POLICY, make_policy
+from gpu_runner.support import refusal
 
-__all__ = ["ENGINE_MODEL_TYPES", "ENGINE_OPTIONS", "cached_engine", "clear_generation_cache", "engine_generate",
-           "engine_unsupported"]
+__all__ = ["ENGINE_OPTIONS", "cached_engine", "clear_generation_cache", "engine_generate", "engine_unsupported"]
 
 ENGINE_OPTIONS = frozenset(
     {"do_sample", "temperature", "top_k", "top_p", "eos_token_id", "stop_token_ids", "seed", "pad_token_id"}
 )
-# Model types whose generation through the engine is tested token for token against HF
-# (tests/test_decode.py); the engine's constructor must accept the model as well.
-ENGINE_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
 _ATTR = "_prepack_batch_generator"
 _MAX_BATCH = 256
 
@@ -57,7 +55,8 @@ def _cached(model: torch.nn.Module) -> dict[str, Any] | None:
     if entry is None:
         return None
     eng: PrefillEngine = entry["engine"]
-    q_proj = model.model.layers[0].self_attn.q_proj.weight
+    attn = model.model.layers[0].self_attn
+    q_proj = (attn.q_proj if hasattr(attn, "q_proj") else attn.qkv_proj).weight  # Phi-3 stores QKV fused
     if q_proj.data_ptr() != eng.layers[0].qkv.data_ptr() or model.lm_head.weight is not eng.lm_head:
         clear_generation_cache(model)  # the weights moved (model.to, reloading): build anew
         return None
@@ -89,13 +88,16 @@ def engine_unsupported(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
     extra = sorted(set(generate_kwargs) - ENGINE_OPTIONS)
     if extra:
         return f"the generation options {extra} are not among {sorted(ENGINE_OPTIONS)}"
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in ENGINE_MODEL_TYPES:
-        return f"model type {model_type!r} is not among {sorted(ENGINE_MODEL_TYPES)}"
+    for path in ("engine", "generate"):  # both proven exact (the model zoo: prefill + decode tokens)
+        found = refusal(model, path)
+        if found is not None:
+            return found.message()
     try:
         eng = _engine(model)
     except (ValueError, AttributeError, TypeError) as exc:
         return f"the prefill engine does not support the model ({exc})"
+    if eng.device.type == "cuda" and eng.head_dim & (eng.head_dim - 1):
+        return f"the decode kernel needs a power-of-two head_dim, the model's is {eng.head_dim}"
     try:
         news = per_prompt_new_tokens(max_new_tokens, len(prompts))
         needs = [len(p) + n - 1 for p, n in zip(prompts, news) if n > 0]

@@ -3,7 +3,7 @@
 Two paths; `path="auto"` picks the first that applies:
   engine  the prefill engine plus the CUDA-graph decode loop with packed refill
           (`gpu_runner.engine.batch_generate`): where `PrefillEngine` supports the model (its
-          constructor decides: Llama-family), the runner's own options are left at their
+          constructor decides, through `gpu_runner.support`), the runner's own options are left at their
           defaults (backend, capacity, memory_budget_bytes, decode_batch_size) and the
           generation options are among `ENGINE_OPTIONS`; the engine and its KV page pool
           (sized to the call's need, at most the free memory) stay cached on the model
@@ -37,6 +37,7 @@ from gpu_runner.generate_engine import (
 )
 from gpu_runner.model_guard import inference_call
 from gpu_runner.runner import prefill
+from gpu_runner.support import require_supported
 from gpu_runner.validate import validate_prompts
 
 __all__ = ["ENGINE_OPTIONS", "clear_generation_cache", "generate"]
@@ -90,8 +91,9 @@ def generate(
     stop_token_ids, seed and pad_token_id; the hf path passes them to `model.generate`
     (stop_token_ids joined to eos_token_id, seed through torch.manual_seed); they may not
     set input ids, masks or caches. A list ends at the first EOS / stop token (included),
-    as `model.generate` on that prompt alone would. The whole call holds the model's lock and
-    runs in eval mode (`gpu_runner.model_guard`), like `prefill`.
+    as `model.generate` on that prompt alone would. Raises `support.UnsupportedModelError`
+    (a ValueError) unless the path taken is proven exact for the model. The whole call holds
+    the model's lock and runs in eval mode (`gpu_runner.model_guard`), like `prefill`.
     """
     if path not in ("auto", "engine", "hf"):
         raise ValueError(f"path must be auto, engine or hf, got {path!r}")
@@ -127,6 +129,7 @@ def _generate(
             return engine_generate(model, prompts, max_new_tokens, packer=packer, policy=policy,
                                    kv_budget_bytes=kv_budget_bytes, **generate_kwargs)
         if path == "engine":
+            require_supported(model, "engine")  # UnsupportedModelError naming what is in the way
             raise ValueError(f"the engine path does not apply: {reason}")
     return _generate_hf(model, prompts, max_new_tokens, packer, backend, capacity=capacity,
                         memory_budget_bytes=memory_budget_bytes, decode_batch_size=decode_batch_size,
@@ -147,6 +150,7 @@ def _generate_hf(
 ) -> list[list[int]]:
     """Today's path: packed prefill of all but the last prompt tokens, then HF generate."""
     prompts, lengths = validate_prompts(model, prompts)
+    require_supported(model, "generate", lengths=lengths)  # UnsupportedModelError if not proven
     news = per_prompt_new_tokens(max_new_tokens, len(prompts))
     max_new_tokens = max(news)
     clash = sorted(set(generate_kwargs) & set(_RESERVED))

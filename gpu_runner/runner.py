@@ -20,6 +20,7 @@ from gpu_runner.inputs import pack_inputs
 from gpu_runner.model_guard import inference_call
 from gpu_runner.plan import ForwardPlan, check_fits_device, estimate_forward_bytes, plan_forwards, text_config
 from gpu_runner.result import OUT_OF_MEMORY, PrefillOutOfMemoryError, PrefillResult
+from gpu_runner.support import auto_backend, require_backend
 from gpu_runner.validate import validate_prompts
 from packers import Packing
 
@@ -74,17 +75,30 @@ def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
     return decoder
 
 
+def output_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The module that turns final hidden states into logits: the output embedding, or the
+    child of the model that holds it when that child is a whole prediction head (BERT-style
+    `cls`: dense + norm + decoder)."""
+    out = model.get_output_embeddings()
+    if out is None:
+        raise ValueError(f"{type(model).__name__} has no output embedding (lm_head)")
+    decoder = decoder_of(model)
+    for child in model.children():
+        if child is out or child is decoder:
+            continue
+        if any(m is out for m in child.modules()) and not any(m is decoder for m in child.modules()):
+            return child
+    return out
+
+
 def project_logits(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Next-token logits [N, vocab] from final hidden states [N, hidden], as the model's head does.
 
-    Applies the output embedding, then any logit scaling the config declares:
+    Applies the output head (`output_head`), then any logit scaling the config declares:
     `logit_scale` (multiply, Cohere), `logits_scaling` (divide, Granite),
     `final_logit_softcapping` (tanh cap, Gemma 2/3). Llama, Mistral, Qwen2 have none.
     """
-    head = model.get_output_embeddings()
-    if head is None:
-        raise ValueError(f"{type(model).__name__} has no output embedding (lm_head)")
-    logits = head(hidden)
+    logits = output_head(model)(hidden)
     cfg = text_config(model.config)
     scale = getattr(cfg, "logit_scale", None)
     if scale is not None:
@@ -194,7 +208,9 @@ def prefill(
     return_kv: keep per-prompt K/V (needs the packed cache in memory).
     pad_token_id: token id of padding slots (default the config's, else 0); never affects
               real tokens.
-    Raises `ValueError` on bad input (see `validate_prompts`; unknown packer / backend,
+    Raises `support.UnsupportedModelError` (a ValueError) when the backend is not proven
+    exact for this model ("auto" picks one that is, or raises it naming the paths that are),
+    `ValueError` on bad input (see `validate_prompts`; unknown packer / backend,
     mismatched or invalid packing, bad capacity / row_len / num_rows, a forward estimated
     to need more memory than the device has free) before any device work, and
     `PrefillOutOfMemoryError` naming the forward if the device runs out of memory.
@@ -203,6 +219,7 @@ def prefill(
     device, dtype = model_device_dtype(model)
     if backend != "auto":
         attn = resolve_backend(backend, device, dtype)  # unknown / unavailable: fail before packing
+        require_backend(model, backend, lengths=lengths)  # not proven exact: UnsupportedModelError
     if packing is not None:
         packing = check_packing(packing, lengths)
     else:
@@ -211,8 +228,8 @@ def prefill(
         if not hasattr(packer_obj, "pack"):
             raise ValueError(f"packer must be a registry name or have pack(); got {packer!r}")
         packing = packers.checked_pack(packer_obj, lengths, cap)  # a plug-in's result is checked
-    if backend == "auto":
-        attn = resolve_backend(backend, device, dtype, config=text_config(model.config), packing=packing)
+    if backend == "auto":  # the cheapest backend proven exact for this model
+        attn = resolve_backend(auto_backend(model, device, dtype, lengths=lengths, packing=packing), device, dtype)
     if row_len == "capacity":
         row_len = packing.capacity
     if row_len is not None:

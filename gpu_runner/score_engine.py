@@ -22,7 +22,8 @@ import torch
 
 import packers
 from gpu_runner.engine.scorer import EngineScorer, ScoreBatch
-from gpu_runner.generate_engine import ENGINE_MODEL_TYPES, cached_engine
+from gpu_runner.generate_engine import cached_engine
+from gpu_runner.support import refusal
 from gpu_runner.score_requests import ScoreLayout
 
 __all__ = ["DEFAULT_BATCH_TOKENS", "PATHS", "clear_score_cache", "engine_score", "engine_score_unsupported",
@@ -43,9 +44,9 @@ def engine_score_unsupported(model: torch.nn.Module, *, share_contexts: str, bac
         return "share_contexts='tree' needs a tree mask, which only the runner path has"
     if backend != "auto":
         return f"backend={backend!r} picks the runner path's attention"
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in ENGINE_MODEL_TYPES:
-        return f"model type {model_type!r} is not among {sorted(ENGINE_MODEL_TYPES)}"
+    refused = refusal(model, "engine")  # the engine path only where the zoo proves it exact
+    if refused is not None:
+        return refused.message()
     device = model.get_input_embeddings().weight.device
     if need_cuda and device.type != "cuda":
         return f"the model is on {device.type}, and the engine path is for CUDA devices"

@@ -33,8 +33,10 @@ from gpu_runner.model_guard import inference_call, model_lock
 from gpu_runner.plan import estimate_forward_bytes, plan_forwards, text_config
 from gpu_runner.result import PrefillOutOfMemoryError
 from gpu_runner.runner import decoder_of, model_device_dtype, project_logits, resolve_capacity, sub_packing
+from gpu_runner.support import auto_backend, refusal, require_backend, require_supported
 from gpu_runner.validate import sliding_window
 from gpu_runner.score_engine import DEFAULT_BATCH_TOKENS, PATHS, engine_score, engine_score_unsupported
+from simulator.names import DENSE
 from gpu_runner.score_requests import (
     SHARE_MODES,
     ScoreLayout,
@@ -134,6 +136,8 @@ def score(
               applies (CUDA, a model type it supports, backend "auto", share_contexts not
               "tree"), else the runner. ValueError if "engine" is asked where it cannot run.
     Raises `ValueError` naming the request index on bad input, before any device work;
+    `support.UnsupportedModelError` (a ValueError) when the backend is not proven exact for
+    the model ("auto" picks one that is);
     `PrefillOutOfMemoryError` naming the forward if the device runs out of memory.
     """
     if path not in PATHS:
@@ -187,15 +191,21 @@ def _score(model: torch.nn.Module, requests: Sequence[Any], *, packer: str | pac
     device, dtype = model_device_dtype(model)
     share = share_contexts
     if share == "auto":
-        share = auto_share(checked) if backend in ("auto", "dense") else "identical"
+        tree_ok = backend in ("auto", "dense") and refusal(model, DENSE) is None  # the tree mask runs dense
+        share = auto_share(checked) if tree_ok else "identical"
     layout = layout_requests(checked, share)
     cap = resolve_capacity(capacity, layout.lengths)
     packer_obj = packers.make_packer(packer) if isinstance(packer, str) else packer
     packing = packers.checked_pack(packer_obj, layout.lengths, cap)  # a plug-in's result is checked
     if share == "tree":
-        attn = get_backend("dense")
+        require_supported(model, DENSE, lengths=layout.lengths)  # not proven exact: UnsupportedModelError
+        attn = get_backend(DENSE)
+    elif backend == "auto":  # the cheapest backend proven exact for this model
+        attn = resolve_backend(auto_backend(model, device, dtype, lengths=layout.lengths, packing=packing),
+                               device, dtype)
     else:
-        attn = resolve_backend(backend, device, dtype, config=config, packing=packing)
+        attn = resolve_backend(backend, device, dtype)
+        require_backend(model, backend, lengths=layout.lengths)
 
     def estimate(rows: int, width: int, n: int) -> int:
         return estimate_forward_bytes(

@@ -13,6 +13,7 @@ import torch
 from gpu_runner.inputs import prompt_lengths
 from gpu_runner.plan import text_config
 from packers.limits import check_num_prompts
+from gpu_runner.support import UnsupportedModelError, local_window, model_type
 
 __all__ = ["check_prompts", "sliding_window", "validate_prompts"]
 
@@ -35,14 +36,9 @@ def _normalize(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
 
 
 def sliding_window(config: Any) -> int | None:
-    """The smallest sliding window any layer of the model uses, or None."""
-    window = getattr(config, "sliding_window", None)
-    if not window or getattr(config, "usesliding_window", True) is False:
-        return None
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None and "sliding_attention" not in layer_types:
-        return None
-    return int(window)
+    """The smallest local-attention span any layer of the model uses (sliding window,
+    attention chunk, local window: `support.local_window`), or None."""
+    return local_window(config)
 
 
 def check_prompts(
@@ -75,15 +71,15 @@ def check_prompts(
     longest = max(lengths)
     config = text_config(model.config)
     context = getattr(config, "max_position_embeddings", None)
-    if context is not None and longest > context:
+    if isinstance(context, int) and context > 0 and longest > context:  # XLNet says -1: no limit
         i = lengths.index(longest)
         raise ValueError(f"prompt {i} has {longest} tokens, over the model's context ({context})")
     window = sliding_window(config)
     if window is not None and longest > window:
         i = lengths.index(longest)
-        raise ValueError(
-            f"prompt {i} has {longest} tokens, over the model's sliding window ({window}): "
-            "packed prefill uses full causal masks"
+        raise UnsupportedModelError(
+            f"prompt {i} has {longest} tokens, over the model's sliding window ({window}) "
+            f"(local attention, model_type {model_type(model)!r}): packed prefill uses full causal masks"
         )
     return prompts, lengths, tokens
 
@@ -95,8 +91,9 @@ def validate_prompts(
 
     `ValueError` for: an empty list, more prompts than `packers.limits.MAX_PROMPTS`, an
     empty prompt, a non-integer token id (bools and floats included), a token id outside
-    [0, vocab), a prompt longer than `max_position_embeddings`, or a prompt longer
-    than a sliding attention window (packed masks here are full causal).
+    [0, vocab), a prompt longer than `max_position_embeddings`, or a prompt longer than the
+    model's local attention span (sliding window / attention chunk: packed masks here are
+    full causal; `support.UnsupportedModelError`, a ValueError).
     """
     prompts, lengths, _ = check_prompts(model, prompts)
     return prompts, lengths

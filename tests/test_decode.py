@@ -107,7 +107,7 @@ def test_generate_falls_back_to_hf_path_when_the_engine_path_does_not_apply():
         gpu_runner.generate(model, prompts, 4, path="engine", repetition_penalty=1.5)
     torch.manual_seed(0)
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=96, n_embd=32, n_layer=1, n_head=2, n_positions=64)).eval()
-    assert "model type 'gpt2'" in engine_unsupported(gpt2, prompts, 4, {}, [])
+    assert "model_type 'gpt2'" in engine_unsupported(gpt2, prompts, 4, {}, [])
     assert "backend" in engine_unsupported(model, prompts, 4, {}, ["backend"])
     assert "RoPE table" in engine_unsupported(model, [[1] * 120], 20, {}, [])
     assert engine_unsupported(model, prompts, 4, {"do_sample": True, "seed": 1}, []) is None

@@ -113,7 +113,7 @@ def test_engine_path_refuses_a_model_type_it_does_not_support():
 
     model = AutoModelForCausalLM.from_config(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2,
                                                         n_positions=64)).eval()
-    with pytest.raises(ValueError, match="model type 'gpt2'"):
+    with pytest.raises(ValueError, match="model_type 'gpt2'"):
         gpu_runner.score(model, [([1, 2], [3])], path="engine")
     assert len(gpu_runner.score(model, [([1, 2], [3])], path="auto")) == 1
 
@@ -121,7 +121,8 @@ def test_engine_path_refuses_a_model_type_it_does_not_support():
 def test_score_head_chunks_equal_one_pass_and_log_softmax():
     torch.manual_seed(0)
     hidden, vocab, t = 16, 50, 40
-    eng = SimpleNamespace(final_norm=torch.rand(hidden) + 0.5, eps=1e-6, lm_head=torch.randn(vocab, hidden))
+    eng = SimpleNamespace(final_norm=torch.rand(hidden) + 0.5, eps=1e-6, lm_head=torch.randn(vocab, hidden),
+                          family=SimpleNamespace(logits_divisor=1.0))
     h = torch.randn(t, hidden)
     gpos = torch.tensor([3, 0, 39, 17, 17, 8, 22])
     pair_u = torch.tensor([0, 1, 2, 3, 4, 5, 6, 6, 2, 0])
@@ -241,3 +242,20 @@ def test_cuda_graph_replay_equals_eager():
     eager = gpu_runner.score(model, requests, path="engine", batch_tokens=4096)
     assert max(abs(a.logprob - b.logprob) for a, b in zip(graphed, eager)) <= 1e-3
     assert sum(a.is_greedy != b.is_greedy for a, b in zip(graphed, eager)) <= 1
+
+
+@pytest.mark.parametrize("model_type", ["qwen3", "granite", "gemma", "phi3", "olmo2"])
+def test_engine_path_matches_the_runner_on_the_widened_families(model_type):
+    # the families the engine took on after Llama / Mistral / Qwen2 (QK-norm, multipliers and
+    # a logits divisor, norm offsets and GeLU, fused weights, post-norms) score as the runner does
+    from zoo_models import build_tiny
+
+    model = build_tiny(model_type)
+    assert not isinstance(model, str), model
+    vocab = model.get_input_embeddings().num_embeddings
+    requests = [([t % vocab for t in r[0]], [t % vocab for t in r[1]]) for r in _requests(seed=7)]
+    runner = gpu_runner.score(model, requests, path="runner")
+    got = gpu_runner.score(model, requests, path="engine", batch_tokens=64)
+    for i, (ours, theirs) in enumerate(zip(got, runner)):
+        assert abs(ours.logprob - theirs.logprob) <= TOL, (i, ours.logprob, theirs.logprob)
+        assert ours.is_greedy == theirs.is_greedy, i

@@ -7,7 +7,9 @@ calls `flex_attention` eagerly instead: in torch 2.13 the inductor CPU template 
 transformers' compiled call lowers to fails to build (C++ error "cur_qSplitSize8 was not
 declared") once shapes change and it recompiles with dynamic shapes at head_dim 64, and
 compiling costs seconds per shape anyway. Eager CPU flex materializes the scores (exact,
-slow): a correctness path, not a fast one.
+slow): a correctness path, not a fast one. Attention sinks (`s_aux`, one logit per head:
+GPT-OSS and others) are applied on CPU as transformers applies them on CUDA, by
+renormalizing with the log-sum-exp: out * exp(lse - logsumexp(lse, sink)).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def flex_attention_forward(
             f"{FLEX_ATTN_IMPLEMENTATION!r} needs a BlockMask, got {type(attention_mask).__name__}"
         )
     softcap = kwargs.get("softcap")
+    sinks = kwargs.get("s_aux")
 
     def score_mod(score, b, h, q_idx, kv_idx):
         return score if softcap is None else softcap * torch.tanh(score / softcap)
@@ -64,8 +67,25 @@ def flex_attention_forward(
             block_mask=attention_mask,
             scale=scaling,
             enable_gqa=query.shape[1] != key.shape[1],
+            **({} if sinks is None else _lse_request()),
         )
+    if sinks is not None:
+        out, aux = out
+        lse = (getattr(aux, "lse", aux)).float().unsqueeze(-1)  # [B, H, L, 1]
+        sink = sinks.float().view(1, -1, 1, 1).expand_as(lse)
+        combined = torch.logsumexp(torch.cat([lse, sink], dim=-1), dim=-1, keepdim=True)
+        out = (out.float() * torch.exp(lse - combined)).to(query.dtype)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _lse_request() -> dict[str, Any]:
+    """flex_attention's keyword asking for the log-sum-exp: `return_aux=AuxRequest(lse=True)`
+    (torch >= 2.9) or `return_lse=True` (older)."""
+    try:
+        from torch.nn.attention.flex_attention import AuxRequest
+    except ImportError:
+        return {"return_lse": True}
+    return {"return_aux": AuxRequest(lse=True)}
 
 
 def _register() -> None:

@@ -67,8 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="prepack-bench", description=__doc__.splitlines()[0], epilog=_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=csv_list, default=None,
-                   help="comma-separated shapes: llama-2-7b, sheared-llama-1.3b, tiny (default sheared-llama-1.3b; "
-                        "e2e: one shape, default llama-2-7b)")
+                   help="comma-separated shapes: llama-2-7b, sheared-llama-1.3b, qwen3-8b, gemma-7b, phi-3-mini, tiny "
+                        "(default sheared-llama-1.3b; e2e: one shape, default llama-2-7b)")
     p.add_argument("--dataset", default="mmlu", help="length list name: mmlu, alpaca, samsum, wikitext256 (default mmlu)")
     p.add_argument("--batch", type=int, default=64, help="prompts per batch (default 64)")
     p.add_argument("--methods", type=csv_list, default=None,

@@ -20,12 +20,24 @@ __all__ = [
     "stream_batches",
 ]
 
-# Llama-architecture shapes (random weights). max_position_embeddings covers the datasets.
-MODEL_SHAPES: dict[str, dict[str, int]] = {
+# Model shapes (random weights): config fields, "model_type" (default llama) picking the
+# architecture. max_position_embeddings covers the datasets. Besides Llama: the engine's other
+# families at their published sizes (Qwen3-8B: QK-norm; Gemma-7B: GeLU-tanh MLP, (1 + w) norms,
+# scaled embedding, head_dim 256; Phi-3-mini: fused qkv / gate_up weights, head_dim 96).
+MODEL_SHAPES: dict[str, dict[str, Any]] = {
     "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                       num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096),
     "sheared-llama-1.3b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16,
                                num_key_value_heads=16, vocab_size=32000, max_position_embeddings=4096),
+    "qwen3-8b": dict(model_type="qwen3", hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+                     max_position_embeddings=4096, tie_word_embeddings=False),
+    "gemma-7b": dict(model_type="gemma", hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
+                     num_attention_heads=16, num_key_value_heads=16, head_dim=256, vocab_size=256000,
+                     max_position_embeddings=4096, hidden_act="gelu_pytorch_tanh"),
+    "phi-3-mini": dict(model_type="phi3", hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, vocab_size=32064,
+                       max_position_embeddings=4096, tie_word_embeddings=False),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=1000, max_position_embeddings=2048),
 }
@@ -76,10 +88,12 @@ def stream_batches(lengths: np.ndarray, batch: int, vocab_size: int, seed: int, 
 
 
 def build_model(name: str, *, device: str, dtype: str) -> torch.nn.Module:
-    """A random-weight Llama of shape `name`, built directly on `device` (no CPU init)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    """A random-weight model of shape `name` (`MODEL_SHAPES`), built directly on `device`
+    (no CPU init)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = LlamaConfig(**MODEL_SHAPES[name], attn_implementation="sdpa", pad_token_id=0)
+    shape = dict(MODEL_SHAPES[name])
+    cfg = AutoConfig.for_model(shape.pop("model_type", "llama"), **shape, attn_implementation="sdpa", pad_token_id=0)
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))

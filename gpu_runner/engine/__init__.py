@@ -29,14 +29,18 @@ Weights: the QKV and gate/up projections are concatenated once at construction; 
 the HF module's own weights become views into the fused tensors, so no weight memory is
 duplicated and the HF model keeps working unchanged.
 
-Supported: Llama-family decoder layers (Llama, Mistral, Qwen2: GQA and QKV bias included)
-with SiLU MLPs and static RoPE (default / linear / llama3 scaling); O-projection and MLP
-biases are refused (`ValueError`: the residual add lives in those matmuls). Results hold views into
+Supported: Llama-style decoder layers (GQA and QKV bias included) with static RoPE (default /
+linear / llama3 scaling) of the families in `engine.support.ENGINE_FAMILIES`: Llama,
+Mistral, Qwen2, Qwen3 (QK-norm), Granite (multipliers), Phi-3 (fused weights), Gemma (GeLU-tanh
+MLP, (1 + w) norms, scaled embedding), OLMo2 (post-norms, whole QK-norm), whose constants
+`weights.EngineFamily` holds, plus modular copies the model-zoo test proves; everything else is
+refused at construction with `support.UnsupportedModelError` (`engine.support` lists what
+the engine implements: O-projection and MLP biases, QK-norms, multipliers, ... are refused). Results hold views into
 the engine's buffers: they are valid until the next `prefill` call (`EngineOutput.clone()`
 keeps them).
 
-Modules: engine (PrefillEngine: options, KV / input buffers, CUDA graphs), weights (model
-checks, fused projections), staging (host layout of the flat row), forward (the layer
+Modules: engine (PrefillEngine: options, KV / input buffers, CUDA graphs), support (which
+models it takes), weights (fused projections), staging (host layout of the flat row), forward (the layer
 forward), scorer (EngineScorer: log-probs of target tokens at any row positions, for
 `gpu_runner.score`), kernels (Triton / torch RMSNorm, RoPE, attention kernels), matmul (persistent
 Triton matmuls with SwiGLU / QKV-RoPE epilogues).

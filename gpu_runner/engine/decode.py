@@ -3,11 +3,12 @@
 This module owns the device work of a decode step: for every batch row (one live sequence),
 feed its last token at its position and return next-token logits. Per layer, as the prefill
 engine (`gpu_runner.engine`), with its fused weights, RoPE tables and kernels:
-  RMSNorm -> fused QKV (+ bias) -> RoPE at each row's position (the engine's cos/sin tables,
+  RMSNorm -> fused QKV (+ bias, + the family's QK-norm) -> RoPE at each row's position (the engine's cos/sin tables,
   HF's rounding) with K, V written to the row's page (`kv_pages.PagedKVCache`) -> attention
   over the row's cache (`decode_kernels.decode_attention`, split-KV by default: lengths and
-  page table read from device memory) -> O matmul adding into the residual -> RMSNorm -> gate/up, SiLU * up,
-  down adding into the residual; then the final norm and lm_head on the bucket's rows.
+  page table read from device memory) -> O matmul adding into the residual -> RMSNorm -> gate/up,
+  act(gate) * up, down adding into the residual; then the final norm and lm_head on the bucket's
+  rows (the family's constants as in the prefill: `weights.EngineFamily`, `forward`'s helpers).
 
 Static shapes: rows are padded up to a batch-size bucket (1, 2, 4, 8, 16, 32, 48, 64, 96,
 128, ...); padding rows write their K/V to the pool's scratch page and attend to it alone.
@@ -22,10 +23,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gpu_runner.engine.decode_kernels import KERNELS, decode_attention
-from gpu_runner.engine.kernels import rmsnorm, rope_store, silu_mul
+from gpu_runner.engine.forward import embed, final_logits, mlp_act, project_qkv, residual_add
+from gpu_runner.engine.kernels import rmsnorm, rope_store
 from gpu_runner.engine.kv_pages import GenerateOutOfMemoryError, PagedKVCache
 
 __all__ = ["DecodeStep", "batch_buckets"]
@@ -101,11 +102,11 @@ class DecodeStep:
         ids, pos = self._field(buf, "ids", rows), self._field(buf, "pos", rows)
         slot, dest = self._field(buf, "slot", rows), self._field(buf, "dest", rows)
         lengths = pos + 1  # the new token's key is the last one the row attends to
-        h = F.embedding(ids, eng.embed)
+        h = embed(eng, ids)
         for li, w in enumerate(eng.layers):
             k_pool, v_pool = self.cache.layer(li)
-            x = rmsnorm(h, w.ln1, eng.eps)
-            qkv = F.linear(x, w.qkv, w.qkv_bias)
+            x = h if w.ln1 is None else rmsnorm(h, w.ln1, eng.eps)
+            qkv = project_qkv(eng, x, w)
             k_new = torch.empty((rows, eng.num_kv_heads, eng.head_dim), dtype=h.dtype, device=h.device)
             v_new = torch.empty_like(k_new)
             q = rope_store(qkv, pos, eng.cos, eng.sin, k_new, v_new, eng.num_q_heads)
@@ -113,12 +114,10 @@ class DecodeStep:
             v_pool.view(-1, eng.num_kv_heads, eng.head_dim).index_copy_(0, dest, v_new)
             a = decode_attention(q.contiguous(), k_pool, v_pool, self.cache.table, slot, lengths, eng.scale,
                                  num_pages=num_pages, kernel=self.attention_kernel, splits=self.attention_splits)
-            h.addmm_(a.reshape(rows, -1), w.o.t())
-            x = rmsnorm(h, w.ln2, eng.eps)
-            h.addmm_(silu_mul(F.linear(x, w.gate_up)), w.down.t())
-        xl = h.float()
-        xl = eng.final_norm * (xl * torch.rsqrt(xl.pow(2).mean(-1, keepdim=True) + eng.eps)).to(h.dtype)
-        return F.linear(xl, eng.lm_head)
+            residual_add(eng, h, a.reshape(rows, -1), w.o, w.post_attn)
+            x = h if w.ln2 is None else rmsnorm(h, w.ln2, eng.eps)
+            residual_add(eng, h, mlp_act(eng, x, w, fused=False), w.down, w.post_mlp)
+        return final_logits(eng, h)
 
     def _capture(self, rows: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         try:

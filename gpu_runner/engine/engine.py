@@ -15,8 +15,9 @@ from gpu_runner.engine import matmul as mm
 from gpu_runner.engine.forward import forward
 from gpu_runner.engine.kernels import use_triton
 from gpu_runner.engine.staging import bucket_tokens, layout, num_chunks, stage
-from gpu_runner.engine.weights import check_supported, fuse_layer
+from gpu_runner.engine.weights import engine_family, fuse_layer, norm_weight
 from gpu_runner.plan import text_config
+from gpu_runner.support import require_supported
 from gpu_runner.validate import sliding_window
 from simulator.names import AUTO, ENGINE, ENGINE_ATTENTION, FLASH, PACKED, TORCH
 
@@ -57,7 +58,8 @@ class EngineOutput:
 class PrefillEngine:
     """Prefill of many prompts as one flat varlen row, with CUDA graphs per shape bucket.
 
-    model:         an HF Llama-family causal LM (on its device, in its dtype)
+    model:         an HF causal LM the engine supports (`engine.support`: Llama, Mistral, Qwen2,
+                   Qwen3, Granite, Phi-3, Gemma layers; on its device, in its dtype)
     token_bucket:  the row length is the real token count rounded up to a multiple of this
                    (static shapes: few distinct graphs, at most token_bucket - 1 wasted tokens)
     cuda_graphs:   capture and replay CUDA graphs (CUDA only; False = eager, same kernels)
@@ -68,7 +70,8 @@ class PrefillEngine:
     attention:     "packed": the fused RoPE + attention Triton kernel tiled over the flat row
                    (short prompts share tiles; the default where Triton runs), "flash":
                    torch's flash varlen kernel (FA2) per prompt, "torch": dense-mask sdpa
-                   (CPU reference); "auto" picks
+                   (CPU reference); "auto" picks packed where Triton runs and head_dim is a
+                   power of two >= 32, else flash on CUDA (Phi-3-mini's head_dim 96), else torch
     fused_mlp:     the gate/up matmul with SiLU * up in its epilogue (`matmul.swiglu`:
                    one persistent Triton TMA kernel on Hopper, no [T, 2 I] intermediate); False =
                    cuBLAS then the silu_mul kernel, which is also what runs where the fused
@@ -99,7 +102,7 @@ class PrefillEngine:
     ) -> None:
         if token_bucket < 1:
             raise ValueError(f"token_bucket must be >= 1, got {token_bucket}")
-        check_supported(model)
+        require_supported(model, "engine")  # every module and field the engine implements
         cfg = model.config
         inner = model.model
         self.model = model
@@ -113,10 +116,15 @@ class PrefillEngine:
         self.dtype = model.lm_head.weight.dtype
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         probe = torch.empty(0, device=self.device)
+        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        packable = head_dim >= 32 and head_dim & (head_dim - 1) == 0  # the packed kernels' tiles
         if attention == AUTO:
-            attention = PACKED if use_triton(probe) else FLASH if self.device.type == "cuda" else TORCH
+            attention = (PACKED if use_triton(probe) and packable else FLASH if self.device.type == "cuda"
+                         else TORCH)
         if attention == PACKED and not use_triton(probe):
             raise ValueError("attention 'packed' needs Triton and a CUDA device")
+        if attention == PACKED and not packable:
+            raise ValueError(f"attention 'packed' needs a power-of-two head_dim >= 32, got {head_dim}: use 'flash'")
         if attention == FLASH and self.device.type != "cuda":
             raise ValueError("attention 'flash' needs a CUDA device")
         self.attention = attention
@@ -128,16 +136,18 @@ class PrefillEngine:
         self.num_kv_heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
         self.vocab_size = int(model.lm_head.weight.shape[0])
-        self.scale = self.head_dim**-0.5
+        self.family = engine_family(model)  # multipliers, norm offsets, activation, QK-norm
+        self.scale = self.family.attn_scale or self.head_dim**-0.5
         self.sliding_window = sliding_window(text_config(cfg))
         self.pad_token_id = 0
-        self.eps = float(inner.norm.variance_epsilon)
+        self.eps = self.family.eps
         self.embed = inner.embed_tokens.weight
-        self.final_norm = inner.norm.weight
+        self.final_norm = norm_weight(inner.norm.weight, self.family)
         self.lm_head = model.lm_head.weight
         qkv_rope = self.fused_qkv and self.attention == PACKED
         self.layers = [fuse_layer(layer, share_weights, qkv_rope=qkv_rope, num_q_heads=self.num_q_heads,
-                                  num_kv_heads=self.num_kv_heads, head_dim=self.head_dim) for layer in inner.layers]
+                                  num_kv_heads=self.num_kv_heads, head_dim=self.head_dim, family=self.family)
+                       for layer in inner.layers]
         rotary = inner.rotary_emb
         self.max_positions = int(getattr(cfg, "max_position_embeddings", 4096))
         freqs = torch.arange(self.max_positions, device=self.device, dtype=torch.float32)[:, None] * rotary.inv_freq.to(

@@ -18,7 +18,8 @@ from gpu_runner.engine.staging import layout, num_chunks
 from gpu_runner.engine.weights import FusedLayer
 from simulator.names import FLASH, PACKED
 
-__all__ = ["Row", "attend", "final_norm", "forward", "hidden_states"]
+__all__ = ["Row", "attend", "embed", "final_logits", "final_norm", "forward", "hidden_states", "mlp_act", "project_qkv",
+           "residual_add"]
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,12 @@ def forward(eng: Any, t: int, p: int, max_len: int) -> torch.Tensor:
     logits [p, vocab]. Reads only the engine's attributes (layers, embed, cos / sin, _kv, ...)."""
     h = hidden_states(eng, t, p, max_len, eng._in_dev, eng._kv)
     last = eng._in_dev[layout(t, p, num_chunks(t, p, eng.q_chunk, eng.attention))["last"]]
-    return F.linear(final_norm(eng, h.index_select(0, last)), eng.lm_head)  # last tokens only
+    return final_logits(eng, h.index_select(0, last))  # last tokens only
 
 
 def final_norm(eng: Any, h: torch.Tensor) -> torch.Tensor:
-    """The model's final RMSNorm of rows h [n, hidden] (fp32 statistics, HF's rounding)."""
+    """The model's final RMSNorm of rows h [n, hidden] (fp32 statistics, HF's rounding; the
+    family's norm offset is folded into eng.final_norm at construction)."""
     x = h.float()
     return eng.final_norm * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eng.eps)).to(h.dtype)
 
@@ -88,34 +90,80 @@ def hidden_states(eng: Any, t: int, p: int, max_len: int, buf: torch.Tensor, kv:
         cos_t, sin_t = eng.cos.index_select(0, pos), eng.sin.index_select(0, pos)
     row = Row(pos=pos, seg=buf[lay["seg"]], cos=cos_t, sin=sin_t, cu=cu, cu_q=cu_q, cu_k=cu_k, used_k=used_k,
                max_q=max_q, max_k=max_k)
-    h = F.embedding(ids, eng.embed)
+    h = embed(eng, ids)
     # References are dropped as soon as a buffer is consumed: the peak stays at about
     # h + x + q (or qkv) + the MLP activation (the graph's memory pool is sized by it). The residual
     # stream h is updated inside the O and down matmuls (addmm_, beta = 1): no separate add pass.
     for li, w in enumerate(eng.layers):
         kv_l = kv[li if kv.shape[0] > 1 else 0]
         a = attend(eng, h, w, kv_l[0, :t], kv_l[1, :t], row)
-        h.addmm_(a.reshape(t, -1), w.o.t())
+        residual_add(eng, h, a.reshape(t, -1), w.o, w.post_attn)
         a = None
-        x = rmsnorm(h, w.ln2, eng.eps)
-        if eng.fused_mlp:
-            act = mm.swiglu(x, w.gate_up, counters=eng._counters)
-        else:
-            act = silu_mul(F.linear(x, w.gate_up))
+        x = h if w.ln2 is None else rmsnorm(h, w.ln2, eng.eps)
+        act = mlp_act(eng, x, w, fused=eng.fused_mlp)
         x = None
-        h.addmm_(act, w.down.t())
+        residual_add(eng, h, act, w.down, w.post_mlp)
         act = None
     return h
 
 
+def embed(eng: Any, ids: torch.Tensor) -> torch.Tensor:
+    """Token embeddings [T, hidden] (times the family's embedding scale)."""
+    h = F.embedding(ids, eng.embed)
+    return h if eng.family.embed_scale == 1.0 else h.mul_(eng.family.embed_scale)
+
+
+def residual_add(eng: Any, h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, post: torch.Tensor | None) -> None:
+    """h += residual_scale * (x @ weight.T), inside the matmul (addmm_); with a post-norm
+    weight (OLMo2) the product is RMS-normed first."""
+    if post is None:
+        h.addmm_(x, weight.t(), alpha=eng.family.residual_scale)
+    else:
+        h.add_(rmsnorm(x @ weight.t(), post, eng.eps), alpha=eng.family.residual_scale)
+
+
+def project_qkv(eng: Any, x: torch.Tensor, w: FusedLayer) -> torch.Tensor:
+    """The fused QKV projection [T, (Hq + 2 Hkv) D] of normed x; with a QK-norm, q and k
+    RMS-normalized in place (HF's rounding), per head (Qwen3: a [D] weight) or over the whole
+    projection (OLMo2: [Hq D] / [Hkv D]), ready for RoPE."""
+    qkv = F.linear(x, w.qkv, w.qkv_bias)
+    if w.q_norm is not None:
+        t, d, hq, hkv = qkv.shape[0], eng.head_dim, eng.num_q_heads, eng.num_kv_heads
+        q, k = qkv[:, : hq * d], qkv[:, hq * d : (hq + hkv) * d]
+        if w.q_norm.numel() == d:  # per head, else over the whole projection
+            q, k = q.view(t, hq, d), k.view(t, hkv, d)
+        parts = ((q, w.q_norm), (k, w.k_norm))
+        for part, weight in parts:
+            y = part.float()
+            y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eng.family.qk_eps)
+            part.copy_(weight * y.to(part.dtype))
+    return qkv
+
+
+def mlp_act(eng: Any, x: torch.Tensor, w: FusedLayer, *, fused: bool) -> torch.Tensor:
+    """act(gate) * up [T, I] of normed x: SiLU (the fused swiglu matmul where `fused`, else
+    cuBLAS then silu_mul) or GeLU-tanh (Gemma: torch ops)."""
+    if eng.family.activation == "silu":
+        return mm.swiglu(x, w.gate_up, counters=eng._counters) if fused else silu_mul(F.linear(x, w.gate_up))
+    gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
+    return gate.copy_(F.gelu(gate, approximate="tanh") * up)
+
+
+def final_logits(eng: Any, h: torch.Tensor) -> torch.Tensor:
+    """Logits [n, vocab] of final hidden states [n, hidden]: the final RMSNorm (HF's
+    rounding), lm_head, then the family's logits divisor."""
+    logits = F.linear(final_norm(eng, h), eng.lm_head)
+    return logits if eng.family.logits_divisor == 1.0 else logits.div_(eng.family.logits_divisor)
+
+
 def attend(eng: Any, h: torch.Tensor, w: FusedLayer, k_out: torch.Tensor, v_out: torch.Tensor, row: Row) -> torch.Tensor:
     """Layer w's attention over the flat row: [T, Hq, D]; its roped K and V go to k_out / v_out."""
-    x = rmsnorm(h, w.ln1, eng.eps)
+    x = h if w.ln1 is None else rmsnorm(h, w.ln1, eng.eps)
     if w.qkv_rope:  # Q, K, V roped in the QKV matmul's epilogue, K and V written to the cache there
         q = mm.qkv_rope(x, w.qkv, row.cos, row.sin, k_out, v_out, eng.num_q_heads, bias=w.qkv_bias,
                         counters=eng._counters)
         return packed_attention(q, k_out, v_out, row.seg, eng.scale)
-    qkv = F.linear(x, w.qkv, w.qkv_bias)
+    qkv = project_qkv(eng, x, w)
     if eng.attention == PACKED:
         return rope_attention(qkv, row.pos, eng.cos, eng.sin, row.seg, k_out, v_out, eng.num_q_heads, eng.scale)
     q = rope_store(qkv, row.pos, eng.cos, eng.sin, k_out, v_out, eng.num_q_heads)

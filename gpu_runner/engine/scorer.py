@@ -72,7 +72,10 @@ def score_head(eng: Any, h: torch.Tensor, gpos: torch.Tensor, pair_u: torch.Tens
     picked = torch.zeros(pair_u.shape[0], dtype=torch.float32, device=x.device)
     for c0 in range(0, g, chunk):
         n = min(chunk, g - c0)
-        logits = F.linear(x[c0 : c0 + n], eng.lm_head).float()
+        logits = F.linear(x[c0 : c0 + n], eng.lm_head)
+        if eng.family.logits_divisor != 1.0:  # Granite: in the model dtype, as HF (and final_logits) divide
+            logits = logits / eng.family.logits_divisor
+        logits = logits.float()
         lse[c0 : c0 + n] = torch.logsumexp(logits, dim=-1)
         best[c0 : c0 + n] = logits.argmax(dim=-1)
         local = pair_u - c0

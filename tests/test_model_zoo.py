@@ -1,0 +1,169 @@
+"""Conformance over the installed transformers' causal-LM zoo, and the support decision.
+
+For every causal-LM model type that builds tiny (tests/zoo_models.py), every path (prefill
+dense / flex / varlen, generate, the engine with attention="torch") either equals each
+prompt run alone (logits and K/V, greedy tokens; fp32, tests/zoo_check.TOL) or raises
+`UnsupportedModelError`: never another exception, never a silent difference. The committed
+docs/support_matrix.md must match what the library decides (when it was generated with
+this transformers version), so it cannot go stale.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpu_runner.support import (
+    PATHS,
+    PROVEN,
+    Refusal,
+    UnsupportedModelError,
+    local_window,
+    refusal,
+    require_supported,
+    supported_paths,
+)
+from tests.zoo_check import check_path
+from tests.zoo_matrix import MATRIX, cell, parse, quiet
+from tests.zoo_models import build_tiny, causal_lm_types
+
+TYPES = causal_lm_types()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    quiet()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _committed() -> tuple[str, dict[str, dict[str, str]]]:
+    return parse(MATRIX.read_text())
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_every_path_is_exact_or_refused(model_type):
+    model = build_tiny(model_type)
+    if isinstance(model, str):
+        for path in PATHS:  # nothing of a type we could not build may be claimed proven
+            assert model_type not in PROVEN[path], f"{model_type} is proven on {path} but does not build"
+        pytest.skip(model)
+    import transformers
+
+    version, rows = _committed()
+    for path in PATHS:
+        outcome = check_path(model, path)
+        assert outcome.kind in ("exact", "refused"), f"{model_type} / {path}: {outcome.kind}: {outcome.detail}"
+        expected = cell(model, path)
+        assert (outcome.kind == "exact") == (expected == "exact"), (model_type, path, outcome, expected)
+        if version == transformers.__version__:
+            assert rows.get(model_type, {}).get(path) == expected, (
+                f"docs/support_matrix.md is stale for {model_type} / {path}: "
+                "regenerate with `python -m tests.zoo_matrix --write`"
+            )
+
+
+def test_matrix_lists_every_type_of_its_version():
+    import transformers
+
+    version, rows = _committed()
+    if version != transformers.__version__:
+        pytest.skip(f"matrix generated with transformers {version}, installed {transformers.__version__}")
+    built = {t for t in TYPES if not isinstance(build_tiny(t), str)}
+    assert set(rows) == built
+
+
+def test_refusal_names_type_feature_and_alternatives():
+    model = build_tiny("apertus")  # QK-norm with an activation the engine has not (xIELU)
+    with pytest.raises(UnsupportedModelError, match=r"'engine' .*'apertus' \(QK-norm\).*proven exact for it: dense"):
+        require_supported(model, "engine")
+    assert "engine" not in supported_paths(model) and "dense" in supported_paths(model)
+    assert issubclass(UnsupportedModelError, ValueError)
+
+
+@pytest.mark.parametrize("model_type", ["qwen3", "granite", "phi3", "gemma", "olmo2"])
+def test_engine_takes_the_widened_families(model_type):
+    """Qwen3 (QK-norm), Granite (multipliers), Phi-3 (fused weights), Gemma (GeLU-tanh,
+    (1 + w) norms, scaled embedding), OLMo2 (post-norms, whole-projection QK-norm): the
+    engine path is proven and accepted."""
+    assert "engine" in supported_paths(build_tiny(model_type))
+
+
+def test_attention_outside_the_interface_is_refused_everywhere():
+    model = build_tiny("gpt_neo")
+    assert supported_paths(model) == ()
+    found = refusal(model, "dense")
+    assert found is not None and "attention" in found.feature and "no path" in found.message()
+
+
+def test_recurrent_state_is_named():
+    model = build_tiny("jamba")
+    found = refusal(model, "flex")
+    assert found is not None and found.feature == "recurrent/SSM state"
+
+
+def test_auto_picks_flex_where_dense_cannot_run():
+    import gpu_runner
+
+    model = build_tiny("gemma2")
+    if isinstance(model, str) or "gemma2" not in PROVEN["flex"]:
+        pytest.skip("gemma2 not built or not proven on flex")
+    assert "dense" not in supported_paths(model)
+    result = gpu_runner.prefill(model, [[5, 6, 7], [8, 9]])
+    assert result.backend == "flex"
+
+
+def test_prompt_longer_than_the_local_window_is_refused():
+    from transformers import AutoModelForCausalLM
+
+    import gpu_runner
+    from tests.test_runner_support import model_config
+
+    model = AutoModelForCausalLM.from_config(model_config("mistral", sliding_window=4)).eval()
+    assert local_window(model.config) == 4
+    with pytest.raises(UnsupportedModelError, match="sliding window \\(4\\)"):
+        gpu_runner.prefill(model, [[1, 2, 3, 4, 5], [1, 2]])
+    assert refusal(model, "dense", lengths=[5]).feature == "local attention"
+    assert refusal(model, "dense", lengths=[4]) is None
+    model.config.use_sliding_window = False
+    assert local_window(model.config) is None
+
+
+def test_refusal_validates_and_unknown_path_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown path"):
+        Refusal("nope", "llama", "x", "y")
+    with pytest.raises(ValueError, match="feature and a detail"):
+        Refusal("dense", "llama", "", "y")
+    with pytest.raises(ValueError, match="unknown path"):
+        require_supported(build_tiny("llama"), "fast")
+
+
+@pytest.mark.parametrize(
+    "field,value,feature",
+    [
+        ("hidden_act", "gelu", "non-SiLU MLP"),
+        ("rope_interleave", True, "interleaved RoPE"),
+        ("embedding_multiplier", 12.0, "embedding_multiplier"),
+        ("attention_multiplier", 0.5, "attention_multiplier"),
+        ("logits_scaling", 4.0, "logits_scaling"),
+        ("attn_logit_softcapping", 50.0, "attn_logit_softcapping"),
+        ("pretraining_tp", 2, "pretraining_tp"),
+    ],
+)
+def test_engine_refuses_config_fields_it_does_not_implement(field, value, feature):
+    """A Llama whose config carries a field the engine's kernels do not apply is refused
+    by name (the allowlist reads the config, not the class alone)."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.test_runner_support import model_config
+
+    model = AutoModelForCausalLM.from_config(model_config("llama")).eval()
+    assert refusal(model, "engine") is None
+    if field == "hidden_act":  # the activation is read from the MLP's module, built from the config
+        model = AutoModelForCausalLM.from_config(model_config("llama", hidden_act=value)).eval()
+    else:
+        setattr(model.config, field, value)
+    found = refusal(model, "engine")
+    assert found is not None and found.feature == feature, found
+    assert "dense" in found.alternatives
