@@ -98,6 +98,10 @@ def engine_unsupported(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
         return f"the prefill engine does not support the model ({exc})"
     if eng.device.type == "cuda" and eng.head_dim & (eng.head_dim - 1):
         return f"the decode kernel needs a power-of-two head_dim, the model's is {eng.head_dim}"
+    if eng.device.type == "cuda" and any(w.q_norm is not None and w.q_norm.numel() == eng.head_dim for w in eng.layers):
+        # exact on CPU (the model zoo), but on the H200 a Qwen3 decode parted from HF after the
+        # first token (tests/test_engine_families_cuda.py): not proven there, so HF's loop runs
+        return "the decode step with a per-head QK-norm (Qwen3) is not proven exact on CUDA"
     try:
         news = per_prompt_new_tokens(max_new_tokens, len(prompts))
         needs = [len(p) + n - 1 for p, n in zip(prompts, news) if n > 0]
