@@ -49,7 +49,10 @@ MEASURED = (
     Point("hf-continuous", 256, 23.9),
     # generate_batch with max_new_tokens=1 on an H100 (bench hf-cb ttft, benchmarks/README.md): held out
     Point("hf-continuous", 1, 0.9914, gpu="h100", in_sample=False, source="benchmarks/README.md, hf-cb ttft"),
-    # the engine's decode loop (method "engine", refill-when-free): add its measured runs here and refit
+    # the engine's decode loop (method "engine", refill-when-free), measured on one H200
+    # (prepack-bench --scenarios e2e --workloads mmlu-32,mmlu-256; benchmarks/results/generate_h200.json)
+    Point("engine", 32, 0.27, source="benchmarks/results/generate_h200.json"),
+    Point("engine", 256, 1.84, source="benchmarks/results/generate_h200.json"),
 )
 ENGINE_PREFILL_MEASURED_S = 0.0880  # H200 PrefillEngine, the same 64 prompts (../shared/DESIGN.md)
 

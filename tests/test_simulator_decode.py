@@ -38,8 +38,9 @@ def test_graph_step_is_bandwidth_bound_at_small_batch_and_compute_bound_at_huge(
     bw = 4.8e12 * cm.method.bandwidth_efficiency
     one = cm.step_time_s(1, 100)
     assert one == pytest.approx(decode_step_bytes(M7, 1, 100) / bw + cm.method.step_overhead_s)
-    # weights (13.5 GB) at 4.3 TB/s: about 3.1 ms, what the issue calls the bandwidth floor
-    assert 3.0e-3 < one < 3.3e-3
+    # weights (13.5 GB) at 4.3 TB/s: about 3.1 ms, what the issue calls the bandwidth floor,
+    # plus the per-step overhead fitted to the measured engine loop
+    assert 3.0e-3 < one - cm.method.step_overhead_s < 3.3e-3
     huge = 8192
     flops_s = decode_step_flops(M7, huge, huge) / (989.4e12 * cm.method.matmul_efficiency)
     assert cm.step_time_s(huge, huge) == pytest.approx(flops_s + cm.method.step_overhead_s)
@@ -55,7 +56,8 @@ def test_eager_step_near_the_measured_33_ms_and_the_graph_loop_near_the_floor():
     # the fit sits between the two measured eager loops: gpu_runner.generate ~32 ms a step,
     # HF generate padded 29 ms (first 31 steps) to 52 ms (steps 32-255) (CALIBRATION.md)
     assert 0.030 < eager < 0.045
-    assert 0.004 < graph < 0.0065  # "about 4-5 ms" to read weights + KV once
+    # "about 4-5 ms" to read weights + KV once; the measured engine step (H200) was 6.5 ms
+    assert 0.0055 < graph < 0.0075
 
 
 def test_steps_time_sums_a_growing_cache():
