@@ -98,42 +98,21 @@ def generate(
     if path not in ("auto", "engine", "hf"):
         raise ValueError(f"path must be auto, engine or hf, got {path!r}")
     with inference_call(model):  # the model to itself (and its cached engine), eval mode
-        return _generate(model, prompts, max_new_tokens, packer, backend, capacity=capacity,
-                         memory_budget_bytes=memory_budget_bytes, decode_batch_size=decode_batch_size,
-                         path=path, policy=policy, kv_budget_bytes=kv_budget_bytes, **generate_kwargs)
-
-
-def _generate(
-    model: torch.nn.Module,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int | Sequence[int],
-    packer: str,
-    backend: str,
-    *,
-    capacity: int | str,
-    memory_budget_bytes: int | None,
-    decode_batch_size: int | None,
-    path: str,
-    policy: Any,
-    kv_budget_bytes: int | None,
-    **generate_kwargs: Any,
-) -> list[list[int]]:
-    """`generate`'s dispatch to the engine or the hf path, inside the model's call guard."""
-    if path != "hf":
-        runner_options = {"backend": backend != "auto", "capacity": capacity != "max",
-                          "memory_budget_bytes": memory_budget_bytes is not None,
-                          "decode_batch_size": decode_batch_size is not None}
-        reason = engine_unsupported(model, prompts, max_new_tokens, generate_kwargs,
-                                    [k for k, set_ in runner_options.items() if set_])
-        if reason is None:
-            return engine_generate(model, prompts, max_new_tokens, packer=packer, policy=policy,
-                                   kv_budget_bytes=kv_budget_bytes, **generate_kwargs)
-        if path == "engine":
-            require_supported(model, "engine")  # UnsupportedModelError naming what is in the way
-            raise ValueError(f"the engine path does not apply: {reason}")
-    return _generate_hf(model, prompts, max_new_tokens, packer, backend, capacity=capacity,
-                        memory_budget_bytes=memory_budget_bytes, decode_batch_size=decode_batch_size,
-                        **generate_kwargs)
+        if path != "hf":
+            runner_options = {"backend": backend != "auto", "capacity": capacity != "max",
+                              "memory_budget_bytes": memory_budget_bytes is not None,
+                              "decode_batch_size": decode_batch_size is not None}
+            reason = engine_unsupported(model, prompts, max_new_tokens, generate_kwargs,
+                                        [k for k, set_ in runner_options.items() if set_])
+            if reason is None:
+                return engine_generate(model, prompts, max_new_tokens, packer=packer, policy=policy,
+                                       kv_budget_bytes=kv_budget_bytes, **generate_kwargs)
+            if path == "engine":
+                require_supported(model, "engine")  # UnsupportedModelError naming what is in the way
+                raise ValueError(f"the engine path does not apply: {reason}")
+        return _generate_hf(model, prompts, max_new_tokens, packer, backend, capacity=capacity,
+                            memory_budget_bytes=memory_budget_bytes, decode_batch_size=decode_batch_size,
+                            **generate_kwargs)
 
 
 def _generate_hf(
