@@ -21,12 +21,11 @@ backend_comparison.csv.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
-from experiments.cli import ModelsConfig, config_main, option
+from experiments.cli import ModelsConfig, model_script, option
 from experiments.common import (
     ALL_DATASETS,
     MAX_PROMPT_TOKENS,
@@ -36,7 +35,6 @@ from experiments.common import (
     draw_lengths,
     error_text,
     machine_label,
-    run_models,
     versions,
 )  # fmt: skip
 
@@ -152,11 +150,7 @@ def run_for_model(
     return rows
 
 
-run = partial(run_models, csv_name=CSV_NAME, run_for_model=run_for_model)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return config_main(Config, run, argv, prog="backend_comparison", description=__doc__.splitlines()[0])
+run, main = model_script(Config, run_for_model, csv_name=CSV_NAME, prog="backend_comparison", doc=__doc__)
 
 
 if __name__ == "__main__":

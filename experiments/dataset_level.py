@@ -14,14 +14,12 @@ shuffled dataset; 0 = all). Appends to dataset_level.csv.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
 
-from experiments.cli import ModelsConfig, config_main, option
+from experiments.cli import ModelsConfig, model_script, option
 from experiments.common import (
     MAX_PROMPT_TOKENS,
     SMOKE_MODEL,
@@ -31,7 +29,6 @@ from experiments.common import (
     computed_tokens,
     error_text,
     machine_label,
-    run_models,
     versions,
 )  # fmt: skip
 
@@ -145,11 +142,7 @@ def run_for_model(
     return rows
 
 
-run = partial(run_models, csv_name=CSV_NAME, run_for_model=run_for_model)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return config_main(Config, run, argv, prog="dataset_level", description=__doc__.splitlines()[0])
+run, main = model_script(Config, run_for_model, csv_name=CSV_NAME, prog="dataset_level", doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
-from experiments.cli import ModelsConfig, config_main, option
+from experiments.cli import ModelsConfig, model_script, option
 from experiments.common import (
     SMOKE_MODEL,
     Budget,
@@ -31,7 +30,6 @@ from experiments.common import (
     error_text,
     machine_label,
     nested_lengths,
-    run_models,
     versions,
 )  # fmt: skip
 
@@ -209,11 +207,7 @@ def run_for_model(
     return rows
 
 
-run = partial(run_models, csv_name=CSV_NAME, run_for_model=run_for_model)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return config_main(Config, run, argv, prog="memory_and_max_batch", description=__doc__.splitlines()[0])
+run, main = model_script(Config, run_for_model, csv_name=CSV_NAME, prog="memory_and_max_batch", doc=__doc__)
 
 
 if __name__ == "__main__":
