@@ -27,15 +27,8 @@ from typing import Any
 
 from experiments.cli import ModelsConfig, model_script, option
 from experiments.common import (
-    ALL_DATASETS,
-    MAX_PROMPT_TOKENS,
-    SMOKE_MODEL,
-    Budget,
-    append_rows,
-    draw_lengths,
-    error_text,
-    machine_label,
-    versions,
+    ALL_DATASETS, MAX_PROMPT_TOKENS, SMOKE_MODEL, Budget, append_rows, budget_spent, draw_lengths,
+    error_text, machine_label, versions,
 )  # fmt: skip
 
 CSV_NAME = "backend_comparison.csv"
@@ -110,10 +103,7 @@ def run_for_model(
     # backends outermost: a slow backend (flex compiles per shape) listed last cannot starve the others
     for backend in cfg.backends:
         for (dataset, batch), (lengths, prompts) in batches.items():
-            if budget is not None and budget.expired():
-                print(
-                    f"[backend_comparison] time budget spent: skipping {model_name} {dataset} b{batch} {backend}"
-                )
+            if budget_spent(budget, "backend_comparison", f"{model_name} {dataset} b{batch} {backend}"):
                 continue
             row: dict[str, Any] = {
                 "gpu": gpu, "model": model_name, "dataset": dataset, "batch": batch, "seed": cfg.seed,

@@ -21,15 +21,8 @@ import numpy as np
 
 from experiments.cli import ModelsConfig, model_script, option
 from experiments.common import (
-    MAX_PROMPT_TOKENS,
-    SMOKE_MODEL,
-    SORTED_CHUNK,
-    Budget,
-    append_rows,
-    computed_tokens,
-    error_text,
-    machine_label,
-    versions,
+    MAX_PROMPT_TOKENS, SMOKE_MODEL, SORTED_CHUNK, Budget, append_rows, budget_spent, computed_tokens,
+    error_text, machine_label, versions,
 )  # fmt: skip
 
 CSV_NAME = "dataset_level.csv"
@@ -117,11 +110,7 @@ def run_for_model(
         prompts = draw_prompts(lengths, model.config.vocab_size, cfg.seed)
         got: list[dict] = []
         for strategy in cfg.strategies:
-            if budget is not None and budget.expired():
-                print(
-                    f"[dataset_level] time budget spent: skipping {model_name} {dataset} {strategy}",
-                    flush=True,
-                )
+            if budget_spent(budget, "dataset_level", f"{model_name} {dataset} {strategy}"):
                 continue
             method, order = STRATEGIES[strategy]
             res = run_strategy(

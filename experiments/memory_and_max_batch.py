@@ -23,14 +23,8 @@ from typing import Any
 
 from experiments.cli import ModelsConfig, model_script, option
 from experiments.common import (
-    SMOKE_MODEL,
-    Budget,
-    append_rows,
-    computed_tokens,
-    error_text,
-    machine_label,
-    nested_lengths,
-    versions,
+    SMOKE_MODEL, Budget, append_rows, budget_spent, computed_tokens, error_text, machine_label,
+    nested_lengths, versions,
 )  # fmt: skip
 
 CSV_NAME = "memory_and_max_batch.csv"
@@ -170,8 +164,7 @@ def run_for_model(
     rows: list[dict] = []
     for dataset in cfg.datasets:
         for method in cfg.methods:
-            if budget is not None and budget.expired():
-                print(f"[memory] time budget spent: skipping {model_name} {dataset} {method}", flush=True)
+            if budget_spent(budget, "memory", f"{model_name} {dataset} {method}"):
                 continue
             base = {
                 "gpu": gpu,

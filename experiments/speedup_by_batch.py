@@ -16,11 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from experiments.cli import ModelsConfig, model_script, option
-from experiments.common import (
-    SMOKE_MODEL,
-    Budget,
-    speedup_points,
-)  # fmt: skip
+from experiments.common import SMOKE_MODEL, Budget, speedup_points
 
 CSV_NAME = "speedup_by_batch.csv"
 
