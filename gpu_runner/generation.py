@@ -34,6 +34,7 @@ from gpu_runner.generate_engine import (
     clear_generation_cache,
     engine_generate,
     engine_unsupported,
+    token_id_set,
 )
 from gpu_runner.model_guard import inference_call
 from gpu_runner.runner import prefill
@@ -43,14 +44,6 @@ from gpu_runner.validate import validate_prompts
 __all__ = ["ENGINE_OPTIONS", "clear_generation_cache", "generate"]
 
 _RESERVED = ("input_ids", "attention_mask", "cache", "past_key_values", "inputs", "position_ids")
-
-
-def _as_set(ids: Any) -> set[int]:
-    if ids is None:
-        return set()
-    if isinstance(ids, torch.Tensor):
-        ids = ids.tolist()
-    return {int(ids)} if isinstance(ids, int) else {int(i) for i in ids}
 
 
 def _trim_at_eos(tokens: list[int], eos: set[int]) -> list[int]:
@@ -145,8 +138,8 @@ def _generate_hf(
         return [[] for _ in prompts]
 
     gen_config = getattr(model, "generation_config", None)
-    eos = _as_set(generate_kwargs.get("eos_token_id", getattr(gen_config, "eos_token_id", None)))
-    stops = _as_set(generate_kwargs.pop("stop_token_ids", None))
+    eos = token_id_set(generate_kwargs.get("eos_token_id", getattr(gen_config, "eos_token_id", None)))
+    stops = token_id_set(generate_kwargs.pop("stop_token_ids", None))
     if stops:
         eos |= stops
         generate_kwargs["eos_token_id"] = sorted(eos)
