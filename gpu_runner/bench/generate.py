@@ -55,10 +55,10 @@ class GenerateBenchConfig:
     workloads: tuple[str, ...] = WORKLOADS
     methods: tuple[str, ...] = GENERATE_METHODS
     batch: int = 64
-    azure_requests: int = 2048
-    max_new_cap: int = 1000
-    hf_batch: int = 64
-    time_limit_s: float = 120.0
+    azure_requests: int = 2048  # the azure workload: the first this many requests of the trace
+    max_new_cap: int = 1000  # the azure workload: output lengths capped here
+    hf_batch: int = 64  # hf-padded: prompts per `model.generate` call
+    time_limit_s: float = 120.0  # per (workload, method): no new work is started after this
     seed: int = 0
     device: str = "cuda"
     dtype: str = "bfloat16"
