@@ -121,6 +121,15 @@ class Hardware:
             raise ValueError(f"memory_budget_bytes must be a positive integer, got {budget!r}")
         object.__setattr__(self, "memory_budget_bytes", int(budget))
 
+    def cost_model(self, attention: Any, **options: Any) -> CostModel:
+        """The prefill cost model of this model on this GPU at the memory budget; `attention`
+        a name or an attention model, `options` CostModel's keyword settings."""
+        return CostModel(self.model, self.gpu, attention, self.memory_budget_bytes, **options)
+
+    def decode_model(self, method: DecodeMethod | str) -> DecodeCostModel:
+        """The decode cost model of this model on this GPU for decode `method`."""
+        return DecodeCostModel(self.model, self.gpu, method)
+
     def kv_budget_tokens(self, prefill_token_budget: int) -> int:
         """KV tokens that fit next to the weights and one prefill's activations at the budget."""
         m = self.model
@@ -181,7 +190,7 @@ def _static(
 ) -> GenerationRun:
     """Consecutive batches run one after another; see HFPadded / PrepackHF for `packed`."""
     m = hw.model
-    decode = DecodeCostModel(m, hw.gpu, decode_method)
+    decode = hw.decode_model(decode_method)
     p_all, o_all = requests.prompt_tokens, requests.output_tokens
     ttft = np.full(requests.size, np.nan)
     t = pre_total = dec_total = 0.0
@@ -219,7 +228,7 @@ class HFPadded:
     decode: DecodeMethod | str = "hf-eager"
 
     def run(self, requests: Requests, hw: Hardware) -> GenerationRun:
-        cm = CostModel(hw.model, hw.gpu, "padded", hw.memory_budget_bytes)
+        cm = hw.cost_model("padded")
         pad = packers_lib.make_packer("pad")
         price = lambda p: cm.cost(pad.pack(p, int(p.max())))  # noqa: E731
         return _static(self.name, requests, hw, _positive(self.batch_size, "batch size"), price, False, self.decode)
@@ -232,7 +241,7 @@ class PrepackHF:
     decode: DecodeMethod | str = "hf-eager"
 
     def run(self, requests: Requests, hw: Hardware) -> GenerationRun:
-        cm = CostModel(hw.model, hw.gpu, "dense", hw.memory_budget_bytes)
+        cm = hw.cost_model("dense")
         ffd = packers_lib.make_packer("ffd")
 
         def price(p: np.ndarray) -> Any:
@@ -349,10 +358,7 @@ def engine_prefill_model(hw: Hardware, **overrides: float) -> CostModel:
         raise ValueError(f"unknown engine prefill constants {unknown}; known: {', '.join(ENGINE_PREFILL)}")
     c = {**ENGINE_PREFILL, **overrides}
     attention = make_attention("varlen", layer_overhead_s=c["layer_overhead_s"])
-    return CostModel(
-        hw.model, hw.gpu, attention, hw.memory_budget_bytes,
-        matmul_efficiency=c["matmul_efficiency"], elementwise_passes=c["elementwise_passes"],
-    )  # fmt: skip
+    return hw.cost_model(attention, matmul_efficiency=c["matmul_efficiency"], elementwise_passes=c["elementwise_passes"])
 
 
 @dataclass(frozen=True)
@@ -362,8 +368,8 @@ class HFContinuous:
     decode: DecodeMethod | str = "hf-paged"
 
     def run(self, requests: Requests, hw: Hardware) -> GenerationRun:
-        decode = DecodeCostModel(hw.model, hw.gpu, self.decode)
-        cm = CostModel(hw.model, hw.gpu, "varlen", hw.memory_budget_bytes)
+        decode = hw.decode_model(self.decode)
+        cm = hw.cost_model("varlen")
         step_overhead_s = decode.method.step_overhead_s
         price = lambda p: cm.cost(flat_packing(p)).est_time_s + step_overhead_s  # noqa: E731  (one scheduler step)
         return _continuous(
@@ -385,7 +391,7 @@ class Engine:
         cm = engine_prefill_model(hw)
         return _continuous(
             self.name, make_policy(self.policy, **dict(self.policy_params)), requests, hw,
-            decode=DecodeCostModel(hw.model, hw.gpu, self.decode), prefill_s=lambda p: cm.cost(flat_packing(p)).est_time_s,
+            decode=hw.decode_model(self.decode), prefill_s=lambda p: cm.cost(flat_packing(p)).est_time_s,
             max_batch_size=_positive(self.max_batch_size, "max batch size"),
             prefill_token_budget=_positive(self.prefill_token_budget, "prefill token budget"),
         )  # fmt: skip
