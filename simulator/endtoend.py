@@ -222,25 +222,38 @@ def _static(
 
 
 @dataclass(frozen=True)
-class HFPadded:
-    name = "hf-padded"
+class _StaticBatches:
+    """HF generate on consecutive static batches (`_static`); a subclass prices the prefill."""
+
+    name = ""
+    packed = False  # the prefill is packed (prepack) rather than padded
     batch_size: int = 64
     decode: DecodeMethod | str = "hf-eager"
 
+    def prefill_price(self, hw: Hardware) -> Callable[[np.ndarray], Any]:
+        raise NotImplementedError
+
     def run(self, requests: Requests, hw: Hardware) -> GenerationRun:
-        cm = hw.cost_model("padded")
-        pad = packers_lib.make_packer("pad")
-        price = lambda p: cm.cost(pad.pack(p, int(p.max())))  # noqa: E731
-        return _static(self.name, requests, hw, _positive(self.batch_size, "batch size"), price, False, self.decode)
+        batch_size = _positive(self.batch_size, "batch size")
+        return _static(self.name, requests, hw, batch_size, self.prefill_price(hw), self.packed, self.decode)
 
 
 @dataclass(frozen=True)
-class PrepackHF:
-    name = "prepack-hf"
-    batch_size: int = 64
-    decode: DecodeMethod | str = "hf-eager"
+class HFPadded(_StaticBatches):
+    name = "hf-padded"
 
-    def run(self, requests: Requests, hw: Hardware) -> GenerationRun:
+    def prefill_price(self, hw: Hardware) -> Callable[[np.ndarray], Any]:
+        cm = hw.cost_model("padded")
+        pad = packers_lib.make_packer("pad")
+        return lambda p: cm.cost(pad.pack(p, int(p.max())))
+
+
+@dataclass(frozen=True)
+class PrepackHF(_StaticBatches):
+    name = "prepack-hf"
+    packed = True
+
+    def prefill_price(self, hw: Hardware) -> Callable[[np.ndarray], Any]:
         cm = hw.cost_model("dense")
         ffd = packers_lib.make_packer("ffd")
 
@@ -248,7 +261,7 @@ class PrepackHF:
             p = p[p > 0]  # one-token prompts have nothing to prefill
             return cm.cost(ffd.pack(p, int(p.max()))) if p.size else None
 
-        return _static(self.name, requests, hw, _positive(self.batch_size, "batch size"), price, True, self.decode)
+        return price
 
 
 # -- continuous batching ----------------------------------------------------------------------
