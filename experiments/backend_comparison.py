@@ -21,23 +21,14 @@ backend_comparison.csv.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
-from experiments.cli import ModelsConfig, config_main, option
+from experiments.cli import ModelsConfig, model_script, option
 from experiments.common import (
-    ALL_DATASETS,
-    MAX_PROMPT_TOKENS,
-    SMOKE_MODEL,
-    Budget,
-    append_rows,
-    draw_lengths,
-    error_text,
-    machine_label,
-    run_models,
-    versions,
+    ALL_DATASETS, MAX_PROMPT_TOKENS, SMOKE_MODEL, Budget, append_rows, budget_spent, draw_lengths,
+    error_text, machine_label, versions,
 )  # fmt: skip
 
 CSV_NAME = "backend_comparison.csv"
@@ -112,10 +103,7 @@ def run_for_model(
     # backends outermost: a slow backend (flex compiles per shape) listed last cannot starve the others
     for backend in cfg.backends:
         for (dataset, batch), (lengths, prompts) in batches.items():
-            if budget is not None and budget.expired():
-                print(
-                    f"[backend_comparison] time budget spent: skipping {model_name} {dataset} b{batch} {backend}"
-                )
+            if budget_spent(budget, "backend_comparison", f"{model_name} {dataset} b{batch} {backend}"):
                 continue
             row: dict[str, Any] = {
                 "gpu": gpu, "model": model_name, "dataset": dataset, "batch": batch, "seed": cfg.seed,
@@ -152,11 +140,7 @@ def run_for_model(
     return rows
 
 
-run = partial(run_models, csv_name=CSV_NAME, run_for_model=run_for_model)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return config_main(Config, run, argv, prog="backend_comparison", description=__doc__.splitlines()[0])
+run, main = model_script(Config, run_for_model, csv_name=CSV_NAME, prog="backend_comparison", doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
+from functools import partial
 from typing import Any, get_args, get_origin, get_type_hints
 
-from experiments.common import GPU_MODELS, run_cli
+from experiments.common import GPU_MODELS, run_cli, run_models
 
 __all__ = ["ModelsConfig", "check_fields", "config_from_args", "config_main", "config_parser", "option"]
 
@@ -119,6 +120,20 @@ def config_main(config: type, run: Callable[[Any, str | None], Any], argv: Seque
     then, else 0."""
     parser = config_parser(config, prog, description)
     return run_cli(lambda args: run(config_from_args(config, args), args.out_dir), parser, argv)
+
+
+def model_script(config: type, run_for_model: Callable[..., list[dict]], *, csv_name: str, prog: str,
+                 doc: str) -> tuple[Callable[..., list[dict]], Callable[[Sequence[str] | None], int]]:  # fmt: skip
+    """`run` and `main` of a per-model experiment script: `run(cfg, out_dir)` builds each
+    model of `cfg` in turn (`experiments.common.run_models`, rows to `csv_name`) and calls
+    `run_for_model` on it; `main(argv)` is its CLI (`config_main`, described by the first
+    line of `doc`)."""
+    run = partial(run_models, csv_name=csv_name, run_for_model=run_for_model)
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        return config_main(config, run, argv, prog=prog, description=doc.splitlines()[0])
+
+    return run, main
 
 
 @dataclass(frozen=True)

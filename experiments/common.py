@@ -353,6 +353,14 @@ class Budget:
         return self.left_s() <= 0
 
 
+def budget_spent(budget: Budget | None, prog: str, skipped: str) -> bool:
+    """True once `budget` (None: no limit) is spent, saying on stdout that `skipped` is skipped."""
+    if budget is None or not budget.expired():
+        return False
+    print(f"[{prog}] time budget spent: skipping {skipped}", flush=True)
+    return True
+
+
 # ------------------------------------------------------------------ CLI
 
 
@@ -419,8 +427,7 @@ def speedup_points(model: Any, model_name: str, cfg: Any, out_csv: str, points: 
     on stdout). Returns every row."""
     rows: list[dict[str, Any]] = []
     for dataset, batch in points:
-        if budget is not None and budget.expired():
-            print(f"[{prog}] time budget spent: skipping {model_name} {dataset} b{batch}", flush=True)
+        if budget_spent(budget, prog, f"{model_name} {dataset} b{batch}"):
             continue
         got = speedup_rows(model, model_name, dataset, batch, methods=cfg.methods, modes=cfg.modes,
                            device=cfg.device, warmup=cfg.warmup, reps=cfg.reps, seed=cfg.seed)  # fmt: skip

@@ -40,14 +40,7 @@ from typing import Any
 import numpy as np
 
 from experiments.cli import check_fields, config_main, option
-from experiments.common import (
-    EXPERIMENTS_DIR,
-    append_rows,
-    code_rev,
-    draw_lengths,
-    read_rows,
-    results_dir,
-)  # fmt: skip
+from experiments.common import EXPERIMENTS_DIR, append_rows, code_rev, draw_lengths, read_rows, results_dir
 
 CSV_NAME = "cost_model_validation.csv"
 SUMMARY_NAME = "cost_model_validation_summary.csv"

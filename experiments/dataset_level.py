@@ -14,25 +14,15 @@ shuffled dataset; 0 = all). Appends to dataset_level.csv.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
 
-from experiments.cli import ModelsConfig, config_main, option
+from experiments.cli import ModelsConfig, model_script, option
 from experiments.common import (
-    MAX_PROMPT_TOKENS,
-    SMOKE_MODEL,
-    SORTED_CHUNK,
-    Budget,
-    append_rows,
-    computed_tokens,
-    error_text,
-    machine_label,
-    run_models,
-    versions,
+    MAX_PROMPT_TOKENS, SMOKE_MODEL, SORTED_CHUNK, Budget, append_rows, budget_spent, computed_tokens,
+    error_text, machine_label, versions,
 )  # fmt: skip
 
 CSV_NAME = "dataset_level.csv"
@@ -120,11 +110,7 @@ def run_for_model(
         prompts = draw_prompts(lengths, model.config.vocab_size, cfg.seed)
         got: list[dict] = []
         for strategy in cfg.strategies:
-            if budget is not None and budget.expired():
-                print(
-                    f"[dataset_level] time budget spent: skipping {model_name} {dataset} {strategy}",
-                    flush=True,
-                )
+            if budget_spent(budget, "dataset_level", f"{model_name} {dataset} {strategy}"):
                 continue
             method, order = STRATEGIES[strategy]
             res = run_strategy(
@@ -145,11 +131,7 @@ def run_for_model(
     return rows
 
 
-run = partial(run_models, csv_name=CSV_NAME, run_for_model=run_for_model)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return config_main(Config, run, argv, prog="dataset_level", description=__doc__.splitlines()[0])
+run, main = model_script(Config, run_for_model, csv_name=CSV_NAME, prog="dataset_level", doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -19,20 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
-from experiments.cli import ModelsConfig, config_main, option
+from experiments.cli import ModelsConfig, model_script, option
 from experiments.common import (
-    SMOKE_MODEL,
-    Budget,
-    append_rows,
-    computed_tokens,
-    error_text,
-    machine_label,
-    nested_lengths,
-    run_models,
-    versions,
+    SMOKE_MODEL, Budget, append_rows, budget_spent, computed_tokens, error_text, machine_label,
+    nested_lengths, versions,
 )  # fmt: skip
 
 CSV_NAME = "memory_and_max_batch.csv"
@@ -172,8 +164,7 @@ def run_for_model(
     rows: list[dict] = []
     for dataset in cfg.datasets:
         for method in cfg.methods:
-            if budget is not None and budget.expired():
-                print(f"[memory] time budget spent: skipping {model_name} {dataset} {method}", flush=True)
+            if budget_spent(budget, "memory", f"{model_name} {dataset} {method}"):
                 continue
             base = {
                 "gpu": gpu,
@@ -209,11 +200,7 @@ def run_for_model(
     return rows
 
 
-run = partial(run_models, csv_name=CSV_NAME, run_for_model=run_for_model)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return config_main(Config, run, argv, prog="memory_and_max_batch", description=__doc__.splitlines()[0])
+run, main = model_script(Config, run_for_model, csv_name=CSV_NAME, prog="memory_and_max_batch", doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -26,15 +26,8 @@ import numpy as np
 
 from experiments.cli import check_fields, config_from_args, config_parser, option
 from experiments.common import (
-    ALL_DATASETS,
-    SMOKE_MODEL,
-    Budget,
-    append_rows,
-    code_rev,
-    draw_lengths,
-    error_text,
-    results_dir,
-    run_cli,
+    ALL_DATASETS, SMOKE_MODEL, Budget, append_rows, budget_spent, code_rev, draw_lengths, error_text,
+    results_dir, run_cli,
 )  # fmt: skip
 
 CSV_NAME = "packer_comparison.csv"
@@ -138,8 +131,8 @@ def measure_rows(
 
     import packers
     from gpu_runner.bench import draw_prompts
-    from gpu_runner.runner import prefill
     from gpu_runner.bench.timing import release_memory, time_calls
+    from gpu_runner.runner import prefill
 
     dev = torch.device(cfg.device)
     prompts = draw_prompts(lengths, model.config.vocab_size, int(rows[0]["seed"]) if rows else 0)
@@ -182,11 +175,7 @@ def run(cfg: Config, out_dir: str | None = None, model: Any = None, model_name: 
     for dataset in cfg.datasets:
         for batch in cfg.batches:
             for seed in cfg.seeds:
-                if budget is not None and budget.expired():
-                    print(
-                        f"[packer_comparison] time budget spent: skipping {dataset} b{batch} s{seed}",
-                        flush=True,
-                    )
+                if budget_spent(budget, "packer_comparison", f"{dataset} b{batch} s{seed}"):
                     continue
                 lengths = draw_lengths(dataset, batch, seed)
                 got = compare_batch(lengths, cfg, dataset=dataset, batch=batch, seed=seed)

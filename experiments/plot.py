@@ -13,6 +13,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from experiments.common import FIGURES_DIR, RESULTS_DIR, read_rows, run_cli
 
@@ -40,6 +41,14 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt: Any, fig: Any, path: Path) -> bool:
+    """Write `fig` to `path` (tight layout, 120 dpi) and close it; True (a plot was written)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def _bars(ax, groups: list[str], series: dict[str, dict[str, float]], ylabel: str) -> None:
@@ -75,10 +84,7 @@ def plot_speedup_by_dataset(rows, path: Path) -> bool:
         _bars(ax, groups, series, f"{mode} speedup over HF padding (x)")
         ax.axhline(1, color="k", lw=0.5)
         ax.set_title(f"{mode}, batch {sub[0]['batch']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def plot_speedup_by_batch(rows, path: Path) -> bool:
@@ -107,10 +113,7 @@ def plot_speedup_by_batch(rows, path: Path) -> bool:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     a2.set_yscale("log")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def plot_memory(rows, path: Path) -> bool:
@@ -139,10 +142,7 @@ def plot_memory(rows, path: Path) -> bool:
     a2.set_ylabel("peak extra memory (GiB)")
     if curves:
         a2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def plot_dataset_level(rows, path: Path) -> bool:
@@ -159,10 +159,7 @@ def plot_dataset_level(rows, path: Path) -> bool:
         series[f"{r['strategy']} ({r['gpu']})"][f"{r['model']} {r['dataset']}"] = _f(r["per_prompt_ms"])
     _bars(ax, groups, series, "prefill ms per prompt")
     ax.set_title(f"whole-dataset prefill, batch {rows[0]['batch']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def _gmean(values: list[float]) -> float:
@@ -251,10 +248,7 @@ def plot_packers(rows, path: Path) -> bool:
     a2.set_yscale("log")
     if measured:
         _plot_measured_packers(axes[2], measured)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def _plot_measured_packers(ax, rows: list[dict[str, str]]) -> None:
@@ -293,10 +287,7 @@ def plot_backends(rows, path: Path) -> bool:
         _bars(ax, groups, series, "prefill ms (median)")
         ax.set_yscale("log")
         ax.set_title(f"{model}, batch {batch} ({gpu})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def plot_validation(rows, path: Path) -> bool:
@@ -336,10 +327,7 @@ def plot_validation(rows, path: Path) -> bool:
         f"{s['points']} points ({held} held out): Spearman {s['spearman']:.3f}, MdAPE {100 * s['mdape']:.1f}%"
     )
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 PLOTS: dict[str, tuple[str, Callable[[list[dict[str, str]], Path], bool]]] = {

@@ -12,18 +12,11 @@ Appends to speedup_by_batch.csv.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
-from experiments.cli import ModelsConfig, config_main, option
-from experiments.common import (
-    SMOKE_MODEL,
-    Budget,
-    run_models,
-    speedup_points,
-)  # fmt: skip
+from experiments.cli import ModelsConfig, model_script, option
+from experiments.common import SMOKE_MODEL, Budget, speedup_points
 
 CSV_NAME = "speedup_by_batch.csv"
 
@@ -51,11 +44,7 @@ def run_for_model(
     return speedup_points(model, model_name, cfg, out_csv, points, prog="speedup_by_batch", budget=budget)
 
 
-run = partial(run_models, csv_name=CSV_NAME, run_for_model=run_for_model)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return config_main(Config, run, argv, prog="speedup_by_batch", description=__doc__.splitlines()[0])
+run, main = model_script(Config, run_for_model, csv_name=CSV_NAME, prog="speedup_by_batch", doc=__doc__)
 
 
 if __name__ == "__main__":

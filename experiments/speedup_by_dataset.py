@@ -11,19 +11,11 @@ graphs; GPU only). Appends SPEEDUP_COLUMNS rows to speedup_by_dataset.csv.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
-from experiments.cli import ModelsConfig, config_main, option
-from experiments.common import (
-    DATASETS,
-    SMOKE_MODEL,
-    Budget,
-    run_models,
-    speedup_points,
-)  # fmt: skip
+from experiments.cli import ModelsConfig, model_script, option
+from experiments.common import DATASETS, SMOKE_MODEL, Budget, speedup_points
 
 CSV_NAME = "speedup_by_dataset.csv"
 
@@ -51,11 +43,7 @@ def run_for_model(
     return speedup_points(model, model_name, cfg, out_csv, points, prog="speedup_by_dataset", budget=budget)
 
 
-run = partial(run_models, csv_name=CSV_NAME, run_for_model=run_for_model)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return config_main(Config, run, argv, prog="speedup_by_dataset", description=__doc__.splitlines()[0])
+run, main = model_script(Config, run_for_model, csv_name=CSV_NAME, prog="speedup_by_dataset", doc=__doc__)
 
 
 if __name__ == "__main__":

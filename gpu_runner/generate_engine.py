@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from gpu_runner.engine.batch_generate import BatchGenerator, default_kv_budget_bytes, per_prompt_new_tokens
 from gpu_runner.engine import PrefillEngine
-from gpu_runner.validate import validate_prompts
+from gpu_runner.engine.batch_generate import BatchGenerator, default_kv_budget_bytes, per_prompt_new_tokens
 from gpu_runner.engine.sampling import SamplingParams
 from gpu_runner.schedule import DEFAULT_POLICY, make_policy
 from gpu_runner.support import refusal
+from gpu_runner.validate import validate_prompts
 
 __all__ = ["ENGINE_OPTIONS", "cached_engine", "clear_generation_cache", "engine_generate", "engine_unsupported"]
 
@@ -34,7 +34,8 @@ _ATTR = "_prepack_batch_generator"
 _MAX_BATCH = 256
 
 
-def _as_ids(ids: Any) -> set[int]:
+def token_id_set(ids: Any) -> set[int]:
+    """A generation option's token ids (None, an int, a sequence or a tensor) as a set."""
     if ids is None:
         return set()
     if isinstance(ids, torch.Tensor):
@@ -162,8 +163,8 @@ def engine_generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], ma
     with `packer`). The model's eos_token_id applies unless the call sets its own."""
     sampling = _sampling(model, options)
     cfg = getattr(model, "generation_config", None)
-    stops = _as_ids(options.get("eos_token_id", getattr(cfg, "eos_token_id", None)))
-    stops |= _as_ids(options.get("stop_token_ids"))
+    stops = token_id_set(options.get("eos_token_id", getattr(cfg, "eos_token_id", None)))
+    stops |= token_id_set(options.get("stop_token_ids"))
     prompts, _ = validate_prompts(model, prompts)
     news = per_prompt_new_tokens(max_new_tokens, len(prompts))
     if all(n == 0 for n in news):

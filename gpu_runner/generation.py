@@ -34,6 +34,7 @@ from gpu_runner.generate_engine import (
     clear_generation_cache,
     engine_generate,
     engine_unsupported,
+    token_id_set,
 )
 from gpu_runner.model_guard import inference_call
 from gpu_runner.runner import prefill
@@ -43,14 +44,6 @@ from gpu_runner.validate import validate_prompts
 __all__ = ["ENGINE_OPTIONS", "clear_generation_cache", "generate"]
 
 _RESERVED = ("input_ids", "attention_mask", "cache", "past_key_values", "inputs", "position_ids")
-
-
-def _as_set(ids: Any) -> set[int]:
-    if ids is None:
-        return set()
-    if isinstance(ids, torch.Tensor):
-        ids = ids.tolist()
-    return {int(ids)} if isinstance(ids, int) else {int(i) for i in ids}
 
 
 def _trim_at_eos(tokens: list[int], eos: set[int]) -> list[int]:
@@ -98,42 +91,21 @@ def generate(
     if path not in ("auto", "engine", "hf"):
         raise ValueError(f"path must be auto, engine or hf, got {path!r}")
     with inference_call(model):  # the model to itself (and its cached engine), eval mode
-        return _generate(model, prompts, max_new_tokens, packer, backend, capacity=capacity,
-                         memory_budget_bytes=memory_budget_bytes, decode_batch_size=decode_batch_size,
-                         path=path, policy=policy, kv_budget_bytes=kv_budget_bytes, **generate_kwargs)
-
-
-def _generate(
-    model: torch.nn.Module,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int | Sequence[int],
-    packer: str,
-    backend: str,
-    *,
-    capacity: int | str,
-    memory_budget_bytes: int | None,
-    decode_batch_size: int | None,
-    path: str,
-    policy: Any,
-    kv_budget_bytes: int | None,
-    **generate_kwargs: Any,
-) -> list[list[int]]:
-    """`generate`'s dispatch to the engine or the hf path, inside the model's call guard."""
-    if path != "hf":
-        runner_options = {"backend": backend != "auto", "capacity": capacity != "max",
-                          "memory_budget_bytes": memory_budget_bytes is not None,
-                          "decode_batch_size": decode_batch_size is not None}
-        reason = engine_unsupported(model, prompts, max_new_tokens, generate_kwargs,
-                                    [k for k, set_ in runner_options.items() if set_])
-        if reason is None:
-            return engine_generate(model, prompts, max_new_tokens, packer=packer, policy=policy,
-                                   kv_budget_bytes=kv_budget_bytes, **generate_kwargs)
-        if path == "engine":
-            require_supported(model, "engine")  # UnsupportedModelError naming what is in the way
-            raise ValueError(f"the engine path does not apply: {reason}")
-    return _generate_hf(model, prompts, max_new_tokens, packer, backend, capacity=capacity,
-                        memory_budget_bytes=memory_budget_bytes, decode_batch_size=decode_batch_size,
-                        **generate_kwargs)
+        if path != "hf":
+            runner_options = {"backend": backend != "auto", "capacity": capacity != "max",
+                              "memory_budget_bytes": memory_budget_bytes is not None,
+                              "decode_batch_size": decode_batch_size is not None}
+            reason = engine_unsupported(model, prompts, max_new_tokens, generate_kwargs,
+                                        [k for k, set_ in runner_options.items() if set_])
+            if reason is None:
+                return engine_generate(model, prompts, max_new_tokens, packer=packer, policy=policy,
+                                       kv_budget_bytes=kv_budget_bytes, **generate_kwargs)
+            if path == "engine":
+                require_supported(model, "engine")  # UnsupportedModelError naming what is in the way
+                raise ValueError(f"the engine path does not apply: {reason}")
+        return _generate_hf(model, prompts, max_new_tokens, packer, backend, capacity=capacity,
+                            memory_budget_bytes=memory_budget_bytes, decode_batch_size=decode_batch_size,
+                            **generate_kwargs)
 
 
 def _generate_hf(
@@ -166,8 +138,8 @@ def _generate_hf(
         return [[] for _ in prompts]
 
     gen_config = getattr(model, "generation_config", None)
-    eos = _as_set(generate_kwargs.get("eos_token_id", getattr(gen_config, "eos_token_id", None)))
-    stops = _as_set(generate_kwargs.pop("stop_token_ids", None))
+    eos = token_id_set(generate_kwargs.get("eos_token_id", getattr(gen_config, "eos_token_id", None)))
+    stops = token_id_set(generate_kwargs.pop("stop_token_ids", None))
     if stops:
         eos |= stops
         generate_kwargs["eos_token_id"] = sorted(eos)

@@ -47,13 +47,8 @@ def checked_pack(packer: Packer, lengths: Sequence[int] | np.ndarray, capacity: 
     if not isinstance(result, Packing):
         raise TypeError(f"packer {label!r} returned {type(result).__name__}, not a Packing")
     try:  # rebuilt through __post_init__: a Packing made around its validation is caught here
-        checked = Packing(
-            lengths=result.lengths,
-            capacity=result.capacity,
-            bins=result.bins,
-            packer=result.packer,
-            meta=result.meta,
-        )
+        checked = Packing(lengths=result.lengths, capacity=result.capacity, bins=result.bins,
+                          packer=result.packer, meta=result.meta)  # fmt: skip
     except (ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"packer {label!r} returned an invalid Packing: {exc}") from None
     if checked.capacity != capacity:

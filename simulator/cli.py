@@ -107,22 +107,25 @@ def _names(text: str | None, flag: str) -> list[str] | None:
     return names
 
 
+def _workload(args: argparse.Namespace) -> dict[str, Any]:
+    """The options the prefill-only and the generation simulation share: what is run, where."""
+    return {
+        "lengths_dist": args.lengths_dist, "num_prompts": args.num_prompts, "batch_size": args.batch_size,
+        "model": args.model, "gpu": args.gpu, "seed": args.seed,
+        "memory_budget_bytes": None if args.memory_budget is None else parse_bytes(args.memory_budget),
+    }  # fmt: skip
+
+
 def _run_generation(args: argparse.Namespace) -> int:
     for flag, value in (("--packers", args.packers), ("--packer-param", args.packer_param), ("--plot", args.plot)):
         if value:
             raise ValueError(f"{flag} applies to the prefill-only simulation, not with --output-dist")
     result = simulate_generation(
-        lengths_dist=args.lengths_dist,
+        **_workload(args),
         output_dist=args.output_dist,
-        num_prompts=args.num_prompts,
         max_new_tokens=args.max_new_tokens,
-        model=args.model,
-        gpu=args.gpu,
-        batch_size=args.batch_size,
-        memory_budget_bytes=None if args.memory_budget is None else parse_bytes(args.memory_budget),
         methods=_names(args.methods, "--methods"),
         policies=_names(args.policies, "--policies"),
-        seed=args.seed,
     )
     if args.csv is not None:
         write_generation_csv(result, args.csv)
@@ -167,17 +170,11 @@ def _run(argv: Sequence[str] | None) -> int:
         if not packer_names:
             raise ValueError("--packers is empty")
     result = simulate(
-        lengths_dist=args.lengths_dist,
-        batch_size=args.batch_size,
-        num_prompts=args.num_prompts,
-        model=args.model,
-        gpu=args.gpu,
+        **_workload(args),
         packers=packer_names,
         packer_params=parse_packer_params(args.packer_param),
         capacity=args.capacity,
         attention=args.attention,
-        memory_budget_bytes=None if args.memory_budget is None else parse_bytes(args.memory_budget),
-        seed=args.seed,
         progress=not args.quiet and sys.stderr.isatty(),
     )
     if args.csv is not None:

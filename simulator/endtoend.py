@@ -121,6 +121,15 @@ class Hardware:
             raise ValueError(f"memory_budget_bytes must be a positive integer, got {budget!r}")
         object.__setattr__(self, "memory_budget_bytes", int(budget))
 
+    def cost_model(self, attention: Any, **options: Any) -> CostModel:
+        """The prefill cost model of this model on this GPU at the memory budget; `attention`
+        a name or an attention model, `options` CostModel's keyword settings."""
+        return CostModel(self.model, self.gpu, attention, self.memory_budget_bytes, **options)
+
+    def decode_model(self, method: DecodeMethod | str) -> DecodeCostModel:
+        """The decode cost model of this model on this GPU for decode `method`."""
+        return DecodeCostModel(self.model, self.gpu, method)
+
     def kv_budget_tokens(self, prefill_token_budget: int) -> int:
         """KV tokens that fit next to the weights and one prefill's activations at the budget."""
         m = self.model
@@ -181,7 +190,7 @@ def _static(
 ) -> GenerationRun:
     """Consecutive batches run one after another; see HFPadded / PrepackHF for `packed`."""
     m = hw.model
-    decode = DecodeCostModel(m, hw.gpu, decode_method)
+    decode = hw.decode_model(decode_method)
     p_all, o_all = requests.prompt_tokens, requests.output_tokens
     ttft = np.full(requests.size, np.nan)
     t = pre_total = dec_total = 0.0
@@ -213,33 +222,46 @@ def _static(
 
 
 @dataclass(frozen=True)
-class HFPadded:
-    name = "hf-padded"
+class _StaticBatches:
+    """HF generate on consecutive static batches (`_static`); a subclass prices the prefill."""
+
+    name = ""
+    packed = False  # the prefill is packed (prepack) rather than padded
     batch_size: int = 64
     decode: DecodeMethod | str = "hf-eager"
 
+    def prefill_price(self, hw: Hardware) -> Callable[[np.ndarray], Any]:
+        raise NotImplementedError
+
     def run(self, requests: Requests, hw: Hardware) -> GenerationRun:
-        cm = CostModel(hw.model, hw.gpu, "padded", hw.memory_budget_bytes)
-        pad = packers_lib.make_packer("pad")
-        price = lambda p: cm.cost(pad.pack(p, int(p.max())))  # noqa: E731
-        return _static(self.name, requests, hw, _positive(self.batch_size, "batch size"), price, False, self.decode)
+        batch_size = _positive(self.batch_size, "batch size")
+        return _static(self.name, requests, hw, batch_size, self.prefill_price(hw), self.packed, self.decode)
 
 
 @dataclass(frozen=True)
-class PrepackHF:
-    name = "prepack-hf"
-    batch_size: int = 64
-    decode: DecodeMethod | str = "hf-eager"
+class HFPadded(_StaticBatches):
+    name = "hf-padded"
 
-    def run(self, requests: Requests, hw: Hardware) -> GenerationRun:
-        cm = CostModel(hw.model, hw.gpu, "dense", hw.memory_budget_bytes)
+    def prefill_price(self, hw: Hardware) -> Callable[[np.ndarray], Any]:
+        cm = hw.cost_model("padded")
+        pad = packers_lib.make_packer("pad")
+        return lambda p: cm.cost(pad.pack(p, int(p.max())))
+
+
+@dataclass(frozen=True)
+class PrepackHF(_StaticBatches):
+    name = "prepack-hf"
+    packed = True
+
+    def prefill_price(self, hw: Hardware) -> Callable[[np.ndarray], Any]:
+        cm = hw.cost_model("dense")
         ffd = packers_lib.make_packer("ffd")
 
         def price(p: np.ndarray) -> Any:
             p = p[p > 0]  # one-token prompts have nothing to prefill
             return cm.cost(ffd.pack(p, int(p.max()))) if p.size else None
 
-        return _static(self.name, requests, hw, _positive(self.batch_size, "batch size"), price, True, self.decode)
+        return price
 
 
 # -- continuous batching ----------------------------------------------------------------------
@@ -349,10 +371,7 @@ def engine_prefill_model(hw: Hardware, **overrides: float) -> CostModel:
         raise ValueError(f"unknown engine prefill constants {unknown}; known: {', '.join(ENGINE_PREFILL)}")
     c = {**ENGINE_PREFILL, **overrides}
     attention = make_attention("varlen", layer_overhead_s=c["layer_overhead_s"])
-    return CostModel(
-        hw.model, hw.gpu, attention, hw.memory_budget_bytes,
-        matmul_efficiency=c["matmul_efficiency"], elementwise_passes=c["elementwise_passes"],
-    )  # fmt: skip
+    return hw.cost_model(attention, matmul_efficiency=c["matmul_efficiency"], elementwise_passes=c["elementwise_passes"])
 
 
 @dataclass(frozen=True)
@@ -362,8 +381,8 @@ class HFContinuous:
     decode: DecodeMethod | str = "hf-paged"
 
     def run(self, requests: Requests, hw: Hardware) -> GenerationRun:
-        decode = DecodeCostModel(hw.model, hw.gpu, self.decode)
-        cm = CostModel(hw.model, hw.gpu, "varlen", hw.memory_budget_bytes)
+        decode = hw.decode_model(self.decode)
+        cm = hw.cost_model("varlen")
         step_overhead_s = decode.method.step_overhead_s
         price = lambda p: cm.cost(flat_packing(p)).est_time_s + step_overhead_s  # noqa: E731  (one scheduler step)
         return _continuous(
@@ -385,7 +404,7 @@ class Engine:
         cm = engine_prefill_model(hw)
         return _continuous(
             self.name, make_policy(self.policy, **dict(self.policy_params)), requests, hw,
-            decode=DecodeCostModel(hw.model, hw.gpu, self.decode), prefill_s=lambda p: cm.cost(flat_packing(p)).est_time_s,
+            decode=hw.decode_model(self.decode), prefill_s=lambda p: cm.cost(flat_packing(p)).est_time_s,
             max_batch_size=_positive(self.max_batch_size, "max batch size"),
             prefill_token_budget=_positive(self.prefill_token_budget, "prefill token budget"),
         )  # fmt: skip

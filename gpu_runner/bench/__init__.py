@@ -9,15 +9,8 @@ error text).
 """
 
 from gpu_runner.bench.common import (
-    MODEL_SHAPES,
-    build_model,
-    draw_prompts,
-    error_text,
-    gpu_slug,
-    load_lengths,
-    real_token_flops,
-    stream_batches,
-)
+    MODEL_SHAPES, build_model, draw_prompts, error_text, gpu_slug, load_lengths, real_token_flops, stream_batches,
+)  # fmt: skip
 from gpu_runner.bench.scenarios import MODES, BenchConfig, BenchRecord, merge_records, run_benchmark
 
 __all__ = [

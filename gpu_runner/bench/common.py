@@ -5,7 +5,7 @@ of a failed measurement."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +129,10 @@ def gpu_slug(device: torch.device) -> str:
 def error_text(exc: BaseException, limit: int = 300) -> str:
     """One line for a failed measurement's record: "Type: first line of the message"."""
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:limit] if str(exc) else ''}"
+
+
+def check_choices(what: str, given: Iterable[str], known: Sequence[str]) -> None:
+    """ValueError naming the first of `given` not in `known` (a config's validation)."""
+    for name in given:
+        if name not in known:
+            raise ValueError(f"unknown {what} {name!r}; choose from {', '.join(known)}")

@@ -55,10 +55,10 @@ class GenerateBenchConfig:
     workloads: tuple[str, ...] = WORKLOADS
     methods: tuple[str, ...] = GENERATE_METHODS
     batch: int = 64
-    azure_requests: int = 2048
-    max_new_cap: int = 1000
-    hf_batch: int = 64
-    time_limit_s: float = 120.0
+    azure_requests: int = 2048  # the azure workload: the first this many requests of the trace
+    max_new_cap: int = 1000  # the azure workload: output lengths capped here
+    hf_batch: int = 64  # hf-padded: prompts per `model.generate` call
+    time_limit_s: float = 120.0  # per (workload, method): no new work is started after this
     seed: int = 0
     device: str = "cuda"
     dtype: str = "bfloat16"
@@ -72,15 +72,11 @@ class GenerateBenchConfig:
 
     def __post_init__(self) -> None:
         from gpu_runner.bench import MODEL_SHAPES
+        from gpu_runner.bench.common import check_choices
 
-        if self.model not in MODEL_SHAPES:
-            raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(MODEL_SHAPES)}")
-        for w in self.workloads:
-            if w not in WORKLOADS:
-                raise ValueError(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)}")
-        for m in self.methods:
-            if m not in GENERATE_METHODS:
-                raise ValueError(f"unknown method {m!r}; choose from {', '.join(GENERATE_METHODS)}")
+        check_choices("model", (self.model,), tuple(MODEL_SHAPES))
+        check_choices("workload", self.workloads, WORKLOADS)
+        check_choices("method", self.methods, GENERATE_METHODS)
         if min(self.batch, self.azure_requests, self.max_new_cap, self.hf_batch) < 1:
             raise ValueError("batch, azure_requests, max_new_cap and hf_batch must be >= 1")
         if not self.time_limit_s > 0 or not 0 < self.scale_new_tokens <= 1:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gpu_runner.bench.common import MODEL_SHAPES, build_model, draw_prompts, error_text, gpu_slug, load_lengths
+from gpu_runner.bench.common import MODEL_SHAPES, build_model, check_choices, draw_prompts, error_text, gpu_slug, load_lengths
 from gpu_runner.distributed.prefill import EngineExecutor, RunnerExecutor, default_cost_model, distributed_prefill
 from simulator.assign import STRATEGIES, make_strategy
 from simulator.names import ENGINE, RUNNER, VARLEN
@@ -98,14 +98,9 @@ class MultiGPUConfig:
     out: str = ""
 
     def __post_init__(self) -> None:
-        if self.model not in MODEL_SHAPES:
-            raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(MODEL_SHAPES)}")
-        for s in self.strategies:
-            if s not in STRATEGIES:
-                raise ValueError(f"unknown strategy {s!r}; choose from {', '.join(STRATEGIES)}")
-        for e in self.executors:
-            if e not in EXECUTORS:
-                raise ValueError(f"unknown executor {e!r}; choose from {', '.join(EXECUTORS)}")
+        check_choices("model", (self.model,), tuple(MODEL_SHAPES))
+        check_choices("strategy", self.strategies, tuple(STRATEGIES))
+        check_choices("executor", self.executors, tuple(EXECUTORS))
         if not self.batches or min(self.batches) < 1 or any(w < 1 for w in self.world_sizes):
             raise ValueError("batches must be non-empty and positive, world sizes positive")
         if self.reps < 1 or self.warmup < 0 or self.max_padded_batch < 0:

@@ -27,16 +27,9 @@ import numpy as np
 import torch
 
 from gpu_runner.bench.common import (
-    MODEL_SHAPES,
-    bench_device,
-    build_model,
-    draw_prompts,
-    error_text,
-    gpu_slug,
-    load_lengths,
-    real_token_flops,
-    stream_batches,
-)
+    MODEL_SHAPES, bench_device, build_model, check_choices, draw_prompts, error_text, gpu_slug, load_lengths,
+    real_token_flops, stream_batches,
+)  # fmt: skip
 from gpu_runner.bench.methods import METHOD_NAMES, make_method
 from gpu_runner.bench.timing import (
     matmul_peak_flops,
@@ -116,18 +109,10 @@ class BenchConfig:
     out: str = ""
 
     def __post_init__(self) -> None:
-        for m in self.models:
-            if m not in MODEL_SHAPES:
-                raise ValueError(f"unknown model {m!r}; choose from {', '.join(MODEL_SHAPES)}")
-        for m in (*self.methods, *self.stream_methods):
-            if m not in METHOD_NAMES:
-                raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHOD_NAMES)}")
-        for m in self.modes:
-            if m not in ("prefill", "ttft"):
-                raise ValueError(f"unknown mode {m!r}; choose from prefill, ttft")
-        for s in self.scenarios:
-            if s not in ("a", "b"):
-                raise ValueError(f"unknown scenario {s!r}; choose from a, b")
+        check_choices("model", self.models, tuple(MODEL_SHAPES))
+        check_choices("method", (*self.methods, *self.stream_methods), METHOD_NAMES)
+        check_choices("mode", self.modes, ("prefill", "ttft"))
+        check_choices("scenario", self.scenarios, ("a", "b"))
         if self.batch < 1 or self.reps < 1 or self.warmup < 0 or self.stream_batches < 0:
             raise ValueError("batch and reps must be >= 1, warmup and stream_batches >= 0")
         check_num_prompts(self.batch, "batch")

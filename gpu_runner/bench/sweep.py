@@ -20,14 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpu_runner.bench.common import (
-    bench_device,
-    build_model,
-    draw_prompts,
-    error_text,
-    gpu_slug,
-    load_lengths,
-)
+from gpu_runner.bench.common import bench_device, build_model, draw_prompts, error_text, gpu_slug, load_lengths
 from gpu_runner.bench.timing import release_memory, time_calls
 from packers.limits import check_num_prompts
 from simulator.names import DENSE, FLEX, GRAPH, PADDED, VARLEN

@@ -26,6 +26,7 @@ import torch
 
 from gpu_runner.engine.decode_kernels import KERNELS, decode_attention
 from gpu_runner.engine.forward import embed, final_logits, mlp_act, project_qkv, residual_add
+from gpu_runner.engine.graphs import GraphCapture
 from gpu_runner.engine.kernels import rmsnorm, rope_store
 from gpu_runner.engine.kv_pages import GenerateOutOfMemoryError, PagedKVCache
 
@@ -79,8 +80,7 @@ class DecodeStep:
         self._in_dev = torch.zeros_like(self._in_host, device=self.device)
         self._copied: torch.cuda.Event | None = None
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self._pool = None
-        self._warm = False
+        self._capture_graph = GraphCapture()
 
     def bucket(self, rows: int) -> int:
         """The smallest bucket holding `rows` rows."""
@@ -121,18 +121,7 @@ class DecodeStep:
 
     def _capture(self, rows: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         try:
-            if not self._warm:  # Triton compiles and cuBLAS initialises outside the capture
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    self._forward(rows, None)
-                torch.cuda.current_stream().wait_stream(side)
-                self._warm = True
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                logits = self._forward(rows, None)
+            graph, logits = self._capture_graph(lambda: self._forward(rows, None))
         except torch.OutOfMemoryError as exc:
             raise GenerateOutOfMemoryError(
                 f"the decode step's CUDA graph for a batch of {rows} rows did not fit in device memory next to "

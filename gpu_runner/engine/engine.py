@@ -13,6 +13,7 @@ import torch
 from gpu_runner.cache import PromptKV
 from gpu_runner.engine import matmul as mm
 from gpu_runner.engine.forward import forward
+from gpu_runner.engine.graphs import GraphCapture
 from gpu_runner.engine.kernels import use_triton
 from gpu_runner.engine.staging import bucket_tokens, layout, num_chunks, stage
 from gpu_runner.engine.weights import engine_family, fuse_layer, norm_weight
@@ -157,8 +158,7 @@ class PrefillEngine:
         self.cos = (freqs.cos() * scaling).to(self.dtype).contiguous()  # [P, D/2], HF's bf16 rounding
         self.sin = (freqs.sin() * scaling).to(self.dtype).contiguous()
         self._graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self._pool = None
-        self._warm = False
+        self._capture_graph = GraphCapture()  # one pool, one warm-up per capacity
         self._t_cap = 0
         self._p_cap = 0
         self._kv: torch.Tensor | None = None
@@ -172,8 +172,7 @@ class PrefillEngine:
         self._t_cap = max(num_tokens, self._t_cap)
         self._p_cap = max(num_slots, self._p_cap)
         self._graphs.clear()
-        self._pool = None
-        self._warm = False
+        self._capture_graph = GraphCapture()  # one pool, one warm-up per capacity
         self._kv = None  # free before allocating the larger one
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -227,19 +226,7 @@ class PrefillEngine:
         return logits
 
     def _capture(self, key: tuple[int, int, int]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        if not self._warm:  # first use: Triton compiles, cuBLAS/flash initialise outside capture
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self._forward(*key)
-            torch.cuda.current_stream().wait_stream(side)
-            self._warm = True
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            logits = self._forward(*key)
-        return graph, logits
+        return self._capture_graph(lambda: self._forward(*key))
 
     def prefill_result(self, prompts: Sequence[Sequence[int]]) -> Any:
         """`prefill`, handed back as the library's `result.PrefillResult` (one flat row as the

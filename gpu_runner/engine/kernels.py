@@ -295,15 +295,8 @@ def rmsnorm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return out
 
 
-def rope_store(
-    qkv: torch.Tensor,
-    positions: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    k_out: torch.Tensor,
-    v_out: torch.Tensor,
-    num_q_heads: int,
-) -> torch.Tensor:
+def rope_store(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               k_out: torch.Tensor, v_out: torch.Tensor, num_q_heads: int) -> torch.Tensor:  # fmt: skip
     """Apply RoPE to Q and K of the fused projection; write K, V to the cache; return Q [T, Hq, D].
 
     cos/sin: [max_positions, D/2] tables in the model dtype (HF's rounding), positions: [T] int.
@@ -334,21 +327,10 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 def rope_attention(
-    qkv: torch.Tensor,
-    positions: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    seg_start: torch.Tensor,
-    k_out: torch.Tensor,
-    v_out: torch.Tensor,
-    num_q_heads: int,
-    scale: float,
-    *,
-    block_m: int = 64,
-    block_n: int = 64,
-    num_warps: int = 4,
-    num_stages: int = 3,
-) -> torch.Tensor:
+    qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seg_start: torch.Tensor,
+    k_out: torch.Tensor, v_out: torch.Tensor, num_q_heads: int, scale: float,
+    *, block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 3,
+) -> torch.Tensor:  # fmt: skip
     """RoPE + block-diagonal causal attention over one flat row, straight from the fused QKV
     projection: `rope_store` then attention of each token to the earlier tokens of its own
     prompt, in one kernel (Q is never written out; K and V are written to the cache once).
@@ -378,17 +360,9 @@ def rope_attention(
 
 
 def packed_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    seg_start: torch.Tensor,
-    scale: float,
-    *,
-    block_m: int = 64,
-    block_n: int = 32,
-    num_warps: int = 4,
-    num_stages: int = 3,
-) -> torch.Tensor:
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg_start: torch.Tensor, scale: float,
+    *, block_m: int = 64, block_n: int = 32, num_warps: int = 4, num_stages: int = 3,
+) -> torch.Tensor:  # fmt: skip
     """Block-diagonal causal attention over one flat row of already roped q [T, Hq, D] and
     k / v [T, Hkv, D] (the KV cache, as `matmul.qkv_rope` leaves them), all
     contiguous; seg_start [T] int: index of the first token of each token's prompt
