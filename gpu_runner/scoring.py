@@ -179,7 +179,11 @@ def _score(model: torch.nn.Module, requests: Sequence[Any], *, packer: str | pac
         raise ValueError(f"pad_token_id {pad_token_id} is outside the vocabulary [0, {vocab})")
     if memory_budget_bytes is not None:
         memory_budget_bytes = packers.validate_capacity(memory_budget_bytes)
-    if path == "auto" and share_contexts == "auto" and backend in ("auto", "dense") and auto_share(checked) == "tree":
+    share = share_contexts
+    if share == "auto" and path != "engine":  # the engine path shares "identical" (no tree masks)
+        tree_ok = backend in ("auto", "dense") and refusal(model, DENSE) is None  # the tree mask runs dense
+        share = auto_share(checked) if tree_ok else "identical"
+    if path == "auto" and share == "tree":
         path = "runner"  # measured (H200, 7B, HellaSwag-shaped): the runner's tree 2.48x HFLM, the engine 1.76x
     if path != "runner":
         reason = engine_score_unsupported(model, share_contexts=share_contexts, backend=backend,
@@ -192,10 +196,6 @@ def _score(model: torch.nn.Module, requests: Sequence[Any], *, packer: str | pac
         if path == "engine":
             raise ValueError(f"path='engine' cannot score this: {reason}")
     device, dtype = model_device_dtype(model)
-    share = share_contexts
-    if share == "auto":
-        tree_ok = backend in ("auto", "dense") and refusal(model, DENSE) is None  # the tree mask runs dense
-        share = auto_share(checked) if tree_ok else "identical"
     layout = layout_requests(checked, share)
     cap = resolve_capacity(capacity, layout.lengths)
     packer_obj = packers.make_packer(packer) if isinstance(packer, str) else packer
