@@ -163,8 +163,9 @@ def _general(requests: Sequence[Any]) -> CheckedRequests:
     for i, request in enumerate(requests):
         if isinstance(request, (str, bytes, dict)) or not isinstance(request, Sequence) or len(request) != 2:
             raise ValueError(f"request {i} must be a (context ids, continuation ids) pair, got {request!r:.80}")
-        j = index.get(id(request[0]))
-        context = contexts[j] if j is not None else _ids(request[0], f"request {i} context")
+        given = request[0]  # read once: a custom Sequence may build a new object per access
+        j = index.get(id(given))
+        context = contexts[j] if j is not None else _ids(given, f"request {i} context")
         continuation = _ids(request[1], f"request {i} continuation")
         if context.size == 0:
             raise ValueError(f"request {i} has an empty context: the first continuation token needs one "
@@ -172,9 +173,9 @@ def _general(requests: Sequence[Any]) -> CheckedRequests:
         if continuation.size == 0:
             raise ValueError(f"request {i} has an empty continuation: nothing to score")
         if j is None:
-            j = index[id(request[0])] = len(contexts)
+            j = index[id(given)] = len(contexts)
             contexts.append(context)
-            owners.append(request[0])
+            owners.append(given)
         request_context.append(j)
         continuations.append(continuation)
     lengths = [np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))

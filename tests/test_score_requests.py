@@ -6,6 +6,7 @@ with repeated context objects, equal-content copies and repeated continuations."
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -116,9 +117,21 @@ def test_plain_lists_and_other_inputs_validate_alike():
     for a, b in zip((plain.context_lengths, plain.continuation_tokens), (mixed.context_lengths,
                                                                           mixed.continuation_tokens)):
         assert np.array_equal(a, b)
+    class Fresh(Sequence):  # a pair whose every access builds new lists
+        def __init__(self, context, continuation):
+            self.parts = (context, continuation)
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, k):
+            return list(self.parts[k])
+
+    fresh = validate_requests([Fresh(c, t) for c, t in requests], vocab_size=40, max_input_tokens=None)
     for share in SHARE_MODES:
-        x, y = layout_requests(plain, share), layout_requests(mixed, share)
+        x, y, z = layout_requests(plain, share), layout_requests(mixed, share), layout_requests(fresh, share)
         assert np.array_equal(x.tokens, y.tokens) and np.array_equal(x.pair_unique, y.pair_unique)
+        assert np.array_equal(x.tokens, z.tokens) and np.array_equal(x.pair_unique, z.pair_unique)
 
 
 @pytest.mark.parametrize(
