@@ -293,7 +293,7 @@ def _stream_results(layout: ScoreLayout, chunks: Iterator[tuple[np.ndarray, np.n
         missing -= np.bincount(layout.pair_request[pairs], minlength=n)
         done = touched[missing[touched] == 0]
         if done.size == n:
-            out = list(_results(layout, lp, greedy, return_token_logprobs))
+            out = _results(layout, lp, greedy, return_token_logprobs)  # type: ignore[assignment]
         else:
             for i, result in zip(done.tolist(), _results(layout, lp, greedy, return_token_logprobs, done)):
                 out[i] = result
