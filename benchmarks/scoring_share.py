@@ -39,7 +39,7 @@ def token_counts(limit: int = 0) -> list[dict]:
         choice = auto_share(checked)
         for share in SHARE_MODES:
             layout = layout_requests(checked, share)
-            rows.append({"set": name, "share": share, "requests": len(checked), "segments": len(layout.segments),
+            rows.append({"set": name, "share": share, "requests": checked.num_requests, "segments": layout.num_segments,
                          "fed_tokens": layout.num_fed_tokens, "scored_positions": int(layout.unique_offset.size),
                          "longest_segment": max(layout.lengths), "auto_picks": choice})  # fmt: skip
     return rows

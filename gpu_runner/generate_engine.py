@@ -32,6 +32,7 @@ ENGINE_OPTIONS = frozenset(
 )
 _ATTR = "_prepack_batch_generator"
 _MAX_BATCH = 256
+PREFILL_TOKENS = 8192  # tokens per prefill batch of the generator (its engine's KV buffer is sized for them)
 
 
 def token_id_set(ids: Any) -> set[int]:
@@ -64,19 +65,25 @@ def _cached(model: torch.nn.Module) -> dict[str, Any] | None:
     return entry
 
 
-def _engine(model: torch.nn.Module) -> PrefillEngine:
+def _engine(model: torch.nn.Module, max_tokens: int = PREFILL_TOKENS) -> PrefillEngine:
+    """The cached engine, its KV buffer holding prefills of at least `max_tokens` tokens."""
     entry = _cached(model)
     if entry is None:
-        entry = {"engine": PrefillEngine(model, max_tokens=8192), "gen": None}
+        entry = {"engine": PrefillEngine(model, max_tokens=max_tokens), "gen": None}
         model.__dict__[_ATTR] = entry
-    return entry["engine"]
+    eng: PrefillEngine = entry["engine"]
+    eng.reserve(max_tokens)
+    return eng
 
 
-def cached_engine(model: torch.nn.Module) -> tuple[PrefillEngine, dict[str, Any]]:
+def cached_engine(model: torch.nn.Module, *, max_tokens: int = PREFILL_TOKENS) -> tuple[PrefillEngine, dict[str, Any]]:
     """The engine cached on `model` (built on first use) and its cache entry, a dict where
     other engine paths keep their state next to it (scoring: key "scorer"); all of it is
-    freed by `clear_generation_cache`. ValueError if the engine does not support the model."""
-    eng = _engine(model)
+    freed by `clear_generation_cache`. `max_tokens`: the engine's own KV buffer holds
+    prefills of that many tokens (generation's default; scoring, which keeps no cache,
+    asks for 0: no [layers, 2, 8192, ...] buffer it would not use). ValueError if the
+    engine does not support the model."""
+    eng = _engine(model, max_tokens)
     return eng, model.__dict__[_ATTR]
 
 
@@ -149,7 +156,7 @@ def _generator(model: torch.nn.Module, prompts: Sequence[Sequence[int]], news: l
             torch.cuda.empty_cache()
     budget = kv_budget_bytes
     if budget is None:
-        budget = min(need_bytes, default_kv_budget_bytes(eng, max_batch=_MAX_BATCH, prefill_tokens=8192))
+        budget = min(need_bytes, default_kv_budget_bytes(eng, max_batch=_MAX_BATCH, prefill_tokens=PREFILL_TOKENS))
     gen = BatchGenerator(model, engine=eng, max_batch=_MAX_BATCH, page_tokens=page_tokens, kv_budget_bytes=budget)
     entry.update(gen=gen, budget=kv_budget_bytes)
     return gen

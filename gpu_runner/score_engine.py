@@ -4,18 +4,24 @@ This module owns the glue between `score(..., path=...)` and `engine.scorer.Engi
 whether the engine path applies (`engine_score_unsupported` returns the reason it does
 not, or None), the scorer cached on the model next to generation's engine (one
 `PrefillEngine` per model, its weights fused once; `clear_score_cache` frees the scorer's
-buffers and graphs, `clear_generation_cache` everything), and `engine_score`, which
-packs a `ScoreLayout`'s segments into flat rows of at most `batch_tokens` tokens (FFD,
-so rows fill up to the budget and share one graph bucket), lays every row out with numpy
-over the whole set at once, runs the rows back to back without a host sync (the host
-stages row k + 1 while the device runs row k; all rows in one shape bucket, so one
-CUDA graph) and transfers the results once at the end.
+buffers and graphs, `clear_generation_cache` everything), `plan_rows`, which packs a
+`ScoreLayout`'s segments into flat rows of at most `batch_tokens` tokens (FFD, so rows
+fill up to the budget and share one graph bucket) and lays every row's inputs out with
+numpy over the whole set at once, and `engine_score`, which runs the rows back to back
+without a host sync (the host gathers and stages row k + 1 while the device runs row k;
+all rows in one shape bucket, so one CUDA graph) and hands the results back in two
+non-blocking transfers: the rows before the last while the last one runs, then the last.
 
 The engine has no tree masks: the engine path lays requests out with "identical" sharing
 (or "none" when asked); share_contexts="tree" is a runner option.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,10 +30,11 @@ import packers
 from gpu_runner.engine.scorer import EngineScorer, ScoreBatch
 from gpu_runner.generate_engine import cached_engine
 from gpu_runner.support import refusal
+from gpu_runner.runs import run_indices
 from gpu_runner.score_requests import ScoreLayout
 
-__all__ = ["DEFAULT_BATCH_TOKENS", "PATHS", "clear_score_cache", "engine_score", "engine_score_unsupported",
-           "engine_scorer"]
+__all__ = ["DEFAULT_BATCH_TOKENS", "PATHS", "RowPlan", "clear_score_cache", "engine_score", "engine_score_unsupported",
+           "engine_scorer", "plan_rows"]
 
 PATHS = ("auto", "engine", "runner")
 # Tokens per flat row on the engine path: large enough that per-row host work and launch
@@ -51,7 +58,7 @@ def engine_score_unsupported(model: torch.nn.Module, *, share_contexts: str, bac
     if need_cuda and device.type != "cuda":
         return f"the model is on {device.type}, and the engine path is for CUDA devices"
     try:
-        cached_engine(model)
+        cached_engine(model, max_tokens=0)
     except (ValueError, AttributeError, TypeError) as exc:
         return f"the prefill engine does not support the model ({exc})"
     return None
@@ -59,7 +66,7 @@ def engine_score_unsupported(model: torch.nn.Module, *, share_contexts: str, bac
 
 def engine_scorer(model: torch.nn.Module) -> EngineScorer:
     """The `EngineScorer` cached on `model` (built on first use, on generation's engine)."""
-    eng, entry = cached_engine(model)
+    eng, entry = cached_engine(model, max_tokens=0)  # scoring keeps no KV cache: the engine's buffer stays small
     scorer = entry.get(_KEY)
     if scorer is None or scorer.engine is not eng:
         scorer = entry[_KEY] = EngineScorer(eng)
@@ -76,14 +83,57 @@ def clear_score_cache(model: torch.nn.Module) -> None:
         torch.cuda.empty_cache()
 
 
-def _plan(layout: ScoreLayout, batch_tokens: int) -> dict[str, np.ndarray]:
-    """Rows of segments (FFD under batch_tokens) and every row's inputs, for the whole set:
-    segment order, per-row offsets into it, the scored positions and pairs sorted by row."""
-    lengths = np.asarray(layout.lengths, dtype=np.int64)
+@dataclass(frozen=True)
+class RowPlan:
+    """A layout's segments packed into flat rows (FFD under `batch_tokens`), and every row's
+    inputs for the whole set, as flat arrays; row k owns the slices [bounds[k] : bounds[k + 1]]
+    of each per-row array (`row(k)` cuts its `ScoreBatch` out).
+
+    order:        int64 [S] segments in row order; seg_bounds [R + 1] index it
+    lengths:      int64 [S] their lengths (row order); tok_bounds [R + 1]: tokens before each row
+    gpos, pos_bounds: scored row positions of every row, row by row
+    pair_u, target, pair_bounds: every pair's index into its row's positions and its target
+    pair_order:   int64 [P] the layout's pair index of each pair in row order
+    """
+
+    order: np.ndarray
+    seg_bounds: np.ndarray
+    lengths: np.ndarray
+    tok_bounds: np.ndarray
+    gpos: np.ndarray
+    pos_bounds: np.ndarray
+    pair_u: np.ndarray
+    target: np.ndarray
+    pair_bounds: np.ndarray
+    pair_order: np.ndarray
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.seg_bounds.size - 1)
+
+    def largest(self) -> tuple[int, int, int, int]:
+        """The largest row's (tokens, segments, positions, pairs)."""
+        return tuple(int(np.diff(b).max()) for b in (self.tok_bounds, self.seg_bounds, self.pos_bounds,
+                                                     self.pair_bounds))  # type: ignore[return-value]
+
+    def row(self, layout: ScoreLayout, k: int) -> ScoreBatch:
+        """Row k's `ScoreBatch` (its tokens gathered from `layout` now, one numpy gather)."""
+        a, b = self.seg_bounds[k], self.seg_bounds[k + 1]
+        lengths = self.lengths[a:b]
+        tokens = layout.tokens[run_indices(layout.bounds[self.order[a:b]], lengths)]
+        u0, u1, p0, p1 = self.pos_bounds[k], self.pos_bounds[k + 1], self.pair_bounds[k], self.pair_bounds[k + 1]
+        return ScoreBatch(tokens=tokens, lengths=lengths, gpos=self.gpos[u0:u1], pair_u=self.pair_u[p0:p1],
+                          target=self.target[p0:p1])
+
+
+def plan_rows(layout: ScoreLayout, batch_tokens: int) -> RowPlan:
+    """Pack `layout`'s segments into flat rows of at most max(batch_tokens, longest) tokens
+    (FFD: rows fill up to the budget) and lay out every row's inputs, numpy over the whole set."""
+    lengths = layout.segment_lengths
     capacity = max(int(batch_tokens), int(lengths.max()))
     bins = packers.make_packer("ffd").pack(lengths.tolist(), capacity).bins
-    sizes = np.fromiter((len(b) for b in bins), dtype=np.int64, count=len(bins))
-    order = np.fromiter((i for b in bins for i in b), dtype=np.int64, count=int(sizes.sum()))
+    sizes = np.fromiter(map(len, bins), dtype=np.int64, count=len(bins))
+    order = np.fromiter(chain.from_iterable(bins), dtype=np.int64, count=int(sizes.sum()))
     num_rows = len(bins)
     row_of_seg = np.empty(lengths.size, dtype=np.int64)
     row_of_seg[order] = np.repeat(np.arange(num_rows), sizes)
@@ -102,48 +152,66 @@ def _plan(layout: ScoreLayout, batch_tokens: int) -> dict[str, np.ndarray]:
     p_row = u_row[layout.pair_unique]
     p_order = np.argsort(p_row, kind="stable")
     p_counts = np.bincount(p_row, minlength=num_rows)
-    return {
-        "order": order, "seg_bounds": np.append(seg_first, order.size),
-        "tok_bounds": np.append(row_tok0, int(lengths.sum())), "ordered_lengths": ordered,
-        "gpos": (start[layout.unique_segment] + layout.unique_offset)[u_order],
-        "u_bounds": np.append(u_first, u_row.size),
-        "pair_u": u_local[layout.pair_unique][p_order], "target": layout.pair_target[p_order],
-        "p_order": p_order, "p_bounds": np.append(np.cumsum(p_counts) - p_counts, p_row.size),
-    }  # fmt: skip
+    return RowPlan(
+        order=order, seg_bounds=np.append(seg_first, order.size), lengths=ordered,
+        tok_bounds=np.append(row_tok0, int(lengths.sum())),
+        gpos=(start[layout.unique_segment] + layout.unique_offset)[u_order], pos_bounds=np.append(u_first, u_row.size),
+        pair_u=u_local[layout.pair_unique][p_order], target=layout.pair_target[p_order],
+        pair_bounds=np.append(np.cumsum(p_counts) - p_counts, p_row.size), pair_order=p_order,
+    )  # fmt: skip
 
 
 def engine_score(model: torch.nn.Module, layout: ScoreLayout, *,
-                 batch_tokens: int = DEFAULT_BATCH_TOKENS) -> tuple[np.ndarray, np.ndarray]:
-    """Log-prob (float64) and greedy flag of every scored pair of `layout` (its pair order),
-    through the model's cached engine. `layout` must be plain causal ("none" / "identical")."""
+                 batch_tokens: int = DEFAULT_BATCH_TOKENS) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Score every pair of `layout` through the model's cached engine; yields, as they reach
+    the host, (pair indices into the layout's pairs, their log-probs float64, their greedy
+    flags bool): all pairs, over at most two yields. `layout` must be plain causal ("none" /
+    "identical"). Consume it to the end (the device work is enqueued at the first `next`).
+
+    The host stages row k + 1 while the device runs row k (`EngineScorer.run` enqueues only);
+    every row runs in the largest row's bucket (one CUDA graph for the whole set). Results
+    gather on the device; before the last row is enqueued, the rows so far go to the host in
+    one non-blocking copy, so the caller assembles their results while the last row runs;
+    then one more copy for the last row. No other host sync.
+    """
     if layout.branches is not None:
         raise ValueError("the engine path has no tree masks: lay requests out with 'identical' or 'none'")
     if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, (int, np.integer)) or batch_tokens < 1:
         raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}")
-    scorer = engine_scorer(model)
-    plan = _plan(layout, int(batch_tokens))
-    tokens = np.concatenate([layout.segments[i] for i in plan["order"]]).astype(np.int64, copy=False)
-    seg_b, tok_b, u_b, p_b = plan["seg_bounds"], plan["tok_bounds"], plan["u_bounds"], plan["p_bounds"]
-    rows = range(len(seg_b) - 1)
-    # every row runs in the largest row's bucket: one CUDA graph for the whole set (rows
-    # are FFD-filled up to the budget, so the padding of the few light rows is small)
-    shape = scorer.shape_of(int(np.diff(tok_b).max()), int(np.diff(seg_b).max()), int(np.diff(u_b).max()),
-                            int(np.diff(p_b).max()))
-    device = scorer.engine.device
-    num_pairs = layout.pair_target.size
-    lp = torch.empty(num_pairs, dtype=torch.float32, device=device)
-    greedy = torch.empty(num_pairs, dtype=torch.bool, device=device)
-    for k in rows:
-        batch = ScoreBatch(tokens=tokens[tok_b[k] : tok_b[k + 1]],
-                           lengths=plan["ordered_lengths"][seg_b[k] : seg_b[k + 1]],
-                           gpos=plan["gpos"][u_b[k] : u_b[k + 1]], pair_u=plan["pair_u"][p_b[k] : p_b[k + 1]],
-                           target=plan["target"][p_b[k] : p_b[k + 1]])  # fmt: skip
-        row_lp, row_greedy = scorer.run(batch, shape)
-        lp[p_b[k] : p_b[k + 1]].copy_(row_lp)
-        greedy[p_b[k] : p_b[k + 1]].copy_(row_greedy)
-    out_lp = np.empty(num_pairs, dtype=np.float64)
-    out_greedy = np.empty(num_pairs, dtype=bool)
-    out_lp[plan["p_order"]] = lp.cpu().numpy()
-    out_greedy[plan["p_order"]] = greedy.cpu().numpy()
-    return out_lp, out_greedy
+    return _stream(engine_scorer(model), layout, plan_rows(layout, int(batch_tokens)))
 
+
+def _stream(scorer: EngineScorer, layout: ScoreLayout,
+            plan: RowPlan) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """`engine_score`'s generator (arguments checked, rows planned)."""
+    # every row in the largest row's bucket (FFD fills rows up to the budget: the few light rows pad little)
+    shape = scorer.shape_of(*plan.largest())
+    device = scorer.engine.device
+    cuda = device.type == "cuda"
+    num_pairs = layout.pair_target.size
+    results = torch.empty((num_pairs, 2), dtype=torch.float32, device=device)  # [log-prob, greedy] per pair
+    host = torch.empty((num_pairs, 2), dtype=torch.float32, pin_memory=cuda)
+    pb = plan.pair_bounds
+    copies: list[tuple[int, int, Any]] = []  # (first pair, end pair, event)
+
+    def to_host(a: int, b: int) -> None:
+        host[a:b].copy_(results[a:b], non_blocking=cuda)
+        event = None
+        if cuda:
+            event = torch.cuda.Event()
+            event.record()
+        copies.append((a, b, event))
+
+    last = plan.num_rows - 1
+    for k in range(plan.num_rows):
+        if k == last and k > 0:
+            to_host(0, int(pb[k]))
+        lp, greedy = scorer.run(plan.row(layout, k), shape)
+        results[pb[k] : pb[k + 1], 0].copy_(lp)
+        results[pb[k] : pb[k + 1], 1].copy_(greedy)
+    to_host(int(pb[last]), num_pairs)
+    values = host.numpy()
+    for a, b, event in copies:
+        if event is not None:
+            event.synchronize()
+        yield plan.pair_order[a:b], values[a:b, 0].astype(np.float64), values[a:b, 1] != 0

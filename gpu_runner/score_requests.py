@@ -8,27 +8,34 @@ places) and P scored pairs (request, segment offset, target token), with three w
 share work between requests (`SHARE_MODES`):
 
   none       one segment per request.
-  identical  requests whose fed tokens are identical share one segment, and a position
-             scored by several of them is projected once (the 4 one-token choices of an
-             MMLU question: one context forward, one lm_head row). Always exact.
+  identical  requests with identical contexts and identical continuation[:-1] (so identical
+             fed tokens) share one segment, and a position scored by several of them is
+             projected once (the 4 one-token choices of an MMLU question: one context
+             forward, one lm_head row). Always exact.
   tree       requests with the same context share one segment: the context once, then
              each distinct continuation tail (continuation[:-1]) after it; a tail token
              sees the context and its own tail only (`branch` ids, a tree mask), and its
              position id continues from the context's length. Dense masks only.
 
-Everything here is host-side numpy / Python over requests, never over the vocabulary.
+Everything here is host-side numpy over flat arrays (`gpu_runner.runs`): one Python step
+per request only where the caller's objects are read (`validate_requests`), none per
+segment or token, never over the vocabulary.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["SHARE_MODES", "TREE_MIN_SAVING", "ScoreLayout", "auto_share", "layout_requests", "validate_requests"]
+from gpu_runner.runs import group_runs, run_indices
+
+__all__ = ["SHARE_MODES", "TREE_MIN_SAVING", "CheckedRequests", "ScoreLayout", "ShareGroups", "auto_share",
+           "layout_requests", "share_groups", "validate_requests"]
 
 SHARE_MODES = ("none", "identical", "tree")
 # share_contexts="auto" picks "tree" when it feeds at least this fraction fewer tokens than
@@ -38,64 +45,179 @@ TREE_MIN_SAVING = 0.10
 
 def _ids(value: Any, what: str) -> np.ndarray:
     """A 1-D int64 array of token ids, or ValueError naming `what`."""
-    if type(value) is list and set(map(type, value)) <= {int}:  # the common case, checked fast
-        return np.asarray(value, dtype=np.int64)
-    if isinstance(value, torch.Tensor):
-        if value.dim() != 1 or value.dtype in (torch.bool,) or value.is_floating_point() or value.is_complex():
-            raise ValueError(f"{what} must be a 1-D integer tensor, got {value.dtype} {tuple(value.shape)}")
-        return value.detach().cpu().numpy().astype(np.int64, copy=False)
-    if isinstance(value, np.ndarray):
-        if value.ndim != 1 or value.dtype.kind not in "iu":
-            raise ValueError(f"{what} must be a 1-D integer array, got {value.dtype} {value.shape}")
-        return value.astype(np.int64, copy=False)
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ValueError(f"{what} must be a list of token ids, got {type(value).__name__}")
-    kinds = set(map(type, value))
-    if bool in kinds or not all(issubclass(k, (int, np.integer)) for k in kinds):
-        bad = next(t for t in value if isinstance(t, bool) or not isinstance(t, (int, np.integer)))
-        raise ValueError(f"{what} holds {bad!r} ({type(bad).__name__}): token ids must be ints")
-    return np.asarray(value, dtype=np.int64).reshape(-1)
+    try:
+        if type(value) is list and set(map(type, value)) <= {int}:  # the common case, checked fast
+            return np.asarray(value, dtype=np.int64)
+        if isinstance(value, torch.Tensor):
+            if value.dim() != 1 or value.dtype in (torch.bool,) or value.is_floating_point() or value.is_complex():
+                raise ValueError(f"{what} must be a 1-D integer tensor, got {value.dtype} {tuple(value.shape)}")
+            return value.detach().cpu().numpy().astype(np.int64, copy=False)
+        if isinstance(value, np.ndarray):
+            if value.ndim != 1 or value.dtype.kind not in "iu":
+                raise ValueError(f"{what} must be a 1-D integer array, got {value.dtype} {value.shape}")
+            return value.astype(np.int64, copy=False)
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise ValueError(f"{what} must be a list of token ids, got {type(value).__name__}")
+        kinds = set(map(type, value))
+        if bool in kinds or not all(issubclass(k, (int, np.integer)) for k in kinds):
+            bad = next(t for t in value if isinstance(t, bool) or not isinstance(t, (int, np.integer)))
+            raise ValueError(f"{what} holds {bad!r} ({type(bad).__name__}): token ids must be ints")
+        return np.asarray(value, dtype=np.int64).reshape(-1)
+    except OverflowError:
+        raise ValueError(f"{what} holds a token id outside int64") from None
 
 
-def validate_requests(
-    requests: Sequence[Any], *, vocab_size: int, max_input_tokens: int | None, window: int | None = None
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Check (context, continuation) pairs; return them as int64 arrays, caller's order.
+def _bounds(lengths: np.ndarray) -> np.ndarray:
+    out = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
 
-    One `ValueError` naming the request index for: a non-list `requests` or request, an
-    empty list, a request that is not a pair, an empty context or continuation, a non-int
-    (or bool) id, an id outside [0, vocab_size), fed tokens (len(context) +
-    len(continuation) - 1) over `max_input_tokens` (the model's context) or over a
-    sliding attention `window`.
+
+@dataclass(frozen=True)
+class CheckedRequests:
+    """N validated requests as flat int64 arrays, caller's order (what `validate_requests` returns).
+
+    context_tokens, context_bounds: C distinct context objects back to back, context c is
+        context_tokens[context_bounds[c] : context_bounds[c + 1]] (an object passed in several
+        requests, like the context of a multiple-choice question's choices, is stored once).
+    request_context: int64 [N], the context of each request.
+    continuation_tokens, continuation_bounds: request i's continuation is
+        continuation_tokens[continuation_bounds[i] : continuation_bounds[i + 1]].
     """
-    if isinstance(requests, (str, bytes, dict)) or not isinstance(requests, Sequence):
-        raise ValueError(f"requests must be a list of (context, continuation) pairs, got {type(requests).__name__}")
-    if len(requests) == 0:
-        raise ValueError("requests is empty: nothing to score")
-    out = []
+
+    context_tokens: np.ndarray
+    context_bounds: np.ndarray
+    request_context: np.ndarray
+    continuation_tokens: np.ndarray
+    continuation_bounds: np.ndarray
+
+    def __post_init__(self) -> None:
+        c, n = self.context_bounds.size - 1, self.request_context.size
+        if c < 1 or n < 1 or self.continuation_bounds.size != n + 1:
+            raise ValueError("need at least one request, one context, and N + 1 continuation bounds")
+        for tokens, bounds in ((self.context_tokens, self.context_bounds),
+                               (self.continuation_tokens, self.continuation_bounds)):
+            if bounds[0] != 0 or bounds[-1] != tokens.size or (np.diff(bounds) < 1).any():
+                raise ValueError("bounds must run from 0 to the token count, each run non-empty")
+        if self.request_context.min() < 0 or self.request_context.max() >= c:
+            raise ValueError(f"request_context must index the {c} contexts")
+
+    @property
+    def num_requests(self) -> int:
+        return int(self.request_context.size)
+
+    @property
+    def context_lengths(self) -> np.ndarray:
+        """int64 [N]: each request's context length."""
+        return np.diff(self.context_bounds)[self.request_context]
+
+    @property
+    def continuation_lengths(self) -> np.ndarray:
+        """int64 [N]: each request's continuation length."""
+        return np.diff(self.continuation_bounds)
+
+
+def _plain(requests: Sequence[Any]) -> CheckedRequests | None:
+    """The fast path: every request a tuple / list pair of non-empty lists of ints, read in one
+    pass (a context object shared by several requests read once); None otherwise (the exact
+    per-request path then names the first bad request)."""
+    index: dict[int, int] = {}
+    contexts: list[list[int]] = []  # kept alive: their ids stay unique while we hold them
+    request_context: list[int] = []
+    continuations: list[Any] = []
+    for request in requests:
+        if (type(request) is not tuple and type(request) is not list) or len(request) != 2:
+            return None
+        context, continuation = request
+        j = index.get(id(context))
+        if j is None:
+            if type(context) is not list:
+                return None
+            j = index[id(context)] = len(contexts)
+            contexts.append(context)
+        request_context.append(j)
+        continuations.append(continuation)
+    if set(map(type, continuations)) != {list}:
+        return None
+    for lists in (contexts, continuations):
+        if not set(map(type, chain.from_iterable(lists))) <= {int} or min(map(len, lists)) == 0:
+            return None
+    try:
+        arrays = [(np.fromiter(chain.from_iterable(lists), dtype=np.int64),
+                   np.fromiter(map(len, lists), dtype=np.int64, count=len(lists)))
+                  for lists in (contexts, continuations)]  # fmt: skip
+    except OverflowError:
+        return None
+    (ctx, ctx_len), (cont, cont_len) = arrays
+    return CheckedRequests(ctx, _bounds(ctx_len), np.asarray(request_context, dtype=np.int64), cont, _bounds(cont_len))
+
+
+def _general(requests: Sequence[Any]) -> CheckedRequests:
+    """Any accepted input (tensors, arrays, sequences), one request at a time; the first bad
+    request raises its ValueError."""
+    index: dict[int, int] = {}
+    contexts: list[np.ndarray] = []
+    owners: list[Any] = []  # the context objects, alive while their ids are keys
+    request_context: list[int] = []
+    continuations: list[np.ndarray] = []
     for i, request in enumerate(requests):
-        if not (type(request) in (tuple, list) and len(request) == 2) and (  # fast for plain pairs
-            isinstance(request, (str, bytes, dict)) or not isinstance(request, Sequence) or len(request) != 2
-        ):
+        if isinstance(request, (str, bytes, dict)) or not isinstance(request, Sequence) or len(request) != 2:
             raise ValueError(f"request {i} must be a (context ids, continuation ids) pair, got {request!r:.80}")
-        context = _ids(request[0], f"request {i} context")
+        given = request[0]  # read once: a custom Sequence may build a new object per access
+        j = index.get(id(given))
+        context = contexts[j] if j is not None else _ids(given, f"request {i} context")
         continuation = _ids(request[1], f"request {i} continuation")
         if context.size == 0:
             raise ValueError(f"request {i} has an empty context: the first continuation token needs one "
                              "token before it (prepend a BOS token)")
         if continuation.size == 0:
             raise ValueError(f"request {i} has an empty continuation: nothing to score")
-        out.append((context, continuation))
-    # Vocabulary and length checks over all requests at once (one numpy pass, not N).
-    n_ctx = np.fromiter((c.size for c, _ in out), dtype=np.int64, count=len(out))
-    n_cont = np.fromiter((t.size for _, t in out), dtype=np.int64, count=len(out))
-    for part, arrays, sizes in (("context", [c for c, _ in out], n_ctx), ("continuation", [t for _, t in out], n_cont)):
-        flat = np.concatenate(arrays)
-        bad = (flat < 0) | (flat >= vocab_size)
+        if j is None:
+            j = index[id(given)] = len(contexts)
+            contexts.append(context)
+            owners.append(given)
+        request_context.append(j)
+        continuations.append(continuation)
+    lengths = [np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
+               for arrays in (contexts, continuations)]
+    return CheckedRequests(np.concatenate(contexts), _bounds(lengths[0]), np.asarray(request_context, dtype=np.int64),
+                           np.concatenate(continuations), _bounds(lengths[1]))
+
+
+def validate_requests(
+    requests: Sequence[Any], *, vocab_size: int, max_input_tokens: int | None, window: int | None = None
+) -> CheckedRequests:
+    """Check (context, continuation) pairs; return them as flat int64 arrays, caller's order.
+
+    One `ValueError` naming the request index for: a non-list `requests` or request, an
+    empty list, a request that is not a pair, an empty context or continuation, a non-int
+    (or bool) id, an id outside [0, vocab_size) (the lowest such request), fed tokens
+    (len(context) + len(continuation) - 1) over `max_input_tokens` (the model's context) or
+    over a sliding attention `window`.
+    """
+    if isinstance(requests, (str, bytes, dict)) or not isinstance(requests, Sequence):
+        raise ValueError(f"requests must be a list of (context, continuation) pairs, got {type(requests).__name__}")
+    if len(requests) == 0:
+        raise ValueError("requests is empty: nothing to score")
+    checked = _plain(requests) or _general(requests)
+    # Vocabulary and length checks over all requests at once (numpy, not a step per request).
+    n = checked.num_requests
+    worst = n  # the lowest request with an id outside the vocabulary
+    found: tuple[str, int] | None = None
+    for part, tokens, bounds, owner in (
+        ("context", checked.context_tokens, checked.context_bounds, checked.request_context),
+        ("continuation", checked.continuation_tokens, checked.continuation_bounds, np.arange(n)),
+    ):
+        bad = (tokens < 0) | (tokens >= vocab_size)
         if bad.any():
-            at = int(bad.argmax())
-            i = int(np.searchsorted(np.cumsum(sizes), at, side="right"))
-            raise ValueError(f"request {i} {part} has token id {int(flat[at])} outside the vocabulary [0, {vocab_size})")
+            run = np.searchsorted(bounds, np.flatnonzero(bad), side="right") - 1  # runs holding a bad id
+            first = int(np.flatnonzero(np.isin(owner, run)).min())
+            if first < worst:
+                at = bounds[owner[first]] + int(bad[bounds[owner[first]] : bounds[owner[first] + 1]].argmax())
+                worst, found = first, (part, int(tokens[at]))
+    if found is not None:
+        raise ValueError(f"request {worst} {found[0]} has token id {found[1]} outside the vocabulary [0, {vocab_size})")
+    n_ctx, n_cont = checked.context_lengths, checked.continuation_lengths
     fed = n_ctx + n_cont - 1
     for limit, what in ((max_input_tokens, "the model's context"), (window, "the model's sliding window")):
         if limit is not None and (fed > limit).any():
@@ -103,23 +225,44 @@ def validate_requests(
             raise ValueError(f"request {i} feeds {int(fed[i])} tokens (context {int(n_ctx[i])} + continuation "
                              f"{int(n_cont[i])} - 1), over {what} ({limit})"
                              + (": packed masks are full causal" if what.endswith("window") else ""))
-    return out
+    return checked
 
 
-def auto_share(requests: list[tuple[np.ndarray, np.ndarray]]) -> str:
+@dataclass(frozen=True)
+class ShareGroups:
+    """Which requests share what (`share_groups`), numbered in order of first occurrence.
+
+    context_group: int64 [N], requests with equal contexts have equal values.
+    fed_group:     int64 [N], requests with equal contexts and equal continuation[:-1].
+    fed_first:     int64 [D], the first request of each fed group.
+    """
+
+    context_group: np.ndarray
+    fed_group: np.ndarray
+    fed_first: np.ndarray
+
+
+def share_groups(checked: CheckedRequests) -> ShareGroups:
+    """Group the requests by context content, then by (context, continuation[:-1]) content."""
+    # context objects are numbered by their first request, so groups of them are too
+    ctx_group, _ = group_runs(checked.context_tokens, checked.context_bounds[:-1], np.diff(checked.context_bounds))
+    context_group = ctx_group[checked.request_context]
+    fed_group, fed_first = group_runs(checked.continuation_tokens, checked.continuation_bounds[:-1],
+                                      checked.continuation_lengths - 1, key=context_group)
+    return ShareGroups(context_group, fed_group, fed_first)
+
+
+def auto_share(checked: CheckedRequests, groups: ShareGroups | None = None) -> str:
     """What share_contexts="auto" runs: "tree" if it feeds >= TREE_MIN_SAVING fewer tokens
     than "identical" (contexts shared by continuations that differ before their last token),
     else "identical" (exact under every attention backend, no tree mask)."""
-    tails: dict[bytes, set[bytes]] = {}
-    sizes: dict[bytes, int] = {}
-    for context, continuation in requests:
-        key = context.tobytes()
-        tails.setdefault(key, set()).add(continuation[:-1].tobytes())
-        sizes[key] = context.size
-    itemsize = np.dtype(np.int64).itemsize
-    tail_tokens = sum(len(t) // itemsize for group in tails.values() for t in group)
-    identical = sum(sizes[k] * len(group) for k, group in tails.items()) + tail_tokens
-    tree = sum(sizes.values()) + tail_tokens
+    groups = groups or share_groups(checked)
+    n_ctx, tail = checked.context_lengths, checked.continuation_lengths - 1
+    first = groups.fed_first
+    tail_tokens = int(tail[first].sum())
+    identical = int(n_ctx[first].sum()) + tail_tokens
+    _, ctx_first = np.unique(groups.context_group, return_index=True)
+    tree = int(n_ctx[ctx_first].sum()) + tail_tokens
     return "tree" if tree <= (1.0 - TREE_MIN_SAVING) * identical else "identical"
 
 
@@ -127,19 +270,22 @@ def auto_share(requests: list[tuple[np.ndarray, np.ndarray]]) -> str:
 class ScoreLayout:
     """Segments to pack and the pairs to score in them.
 
-    segments:       S token-id arrays (what the packer places; lengths = packed lengths).
-    positions:      S position-id arrays, or None when every segment counts 0, 1, 2, ...
-    branches:       S branch-id arrays (0 = shared context, k > 0 = tail k), or None when
-                    plain causal attention inside a segment is right (modes none, identical).
+    tokens, bounds: S segments back to back (what the packer places), segment s is
+                    tokens[bounds[s] : bounds[s + 1]]; lengths = packed lengths.
+    positions:      position ids of every token (flat, like tokens), or None when every
+                    segment counts 0, 1, 2, ...
+    branches:       branch ids of every token (0 = shared context, k > 0 = tail k), or None
+                    when plain causal attention inside a segment is right (modes none, identical).
     unique_segment, unique_offset: U distinct scored positions (segment, offset), sorted.
     pair_unique:    P indices into the U positions, request-major then token order.
     pair_target:    P target token ids; pair_request: P request indices.
     num_requests:   N.
     """
 
-    segments: tuple[np.ndarray, ...]
-    positions: tuple[np.ndarray, ...] | None
-    branches: tuple[np.ndarray, ...] | None
+    tokens: np.ndarray
+    bounds: np.ndarray
+    positions: np.ndarray | None
+    branches: np.ndarray | None
     unique_segment: np.ndarray
     unique_offset: np.ndarray
     pair_unique: np.ndarray
@@ -148,13 +294,14 @@ class ScoreLayout:
     num_requests: int
 
     def __post_init__(self) -> None:
-        s = len(self.segments)
-        if s == 0 or any(seg.size == 0 for seg in self.segments):
-            raise ValueError("a layout needs at least one segment and no empty segment")
+        if self.bounds.size < 2 or self.bounds[0] != 0 or self.bounds[-1] != self.tokens.size:
+            raise ValueError("a layout needs at least one segment, bounds from 0 to the token count")
+        if (np.diff(self.bounds) < 1).any():
+            raise ValueError("a layout has no empty segment")
         for name in ("positions", "branches"):
             arrays = getattr(self, name)
-            if arrays is not None and [a.size for a in arrays] != [g.size for g in self.segments]:
-                raise ValueError(f"{name} must match the segments' lengths")
+            if arrays is not None and arrays.size != self.tokens.size:
+                raise ValueError(f"{name} must match the segments' tokens")
         p = self.pair_unique.size
         if self.pair_target.size != p or self.pair_request.size != p:
             raise ValueError("pair arrays must have one length")
@@ -162,87 +309,95 @@ class ScoreLayout:
             raise ValueError("unique_segment and unique_offset must have one length")
 
     @property
+    def num_segments(self) -> int:
+        return int(self.bounds.size - 1)
+
+    @property
+    def segment_lengths(self) -> np.ndarray:
+        """int64 [S]."""
+        return np.diff(self.bounds)
+
+    @property
     def lengths(self) -> list[int]:
-        return [int(seg.size) for seg in self.segments]
+        return self.segment_lengths.tolist()
 
     @property
     def num_fed_tokens(self) -> int:
-        return int(sum(seg.size for seg in self.segments))
+        return int(self.tokens.size)
+
+    def segment(self, s: int) -> np.ndarray:
+        """Segment s's token ids (a view)."""
+        return self.tokens[self.bounds[s] : self.bounds[s + 1]]
 
 
-def layout_requests(requests: list[tuple[np.ndarray, np.ndarray]], share: str) -> ScoreLayout:
-    """Lay validated requests out as segments and scored pairs (module docstring: `share`)."""
+def layout_requests(checked: CheckedRequests, share: str, groups: ShareGroups | None = None) -> ScoreLayout:
+    """Lay validated requests out as segments and scored pairs (module docstring: `share`);
+    `groups`: `share_groups(checked)` when the caller has it already."""
     if share not in SHARE_MODES:
         raise ValueError(f"share_contexts must be one of {SHARE_MODES}, got {share!r}")
-    segments: list[np.ndarray] = []
-    parts: list[list[np.ndarray]] = []  # tree: per segment, the context then each distinct tail
-    pair_seg: list[np.ndarray] = []
-    pair_off: list[np.ndarray] = []
-    keys: dict[bytes, int] = {}
-    tails: list[dict[bytes, int]] = []  # tree: per segment, tail bytes -> offset of its first token
-    sizes: list[int] = []  # tree: tokens laid out so far per segment
-    request_seg: list[int] = []  # none / identical: each request's segment
-    for context, continuation in requests:
-        n_ctx, n_cont = context.size, continuation.size
-        if share == "tree":
-            key = context.tobytes()
-            seg = keys.get(key)
-            if seg is None:
-                seg = keys[key] = len(parts)
-                parts.append([context])
-                tails.append({})
-                sizes.append(n_ctx)
-            tail = continuation[:-1]
-            if tail.size:
-                seen = tails[seg]
-                start = seen.get(tail.tobytes())
-                if start is None:
-                    start = seen[tail.tobytes()] = sizes[seg]
-                    parts[seg].append(tail)
-                    sizes[seg] += tail.size
-                offsets = np.concatenate(([n_ctx - 1], np.arange(start, start + tail.size, dtype=np.int64)))
-            else:
-                offsets = np.asarray([n_ctx - 1], dtype=np.int64)
-            pair_off.append(offsets)
-            pair_seg.append(np.full(n_cont, seg, dtype=np.int64))
-        else:  # pair offsets n_ctx - 1 ... n_ctx + n_cont - 2, built after the loop
-            fed = np.concatenate((context, continuation[:-1]))
-            key = fed.tobytes() if share == "identical" else None
-            seg = keys.get(key) if key is not None else None
-            if seg is None:
-                seg = len(segments)
-                segments.append(fed)
-                if key is not None:
-                    keys[key] = seg
-            request_seg.append(seg)
-    positions: list[np.ndarray] = []
-    branches: list[np.ndarray] = []
-    if share == "tree":
-        for group in parts:
-            n_ctx = group[0].size
-            segments.append(np.concatenate(group))
-            positions.append(np.concatenate([np.arange(n_ctx)] + [n_ctx + np.arange(t.size) for t in group[1:]]))
-            branches.append(np.repeat(np.arange(len(group), dtype=np.int64), [t.size for t in group]))
-    if share == "tree":
-        seg_of = np.concatenate(pair_seg)
-        off_of = np.concatenate(pair_off)
+    n = checked.num_requests
+    n_ctx, n_cont = checked.context_lengths, checked.continuation_lengths
+    tail = n_cont - 1
+    if share != "none":
+        groups = groups or share_groups(checked)
+    # The caller's tokens as one source: contexts, then continuations (whose tails are read).
+    source = np.concatenate((checked.context_tokens, checked.continuation_tokens))
+    ctx_start = checked.context_bounds[checked.request_context]  # [N] in source
+    tail_start = checked.context_tokens.size + checked.continuation_bounds[:-1]
+    positions = branches = None
+    if share != "tree":
+        if share == "none":
+            request_seg, first = np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64)
+        else:
+            request_seg, first = groups.fed_group, groups.fed_first
+        # segment s: the context then the tail of its first request
+        starts = np.stack((ctx_start[first], tail_start[first]), axis=1).reshape(-1)
+        lens = np.stack((n_ctx[first], tail[first]), axis=1).reshape(-1)
+        tail_at = n_ctx  # [N]: offset of each request's tail in its segment
     else:
-        n_ctx_all = np.fromiter((c.size for c, _ in requests), dtype=np.int64, count=len(requests))
-        n_cont_all = np.fromiter((t.size for _, t in requests), dtype=np.int64, count=len(requests))
-        seg_of = np.repeat(np.asarray(request_seg, dtype=np.int64), n_cont_all)
-        first = np.cumsum(n_cont_all) - n_cont_all
-        off_of = np.repeat(n_ctx_all - 1 - first, n_cont_all) + np.arange(int(n_cont_all.sum()), dtype=np.int64)
-    width = max(s.size for s in segments) + 1  # offsets < width: (segment, offset) -> one int key
+        request_seg = groups.context_group
+        _, ctx_first = np.unique(request_seg, return_index=True)  # first request of each segment
+        with_tail = groups.fed_first[tail[groups.fed_first] > 0]  # first request of each distinct tail
+        t_seg = request_seg[with_tail]
+        t_len = tail[with_tail]
+        order = np.argsort(t_seg, kind="stable")  # tails by segment, first occurrence within it
+        t_seg, t_len, with_tail = t_seg[order], t_len[order], with_tail[order]
+        seg_first_tail = np.searchsorted(t_seg, np.arange(ctx_first.size))
+        rank = np.arange(t_seg.size) - seg_first_tail[t_seg]  # 0, 1, ... within a segment
+        before = np.cumsum(t_len) - t_len
+        t_off = n_ctx[ctx_first][t_seg] + before - before[seg_first_tail[t_seg]]
+        # runs: each segment's context (branch 0) then its tails (branch 1, 2, ...)
+        run_seg = np.concatenate((np.arange(ctx_first.size), t_seg))
+        run_branch = np.concatenate((np.zeros(ctx_first.size, dtype=np.int64), rank + 1))
+        run_order = np.lexsort((run_branch, run_seg))
+        starts = np.concatenate((ctx_start[ctx_first], tail_start[with_tail]))[run_order]
+        lens = np.concatenate((n_ctx[ctx_first], t_len))[run_order]
+        run_pos0 = np.concatenate((np.zeros(ctx_first.size, dtype=np.int64), n_ctx[ctx_first][t_seg]))[run_order]
+        within = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
+        positions = within + np.repeat(run_pos0, lens)
+        branches = np.repeat(run_branch[run_order], lens)
+        group_tail = np.full(groups.fed_first.size, -1, dtype=np.int64)  # fed group -> its distinct tail
+        group_tail[groups.fed_group[with_tail]] = np.arange(with_tail.size)
+        tail_of = group_tail[groups.fed_group]  # [N], -1: no tail
+        tail_at = n_ctx.copy()
+        tail_at[tail_of >= 0] = t_off[tail_of[tail_of >= 0]]
+    tokens = source[run_indices(starts, lens)]
+    if share == "tree":
+        seg_len = np.bincount(run_seg[run_order], weights=lens, minlength=ctx_first.size).astype(np.int64)
+    else:
+        seg_len = lens.reshape(-1, 2).sum(axis=1)
+    bounds = _bounds(seg_len)
+    # pairs: token j of request i is read at offset n_ctx - 1 (j = 0) or tail_at + j - 1
+    first_pair = checked.continuation_bounds[:-1]
+    pair_request = np.repeat(np.arange(n, dtype=np.int64), n_cont)
+    j = np.arange(int(checked.continuation_bounds[-1]), dtype=np.int64) - np.repeat(first_pair, n_cont)
+    seg_of = request_seg[pair_request]
+    off_of = np.where(j == 0, n_ctx[pair_request] - 1, tail_at[pair_request] + j - 1)
+    width = int(seg_len.max()) + 1  # offsets < width: (segment, offset) -> one int key
     unique, inverse = np.unique(seg_of * width + off_of, return_inverse=True)
-    tree = share == "tree"
     return ScoreLayout(
-        segments=tuple(segments),
-        positions=tuple(positions) if tree else None,
-        branches=tuple(branches) if tree else None,
-        unique_segment=unique // width,
-        unique_offset=unique % width,
-        pair_unique=inverse.reshape(-1).astype(np.int64),
-        pair_target=np.concatenate([c for _, c in requests]),
-        pair_request=np.repeat(np.arange(len(requests), dtype=np.int64), [c.size for _, c in requests]),
-        num_requests=len(requests),
-    )
+        tokens=tokens, bounds=bounds, positions=positions, branches=branches,
+        unique_segment=unique // width, unique_offset=unique % width,
+        pair_unique=inverse.reshape(-1).astype(np.int64), pair_target=checked.continuation_tokens,
+        pair_request=pair_request, num_requests=n,
+    )  # fmt: skip

@@ -8,7 +8,8 @@ segments into rows with a packer, plans forwards under a memory budget (`gpu_run
 and runs each packed forward through the decoder only. The final hidden states are
 gathered at the scored positions alone and projected through the lm_head there, in chunks
 of `LOGIT_CHUNK_TOKENS` (never a [tokens, vocab] tensor for a whole row), with
-log_softmax in fp32. Results stay on the device until one transfer at the end.
+log_softmax in fp32. Results stay on the device until one transfer at the end (the
+engine path: `gpu_runner.score_engine`, two, and results assembled as they arrive).
 
 `score_rolling(model, texts, prefix_token_id=...)` cuts each text into lm-evaluation-
 harness's disjoint rolling windows (`rolling_windows`) and scores them all in one `score`.
@@ -43,8 +44,10 @@ from gpu_runner.score_requests import (
     _ids,
     auto_share,
     layout_requests,
+    share_groups,
     validate_requests,
 )
+from gpu_runner.runs import run_indices
 
 __all__ = ["LOGIT_CHUNK_TOKENS", "ScoreResult", "rolling_windows", "score", "score_rolling"]
 
@@ -80,14 +83,14 @@ def _tree_extras(layout: ScoreLayout, members: list[int], rows: np.ndarray, star
     """Position ids and branch ids [num_rows, row_len] of a tree-layout forward (padding:
     position 0, branch -1)."""
     assert layout.positions is not None and layout.branches is not None
-    lengths = np.asarray([layout.segments[g].size for g in members], dtype=np.int64)
-    first = np.cumsum(lengths) - lengths
-    within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(first, lengths)
-    dest = np.repeat(rows * row_len + starts, lengths) + within
+    members = np.asarray(members, dtype=np.int64)
+    lengths = layout.segment_lengths[members]
+    dest = run_indices(rows * row_len + starts, lengths)
+    source = run_indices(layout.bounds[members], lengths)
     pos = np.zeros(num_rows * row_len, dtype=np.int64)
     branch = np.full(num_rows * row_len, -1, dtype=np.int64)
-    pos[dest] = np.concatenate([layout.positions[g] for g in members])
-    branch[dest] = np.concatenate([layout.branches[g] for g in members])
+    pos[dest] = layout.positions[source]
+    branch[dest] = layout.branches[source]
     shape = (num_rows, row_len)
     return (torch.from_numpy(pos.reshape(shape)).to(device), torch.from_numpy(branch.reshape(shape)).to(device))
 
@@ -180,23 +183,25 @@ def _score(model: torch.nn.Module, requests: Sequence[Any], *, packer: str | pac
     if memory_budget_bytes is not None:
         memory_budget_bytes = packers.validate_capacity(memory_budget_bytes)
     share = share_contexts
+    groups = None  # computed once for auto_share and the layout
     if share == "auto" and path != "engine":  # the engine path shares "identical" (no tree masks)
         tree_ok = backend in ("auto", "dense") and refusal(model, DENSE) is None  # the tree mask runs dense
-        share = auto_share(checked) if tree_ok else "identical"
+        groups = share_groups(checked) if tree_ok else None
+        share = auto_share(checked, groups) if tree_ok else "identical"
     if path == "auto" and share == "tree":
         path = "runner"  # measured (H200, 7B, HellaSwag-shaped): the runner's tree 2.48x HFLM, the engine 1.76x
     if path != "runner":
         reason = engine_score_unsupported(model, share_contexts=share_contexts, backend=backend,
                                           need_cuda=path == "auto")
         if reason is None:
-            layout = layout_requests(checked, "none" if share_contexts == "none" else "identical")
+            layout = layout_requests(checked, "none" if share_contexts == "none" else "identical", groups)
             with model_lock(model):  # the cached scorer's buffers are per model: one call at a time
-                lp, greedy = engine_score(model, layout, batch_tokens=batch_tokens)
-            return _results(layout, lp, greedy, return_token_logprobs)
+                return _stream_results(layout, engine_score(model, layout, batch_tokens=batch_tokens),
+                                       return_token_logprobs)
         if path == "engine":
             raise ValueError(f"path='engine' cannot score this: {reason}")
     device, dtype = model_device_dtype(model)
-    layout = layout_requests(checked, share)
+    layout = layout_requests(checked, share, groups)
     cap = resolve_capacity(capacity, layout.lengths)
     packer_obj = packers.make_packer(packer) if isinstance(packer, str) else packer
     packing = packers.checked_pack(packer_obj, layout.lengths, cap)  # a plug-in's result is checked
@@ -252,12 +257,17 @@ def _score(model: torch.nn.Module, requests: Sequence[Any], *, packer: str | pac
                     return_token_logprobs)
 
 
-def _results(layout: ScoreLayout, lp: np.ndarray, greedy: np.ndarray, return_token_logprobs: bool) -> list[ScoreResult]:
-    """Per-request results from per-pair log-probs and greedy flags (the layout's pair order)."""
+def _results(layout: ScoreLayout, lp: np.ndarray, greedy: np.ndarray, return_token_logprobs: bool,
+             requests: np.ndarray | None = None) -> list[ScoreResult]:
+    """Results of `requests` (default all, in order) from per-pair log-probs and greedy flags
+    (the layout's pair order; only these requests' pairs are read)."""
     counts = np.bincount(layout.pair_request, minlength=layout.num_requests)
     first = np.cumsum(counts) - counts
-    sums = np.add.reduceat(lp, first).tolist()  # Python floats / bools: no numpy scalar per request
-    all_greedy = np.logical_and.reduceat(greedy, first).tolist()
+    sums = np.add.reduceat(lp, first)
+    all_greedy = np.logical_and.reduceat(greedy, first)
+    if requests is not None:
+        sums, all_greedy, first, counts = sums[requests], all_greedy[requests], first[requests], counts[requests]
+    sums, all_greedy = sums.tolist(), all_greedy.tolist()  # Python floats / bools: no numpy scalar per request
     if not return_token_logprobs:
         return [ScoreResult(logprob, flag) for logprob, flag in zip(sums, all_greedy)]
     ends = (first + counts).tolist()
@@ -266,10 +276,36 @@ def _results(layout: ScoreLayout, lp: np.ndarray, greedy: np.ndarray, return_tok
             for logprob, flag, a, b in zip(sums, all_greedy, first.tolist(), ends)]
 
 
+def _stream_results(layout: ScoreLayout, chunks: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                    return_token_logprobs: bool) -> list[ScoreResult]:
+    """Per-request results, caller's order, from (pair indices, log-probs, greedy flags)
+    chunks as they arrive: a request's result is built as soon as its last pair has arrived
+    (so the results of early chunks are assembled while the device computes later ones).
+    RuntimeError if a pair never arrives."""
+    n = layout.num_requests
+    lp = np.zeros(layout.pair_target.size, dtype=np.float64)
+    greedy = np.zeros(layout.pair_target.size, dtype=bool)
+    missing = np.bincount(layout.pair_request, minlength=n)  # pairs still to come per request
+    out: list[ScoreResult | None] = [None] * n
+    for pairs, chunk_lp, chunk_greedy in chunks:
+        lp[pairs], greedy[pairs] = chunk_lp, chunk_greedy
+        touched = np.unique(layout.pair_request[pairs])
+        missing -= np.bincount(layout.pair_request[pairs], minlength=n)
+        done = touched[missing[touched] == 0]
+        if done.size == n:
+            out = _results(layout, lp, greedy, return_token_logprobs)  # type: ignore[assignment]
+        else:
+            for i, result in zip(done.tolist(), _results(layout, lp, greedy, return_token_logprobs, done)):
+                out[i] = result
+    if missing.any():
+        raise RuntimeError(f"the engine returned no score for request {int(np.flatnonzero(missing).min())}")
+    return out  # type: ignore[return-value]
+
+
 def _run_forward(model, decoder, attn, layout: ScoreLayout, members, sub, plan, rows, starts, here,
                  unique_flat, pad_token_id, device, pair_lp, pair_greedy) -> None:
     """One packed forward; writes the log-prob and greedy flag of every pair it scores."""
-    inputs = pack_inputs([layout.segments[g] for g in members], sub, row_len=plan.row_len,
+    inputs = pack_inputs([layout.segment(g) for g in members], sub, row_len=plan.row_len,
                          num_rows=plan.num_rows, pad_token_id=pad_token_id, device=device)  # fmt: skip
     position_ids = inputs.position_ids
     if layout.branches is not None:

@@ -95,11 +95,13 @@ def test_caller_order_and_packer_do_not_change_scores():
 def test_identical_and_tree_feed_fewer_tokens():
     from gpu_runner.score_requests import layout_requests, validate_requests
 
-    checked = validate_requests(_requests(seed=3), vocab_size=VOCAB, max_input_tokens=MAX_POS)
+    requests = _requests(seed=3)
+    checked = validate_requests(requests, vocab_size=VOCAB, max_input_tokens=MAX_POS)
     fed = {share: layout_requests(checked, share).num_fed_tokens for share in ("none", "identical", "tree")}
     assert fed["tree"] < fed["identical"] < fed["none"]
-    one_token = layout_requests(checked[:4], "identical")  # 4 one-token choices of one context
-    assert len(one_token.segments) == 1 and one_token.unique_offset.size == 1
+    four = validate_requests(requests[:4], vocab_size=VOCAB, max_input_tokens=MAX_POS)
+    one_token = layout_requests(four, "identical")  # 4 one-token choices of one context
+    assert one_token.num_segments == 1 and one_token.unique_offset.size == 1
 
 
 def test_auto_share_picks_tree_only_where_it_saves_tokens():

@@ -80,6 +80,17 @@ def test_one_row_and_many_rows_agree_and_the_scorer_is_cached(monkeypatch):
     assert "_prepack_batch_generator" not in model.__dict__
 
 
+def test_scoring_builds_no_generation_kv_buffer_and_generation_still_gets_one():
+    from gpu_runner.generate_engine import PREFILL_TOKENS, cached_engine
+
+    model = tiny_model("llama")
+    gpu_runner.score(model, _requests(seed=1), path="engine")
+    eng = score_engine.engine_scorer(model).engine
+    assert eng._kv.shape[2] == eng.token_bucket  # the smallest bucket: scoring keeps no cache
+    assert cached_engine(model)[0] is eng and eng._kv.shape[2] >= PREFILL_TOKENS  # generation's size on asking
+    gpu_runner.clear_generation_cache(model)
+
+
 def test_auto_takes_the_runner_where_the_engine_does_not_apply(monkeypatch):
     def no_engine(*args, **kwargs):
         raise AssertionError("the engine path ran")

@@ -162,9 +162,14 @@ class PrefillEngine:
         self._t_cap = 0
         self._p_cap = 0
         self._kv: torch.Tensor | None = None
-        self._ensure_capacity(bucket_tokens(max(max_tokens, 1), self.token_bucket), 16)
+        self.reserve(max_tokens)
 
     # ------------------------------------------------------------------ buffers and graphs
+
+    def reserve(self, max_tokens: int) -> None:
+        """Size the KV buffer for batches of up to `max_tokens` tokens (no-op when it holds
+        them already; growing drops the captured graphs)."""
+        self._ensure_capacity(bucket_tokens(max(int(max_tokens), 1), self.token_bucket), 16)
 
     def _ensure_capacity(self, num_tokens: int, num_slots: int) -> None:
         if num_tokens <= self._t_cap and num_slots <= self._p_cap:
