@@ -22,7 +22,10 @@ Methods:
   hflm-auto     the same with batch_size="auto" (max_batch_size 512)
 Per (model, set, method): wall time of the whole set (synced start to synced end, host
 work, syncs and result transfer included; ours-engine also records `host_prep_s`, its
-host work before the first row, timed apart), fed and padded tokens, roofline, speedup over
+host work before the first row, timed apart), the untimed warm-up call before it
+(`warmup_s`: the first 64 requests, or with `--warmup full` the whole set for the ours-*
+methods, so that their Triton kernels and CUDA graph for the set's shapes exist before the
+timed call), fed and padded tokens, roofline, speedup over
 hflm-64, and the largest |log-likelihood difference| to hflm-64. HFLM's own padded vs
 unpadded difference (HFLM at batch size 1 against batch 64, on the first `--self-check`
 requests) is the yardstick for bf16 differences; every other method also records its
@@ -123,12 +126,18 @@ def ours_options(method: str, budget: int | None, batch_tokens: int) -> dict[str
     return {"path": "runner", "share_contexts": kind, "memory_budget_bytes": budget}
 
 
-def auto_path(model: Any) -> str:
-    """What path="auto" runs for this model (with the default options)."""
+def auto_choice(model: Any, requests: list[Request]) -> tuple[str, str]:
+    """(path, share_contexts) that path="auto", share_contexts="auto" takes for `requests`
+    (the decision of `gpu_runner.scoring._score`, default options)."""
     from gpu_runner.score_engine import engine_score_unsupported
+    from gpu_runner.score_requests import auto_share, share_groups
 
+    checked = validate_requests(requests, vocab_size=model.config.vocab_size, max_input_tokens=None)
+    share = auto_share(checked, share_groups(checked))
+    if share == "tree":
+        return "runner", "tree"
     reason = engine_score_unsupported(model, share_contexts="auto", backend="auto", need_cuda=True)
-    return "engine" if reason is None else "runner"
+    return ("engine", "identical") if reason is None else ("runner", share)
 
 
 def run_ours(model: Any, requests: list[Request], options: dict[str, Any]) -> list[float]:
@@ -186,8 +195,12 @@ class Recorder:
 
 def bench_set(model: Any, model_name: str, set_name: str, requests: list[Request], methods: list[str],
               rec: Recorder, peak_flops: float | None, device: torch.device, self_check: int,
-              batch_tokens: int = 32768) -> None:
-    """Every method on one request set; hflm-64 runs first (the reference for diffs and speedups)."""
+              batch_tokens: int = 32768, warmup: str = "prefix") -> None:
+    """Every method on one request set; hflm-64 runs first (the reference for diffs and speedups).
+    Before its timed call each method runs once untimed (its `warmup_s` is recorded): on the
+    first 64 requests, or, for the ours-* methods with warmup="full", on the whole set (its
+    shapes then are compiled and captured: the timed call is the steady state; HFLM compiles
+    nothing, its cuBLAS kernels are warm after 64 requests)."""
     work = work_of(model.config, requests)
     roofline_s = work["roofline_flops"] / peak_flops if peak_flops else None
     budget = int(torch.cuda.mem_get_info(device)[0] // 2) if device.type == "cuda" else None
@@ -195,16 +208,20 @@ def bench_set(model: Any, model_name: str, set_name: str, requests: list[Request
     reference_s: float | None = None
     unpadded: list[float] = []
     order = sorted(methods, key=lambda m: m != "hflm-64")
+    prefix = requests[: min(64, len(requests))]
     for method in order:
         release_memory(device)
         base = dict(model=model_name, set=set_name, method=method, num_requests=len(requests), **work)
         try:
             if method.startswith("ours-"):
                 options = ours_options(method, budget, batch_tokens)
-                run_ours(model, requests[: min(64, len(requests))], options)  # warm-up
+                warm = requests if warmup == "full" else prefix
+                _, warmup_s = wall_clock_s(lambda o=options: run_ours(model, warm, o), device=device)
                 scores, wall_s = wall_clock_s(lambda o=options: run_ours(model, requests, o), device=device)
-                path = options["path"] if options["path"] != "auto" else auto_path(model)
-                extra: dict[str, Any] = {"share_contexts": options.get("share_contexts", "auto"), "path": path}
+                path, share = (options["path"], options.get("share_contexts", "auto"))
+                if path == "auto":
+                    path, share = auto_choice(model, requests)
+                extra: dict[str, Any] = {"share_contexts": share, "path": path, "warmup": warmup, "warmup_s": warmup_s}
                 if path == "engine":
                     from gpu_runner.score_engine import engine_scorer
 
@@ -214,10 +231,10 @@ def bench_set(model: Any, model_name: str, set_name: str, requests: list[Request
                                  host_prep_s=host_prep_s(model.config, requests, batch_tokens))
             else:
                 lm = make_hflm(model, 64 if method == "hflm-64" else "auto")
-                run_hflm(lm, requests[: min(64, len(requests))])
+                _, warmup_s = wall_clock_s(lambda lm=lm: run_hflm(lm, prefix), device=device)
                 lm.padded_tokens = 0
                 scores, wall_s = wall_clock_s(lambda lm=lm: run_hflm(lm, requests), device=device)
-                extra = {"hflm_padded_tokens": lm.padded_tokens,
+                extra = {"warmup_s": warmup_s, "hflm_padded_tokens": lm.padded_tokens,
                          "hflm_padded_over_real": lm.padded_tokens / work["fed_tokens"]}  # fmt: skip
         except Exception as exc:  # noqa: BLE001  (record it, go on with the next method)
             rec.add({**base, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
@@ -246,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mixed", type=int, default=200, help="requests of the mixed200 set")
     p.add_argument("--self-check", type=int, default=512, help="requests HFLM also scores unpadded (batch 1)")
     p.add_argument("--batch-tokens", type=int, default=32768, help="tokens per flat row of ours-engine / ours-auto")
+    p.add_argument("--warmup", choices=("prefix", "full"), default="prefix",
+                   help="untimed call before each timed one: the first 64 requests, or (ours-* only) the whole set")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--out", default="")
@@ -274,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             requests = make_requests(set_name, lengths, model.config.vocab_size, mixed=args.mixed)
             t0 = time.perf_counter()
             bench_set(model, model_name, set_name, requests, methods, rec, peak, device, args.self_check,
-                      args.batch_tokens)
+                      args.batch_tokens, args.warmup)
             print(f"# {model_name} {set_name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         gpu_runner.clear_generation_cache(model)  # the engine and scorer cached on the model
         del model
