@@ -12,14 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from gpu_runner.engine import matmul as mm
+from gpu_runner.engine.family import ACTIVATIONS, xielu
 from gpu_runner.engine.kernels import packed_attention, rmsnorm, rope_attention, rope_store, silu_mul
 from gpu_runner.engine.reference import packed_attention_torch
+from gpu_runner.engine.rope import to_model_order
 from gpu_runner.engine.staging import layout, num_chunks
 from gpu_runner.engine.weights import FusedLayer
 from simulator.names import FLASH, PACKED
 
 __all__ = ["Row", "attend", "embed", "final_logits", "final_norm", "forward", "hidden_states", "mlp_act", "project_qkv",
-           "residual_add"]
+           "residual_add", "scale_logits"]
 
 
 @dataclass(frozen=True)
@@ -141,32 +143,55 @@ def project_qkv(eng: Any, x: torch.Tensor, w: FusedLayer) -> torch.Tensor:
 
 
 def mlp_act(eng: Any, x: torch.Tensor, w: FusedLayer, *, fused: bool) -> torch.Tensor:
-    """act(gate) * up [T, I] of normed x: SiLU (the fused swiglu matmul where `fused`, else
-    cuBLAS then silu_mul) or GeLU-tanh (Gemma: torch ops)."""
-    if eng.family.activation == "silu":
+    """The MLP's activation [T, I] of normed x: SiLU gated (the fused swiglu matmul where
+    `fused`, else cuBLAS then silu_mul), else the family's activation with torch ops:
+    act(gate) * up (Gemma's GeLU-tanh) or act(up) (`EngineFamily.gated` False: Arcee's ReLU^2,
+    Apertus's xIELU with the layer's parameters)."""
+    fam = eng.family
+    if fam.activation == "silu" and fam.gated:
         return mm.swiglu(x, w.gate_up, counters=eng._counters) if fused else silu_mul(F.linear(x, w.gate_up))
+    act = ACTIVATIONS.get(fam.activation) or (lambda x: xielu(x, *w.act_params))
+    if not fam.gated:
+        return act(F.linear(x, w.gate_up))
     gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
-    return gate.copy_(F.gelu(gate, approximate="tanh") * up)
+    return gate.copy_(act(gate) * up)
 
 
 def final_logits(eng: Any, h: torch.Tensor) -> torch.Tensor:
     """Logits [n, vocab] of final hidden states [n, hidden]: the final RMSNorm (HF's
-    rounding), lm_head, then the family's logits divisor."""
-    logits = F.linear(final_norm(eng, h), eng.lm_head)
-    return logits if eng.family.logits_divisor == 1.0 else logits.div_(eng.family.logits_divisor)
+    rounding), lm_head, then the family's logits scaling (`scale_logits`)."""
+    return scale_logits(eng, F.linear(final_norm(eng, h), eng.lm_head))
+
+
+def scale_logits(eng: Any, logits: torch.Tensor) -> torch.Tensor:
+    """Logits in the model dtype divided by the family's logits divisor (Granite) or times its
+    multiplier (HyperCLOVA X), as HF's head does; a new tensor where either applies."""
+    fam = eng.family
+    if fam.logits_divisor != 1.0:
+        logits = logits / fam.logits_divisor
+    if fam.logits_multiplier != 1.0:
+        logits = logits * fam.logits_multiplier
+    return logits
 
 
 def attend(eng: Any, h: torch.Tensor, w: FusedLayer, k_out: torch.Tensor, v_out: torch.Tensor, row: Row) -> torch.Tensor:
-    """Layer w's attention over the flat row: [T, Hq, D]; its roped K and V go to k_out / v_out."""
+    """Layer w's attention over the flat row: [T, Hq, D]; its roped K and V go to k_out / v_out
+    (K in the model's head-dim order: `rope.to_model_order`, after the attention read it)."""
     x = h if w.ln1 is None else rmsnorm(h, w.ln1, eng.eps)
     if w.qkv_rope:  # Q, K, V roped in the QKV matmul's epilogue, K and V written to the cache there
         q = mm.qkv_rope(x, w.qkv, row.cos, row.sin, k_out, v_out, eng.num_q_heads, bias=w.qkv_bias,
                         counters=eng._counters)
-        return packed_attention(q, k_out, v_out, row.seg, eng.scale)
-    qkv = project_qkv(eng, x, w)
-    if eng.attention == PACKED:
-        return rope_attention(qkv, row.pos, eng.cos, eng.sin, row.seg, k_out, v_out, eng.num_q_heads, eng.scale)
-    q = rope_store(qkv, row.pos, eng.cos, eng.sin, k_out, v_out, eng.num_q_heads)
-    if eng.attention == FLASH:
-        return _attention_flash(q, k_out, v_out, row.cu_q, row.cu_k, row.used_k, row.max_q, row.max_k, eng.scale)
-    return packed_attention_torch(q, k_out, v_out, row.seg, eng.scale)  # the dense-mask CPU reference
+        out = packed_attention(q, k_out, v_out, row.seg, eng.scale)
+    else:
+        qkv = project_qkv(eng, x, w)
+        if eng.attention == PACKED:
+            out = rope_attention(qkv, row.pos, w.cos, w.sin, row.seg, k_out, v_out, eng.num_q_heads, eng.scale)
+        else:
+            q = rope_store(qkv, row.pos, w.cos, w.sin, k_out, v_out, eng.num_q_heads)
+            if eng.attention == FLASH:
+                out = _attention_flash(q, k_out, v_out, row.cu_q, row.cu_k, row.used_k, row.max_q, row.max_k,
+                                       eng.scale)
+            else:
+                out = packed_attention_torch(q, k_out, v_out, row.seg, eng.scale)  # the dense-mask CPU reference
+    to_model_order(k_out, eng.rope.inverse)
+    return out
