@@ -167,6 +167,7 @@ _INTERPRETED = textwrap.dedent(
                          "query_pre_attn_scalar": 24}, True),  # per-layer tables (local / global bases)
         ("smollm3", {"no_rope_layers": [1, 0]}, True),  # a NoPE layer: the identity table
         ("ministral3", {}, True),  # yarn: the table from the model's rotary module, attention_scaling in it
+        ("hunyuan_v1_dense", {}, True),  # QK-norm after RoPE: rope_store, the norm, then packed_attention
     ]
     EPILOGUE = ("helium", "glm4", "ministral3")  # one table for every layer and no QK-norm
     g = torch.Generator().manual_seed(0)
@@ -204,7 +205,7 @@ _INTERPRETED = textwrap.dedent(
 
 def test_families_through_the_triton_kernels_in_the_interpreter():
     """Permuted Q / K weights (interleaved and partial RoPE), per-layer and identity tables,
-    and a yarn table through the engine's Triton prefill (QKV-RoPE epilogue, rope_attention)
+    a yarn table, and a QK-norm between RoPE and attention through the engine's Triton prefill (QKV-RoPE epilogue, rope_attention)
     and decode kernels in Triton's CPU interpreter: logits and K/V equal HF per prompt."""
     pytest.importorskip("triton")
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)

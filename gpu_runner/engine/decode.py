@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from gpu_runner.engine.decode_kernels import KERNELS, decode_attention
-from gpu_runner.engine.forward import embed, final_logits, mlp_act, project_qkv, residual_add
+from gpu_runner.engine.forward import embed, final_logits, mlp_act, project_qkv, qk_norm_, residual_add
 from gpu_runner.engine.graphs import GraphCapture
 from gpu_runner.engine.kernels import rmsnorm, rope_store
 from gpu_runner.engine.kv_pages import GenerateOutOfMemoryError, PagedKVCache
@@ -112,6 +112,8 @@ class DecodeStep:
             k_new = torch.empty((rows, eng.num_kv_heads, eng.head_dim), dtype=h.dtype, device=h.device)
             v_new = torch.empty_like(k_new)
             q = rope_store(qkv, pos, w.cos, w.sin, k_new, v_new, eng.num_q_heads)
+            if eng.family.qk_norm_after_rope:  # HunYuan
+                qk_norm_(eng, q, k_new, w)
             # the pages hold K in the model's head-dim order (as the prefill hands it over): Q joins it
             q = to_model_order(q, eng.rope.inverse)
             to_model_order(k_new, eng.rope.inverse)

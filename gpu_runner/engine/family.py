@@ -12,8 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ACTIVATIONS", "FAMILY_NORMS", "NORM_LAYOUTS", "PARAM_ACTIVATIONS", "EngineFamily", "act_params",
-           "engine_family", "layer_ropes", "mlp_activation", "mlp_gated", "norm_weight", "xielu"]
+__all__ = ["ACTIVATIONS", "FAMILY_NORMS", "NORM_LAYOUTS", "PARAM_ACTIVATIONS", "QK_NORM_NAMES", "EngineFamily", "act_params",
+           "engine_family", "layer_ropes", "mlp_activation", "mlp_gated", "norm_weight", "qk_norms", "xielu"]
 
 # the engine's MLP activations: act(gate) * up where the MLP is gated, act(up) where not
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -38,6 +38,8 @@ NORM_LAYOUTS: dict[str, tuple[str | None, str | None, str | None, str | None]] =
 FAMILY_NORMS = {"Olmo2": "post", "Olmo3": "post", "Exaone4": "post", "Gemma3": "sandwich", "Glm4": "glm4",
                 "Apertus": "apertus", "Apertus1p5Text": "apertus", "HyperCLOVAX": "peri"}
 _INTERLEAVED = frozenset({"Helium", "Ernie4_5", "Glm", "Glm4"})  # RoPE pairs (2i, 2i + 1)
+_QK_NORM_AFTER_ROPE = frozenset({"HunYuanDenseV1"})  # QK-norm of the roped q and k
+QK_NORM_NAMES = (("q_norm", "k_norm"), ("query_layernorm", "key_layernorm"))  # attention attributes
 
 
 def _exaone4_ropes(attn: torch.nn.Module) -> bool:  # with a sliding window, only the sliding layers rope
@@ -72,6 +74,7 @@ class EngineFamily:
     qk_norm:        RMSNorm of q and k before RoPE, with `qk_eps`: over each head (Qwen3,
                     EXAONE 4, Gemma 3) or over the whole projection (OLMo 2 / 3), as the norm
                     weight's size says
+    qk_norm_after_rope: the QK-norm is applied to roped q and k instead (HunYuan, per head)
     norms:          where the layer's norms sit (`NORM_LAYOUTS`)
     interleaved_rope: RoPE over pairs (2i, 2i + 1) (computed through a head-dim permutation: `rope`)
     eps:            the decoder norms' epsilon
@@ -87,6 +90,7 @@ class EngineFamily:
     activation: str = "silu"
     gated: bool = True
     qk_norm: bool = False
+    qk_norm_after_rope: bool = False
     qk_eps: float = 1e-6
     eps: float = 1e-6
     norms: str = "pre"
@@ -149,6 +153,14 @@ def mlp_gated(mlp: torch.nn.Module) -> bool:
     return hasattr(mlp, "gate_proj") or hasattr(mlp, "gate_up_proj")
 
 
+def qk_norms(attn: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """The attention's (query, key) norm modules, under either name pair (`QK_NORM_NAMES`), or None."""
+    for q_name, k_name in QK_NORM_NAMES:
+        if hasattr(attn, q_name):
+            return getattr(attn, q_name), getattr(attn, k_name)
+    return None
+
+
 def _eps(norm: torch.nn.Module) -> float:
     return float(getattr(norm, "variance_epsilon", None) or norm.eps)
 
@@ -176,9 +188,9 @@ def engine_family(model: torch.nn.Module) -> EngineFamily:
     elif name == "Gemma3":  # the embedding's own scale buffer, in the weight dtype as it multiplies
         kw |= {"embed_scale": float(inner.embed_tokens.embed_scale.to(dtype)), "norm_offset": 1.0,
                "attn_scale": float(cfg.query_pre_attn_scalar) ** -0.5}
-    q_norm = getattr(layer.self_attn, "q_norm", None)
-    if q_norm is not None:
-        kw |= {"qk_norm": True, "qk_eps": _eps(q_norm)}
+    norms = qk_norms(layer.self_attn)
+    if norms is not None:
+        kw |= {"qk_norm": True, "qk_eps": _eps(norms[0]), "qk_norm_after_rope": name in _QK_NORM_AFTER_ROPE}
     act = mlp_activation(layer.mlp)
     if act is None:
         raise ValueError(f"the engine's MLP activations are {', '.join([*ACTIVATIONS, *PARAM_ACTIVATIONS])}; "

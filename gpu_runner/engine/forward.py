@@ -21,7 +21,7 @@ from gpu_runner.engine.weights import FusedLayer
 from simulator.names import FLASH, PACKED
 
 __all__ = ["Row", "attend", "embed", "final_logits", "final_norm", "forward", "hidden_states", "mlp_act", "project_qkv",
-           "residual_add", "scale_logits"]
+           "qk_norm_", "residual_add", "scale_logits"]
 
 
 @dataclass(frozen=True)
@@ -125,21 +125,24 @@ def residual_add(eng: Any, h: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
 
 
 def project_qkv(eng: Any, x: torch.Tensor, w: FusedLayer) -> torch.Tensor:
-    """The fused QKV projection [T, (Hq + 2 Hkv) D] of normed x; with a QK-norm, q and k
-    RMS-normalized in place (HF's rounding), per head (Qwen3: a [D] weight) or over the whole
-    projection (OLMo2: [Hq D] / [Hkv D]), ready for RoPE."""
+    """The fused QKV projection [T, (Hq + 2 Hkv) D] of normed x; with a QK-norm before RoPE,
+    q and k RMS-normalized in place (`qk_norm_`), ready for RoPE."""
     qkv = F.linear(x, w.qkv, w.qkv_bias)
-    if w.q_norm is not None:
+    if w.q_norm is not None and not eng.family.qk_norm_after_rope:
         t, d, hq, hkv = qkv.shape[0], eng.head_dim, eng.num_q_heads, eng.num_kv_heads
-        q, k = qkv[:, : hq * d], qkv[:, hq * d : (hq + hkv) * d]
-        if w.q_norm.numel() == d:  # per head, else over the whole projection
-            q, k = q.view(t, hq, d), k.view(t, hkv, d)
-        parts = ((q, w.q_norm), (k, w.k_norm))
-        for part, weight in parts:
-            y = part.float()
-            y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eng.family.qk_eps)
-            part.copy_(weight * y.to(part.dtype))
+        qk_norm_(eng, qkv[:, : hq * d].view(t, hq, d), qkv[:, hq * d : (hq + hkv) * d].view(t, hkv, d), w)
     return qkv
+
+
+def qk_norm_(eng: Any, q: torch.Tensor, k: torch.Tensor, w: FusedLayer) -> None:
+    """RMS-normalize q [T, Hq, D] and k [T, Hkv, D] (views, rows contiguous) in place with the
+    layer's QK-norm weights (HF's rounding): per head (Qwen3, HunYuan: a [D] weight) or over
+    the whole projection (OLMo 2: [Hq D] / [Hkv D])."""
+    for part, weight in ((q, w.q_norm), (k, w.k_norm)):
+        x = part if weight.numel() == part.shape[-1] else part.view(part.shape[0], -1)
+        y = x.float()
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eng.family.qk_eps)
+        x.copy_(weight * y.to(x.dtype))
 
 
 def mlp_act(eng: Any, x: torch.Tensor, w: FusedLayer, *, fused: bool) -> torch.Tensor:
@@ -184,11 +187,15 @@ def attend(eng: Any, h: torch.Tensor, w: FusedLayer, k_out: torch.Tensor, v_out:
         out = packed_attention(q, k_out, v_out, row.seg, eng.scale)
     else:
         qkv = project_qkv(eng, x, w)
-        if eng.attention == PACKED:
+        if eng.attention == PACKED and not eng.family.qk_norm_after_rope:
             out = rope_attention(qkv, row.pos, w.cos, w.sin, row.seg, k_out, v_out, eng.num_q_heads, eng.scale)
         else:
             q = rope_store(qkv, row.pos, w.cos, w.sin, k_out, v_out, eng.num_q_heads)
-            if eng.attention == FLASH:
+            if eng.family.qk_norm_after_rope:  # HunYuan: the norm sits between RoPE and attention
+                qk_norm_(eng, q, k_out, w)
+            if eng.attention == PACKED:
+                out = packed_attention(q, k_out, v_out, row.seg, eng.scale)
+            elif eng.attention == FLASH:
                 out = _attention_flash(q, k_out, v_out, row.cu_q, row.cu_k, row.used_k, row.max_q, row.max_k,
                                        eng.scale)
             else:

@@ -37,6 +37,7 @@ from gpu_runner.engine.family import (
     FAMILY_NORMS,
     NORM_LAYOUTS,
     PARAM_ACTIVATIONS,
+    QK_NORM_NAMES,
     mlp_activation,
 )
 
@@ -44,7 +45,7 @@ __all__ = ["ENGINE_FAMILIES", "engine_refusal"]
 
 ENGINE_FAMILIES = ("Llama", "Mistral", "Qwen2", "Qwen3", "Granite", "Phi3", "Gemma", "Olmo2", "Olmo3", "Exaone4",
                    "Gemma3", "Arcee", "SmolLM3", "Helium", "Ernie4_5", "Glm", "Glm4", "Apertus", "Apertus1p5Text",
-                   "HyperCLOVAX")
+                   "HyperCLOVAX", "HunYuanDenseV1")
 _QK_NORM = frozenset({"self_attn.q_norm.weight", "self_attn.k_norm.weight"})
 _APERTUS = _QK_NORM | {"attention_layernorm.weight", "feedforward_layernorm.weight",  # pre-norms renamed,
                        "mlp.act_fn.alpha_p", "mlp.act_fn.alpha_n"}  # xIELU's parameters
@@ -58,7 +59,8 @@ _FAMILY_PARAMS = {
     "Gemma3": _QK_NORM | {"pre_feedforward_layernorm.weight", "post_feedforward_layernorm.weight"},
     "Glm": frozenset({"mlp.gate_up_proj.weight"}),
     "Apertus": _APERTUS, "Apertus1p5Text": _APERTUS,
-    "HyperCLOVAX": frozenset({"post_norm1.weight", "post_norm2.weight"}),  # norms of the attention / MLP outputs
+    "HyperCLOVAX": frozenset({"post_norm1.weight", "post_norm2.weight"}),
+    "HunYuanDenseV1": frozenset({"self_attn.query_layernorm.weight", "self_attn.key_layernorm.weight"}),  # after RoPE  # norms of the attention / MLP outputs
     "Glm4": frozenset({"mlp.gate_up_proj.weight", "post_self_attn_layernorm.weight", "post_mlp_layernorm.weight"}),
 }
 # ... config fields whose values it applies (elsewhere a value other than 1 is refused) ...
@@ -191,7 +193,7 @@ def _class_refusal(family: str, layer: torch.nn.Module, inner: torch.nn.Module) 
     roles = {"attention": (layer.self_attn, "Attention"), "MLP": (layer.mlp, "MLP"),
              "final norm": (getattr(inner, "norm", None), "RMSNorm")}
     roles |= {f"norm {n}": (getattr(layer, n, None), "RMSNorm") for n in norms}
-    roles |= {f"norm {n}": (getattr(layer.self_attn, n), "RMSNorm") for n in ("q_norm", "k_norm")
+    roles |= {f"norm {n}": (getattr(layer.self_attn, n), "RMSNorm") for pair in QK_NORM_NAMES for n in pair
               if hasattr(layer.self_attn, n)}
     for role, (module, suffix) in roles.items():
         name = type(module).__name__

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from gpu_runner.engine import matmul as mm
-from gpu_runner.engine.family import NORM_LAYOUTS, EngineFamily, act_params, norm_weight
+from gpu_runner.engine.family import NORM_LAYOUTS, EngineFamily, act_params, norm_weight, qk_norms
 
 __all__ = ["FusedLayer", "fuse_layer", "permute_heads", "rebind"]
 
@@ -106,7 +106,7 @@ def fuse_layer(layer: torch.nn.Module, share: bool, *, qkv_rope: bool, num_q_hea
         q_norm = k_norm = None
         if family.qk_norm:
             q_norm, k_norm = (norm_weight(permute_heads(n.weight, head_dim, perm), family)
-                              for n in (attn.q_norm, attn.k_norm))
+                              for n in qk_norms(attn))
     ln1, post_attn, ln2, post_mlp = (None if name is None else norm_weight(getattr(layer, name).weight, family)
                                      for name in NORM_LAYOUTS[family.norms])
     cos, sin = table if table is not None else (None, None)
