@@ -43,7 +43,7 @@ PROVEN: dict[str, frozenset[str]] = {
         "apertus", "apertus1p5_text", "arcee", "cwm", "doge", "emu3", "ernie4_5", "exaone",
         "exaone4", "gemma", "gemma3_text", "glm", "glm4", "granite", "helium",
         "hunyuan_v1_dense", "hyperclovax", "internlm3", "iquestcoder", "llama", "ministral",
-        "ministral3", "mistral", "olmo2", "olmo3", "phi3", "qwen2", "qwen3", "seed_oss",
-        "smollm3"
+        "ministral3", "mistral", "nanochat", "olmo2", "olmo3", "phi3", "qwen2", "qwen3",
+        "seed_oss", "smollm3"
     }),
 }

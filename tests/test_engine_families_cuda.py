@@ -3,7 +3,8 @@ Phi-3's fused weights and head_dim 96, Gemma's GeLU-tanh MLP, (1 + w) norms and 
 embedding, OLMo2's post-norms and whole-projection QK-norm; Ministral 3's yarn table, Arcee's
 ReLU^2 and Apertus's xIELU non-gated MLPs, SmolLM3's NoPE layers, OLMo 3 / EXAONE 4 / Gemma 3's
 sliding layers and per-layer tables, Helium / ERNIE 4.5 / GLM / GLM-4's permuted (interleaved,
-partial) RoPE, GLM-4 / Gemma 3 / HyperCLOVA X's extra norms, HunYuan's QK-norm after RoPE): prefill logits and K/V (CUDA
+partial) RoPE, GLM-4 / Gemma 3 / HyperCLOVA X's extra norms, HunYuan's QK-norm after RoPE, NanoChat's
+weightless norms, negated-sin RoPE and logit soft-cap): prefill logits and K/V (CUDA
 graphs, the default attention) against HF run on each prompt alone, and generate's engine
 path against HF generate, in bf16 with bf16 tolerances. The exact fp32 proof is the
 model-zoo test (tests/test_model_zoo.py)."""
@@ -41,10 +42,12 @@ FAMILIES = {
     "hyperclovax": {"head_dim": 64, "embedding_multiplier": 2.0, "residual_multiplier": 0.5,
                     "attention_multiplier": 0.125, "logits_scaling": 0.5, "use_post_norm": True},
     "hunyuan_v1_dense": {"head_dim": 64},  # QK-norm after RoPE: rope_store, the norm, packed_attention
+    "nanochat": {"head_dim": 64},  # weightless norms, -sin table, embedding norm, logit soft-cap 15
 }
 _NORM_OFFSET = ("gemma", "gemma3_text")  # norms applied as (1 + w)
 # decode with a per-head QK-norm is not proven on CUDA (generate_engine): HF's loop runs for them
-_PER_HEAD_QK_NORM = ("qwen3", "apertus", "apertus1p5_text", "exaone4", "gemma3_text", "hunyuan_v1_dense")
+_PER_HEAD_QK_NORM = ("qwen3", "apertus", "apertus1p5_text", "exaone4", "gemma3_text", "hunyuan_v1_dense",
+                     "nanochat")
 
 
 def _model(model_type: str):

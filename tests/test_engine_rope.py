@@ -168,6 +168,7 @@ _INTERPRETED = textwrap.dedent(
         ("smollm3", {"no_rope_layers": [1, 0]}, True),  # a NoPE layer: the identity table
         ("ministral3", {}, True),  # yarn: the table from the model's rotary module, attention_scaling in it
         ("hunyuan_v1_dense", {}, True),  # QK-norm after RoPE: rope_store, the norm, then packed_attention
+        ("nanochat", {}, True),  # RoPE by minus the angle: the -sin table
     ]
     EPILOGUE = ("helium", "glm4", "ministral3")  # one table for every layer and no QK-norm
     g = torch.Generator().manual_seed(0)

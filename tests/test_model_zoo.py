@@ -85,6 +85,7 @@ def test_refusal_names_type_feature_and_alternatives():
 @pytest.mark.parametrize("model_type", [
     "qwen3", "granite", "phi3", "gemma", "olmo2", "ministral3", "arcee", "apertus", "apertus1p5_text", "smollm3",
     "olmo3", "exaone4", "helium", "ernie4_5", "glm", "glm4", "gemma3_text", "hyperclovax", "hunyuan_v1_dense",
+    "nanochat",
 ])
 def test_engine_takes_the_widened_families(model_type):
     """Qwen3 (QK-norm), Granite (multipliers), Phi-3 (fused weights), Gemma (GeLU-tanh,
@@ -94,8 +95,9 @@ def test_engine_takes_the_widened_families(model_type):
     QK-norm, sliding layers, EXAONE 4's NoPE global layers), Helium / ERNIE 4.5 (interleaved
     RoPE), GLM / GLM-4 (partial interleaved RoPE, fused gate_up, GLM-4's extra norms),
     Gemma 3 (sandwich norms, (1 + w) QK-norm, query_pre_attn_scalar, local / global RoPE),
-    HyperCLOVA X (peri-layer norms, multipliers), HunYuan (per-head QK-norm after RoPE): the
-    engine path is proven and accepted."""
+    HyperCLOVA X (peri-layer norms, multipliers), HunYuan (per-head QK-norm after RoPE),
+    NanoChat (weightless norms, embedding norm, RoPE by minus the angle, logit soft-cap):
+    the engine path is proven and accepted."""
     assert "engine" in supported_paths(build_tiny(model_type))
 
 

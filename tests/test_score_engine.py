@@ -247,7 +247,7 @@ def test_cuda_graph_replay_equals_eager():
 
 @pytest.mark.parametrize("model_type", [
     "qwen3", "granite", "gemma", "phi3", "olmo2", "ministral3", "arcee", "apertus", "smollm3", "olmo3", "exaone4",
-    "helium", "glm4", "gemma3_text", "hyperclovax", "hunyuan_v1_dense",
+    "helium", "glm4", "gemma3_text", "hyperclovax", "hunyuan_v1_dense", "nanochat",
 ])
 def test_engine_path_matches_the_runner_on_the_widened_families(model_type):
     # the families the engine took on after Llama / Mistral / Qwen2 (QK-norm, multipliers and

@@ -145,14 +145,15 @@ class PrefillEngine:
         self.pad_token_id = 0
         self.eps = self.family.eps
         self.embed = inner.embed_tokens.weight
-        self.final_norm = norm_weight(inner.norm.weight, self.family)
+        self.final_norm = norm_weight(inner.norm, self.family, self.embed)
         self.lm_head = model.lm_head.weight
         self.max_positions = int(getattr(cfg, "max_position_embeddings", 4096))
         cfg_text = text_config(cfg)
         layer_types = getattr(cfg_text, "layer_types", None)
         self.rope = rope_plan(model, max_positions=self.max_positions, head_dim=self.head_dim,
                               interleaved=self.family.interleaved_rope, layer_ropes=layer_ropes(model, self.family),
-                              layer_types=list(layer_types) if layer_types else None)
+                              layer_types=list(layer_types) if layer_types else None,
+                              negate_sin=self.family.rope_sin_negated)
         self.cos, self.sin = self.rope.tables[0]  # [P, D/2], HF's rounding; the QKV-RoPE epilogue's table
         # the QKV-RoPE epilogue reads one table per forward (Row.cos): only where every layer uses it
         qkv_rope = self.fused_qkv and self.attention == PACKED and set(self.rope.layer_table) == {0}

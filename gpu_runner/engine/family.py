@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["ACTIVATIONS", "FAMILY_NORMS", "NORM_LAYOUTS", "PARAM_ACTIVATIONS", "QK_NORM_NAMES", "EngineFamily", "act_params",
-           "engine_family", "layer_ropes", "mlp_activation", "mlp_gated", "norm_weight", "qk_norms", "xielu"]
+           "engine_family", "layer_ropes", "mlp_activation", "mlp_gated", "mlp_projections", "norm_weight", "qk_norms", "xielu"]
 
 # the engine's MLP activations: act(gate) * up where the MLP is gated, act(up) where not
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -38,7 +38,8 @@ NORM_LAYOUTS: dict[str, tuple[str | None, str | None, str | None, str | None]] =
 FAMILY_NORMS = {"Olmo2": "post", "Olmo3": "post", "Exaone4": "post", "Gemma3": "sandwich", "Glm4": "glm4",
                 "Apertus": "apertus", "Apertus1p5Text": "apertus", "HyperCLOVAX": "peri"}
 _INTERLEAVED = frozenset({"Helium", "Ernie4_5", "Glm", "Glm4"})  # RoPE pairs (2i, 2i + 1)
-_QK_NORM_AFTER_ROPE = frozenset({"HunYuanDenseV1"})  # QK-norm of the roped q and k
+_QK_NORM_AFTER_ROPE = frozenset({"HunYuanDenseV1", "NanoChat"})  # QK-norm of the roped q and k
+_NEGATED_SIN = frozenset({"NanoChat"})  # rotate_half as (x2, -x1): RoPE by -angle
 QK_NORM_NAMES = (("q_norm", "k_norm"), ("query_layernorm", "key_layernorm"))  # attention attributes
 
 
@@ -77,6 +78,10 @@ class EngineFamily:
     qk_norm_after_rope: the QK-norm is applied to roped q and k instead (HunYuan, per head)
     norms:          where the layer's norms sit (`NORM_LAYOUTS`)
     interleaved_rope: RoPE over pairs (2i, 2i + 1) (computed through a head-dim permutation: `rope`)
+    rope_sin_negated: RoPE rotates by minus the angle (NanoChat's rotate_half): the tables' sin negated
+    embed_norm:     the embeddings RMS-normed by the final norm before the first layer (NanoChat)
+    final_softcap:  logits soft-capped as cap * tanh(logits / cap) (NanoChat's
+                    final_logit_softcapping; torch ops on the last positions only); None = not
     eps:            the decoder norms' epsilon
     """
 
@@ -95,6 +100,9 @@ class EngineFamily:
     eps: float = 1e-6
     norms: str = "pre"
     interleaved_rope: bool = False
+    rope_sin_negated: bool = False
+    embed_norm: bool = False
+    final_softcap: float | None = None
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS and self.activation not in PARAM_ACTIVATIONS:
@@ -105,6 +113,8 @@ class EngineFamily:
         for field in ("embed_scale", "residual_scale", "logits_divisor", "logits_multiplier", "eps", "qk_eps"):
             if not getattr(self, field) > 0:
                 raise ValueError(f"{field} must be > 0, got {getattr(self, field)!r}")
+        if self.final_softcap is not None and not self.final_softcap > 0:
+            raise ValueError(f"final_softcap must be > 0 or None, got {self.final_softcap!r}")
         if self.attn_scale is not None and not self.attn_scale > 0:
             raise ValueError(f"attn_scale must be > 0 or None, got {self.attn_scale!r}")
 
@@ -148,6 +158,13 @@ def act_params(mlp: torch.nn.Module, family: EngineFamily) -> tuple[torch.Tensor
     return (act.alpha_p, act.alpha_n, act.beta, act.eps)
 
 
+def mlp_projections(mlp: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The MLP's (up, down) projections: up_proj / down_proj, or NanoChat's fc1 / fc2."""
+    if hasattr(mlp, "fc1"):
+        return mlp.fc1, mlp.fc2
+    return mlp.up_proj, mlp.down_proj
+
+
 def mlp_gated(mlp: torch.nn.Module) -> bool:
     """Whether the MLP is gated (act(gate) * up): it has a gate projection, alone or fused."""
     return hasattr(mlp, "gate_proj") or hasattr(mlp, "gate_up_proj")
@@ -176,13 +193,16 @@ def engine_family(model: torch.nn.Module) -> EngineFamily:
     layer = inner.layers[0]
     name = family_name(model)
     dtype = inner.embed_tokens.weight.dtype
-    kw: dict[str, Any] = {"norms": FAMILY_NORMS.get(name, "pre"), "interleaved_rope": name in _INTERLEAVED}
+    kw: dict[str, Any] = {"norms": FAMILY_NORMS.get(name, "pre"), "interleaved_rope": name in _INTERLEAVED,
+                          "rope_sin_negated": name in _NEGATED_SIN}
     if name == "Granite":
         kw |= {"embed_scale": float(cfg.embedding_multiplier), "residual_scale": float(cfg.residual_multiplier),
                "attn_scale": float(cfg.attention_multiplier), "logits_divisor": float(cfg.logits_scaling)}
     elif name == "HyperCLOVAX":  # Granite's multipliers, but logits are multiplied
         kw |= {"embed_scale": float(cfg.embedding_multiplier), "residual_scale": float(cfg.residual_multiplier),
                "attn_scale": float(cfg.attention_multiplier), "logits_multiplier": float(cfg.logits_scaling)}
+    elif name == "NanoChat":
+        kw |= {"embed_norm": True, "final_softcap": cfg.final_logit_softcapping}
     elif name == "Gemma":
         kw |= {"embed_scale": float(torch.tensor(cfg.hidden_size**0.5, dtype=dtype)), "norm_offset": 1.0}
     elif name == "Gemma3":  # the embedding's own scale buffer, in the weight dtype as it multiplies
@@ -205,9 +225,14 @@ def layer_ropes(model: torch.nn.Module, family: EngineFamily) -> list[bool]:
     return [True if rule is None else rule(layer.self_attn) for layer in model.model.layers]
 
 
-def norm_weight(weight: torch.Tensor, family: EngineFamily) -> torch.Tensor:
-    """An RMSNorm weight as the engine's kernels apply it (weight * normed): `weight`, or a
-    new (offset + weight) tensor for families that store the offset apart (Gemma)."""
+def norm_weight(norm: torch.nn.Module, family: EngineFamily, like: torch.Tensor) -> torch.Tensor:
+    """An RMSNorm module's weight as the engine's kernels apply it (weight * normed): its
+    weight, or a new (offset + weight) tensor for families that store the offset apart
+    (Gemma), or ones for a norm without a weight (NanoChat: times 1 is exact), sized by the
+    norm's input: [hidden], [D] or [H D], like `like`'s last dim, dtype and device."""
+    weight = getattr(norm, "weight", None)
+    if weight is None:
+        return torch.ones(like.shape[-1], dtype=like.dtype, device=like.device)
     if family.norm_offset == 0.0:
         return weight
     with torch.no_grad():

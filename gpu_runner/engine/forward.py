@@ -110,9 +110,12 @@ def hidden_states(eng: Any, t: int, p: int, max_len: int, buf: torch.Tensor, kv:
 
 
 def embed(eng: Any, ids: torch.Tensor) -> torch.Tensor:
-    """Token embeddings [T, hidden] (times the family's embedding scale)."""
+    """Token embeddings [T, hidden] (times the family's embedding scale; RMS-normed by the
+    final norm where the family norms them: NanoChat)."""
     h = F.embedding(ids, eng.embed)
-    return h if eng.family.embed_scale == 1.0 else h.mul_(eng.family.embed_scale)
+    if eng.family.embed_scale != 1.0:
+        h = h.mul_(eng.family.embed_scale)
+    return rmsnorm(h, eng.final_norm, eng.eps) if eng.family.embed_norm else h
 
 
 def residual_add(eng: Any, h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, post: torch.Tensor | None) -> None:
@@ -168,12 +171,15 @@ def final_logits(eng: Any, h: torch.Tensor) -> torch.Tensor:
 
 def scale_logits(eng: Any, logits: torch.Tensor) -> torch.Tensor:
     """Logits in the model dtype divided by the family's logits divisor (Granite) or times its
-    multiplier (HyperCLOVA X), as HF's head does; a new tensor where either applies."""
+    multiplier (HyperCLOVA X), then soft-capped (NanoChat), as HF's head does; a new tensor
+    where any applies."""
     fam = eng.family
     if fam.logits_divisor != 1.0:
         logits = logits / fam.logits_divisor
     if fam.logits_multiplier != 1.0:
         logits = logits * fam.logits_multiplier
+    if fam.final_softcap is not None:  # NanoChat: as HF, / cap, tanh, * cap
+        logits = torch.tanh(logits / fam.final_softcap) * fam.final_softcap
     return logits
 
 

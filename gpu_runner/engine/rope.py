@@ -86,7 +86,7 @@ def _takes_layer_type(rotary: torch.nn.Module) -> bool:
 
 
 def rope_plan(model: torch.nn.Module, *, max_positions: int, head_dim: int, interleaved: bool,
-              layer_ropes: list[bool], layer_types: list[Any] | None) -> RopePlan:
+              layer_ropes: list[bool], layer_types: list[Any] | None, negate_sin: bool = False) -> RopePlan:
     """The plan of `model` (accepted by `engine.support`): tables for positions
     0..max_positions-1 from `model.model.rotary_emb` on the model's device and dtype;
     layer_ropes[i]: whether layer i applies RoPE (else the identity table); layer_types[i]:
@@ -117,7 +117,7 @@ def rope_plan(model: torch.nn.Module, *, max_positions: int, head_dim: int, inte
                     # HF's tables are cat(freqs, freqs) (half-split) or read as their first
                     # half repeated (interleaved): either way the first R/2 columns
                     cos[:, : r // 2] = c[:, : r // 2]
-                    sin[:, : r // 2] = s[:, : r // 2]
+                    sin[:, : r // 2] = -s[:, : r // 2] if negate_sin else s[:, : r // 2]
                 keys.append(key)
                 tables.append((cos.contiguous(), sin.contiguous()))
             layer_table.append(keys.index(key))

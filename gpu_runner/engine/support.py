@@ -45,7 +45,7 @@ __all__ = ["ENGINE_FAMILIES", "engine_refusal"]
 
 ENGINE_FAMILIES = ("Llama", "Mistral", "Qwen2", "Qwen3", "Granite", "Phi3", "Gemma", "Olmo2", "Olmo3", "Exaone4",
                    "Gemma3", "Arcee", "SmolLM3", "Helium", "Ernie4_5", "Glm", "Glm4", "Apertus", "Apertus1p5Text",
-                   "HyperCLOVAX", "HunYuanDenseV1")
+                   "HyperCLOVAX", "HunYuanDenseV1", "NanoChat")
 _QK_NORM = frozenset({"self_attn.q_norm.weight", "self_attn.k_norm.weight"})
 _APERTUS = _QK_NORM | {"attention_layernorm.weight", "feedforward_layernorm.weight",  # pre-norms renamed,
                        "mlp.act_fn.alpha_p", "mlp.act_fn.alpha_n"}  # xIELU's parameters
@@ -60,6 +60,7 @@ _FAMILY_PARAMS = {
     "Glm": frozenset({"mlp.gate_up_proj.weight"}),
     "Apertus": _APERTUS, "Apertus1p5Text": _APERTUS,
     "HyperCLOVAX": frozenset({"post_norm1.weight", "post_norm2.weight"}),
+    "NanoChat": frozenset({"mlp.fc1.weight", "mlp.fc2.weight"}),  # ReLU^2 MLP, weightless norms
     "HunYuanDenseV1": frozenset({"self_attn.query_layernorm.weight", "self_attn.key_layernorm.weight"}),  # after RoPE  # norms of the attention / MLP outputs
     "Glm4": frozenset({"mlp.gate_up_proj.weight", "post_self_attn_layernorm.weight", "post_mlp_layernorm.weight"}),
 }
@@ -67,12 +68,13 @@ _FAMILY_PARAMS = {
 _FAMILY_FIELDS = {"Granite": frozenset({"embedding_multiplier", "residual_multiplier", "attention_multiplier",
                                         "logits_scaling"}),
                   "Gemma3": frozenset({"query_pre_attn_scalar"}),
+                  "NanoChat": frozenset({"final_logit_softcapping"}),
                   "HyperCLOVAX": frozenset({"embedding_multiplier", "residual_multiplier", "attention_multiplier",
                                             "logits_scaling"})}
 # ... families whose base model applies constants of its own (embedding scaling): the base
 # model's class must be this one ...
 _FAMILY_MODEL = {"Granite": "GraniteModel", "Gemma": "GemmaModel", "Gemma3": "Gemma3TextModel",
-                 "HyperCLOVAX": "HyperCLOVAXModel"}
+                 "HyperCLOVAX": "HyperCLOVAXModel", "NanoChat": "NanoChatModel"}
 # ... and those whose RoPE covers part of the head (the rest passes through: `engine.rope`)
 _PARTIAL_ROPE = frozenset({"Glm", "Glm4"})
 _LAYER_PARAMS = frozenset({

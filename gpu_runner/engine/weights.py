@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from gpu_runner.engine import matmul as mm
-from gpu_runner.engine.family import NORM_LAYOUTS, EngineFamily, act_params, norm_weight, qk_norms
+from gpu_runner.engine.family import NORM_LAYOUTS, EngineFamily, act_params, mlp_projections, norm_weight, qk_norms
 
 __all__ = ["FusedLayer", "fuse_layer", "permute_heads", "rebind"]
 
@@ -85,11 +85,12 @@ def fuse_layer(layer: torch.nn.Module, share: bool, *, qkv_rope: bool, num_q_hea
     family = family or EngineFamily()
     attn, mlp = layer.self_attn, layer.mlp
     fused_gate_up = getattr(mlp, "gate_up_proj", None)
+    up, down = (None, mlp.down_proj) if fused_gate_up is not None else mlp_projections(mlp)
     if fused_gate_up is not None:
         mlp_projs = [fused_gate_up]
     else:
-        mlp_projs = [mlp.gate_proj, mlp.up_proj] if family.gated else [mlp.up_proj]
-    for m in [attn.o_proj, mlp.down_proj, *mlp_projs]:
+        mlp_projs = [mlp.gate_proj, up] if family.gated else [up]
+    for m in [attn.o_proj, down, *mlp_projs]:
         if getattr(m, "bias", None) is not None:
             raise ValueError("unsupported model: an O or MLP projection has a bias (the engine supports QKV biases only)")
     with torch.no_grad():
@@ -104,14 +105,14 @@ def fuse_layer(layer: torch.nn.Module, share: bool, *, qkv_rope: bool, num_q_hea
         fused_qkv = (qkv_rope and not family.qk_norm
                      and mm.qkv_fusable(probe, qkv, num_q_heads, num_kv_heads, head_dim))
         q_norm = k_norm = None
-        if family.qk_norm:
-            q_norm, k_norm = (norm_weight(permute_heads(n.weight, head_dim, perm), family)
+        if family.qk_norm:  # [D] per head, else [H D]: as the weight says (a weightless one is per head)
+            q_norm, k_norm = (permute_heads(norm_weight(n, family, qkv[:1, :head_dim]), head_dim, perm)
                               for n in qk_norms(attn))
-    ln1, post_attn, ln2, post_mlp = (None if name is None else norm_weight(getattr(layer, name).weight, family)
+    ln1, post_attn, ln2, post_mlp = (None if name is None else norm_weight(getattr(layer, name), family, qkv[:1])
                                      for name in NORM_LAYOUTS[family.norms])
     cos, sin = table if table is not None else (None, None)
     return FusedLayer(ln1=ln1, qkv=qkv, qkv_bias=bias, qkv_rope=fused_qkv, o=attn.o_proj.weight, ln2=ln2,
-                      gate_up=gate_up, down=mlp.down_proj.weight, q_norm=q_norm, k_norm=k_norm,
+                      gate_up=gate_up, down=down.weight, q_norm=q_norm, k_norm=k_norm,
                       post_attn=post_attn, post_mlp=post_mlp, cos=cos, sin=sin,
                       act_params=act_params(mlp, family))
 
