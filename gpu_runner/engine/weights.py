@@ -13,7 +13,14 @@ from dataclasses import dataclass
 import torch
 
 from gpu_runner.engine import matmul as mm
-from gpu_runner.engine.family import NORM_LAYOUTS, EngineFamily, act_params, mlp_projections, norm_weight, qk_norms
+from gpu_runner.engine.family import (
+    NORM_LAYOUTS,
+    EngineFamily,
+    act_params,
+    mlp_projections,
+    norm_weight,
+    qk_norms,
+)
 
 __all__ = ["FusedLayer", "fuse_layer", "permute_heads", "rebind"]
 
