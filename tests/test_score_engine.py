@@ -22,6 +22,7 @@ from test_score import _greedy_request, _hflm_scores, _requests
 
 import gpu_runner
 from gpu_runner import score_engine
+from gpu_runner.engine.family import EngineFamily
 from gpu_runner.engine.scorer import EngineScorer, ScoreBatch, score_head
 
 pytest.importorskip("lm_eval")
@@ -122,7 +123,7 @@ def test_score_head_chunks_equal_one_pass_and_log_softmax():
     torch.manual_seed(0)
     hidden, vocab, t = 16, 50, 40
     eng = SimpleNamespace(final_norm=torch.rand(hidden) + 0.5, eps=1e-6, lm_head=torch.randn(vocab, hidden),
-                          family=SimpleNamespace(logits_divisor=1.0, logits_multiplier=1.0))
+                          family=EngineFamily())
     h = torch.randn(t, hidden)
     gpos = torch.tensor([3, 0, 39, 17, 17, 8, 22])
     pair_u = torch.tensor([0, 1, 2, 3, 4, 5, 6, 6, 2, 0])

@@ -67,7 +67,9 @@ class PrefillEngine:
                    (static shapes: few distinct graphs, at most token_bucket - 1 wasted tokens)
     cuda_graphs:   capture and replay CUDA graphs (CUDA only; False = eager, same kernels)
     share_weights: make the HF module's projection weights views into the fused tensors
-                   (no duplicated weight memory); False keeps separate copies
+                   (no duplicated weight memory); False keeps separate copies. Families whose
+                   Q / K head dims are permuted for RoPE (`engine.rope`: interleaved or partial
+                   RoPE) keep their own QKV copy either way
     max_tokens:    pre-size the KV buffer for batches up to this many tokens (grows on demand;
                    growing drops the captured graphs)
     attention:     "packed": the fused RoPE + attention Triton kernel tiled over the flat row
