@@ -8,7 +8,7 @@ position. Everything else is mapped onto that here, outside the kernels:
   - the tables are the model's rotary module evaluated at positions 0..P-1 (its own
     inv_freq and attention_scaling, in the model dtype as HF rounds them), so every static
     RoPE type (default, linear, llama3, yarn, ...) is exact; dynamic ones are refused by
-    `engine.support`;
+    `engine.support`; a model rotating by minus the angle (NanoChat) gets -sin;
   - per-layer tables: a layer of another RoPE kind (Gemma 3's local base, OLMo 3's per-type
     parameters) reads its own table; a layer without RoPE (SmolLM3's NoPE layers, EXAONE 4's
     global layers) reads an identity table (cos 1, sin 0: the rotation is exact identity);
@@ -90,7 +90,9 @@ def rope_plan(model: torch.nn.Module, *, max_positions: int, head_dim: int, inte
     """The plan of `model` (accepted by `engine.support`): tables for positions
     0..max_positions-1 from `model.model.rotary_emb` on the model's device and dtype;
     layer_ropes[i]: whether layer i applies RoPE (else the identity table); layer_types[i]:
-    the kind its rotary module is asked for (None: the module takes none)."""
+    the layer's kind (config.layer_types), asked of rotary modules with a table per kind;
+    negate_sin: the model rotates by minus the angle (NanoChat's rotate_half (x2, -x1)), so
+    the tables hold -sin (exact: a sign flip)."""
     rotary = model.model.rotary_emb
     device, dtype = model.lm_head.weight.device, model.lm_head.weight.dtype
     probe = torch.empty(1, device=device, dtype=dtype)
