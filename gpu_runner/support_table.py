@@ -40,8 +40,10 @@ PROVEN: dict[str, frozenset[str]] = {
         "whisper"
     }),
     "engine": frozenset({
-        "cwm", "doge", "emu3", "exaone", "gemma", "granite", "internlm3", "iquestcoder",
-        "llama", "ministral", "ministral3", "mistral", "olmo2", "phi3", "qwen2", "qwen3",
-        "seed_oss"
+        "apertus", "apertus1p5_text", "arcee", "cwm", "doge", "emu3", "ernie4_5", "exaone",
+        "exaone4", "gemma", "gemma3_text", "glm", "glm4", "granite", "helium",
+        "hunyuan_v1_dense", "hyperclovax", "internlm3", "iquestcoder", "llama", "ministral",
+        "ministral3", "mistral", "nanochat", "olmo2", "olmo3", "phi3", "qwen2", "qwen3",
+        "seed_oss", "smollm3"
     }),
 }

@@ -1,6 +1,10 @@
 """GPU checks of the engine's families beyond Llama (Qwen3's QK-norm, Granite's multipliers,
 Phi-3's fused weights and head_dim 96, Gemma's GeLU-tanh MLP, (1 + w) norms and scaled
-embedding, OLMo2's post-norms and whole-projection QK-norm): prefill logits and K/V (CUDA
+embedding, OLMo2's post-norms and whole-projection QK-norm; Ministral 3's yarn table, Arcee's
+ReLU^2 and Apertus's xIELU non-gated MLPs, SmolLM3's NoPE layers, OLMo 3 / EXAONE 4 / Gemma 3's
+sliding layers and per-layer tables, Helium / ERNIE 4.5 / GLM / GLM-4's permuted (interleaved,
+partial) RoPE, GLM-4 / Gemma 3 / HyperCLOVA X's extra norms, HunYuan's QK-norm after RoPE, NanoChat's
+weightless norms, negated-sin RoPE and logit soft-cap): prefill logits and K/V (CUDA
 graphs, the default attention) against HF run on each prompt alone, and generate's engine
 path against HF generate, in bf16 with bf16 tolerances. The exact fp32 proof is the
 model-zoo test (tests/test_model_zoo.py)."""
@@ -14,6 +18,8 @@ pytestmark = pytest.mark.gpu
 
 _SMALL = {"vocab_size": 512, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 3,
           "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048, "pad_token_id": 0}
+# sliding layers (exact while a prompt fits the window: every prompt here does)
+_SLIDING = {"layer_types": ["sliding_attention", "sliding_attention", "full_attention"], "sliding_window": 512}
 FAMILIES = {
     "qwen3": {"head_dim": 64},
     "granite": {"embedding_multiplier": 12.0, "residual_multiplier": 0.22, "attention_multiplier": 0.0078125,
@@ -21,12 +27,34 @@ FAMILIES = {
     "phi3": {"hidden_size": 384},  # head_dim 96: the flash attention path
     "gemma": {"head_dim": 64, "hidden_act": "gelu_pytorch_tanh"},
     "olmo2": {},
+    "ministral3": {"head_dim": 64},
+    "arcee": {"head_dim": 64},
+    "apertus": {"head_dim": 64},
+    "apertus1p5_text": {"head_dim": 64},
+    "smollm3": {"head_dim": 64, "no_rope_layers": [1, 0, 1]},
+    "olmo3": {"head_dim": 64, **_SLIDING},
+    "exaone4": {"head_dim": 64, **_SLIDING},
+    "helium": {"head_dim": 64},
+    "ernie4_5": {"head_dim": 64},
+    "glm": {"head_dim": 64},  # partial_rotary_factor 0.5
+    "glm4": {"head_dim": 64},
+    "gemma3_text": {"head_dim": 64, "query_pre_attn_scalar": 64, **_SLIDING},
+    "hyperclovax": {"head_dim": 64, "embedding_multiplier": 2.0, "residual_multiplier": 0.5,
+                    "attention_multiplier": 0.125, "logits_scaling": 0.5, "use_post_norm": True},
+    "hunyuan_v1_dense": {"head_dim": 64},  # QK-norm after RoPE: rope_store, the norm, packed_attention
+    "nanochat": {"head_dim": 64},  # weightless norms, -sin table, embedding norm, logit soft-cap 15
 }
+_NORM_OFFSET = ("gemma", "gemma3_text")  # norms applied as (1 + w)
+# decode with a per-head QK-norm is not proven on CUDA (generate_engine): HF's loop runs for them
+_PER_HEAD_QK_NORM = ("qwen3", "apertus", "apertus1p5_text", "exaone4", "gemma3_text", "hunyuan_v1_dense",
+                     "nanochat")
 
 
 def _model(model_type: str):
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM
 
+    if model_type not in CONFIG_MAPPING:
+        pytest.skip(f"transformers {transformers_version()} has no {model_type}")
     cfg = AutoConfig.for_model(model_type, **{**_SMALL, **FAMILIES[model_type]})
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -34,8 +62,14 @@ def _model(model_type: str):
     with torch.no_grad():  # norm weights away from their init, so that they are tested
         for name, p in model.named_parameters():
             if "norm" in name:
-                p.uniform_(-0.5, 0.5) if model_type == "gemma" else p.uniform_(0.5, 1.5)
+                p.uniform_(-0.5, 0.5) if model_type in _NORM_OFFSET else p.uniform_(0.5, 1.5)
     return model
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def _prompts(lengths, vocab=512, seed=0):
@@ -74,9 +108,9 @@ def test_generate_engine_path_per_family(model_type):
 
     model = _model(model_type)
     prompts = _prompts([7, 30, 3, 64], seed=2)
-    # phi3 (head_dim 96) and qwen3 (per-head QK-norm: its decode parted from HF on the H200) fall back
-    path = "hf" if model_type in ("phi3", "qwen3") else "engine"
-    if model_type == "qwen3":
+    # phi3 (head_dim 96) and the per-head QK-norms (Qwen3's decode parted from HF on the H200) fall back
+    path = "hf" if model_type in ("phi3", *_PER_HEAD_QK_NORM) else "engine"
+    if model_type in _PER_HEAD_QK_NORM:
         with pytest.raises(ValueError, match="QK-norm"):
             gpu_runner.generate(model, prompts, 6, path="engine", pad_token_id=0)
     options = {"eos_token_id": []} if path == "engine" else {"min_new_tokens": 6}  # no early stop either way

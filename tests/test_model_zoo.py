@@ -75,18 +75,29 @@ def test_matrix_lists_every_type_of_its_version():
 
 
 def test_refusal_names_type_feature_and_alternatives():
-    model = build_tiny("apertus")  # QK-norm with an activation the engine has not (xIELU)
-    with pytest.raises(UnsupportedModelError, match=r"'engine' .*'apertus' \(QK-norm\).*proven exact for it: dense"):
+    model = build_tiny("gemma4_text")  # a QK-norm of a layer the engine has not (Gemma 4)
+    with pytest.raises(UnsupportedModelError, match=r"'engine' .*'gemma4_text' \(QK-norm\).*proven exact for it: dense"):
         require_supported(model, "engine")
     assert "engine" not in supported_paths(model) and "dense" in supported_paths(model)
     assert issubclass(UnsupportedModelError, ValueError)
 
 
-@pytest.mark.parametrize("model_type", ["qwen3", "granite", "phi3", "gemma", "olmo2"])
+@pytest.mark.parametrize("model_type", [
+    "qwen3", "granite", "phi3", "gemma", "olmo2", "ministral3", "arcee", "apertus", "apertus1p5_text", "smollm3",
+    "olmo3", "exaone4", "helium", "ernie4_5", "glm", "glm4", "gemma3_text", "hyperclovax", "hunyuan_v1_dense",
+    "nanochat",
+])
 def test_engine_takes_the_widened_families(model_type):
     """Qwen3 (QK-norm), Granite (multipliers), Phi-3 (fused weights), Gemma (GeLU-tanh,
-    (1 + w) norms, scaled embedding), OLMo2 (post-norms, whole-projection QK-norm): the
-    engine path is proven and accepted."""
+    (1 + w) norms, scaled embedding), OLMo2 (post-norms, whole-projection QK-norm);
+    Ministral 3 (yarn: tables from the rotary module), Arcee (ReLU^2, not gated), Apertus
+    (xIELU, per-head QK-norm), SmolLM3 (NoPE layers), OLMo 3 / EXAONE 4 (post-norms,
+    QK-norm, sliding layers, EXAONE 4's NoPE global layers), Helium / ERNIE 4.5 (interleaved
+    RoPE), GLM / GLM-4 (partial interleaved RoPE, fused gate_up, GLM-4's extra norms),
+    Gemma 3 (sandwich norms, (1 + w) QK-norm, query_pre_attn_scalar, local / global RoPE),
+    HyperCLOVA X (peri-layer norms, multipliers), HunYuan (per-head QK-norm after RoPE),
+    NanoChat (weightless norms, embedding norm, RoPE by minus the angle, logit soft-cap):
+    the engine path is proven and accepted."""
     assert "engine" in supported_paths(build_tiny(model_type))
 
 

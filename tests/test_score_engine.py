@@ -22,6 +22,7 @@ from test_score import _greedy_request, _hflm_scores, _requests
 
 import gpu_runner
 from gpu_runner import score_engine
+from gpu_runner.engine.family import EngineFamily
 from gpu_runner.engine.scorer import EngineScorer, ScoreBatch, score_head
 
 pytest.importorskip("lm_eval")
@@ -133,7 +134,7 @@ def test_score_head_chunks_equal_one_pass_and_log_softmax():
     torch.manual_seed(0)
     hidden, vocab, t = 16, 50, 40
     eng = SimpleNamespace(final_norm=torch.rand(hidden) + 0.5, eps=1e-6, lm_head=torch.randn(vocab, hidden),
-                          family=SimpleNamespace(logits_divisor=1.0))
+                          family=EngineFamily())
     h = torch.randn(t, hidden)
     gpos = torch.tensor([3, 0, 39, 17, 17, 8, 22])
     pair_u = torch.tensor([0, 1, 2, 3, 4, 5, 6, 6, 2, 0])
@@ -256,16 +257,29 @@ def test_cuda_graph_replay_equals_eager():
     assert sum(a.is_greedy != b.is_greedy for a, b in zip(graphed, eager)) <= 1
 
 
-@pytest.mark.parametrize("model_type", ["qwen3", "granite", "gemma", "phi3", "olmo2"])
+@pytest.mark.parametrize("model_type", [
+    "qwen3", "granite", "gemma", "phi3", "olmo2", "ministral3", "arcee", "apertus", "smollm3", "olmo3", "exaone4",
+    "helium", "glm4", "gemma3_text", "hyperclovax", "hunyuan_v1_dense", "nanochat",
+])
 def test_engine_path_matches_the_runner_on_the_widened_families(model_type):
     # the families the engine took on after Llama / Mistral / Qwen2 (QK-norm, multipliers and
-    # a logits divisor, norm offsets and GeLU, fused weights, post-norms) score as the runner does
+    # a logits divisor or multiplier, norm offsets and GeLU, fused weights, post-norms; static
+    # scaled, per-layer, NoPE and permuted RoPE; ReLU^2 / xIELU MLPs) score as the runner does
     from zoo_models import build_tiny
+
+    from gpu_runner.support import local_window
 
     model = build_tiny(model_type)
     assert not isinstance(model, str), model
     vocab = model.get_input_embeddings().num_embeddings
     requests = [([t % vocab for t in r[0]], [t % vocab for t in r[1]]) for r in _requests(seed=7)]
+    window = local_window(model.config)
+    if window is not None:  # sliding layers: exact while a request fits the window, refused beyond it
+        over = [r for r in requests if len(r[0]) + len(r[1]) - 1 > window]
+        with pytest.raises(ValueError, match="sliding window"):
+            gpu_runner.score(model, over[:1], path="engine")
+        requests = [r for r in requests if r not in over]
+        assert len(requests) >= 10
     runner = gpu_runner.score(model, requests, path="runner")
     got = gpu_runner.score(model, requests, path="engine", batch_tokens=64)
     for i, (ours, theirs) in enumerate(zip(got, runner)):

@@ -29,18 +29,22 @@ Weights: the QKV and gate/up projections are concatenated once at construction; 
 the HF module's own weights become views into the fused tensors, so no weight memory is
 duplicated and the HF model keeps working unchanged.
 
-Supported: Llama-style decoder layers (GQA and QKV bias included) with static RoPE (default /
-linear / llama3 scaling) of the families in `engine.support.ENGINE_FAMILIES`: Llama,
-Mistral, Qwen2, Qwen3 (QK-norm), Granite (multipliers), Phi-3 (fused weights), Gemma (GeLU-tanh
-MLP, (1 + w) norms, scaled embedding), OLMo2 (post-norms, whole QK-norm), whose constants
-`weights.EngineFamily` holds, plus modular copies the model-zoo test proves; everything else is
-refused at construction with `support.UnsupportedModelError` (`engine.support` lists what
-the engine implements: O-projection and MLP biases, QK-norms, multipliers, ... are refused). Results hold views into
+Supported: Llama-style decoder layers (GQA and QKV bias included) with static RoPE (any
+type whose frequencies do not depend on the length: tables read from the model's rotary
+module, per layer; interleaved and partial RoPE through a head-dim permutation of the Q / K
+weights: `engine.rope`) of the families in `engine.support.ENGINE_FAMILIES` (Llama, Mistral,
+Qwen2 / 3, Granite, Phi-3, Gemma, Gemma 3, OLMo 2 / 3, EXAONE 4, Arcee, Apertus, SmolLM3,
+Helium, ERNIE 4.5, GLM / GLM-4, HyperCLOVA X), whose constants `family.EngineFamily` holds
+(multipliers, norm placement and offsets, QK-norms, the MLP's activation and gating), plus
+modular copies the model-zoo test proves; everything else is refused at construction with
+`support.UnsupportedModelError` (`engine.support` lists what the engine implements: O-projection
+and MLP biases, other QK-norms, soft-capping, ... are refused). Results hold views into
 the engine's buffers: they are valid until the next `prefill` call (`EngineOutput.clone()`
 keeps them).
 
 Modules: engine (PrefillEngine: options, KV / input buffers, CUDA graphs), support (which
-models it takes), weights (fused projections), staging (host layout of the flat row), forward (the layer
+models it takes), family (per-family constants), rope (RoPE tables and head-dim permutation),
+weights (fused projections), staging (host layout of the flat row), forward (the layer
 forward), scorer (EngineScorer: log-probs of target tokens at any row positions, for
 `gpu_runner.score`), kernels (Triton / torch RMSNorm, RoPE, attention kernels), matmul (persistent
 Triton matmuls with SwiGLU / QKV-RoPE epilogues).

@@ -3,12 +3,13 @@
 This module owns the device work of a decode step: for every batch row (one live sequence),
 feed its last token at its position and return next-token logits. Per layer, as the prefill
 engine (`gpu_runner.engine`), with its fused weights, RoPE tables and kernels:
-  RMSNorm -> fused QKV (+ bias, + the family's QK-norm) -> RoPE at each row's position (the engine's cos/sin tables,
-  HF's rounding) with K, V written to the row's page (`kv_pages.PagedKVCache`) -> attention
-  over the row's cache (`decode_kernels.decode_attention`, split-KV by default: lengths and
-  page table read from device memory) -> O matmul adding into the residual -> RMSNorm -> gate/up,
+  RMSNorm -> fused QKV (+ bias, + the family's QK-norm) -> RoPE at each row's position (the
+  layer's cos/sin table, HF's rounding; Q and K then in the model's head-dim order: `rope`)
+  with K, V written to the row's page (`kv_pages.PagedKVCache`) -> attention over the row's
+  cache (`decode_kernels.decode_attention`, split-KV by default: lengths and page table read
+  from device memory) -> O matmul adding into the residual -> RMSNorm -> gate/up,
   act(gate) * up, down adding into the residual; then the final norm and lm_head on the bucket's
-  rows (the family's constants as in the prefill: `weights.EngineFamily`, `forward`'s helpers).
+  rows (the family's constants as in the prefill: `family.EngineFamily`, `forward`'s helpers).
 
 Static shapes: rows are padded up to a batch-size bucket (1, 2, 4, 8, 16, 32, 48, 64, 96,
 128, ...); padding rows write their K/V to the pool's scratch page and attend to it alone.
@@ -25,10 +26,11 @@ import numpy as np
 import torch
 
 from gpu_runner.engine.decode_kernels import KERNELS, decode_attention
-from gpu_runner.engine.forward import embed, final_logits, mlp_act, project_qkv, residual_add
+from gpu_runner.engine.forward import embed, final_logits, mlp_act, project_qkv, qk_norm_, residual_add
 from gpu_runner.engine.graphs import GraphCapture
 from gpu_runner.engine.kernels import rmsnorm, rope_store
 from gpu_runner.engine.kv_pages import GenerateOutOfMemoryError, PagedKVCache
+from gpu_runner.engine.rope import to_model_order
 
 __all__ = ["DecodeStep", "batch_buckets"]
 
@@ -109,7 +111,12 @@ class DecodeStep:
             qkv = project_qkv(eng, x, w)
             k_new = torch.empty((rows, eng.num_kv_heads, eng.head_dim), dtype=h.dtype, device=h.device)
             v_new = torch.empty_like(k_new)
-            q = rope_store(qkv, pos, eng.cos, eng.sin, k_new, v_new, eng.num_q_heads)
+            q = rope_store(qkv, pos, w.cos, w.sin, k_new, v_new, eng.num_q_heads)
+            if eng.family.qk_norm_after_rope:  # HunYuan
+                qk_norm_(eng, q, k_new, w)
+            # the pages hold K in the model's head-dim order (as the prefill hands it over): Q joins it
+            q = to_model_order(q, eng.rope.inverse)
+            to_model_order(k_new, eng.rope.inverse)
             k_pool.view(-1, eng.num_kv_heads, eng.head_dim).index_copy_(0, dest, k_new)
             v_pool.view(-1, eng.num_kv_heads, eng.head_dim).index_copy_(0, dest, v_new)
             a = decode_attention(q.contiguous(), k_pool, v_pool, self.cache.table, slot, lengths, eng.scale,

@@ -12,11 +12,13 @@ import torch
 
 from gpu_runner.cache import PromptKV
 from gpu_runner.engine import matmul as mm
+from gpu_runner.engine.family import engine_family, layer_ropes, norm_weight
 from gpu_runner.engine.forward import forward
 from gpu_runner.engine.graphs import GraphCapture
 from gpu_runner.engine.kernels import use_triton
+from gpu_runner.engine.rope import rope_plan
 from gpu_runner.engine.staging import bucket_tokens, layout, num_chunks, stage
-from gpu_runner.engine.weights import engine_family, fuse_layer, norm_weight
+from gpu_runner.engine.weights import fuse_layer
 from gpu_runner.plan import text_config
 from gpu_runner.support import require_supported
 from gpu_runner.validate import sliding_window
@@ -59,13 +61,15 @@ class EngineOutput:
 class PrefillEngine:
     """Prefill of many prompts as one flat varlen row, with CUDA graphs per shape bucket.
 
-    model:         an HF causal LM the engine supports (`engine.support`: Llama, Mistral, Qwen2,
-                   Qwen3, Granite, Phi-3, Gemma layers; on its device, in its dtype)
+    model:         an HF causal LM the engine supports (`engine.support.ENGINE_FAMILIES` and the
+                   copies the model zoo proves; on its device, in its dtype)
     token_bucket:  the row length is the real token count rounded up to a multiple of this
                    (static shapes: few distinct graphs, at most token_bucket - 1 wasted tokens)
     cuda_graphs:   capture and replay CUDA graphs (CUDA only; False = eager, same kernels)
     share_weights: make the HF module's projection weights views into the fused tensors
-                   (no duplicated weight memory); False keeps separate copies
+                   (no duplicated weight memory); False keeps separate copies. Families whose
+                   Q / K head dims are permuted for RoPE (`engine.rope`: interleaved or partial
+                   RoPE) keep their own QKV copy either way
     max_tokens:    pre-size the KV buffer for batches up to this many tokens (grows on demand;
                    growing drops the captured graphs)
     attention:     "packed": the fused RoPE + attention Triton kernel tiled over the flat row
@@ -143,20 +147,22 @@ class PrefillEngine:
         self.pad_token_id = 0
         self.eps = self.family.eps
         self.embed = inner.embed_tokens.weight
-        self.final_norm = norm_weight(inner.norm.weight, self.family)
+        self.final_norm = norm_weight(inner.norm, self.family, self.embed)
         self.lm_head = model.lm_head.weight
-        qkv_rope = self.fused_qkv and self.attention == PACKED
-        self.layers = [fuse_layer(layer, share_weights, qkv_rope=qkv_rope, num_q_heads=self.num_q_heads,
-                                  num_kv_heads=self.num_kv_heads, head_dim=self.head_dim, family=self.family)
-                       for layer in inner.layers]
-        rotary = inner.rotary_emb
         self.max_positions = int(getattr(cfg, "max_position_embeddings", 4096))
-        freqs = torch.arange(self.max_positions, device=self.device, dtype=torch.float32)[:, None] * rotary.inv_freq.to(
-            device=self.device, dtype=torch.float32
-        )[None, :]
-        scaling = float(getattr(rotary, "attention_scaling", 1.0))
-        self.cos = (freqs.cos() * scaling).to(self.dtype).contiguous()  # [P, D/2], HF's bf16 rounding
-        self.sin = (freqs.sin() * scaling).to(self.dtype).contiguous()
+        cfg_text = text_config(cfg)
+        layer_types = getattr(cfg_text, "layer_types", None)
+        self.rope = rope_plan(model, max_positions=self.max_positions, head_dim=self.head_dim,
+                              interleaved=self.family.interleaved_rope, layer_ropes=layer_ropes(model, self.family),
+                              layer_types=list(layer_types) if layer_types else None,
+                              negate_sin=self.family.rope_sin_negated)
+        self.cos, self.sin = self.rope.tables[0]  # [P, D/2], HF's rounding; the QKV-RoPE epilogue's table
+        # the QKV-RoPE epilogue reads one table per forward (Row.cos): only where every layer uses it
+        qkv_rope = self.fused_qkv and self.attention == PACKED and set(self.rope.layer_table) == {0}
+        self.layers = [fuse_layer(layer, share_weights, qkv_rope=qkv_rope, num_q_heads=self.num_q_heads,
+                                  num_kv_heads=self.num_kv_heads, head_dim=self.head_dim, family=self.family,
+                                  perm=self.rope.perm, table=self.rope.tables[self.rope.layer_table[i]])
+                       for i, layer in enumerate(inner.layers)]
         self._graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._capture_graph = GraphCapture()  # one pool, one warm-up per capacity
         self._t_cap = 0

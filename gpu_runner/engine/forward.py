@@ -12,14 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from gpu_runner.engine import matmul as mm
+from gpu_runner.engine.family import ACTIVATIONS, xielu
 from gpu_runner.engine.kernels import packed_attention, rmsnorm, rope_attention, rope_store, silu_mul
 from gpu_runner.engine.reference import packed_attention_torch
+from gpu_runner.engine.rope import to_model_order
 from gpu_runner.engine.staging import layout, num_chunks
 from gpu_runner.engine.weights import FusedLayer
 from simulator.names import FLASH, PACKED
 
 __all__ = ["Row", "attend", "embed", "final_logits", "final_norm", "forward", "hidden_states", "mlp_act", "project_qkv",
-           "residual_add"]
+           "qk_norm_", "residual_add", "scale_logits"]
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,12 @@ def hidden_states(eng: Any, t: int, p: int, max_len: int, buf: torch.Tensor, kv:
 
 
 def embed(eng: Any, ids: torch.Tensor) -> torch.Tensor:
-    """Token embeddings [T, hidden] (times the family's embedding scale)."""
+    """Token embeddings [T, hidden] (times the family's embedding scale; RMS-normed by the
+    final norm where the family norms them: NanoChat)."""
     h = F.embedding(ids, eng.embed)
-    return h if eng.family.embed_scale == 1.0 else h.mul_(eng.family.embed_scale)
+    if eng.family.embed_scale != 1.0:
+        h = h.mul_(eng.family.embed_scale)
+    return rmsnorm(h, eng.final_norm, eng.eps) if eng.family.embed_norm else h
 
 
 def residual_add(eng: Any, h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, post: torch.Tensor | None) -> None:
@@ -123,50 +128,83 @@ def residual_add(eng: Any, h: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
 
 
 def project_qkv(eng: Any, x: torch.Tensor, w: FusedLayer) -> torch.Tensor:
-    """The fused QKV projection [T, (Hq + 2 Hkv) D] of normed x; with a QK-norm, q and k
-    RMS-normalized in place (HF's rounding), per head (Qwen3: a [D] weight) or over the whole
-    projection (OLMo2: [Hq D] / [Hkv D]), ready for RoPE."""
+    """The fused QKV projection [T, (Hq + 2 Hkv) D] of normed x; with a QK-norm before RoPE,
+    q and k RMS-normalized in place (`qk_norm_`), ready for RoPE."""
     qkv = F.linear(x, w.qkv, w.qkv_bias)
-    if w.q_norm is not None:
+    if w.q_norm is not None and not eng.family.qk_norm_after_rope:
         t, d, hq, hkv = qkv.shape[0], eng.head_dim, eng.num_q_heads, eng.num_kv_heads
-        q, k = qkv[:, : hq * d], qkv[:, hq * d : (hq + hkv) * d]
-        if w.q_norm.numel() == d:  # per head, else over the whole projection
-            q, k = q.view(t, hq, d), k.view(t, hkv, d)
-        parts = ((q, w.q_norm), (k, w.k_norm))
-        for part, weight in parts:
-            y = part.float()
-            y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eng.family.qk_eps)
-            part.copy_(weight * y.to(part.dtype))
+        qk_norm_(eng, qkv[:, : hq * d].view(t, hq, d), qkv[:, hq * d : (hq + hkv) * d].view(t, hkv, d), w)
     return qkv
 
 
+def qk_norm_(eng: Any, q: torch.Tensor, k: torch.Tensor, w: FusedLayer) -> None:
+    """RMS-normalize q [T, Hq, D] and k [T, Hkv, D] (views, rows contiguous) in place with the
+    layer's QK-norm weights (HF's rounding): per head (Qwen3, HunYuan: a [D] weight) or over
+    the whole projection (OLMo 2: [Hq D] / [Hkv D])."""
+    for part, weight in ((q, w.q_norm), (k, w.k_norm)):
+        x = part if weight.numel() == part.shape[-1] else part.view(part.shape[0], -1)
+        y = x.float()
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eng.family.qk_eps)
+        x.copy_(weight * y.to(x.dtype))
+
+
 def mlp_act(eng: Any, x: torch.Tensor, w: FusedLayer, *, fused: bool) -> torch.Tensor:
-    """act(gate) * up [T, I] of normed x: SiLU (the fused swiglu matmul where `fused`, else
-    cuBLAS then silu_mul) or GeLU-tanh (Gemma: torch ops)."""
-    if eng.family.activation == "silu":
+    """The MLP's activation [T, I] of normed x: SiLU gated (the fused swiglu matmul where
+    `fused`, else cuBLAS then silu_mul), else the family's activation with torch ops:
+    act(gate) * up (Gemma's GeLU-tanh) or act(up) (`EngineFamily.gated` False: Arcee's ReLU^2,
+    Apertus's xIELU with the layer's parameters)."""
+    fam = eng.family
+    if fam.activation == "silu" and fam.gated:
         return mm.swiglu(x, w.gate_up, counters=eng._counters) if fused else silu_mul(F.linear(x, w.gate_up))
+    act = ACTIVATIONS.get(fam.activation) or (lambda x: xielu(x, *w.act_params))
+    if not fam.gated:
+        return act(F.linear(x, w.gate_up))
     gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
-    return gate.copy_(F.gelu(gate, approximate="tanh") * up)
+    return gate.copy_(act(gate) * up)
 
 
 def final_logits(eng: Any, h: torch.Tensor) -> torch.Tensor:
     """Logits [n, vocab] of final hidden states [n, hidden]: the final RMSNorm (HF's
-    rounding), lm_head, then the family's logits divisor."""
-    logits = F.linear(final_norm(eng, h), eng.lm_head)
-    return logits if eng.family.logits_divisor == 1.0 else logits.div_(eng.family.logits_divisor)
+    rounding), lm_head, then the family's logits scaling (`scale_logits`)."""
+    return scale_logits(eng, F.linear(final_norm(eng, h), eng.lm_head))
+
+
+def scale_logits(eng: Any, logits: torch.Tensor) -> torch.Tensor:
+    """Logits in the model dtype divided by the family's logits divisor (Granite) or times its
+    multiplier (HyperCLOVA X), then soft-capped (NanoChat), as HF's head does; a new tensor
+    where any applies."""
+    fam = eng.family
+    if fam.logits_divisor != 1.0:
+        logits = logits / fam.logits_divisor
+    if fam.logits_multiplier != 1.0:
+        logits = logits * fam.logits_multiplier
+    if fam.final_softcap is not None:  # NanoChat: as HF, / cap, tanh, * cap
+        logits = torch.tanh(logits / fam.final_softcap) * fam.final_softcap
+    return logits
 
 
 def attend(eng: Any, h: torch.Tensor, w: FusedLayer, k_out: torch.Tensor, v_out: torch.Tensor, row: Row) -> torch.Tensor:
-    """Layer w's attention over the flat row: [T, Hq, D]; its roped K and V go to k_out / v_out."""
+    """Layer w's attention over the flat row: [T, Hq, D]; its roped K and V go to k_out / v_out
+    (K in the model's head-dim order: `rope.to_model_order`, after the attention read it)."""
     x = h if w.ln1 is None else rmsnorm(h, w.ln1, eng.eps)
     if w.qkv_rope:  # Q, K, V roped in the QKV matmul's epilogue, K and V written to the cache there
         q = mm.qkv_rope(x, w.qkv, row.cos, row.sin, k_out, v_out, eng.num_q_heads, bias=w.qkv_bias,
                         counters=eng._counters)
-        return packed_attention(q, k_out, v_out, row.seg, eng.scale)
-    qkv = project_qkv(eng, x, w)
-    if eng.attention == PACKED:
-        return rope_attention(qkv, row.pos, eng.cos, eng.sin, row.seg, k_out, v_out, eng.num_q_heads, eng.scale)
-    q = rope_store(qkv, row.pos, eng.cos, eng.sin, k_out, v_out, eng.num_q_heads)
-    if eng.attention == FLASH:
-        return _attention_flash(q, k_out, v_out, row.cu_q, row.cu_k, row.used_k, row.max_q, row.max_k, eng.scale)
-    return packed_attention_torch(q, k_out, v_out, row.seg, eng.scale)  # the dense-mask CPU reference
+        out = packed_attention(q, k_out, v_out, row.seg, eng.scale)
+    else:
+        qkv = project_qkv(eng, x, w)
+        if eng.attention == PACKED and not eng.family.qk_norm_after_rope:
+            out = rope_attention(qkv, row.pos, w.cos, w.sin, row.seg, k_out, v_out, eng.num_q_heads, eng.scale)
+        else:
+            q = rope_store(qkv, row.pos, w.cos, w.sin, k_out, v_out, eng.num_q_heads)
+            if eng.family.qk_norm_after_rope:  # HunYuan: the norm sits between RoPE and attention
+                qk_norm_(eng, q, k_out, w)
+            if eng.attention == PACKED:
+                out = packed_attention(q, k_out, v_out, row.seg, eng.scale)
+            elif eng.attention == FLASH:
+                out = _attention_flash(q, k_out, v_out, row.cu_q, row.cu_k, row.used_k, row.max_q, row.max_k,
+                                       eng.scale)
+            else:
+                out = packed_attention_torch(q, k_out, v_out, row.seg, eng.scale)  # the dense-mask CPU reference
+    to_model_order(k_out, eng.rope.inverse)
+    return out

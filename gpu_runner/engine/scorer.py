@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpu_runner.engine.forward import final_norm, hidden_states
+from gpu_runner.engine.forward import final_norm, hidden_states, scale_logits
 from gpu_runner.engine.staging import bucket_tokens, layout, next_pow2, num_chunks, write_row
 from simulator.names import FLASH
 
@@ -72,10 +72,7 @@ def score_head(eng: Any, h: torch.Tensor, gpos: torch.Tensor, pair_u: torch.Tens
     picked = torch.zeros(pair_u.shape[0], dtype=torch.float32, device=x.device)
     for c0 in range(0, g, chunk):
         n = min(chunk, g - c0)
-        logits = F.linear(x[c0 : c0 + n], eng.lm_head)
-        if eng.family.logits_divisor != 1.0:  # Granite: in the model dtype, as HF (and final_logits) divide
-            logits = logits / eng.family.logits_divisor
-        logits = logits.float()
+        logits = scale_logits(eng, F.linear(x[c0 : c0 + n], eng.lm_head)).float()  # model dtype, as HF
         lse[c0 : c0 + n] = torch.logsumexp(logits, dim=-1)
         best[c0 : c0 + n] = logits.argmax(dim=-1)
         local = pair_u - c0
