@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from gpu_runner.engine import matmul as mm
-from gpu_runner.engine.kernels import packed_attention, rmsnorm, rope_attention, rope_store, silu_mul
+from gpu_runner.engine.kernels import QKNorm, gated_act, packed_attention, rmsnorm, rope_attention, rope_store
 from gpu_runner.engine.reference import packed_attention_torch
 from gpu_runner.engine.staging import layout, num_chunks
 from gpu_runner.engine.weights import FusedLayer
 from simulator.names import FLASH, PACKED
 
-__all__ = ["Row", "attend", "embed", "final_logits", "final_norm", "forward", "hidden_states", "mlp_act", "project_qkv",
-           "residual_add"]
+__all__ = ["Row", "attend", "embed", "final_logits", "final_norm", "forward", "head_qk_norm", "hidden_states", "mlp_act",
+           "project_qkv", "residual_add"]
 
 
 @dataclass(frozen=True)
@@ -122,12 +122,22 @@ def residual_add(eng: Any, h: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
         h.add_(rmsnorm(x @ weight.t(), post, eng.eps), alpha=eng.family.residual_scale)
 
 
-def project_qkv(eng: Any, x: torch.Tensor, w: FusedLayer) -> torch.Tensor:
+def head_qk_norm(eng: Any, w: FusedLayer) -> QKNorm | None:
+    """Layer w's per-head QK-norm (Qwen3: [D] weights) as the RoPE kernels fuse it before RoPE
+    (`kernels.QKNorm`; (1 + w) weights where the family offsets its norms), or None (no
+    QK-norm, or OLMo2's whole-projection one, which `project_qkv` applies)."""
+    if w.q_norm is None or w.q_norm.numel() != eng.head_dim:
+        return None
+    return QKNorm(w.q_norm, w.k_norm, eng.family.qk_eps, unit_offset=eng.family.norm_offset == 1.0)
+
+
+def project_qkv(eng: Any, x: torch.Tensor, w: FusedLayer, *, head_norm_fused: bool = False) -> torch.Tensor:
     """The fused QKV projection [T, (Hq + 2 Hkv) D] of normed x; with a QK-norm, q and k
     RMS-normalized in place (HF's rounding), per head (Qwen3: a [D] weight) or over the whole
-    projection (OLMo2: [Hq D] / [Hkv D]), ready for RoPE."""
+    projection (OLMo2: [Hq D] / [Hkv D]), ready for RoPE. head_norm_fused: the caller's RoPE
+    kernel applies the per-head norm (`head_qk_norm`), so it is skipped here."""
     qkv = F.linear(x, w.qkv, w.qkv_bias)
-    if w.q_norm is not None:
+    if w.q_norm is not None and not (head_norm_fused and w.q_norm.numel() == eng.head_dim):
         t, d, hq, hkv = qkv.shape[0], eng.head_dim, eng.num_q_heads, eng.num_kv_heads
         q, k = qkv[:, : hq * d], qkv[:, hq * d : (hq + hkv) * d]
         if w.q_norm.numel() == d:  # per head, else over the whole projection
@@ -141,12 +151,11 @@ def project_qkv(eng: Any, x: torch.Tensor, w: FusedLayer) -> torch.Tensor:
 
 
 def mlp_act(eng: Any, x: torch.Tensor, w: FusedLayer, *, fused: bool) -> torch.Tensor:
-    """act(gate) * up [T, I] of normed x: SiLU (the fused swiglu matmul where `fused`, else
-    cuBLAS then silu_mul) or GeLU-tanh (Gemma: torch ops)."""
-    if eng.family.activation == "silu":
-        return mm.swiglu(x, w.gate_up, counters=eng._counters) if fused else silu_mul(F.linear(x, w.gate_up))
-    gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
-    return gate.copy_(F.gelu(gate, approximate="tanh") * up)
+    """act(gate) * up [T, I] of normed x: SiLU (the fused swiglu matmul where `fused`) or
+    otherwise cuBLAS then the gated activation kernel (SiLU, or GeLU-tanh for Gemma)."""
+    if eng.family.activation == "silu" and fused:
+        return mm.swiglu(x, w.gate_up, counters=eng._counters)
+    return gated_act(F.linear(x, w.gate_up), eng.family.activation)
 
 
 def final_logits(eng: Any, h: torch.Tensor) -> torch.Tensor:
@@ -163,10 +172,12 @@ def attend(eng: Any, h: torch.Tensor, w: FusedLayer, k_out: torch.Tensor, v_out:
         q = mm.qkv_rope(x, w.qkv, row.cos, row.sin, k_out, v_out, eng.num_q_heads, bias=w.qkv_bias,
                         counters=eng._counters)
         return packed_attention(q, k_out, v_out, row.seg, eng.scale)
-    qkv = project_qkv(eng, x, w)
+    norm = head_qk_norm(eng, w)  # fused into the RoPE kernels below (Qwen3)
+    qkv = project_qkv(eng, x, w, head_norm_fused=norm is not None)
     if eng.attention == PACKED:
-        return rope_attention(qkv, row.pos, eng.cos, eng.sin, row.seg, k_out, v_out, eng.num_q_heads, eng.scale)
-    q = rope_store(qkv, row.pos, eng.cos, eng.sin, k_out, v_out, eng.num_q_heads)
+        return rope_attention(qkv, row.pos, eng.cos, eng.sin, row.seg, k_out, v_out, eng.num_q_heads, eng.scale,
+                              qk_norm=norm)
+    q = rope_store(qkv, row.pos, eng.cos, eng.sin, k_out, v_out, eng.num_q_heads, qk_norm=norm)
     if eng.attention == FLASH:
         return _attention_flash(q, k_out, v_out, row.cu_q, row.cu_k, row.used_k, row.max_q, row.max_k, eng.scale)
     return packed_attention_torch(q, k_out, v_out, row.seg, eng.scale)  # the dense-mask CPU reference

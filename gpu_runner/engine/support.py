@@ -95,10 +95,6 @@ def engine_refusal(model: torch.nn.Module) -> tuple[str, str] | None:
         return ("partial RoPE", "the engine ropes the whole head")
     if getattr(cfg, "rope_interleave", False):
         return ("interleaved RoPE", "the engine applies half-split (rotate_half) RoPE only")
-    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-    if head_dim & (head_dim - 1) and model.lm_head.weight.is_cuda:
-        # measured on the H200 (Phi-3, head_dim 96): the Triton kernels' tiles need a power of two
-        return ("head_dim", f"on CUDA the engine's Triton kernels need a power-of-two head_dim, the model's is {head_dim}")
     if (getattr(cfg, "pretraining_tp", 1) or 1) != 1:
         return ("pretraining_tp", "split projections (pretraining_tp > 1) are not implemented")
     for field in _NO_SCALING_FIELDS:
