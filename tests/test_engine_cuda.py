@@ -164,7 +164,7 @@ def test_kernel_options_match_reference_bf16(d):
     freqs = torch.arange(2048, device="cuda").float()[:, None] * (10000 ** (-torch.arange(0, d, 2, device="cuda").float() / d))
     cos, sin = freqs.cos().bfloat16(), freqs.sin().bfloat16()
     hq, hkv = 8, 2
-    bf = dict(device="cuda", dtype=torch.bfloat16)
+    bf = {"device": "cuda", "dtype": torch.bfloat16}
     for unit, cap in ((None, 0.0), (False, 0.0), (True, 0.0), (False, 30.0)):
         qn = None if unit is None else ek.QKNorm(torch.rand(d, **bf) + 0.5, torch.rand(d, **bf) - 0.5, 1e-6, unit)
         qkv = torch.randn(t, (hq + 2 * hkv) * d, **bf) * 3

@@ -44,7 +44,8 @@ try:  # Triton is optional: CPU-only installs run the torch version.
     import triton
     import triton.language as tl
 
-    from gpu_runner.engine.kernels import _dim_mask, _soft_cap  # shared jit helpers: head-dim padding, soft-cap
+    # the jit helpers shared with the prefill kernels: head-dim padding, soft-cap
+    from gpu_runner.engine.kernels import _dim_mask, _soft_cap
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
     tl = None

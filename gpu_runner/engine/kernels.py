@@ -39,7 +39,12 @@ from dataclasses import dataclass
 
 import torch
 
-from gpu_runner.engine.reference import gated_act_torch, packed_attention_torch, rmsnorm_torch, rope_store_torch
+from gpu_runner.engine.reference import (
+    gated_act_torch,
+    packed_attention_torch,
+    rmsnorm_torch,
+    rope_store_torch,
+)
 
 try:  # Triton is optional: CPU-only installs run the torch versions.
     import triton
