@@ -187,6 +187,23 @@ def test_kernel_options_match_reference_bf16(d):
         torch.testing.assert_close(ek.gated_act(gu.clone(), act).float(), want, atol=2e-2, rtol=2e-2)
 
 
+def test_geglu_matmul_matches_cublas_then_gated_act():
+    """The fused gated matmul with GeLU-tanh in its epilogue (Gemma) against cuBLAS + gated_act
+    (same rounding points), at Gemma-7B's MLP shape (hidden 3072, I 24,576) and a ragged one."""
+    from gpu_runner.engine import kernels as ek
+    from gpu_runner.engine import matmul as mk
+
+    torch.manual_seed(0)
+    counters = torch.zeros(mk.counter_slots(torch.device("cuda")), dtype=torch.int32, device="cuda")
+    for t, k, n in ((4352, 3072, 24576), (77, 512, 200)):
+        x = torch.randn(t, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(2 * n, k, device="cuda", dtype=torch.bfloat16) * k**-0.5
+        expect = ek.gated_act(torch.nn.functional.linear(x, w), "gelu_tanh").float()
+        got = mk.swiglu(x, w, counters=counters, activation="gelu_tanh")
+        torch.testing.assert_close(got.float(), expect, atol=2e-2, rtol=2e-2)
+        assert int(counters.abs().sum()) == 0
+
+
 @pytest.mark.parametrize("attention", ["packed", "flash"])
 @pytest.mark.parametrize("graphs", [False, True])
 @pytest.mark.parametrize("kv_heads,bias", [(4, False), (2, False), (2, True)])

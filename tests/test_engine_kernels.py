@@ -160,6 +160,16 @@ _OPTIONS_SCRIPT = textwrap.dedent(
                                    atol=1e-5, rtol=1e-3)
     gelu = torch.nn.functional.gelu(gu[:, :1100], approximate="tanh") * gu[:, 1100:]
     torch.testing.assert_close(ek.gated_act(gu.clone(), "gelu_tanh"), gelu)
+    # the fused gated matmul with GeLU-tanh in its epilogue (Gemma), with and without the K split
+    from gpu_runner.engine import matmul as mk
+    counters = torch.zeros(mk.counter_slots(torch.device("cpu")), dtype=torch.int32)
+    small = dict(block_k=16, group_m=2, num_warps=4, num_stages=2, min_split=2, min_split_steps=1)
+    for t, k, n, split in ((37, 64, 40, 8), (50, 96, 24, 1)):
+        x, w = torch.randn(t, k), torch.randn(2 * n, k) * 3 * k**-0.5
+        ref = rk.gated_act_torch(torch.nn.functional.linear(x, w), "gelu_tanh")
+        got = mk.swiglu(x, w, mk.GemmConfig(16, 16, **small, max_split=split), counters=counters, activation="gelu_tanh")
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        assert int(counters.abs().sum()) == 0
 
     lengths = [5, 1, 40, 3, 30]
     total = sum(lengths)

@@ -151,10 +151,10 @@ def project_qkv(eng: Any, x: torch.Tensor, w: FusedLayer, *, head_norm_fused: bo
 
 
 def mlp_act(eng: Any, x: torch.Tensor, w: FusedLayer, *, fused: bool) -> torch.Tensor:
-    """act(gate) * up [T, I] of normed x: SiLU (the fused swiglu matmul where `fused`) or
-    otherwise cuBLAS then the gated activation kernel (SiLU, or GeLU-tanh for Gemma)."""
-    if eng.family.activation == "silu" and fused:
-        return mm.swiglu(x, w.gate_up, counters=eng._counters)
+    """act(gate) * up [T, I] of normed x, act SiLU or GeLU-tanh (Gemma): the fused gated
+    matmul where `fused` (`matmul.swiglu`), else cuBLAS then the gated activation kernel."""
+    if fused:
+        return mm.swiglu(x, w.gate_up, counters=eng._counters, activation=eng.family.activation)
     return gated_act(F.linear(x, w.gate_up), eng.family.activation)
 
 

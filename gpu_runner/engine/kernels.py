@@ -365,6 +365,18 @@ if triton is not None:
         _tile_store(o_ptr, acc, l_i, rows, mask_m, h, HQ, D, DP)
 
     @triton.jit
+    def _gate_activation(g, ACT: tl.constexpr):
+        """act(g) in float32 for the gated MLPs (shared with `matmul.swiglu`'s epilogue): "silu",
+        or "gelu_tanh", 0.5 g (1 + tanh(z)) with z = sqrt(2 / pi) (g + 0.044715 g^3) in
+        torch's form (tanh saturating to +-1 as torch's does)."""
+        if ACT == "gelu_tanh":
+            z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+            act = 0.5 * g * (1.0 + (1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0)))
+        else:  # silu
+            act = g / (1.0 + tl.exp(-g))
+        return act
+
+    @triton.jit
     def _gated_act_kernel(gu_ptr, out_ptr, n_cols, BLOCK: tl.constexpr, ACT: tl.constexpr):
         """act(gate) * up of row r, columns of block c of the [T, 2 I] gate/up rows (float32
         math; the activation rounded to the model dtype before the product, as HF)."""
@@ -373,13 +385,7 @@ if triton is not None:
         mask = cols < n_cols
         g = tl.load(gu_ptr + row * 2 * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
         u = tl.load(gu_ptr + row * 2 * n_cols + n_cols + cols, mask=mask, other=0.0).to(tl.float32)
-        if ACT == "gelu_tanh":  # 0.5 g (1 + tanh(z)), z = sqrt(2 / pi) (g + 0.044715 g^3), in torch's form
-            z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
-            tanh = 1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0)  # +-1 at overflow, as torch's tanh saturates
-            act = 0.5 * g * (1.0 + tanh)
-        else:  # silu
-            act = g / (1.0 + tl.exp(-g))
-        act = act.to(out_ptr.dtype.element_ty).to(tl.float32)
+        act = _gate_activation(g, ACT).to(out_ptr.dtype.element_ty).to(tl.float32)
         tl.store(out_ptr + row * 2 * n_cols + cols, (act * u).to(out_ptr.dtype.element_ty), mask=mask)
 
 
