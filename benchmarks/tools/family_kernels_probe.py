@@ -9,10 +9,11 @@ random bf16 activations; per variant the median of `triton.testing.do_bench` (us
     no_norm:      rope_attention without a norm (the Llama floor)
   head_dim (Phi-3-mini: 32 heads of 96, padded to 128 lanes; against 24 heads of 128, the
     same FLOPs): rope_attention at each
-  gelu (Gemma-7B: I = 24,576): torch's GeLU-tanh ops against the gated_act kernel, and SiLU
+  gelu (Gemma-7B: hidden 3,072, I = 24,576): the gate/up matmul and GeLU-tanh as cuBLAS + torch
+    ops (before), cuBLAS + gated_act, the fused gated matmul (now), and its SiLU at that shape
 Usage (one GPU, under a minute): python benchmarks/tools/family_kernels_probe.py [--out probe.json]
 CPU plumbing check (Triton's interpreter, a small shape): TRITON_INTERPRET=1 python
-benchmarks/tools/family_kernels_probe.py --device cpu --tokens 256
+benchmarks/tools/family_kernels_probe.py --device cpu --dtype float32 --tokens 100 (minutes)
 """
 import argparse
 import json
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 
 from gpu_runner.bench.common import load_lengths
 from gpu_runner.engine import kernels as ek
+from gpu_runner.engine import matmul as mm
 from gpu_runner.engine import reference as rk
 
 
@@ -99,18 +101,21 @@ def probe(device: torch.device, dtype: torch.dtype, tokens: int) -> dict:
         out["head_dim_us"][f"{heads}x{d}"] = _time_us(
             lambda qkv=qkv, cos=cos, sin=sin, k=k, v=v, heads=heads, d=d: ek.rope_attention(
                 qkv, pos, cos, sin, seg, k, v, heads, d**-0.5), device)
-    # Gemma-7B's gated GeLU-tanh
-    gate_up = torch.randn(t, 2 * 24576 if device.type == "cuda" else 2 * 1024, **kw)
+    # Gemma-7B's gate/up projection with its GeLU-tanh (hidden 3,072, I = 24,576)
+    hidden, inter = (3072, 24576) if device.type == "cuda" else (64, 128)
+    x = torch.randn(t, hidden, **kw)
+    w = torch.randn(2 * inter, hidden, **kw) * hidden**-0.5
+    counters = torch.zeros(mm.counter_slots(device), dtype=torch.int32, device=device)
 
     def torch_gelu():
-        gate, up = gate_up.clone().chunk(2, dim=-1)
+        gate, up = F.linear(x, w).chunk(2, dim=-1)
         return gate.copy_(F.gelu(gate, approximate="tanh") * up)
 
     out["gelu_us"] = {
-        "torch_ops": _time_us(torch_gelu, device),
-        "gated_act": _time_us(lambda: ek.gated_act(gate_up.clone(), "gelu_tanh"), device),
-        "silu_kernel": _time_us(lambda: ek.gated_act(gate_up.clone(), "silu"), device),
-        "clone_only": _time_us(lambda: gate_up.clone(), device),  # subtract from the three above
+        "cublas_torch_ops": _time_us(torch_gelu, device),  # the engine before
+        "cublas_gated_act": _time_us(lambda: ek.gated_act(F.linear(x, w), "gelu_tanh"), device),  # fused_mlp=False
+        "fused_geglu": _time_us(lambda: mm.swiglu(x, w, counters=counters, activation="gelu_tanh"), device),  # now
+        "fused_swiglu": _time_us(lambda: mm.swiglu(x, w, counters=counters), device),  # the Llama path, same shape
     }
     return out
 
