@@ -67,6 +67,68 @@ _SCRIPT = textwrap.dedent(
 )
 
 
+_OPTIONS_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from gpu_runner.engine import decode_kernels as dk
+    from gpu_runner.engine.batch_generate import BatchGenerator
+
+    assert dk.use_triton(torch.empty(1)), "interpreter not active"
+    torch.manual_seed(0)
+    # head dims 96 and 80 (tiles padded to 128 lanes, the reduce too) and the Gemma-2 soft-cap,
+    # both kernels, split counts 1 (no reduce) and 2, 3 (reduce)
+    for hq, hkv, d, page in ((4, 2, 96, 8), (6, 2, 80, 4), (4, 4, 32, 16)):
+        k, v = torch.randn(9, page, hkv, d) * 2, torch.randn(9, page, hkv, d)
+        table = torch.tensor([[3, 1, 7], [0, 2, 5], [8, 8, 8], [6, 4, 0]], dtype=torch.int32)
+        seq = torch.tensor([1, 0, 3, 2, 1])
+        lengths = torch.tensor([1, 3 * page, page + 1, page, 2 * page - 1])
+        q = torch.randn(5, hq, d) * 2
+        for cap in (0.0, 1.5) if d != 80 else (0.0,):
+            ref = dk.decode_attention_torch(q, k, v, table, seq, lengths, 0.3, softcap=cap)
+            if cap:  # the cap changes the result at these scores: the option is not a no-op
+                assert (ref - dk.decode_attention_torch(q, k, v, table, seq, lengths, 0.3)).abs().max() > 1e-2
+            for kernel, splits in (("head", None), ("split", 1), ("split", 2), ("split", 3)):
+                out = dk.decode_attention(q, k, v, table, seq, lengths, 0.3, kernel=kernel, splits=splits, softcap=cap)
+                torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    print("kernel options ok")
+
+    # generation through the engine's decode step: Qwen3 (per-head QK-norm fused into rope_store)
+    # and Phi-3 (head_dim 96), equal to HF greedy
+    from transformers import AutoConfig, AutoModelForCausalLM
+    small = dict(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=1, max_position_embeddings=64, pad_token_id=0)
+    for model_type, extra in (("qwen3", dict(head_dim=32)), ("phi3", dict(hidden_size=192))):
+        cfg = AutoConfig.for_model(model_type, **{**small, **extra})
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(cfg).eval()
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.uniform_(0.5, 1.5)
+        prompts = [[5, 9, 1, 33, 2, 7, 40, 8, 3], [17], [60, 4, 4, 21]]
+        with torch.no_grad():
+            ref = [model.generate(torch.tensor([p]), max_new_tokens=3, do_sample=False, eos_token_id=None,
+                                  pad_token_id=0)[0, len(p):].tolist() for p in prompts]
+        gen = BatchGenerator(model, max_batch=2, page_tokens=4, prefill_tokens=16, token_bucket=16)
+        assert gen.engine.attention == "packed"
+        got = gen.generate(prompts, 3).tokens
+        assert got == ref, (model_type, got, ref)
+    print("generate options ok")
+    """
+)
+
+
+def test_decode_kernel_options_and_generation_in_the_interpreter():
+    """Head dims 96 / 80 and the soft-cap in both decode kernels against the torch reference,
+    and Qwen3 (fused QK-norm) and Phi-3 (head_dim 96) generation equal to HF greedy."""
+    pytest.importorskip("triton")
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
+    proc = subprocess.run([sys.executable, "-c", _OPTIONS_SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert proc.returncode == 0 and "generate options ok" in proc.stdout, proc.stdout + proc.stderr
+
+
 def test_decode_kernel_and_generation_in_the_interpreter():
     pytest.importorskip("triton")
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
@@ -109,14 +171,15 @@ def test_split_rule_fills_a_wave_within_the_table():
 @pytest.mark.gpu
 def test_decode_kernel_on_cuda_bf16_matches_the_reference():
     torch.manual_seed(2)
-    for hq, hkv, d, page in ((32, 32, 128, 64), (32, 8, 128, 64), (16, 2, 64, 16)):
+    for hq, hkv, d, page in ((32, 32, 128, 64), (32, 8, 128, 64), (16, 2, 64, 16), (32, 32, 96, 16), (16, 2, 80, 16)):
         k = torch.randn(40, page, hkv, d, device="cuda", dtype=torch.bfloat16)
         v = torch.randn_like(k)
         table = torch.randperm(40, device="cuda").to(torch.int32).view(4, 10)
         seq = torch.tensor([0, 1, 2, 3, 1, 0], device="cuda")
         lengths = torch.tensor([1, 10 * page, 3 * page + 5, page, 17, 2], device="cuda")
         q = torch.randn(6, hq, d, device="cuda", dtype=torch.bfloat16)
-        ref = decode_attention_torch(q.float(), k.float(), v.float(), table, seq, lengths, d**-0.5)
-        for kernel, splits in (("head", None), ("split", None), ("split", 1), ("split", 4), ("split", 16)):
-            out = decode_attention(q, k, v, table, seq, lengths, d**-0.5, kernel=kernel, splits=splits)
-            torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+        for cap in (0.0, 5.0):  # the Gemma-2 soft-cap off and on
+            ref = decode_attention_torch(q.float(), k.float(), v.float(), table, seq, lengths, d**-0.5, softcap=cap)
+            for kernel, splits in (("head", None), ("split", None), ("split", 1), ("split", 4), ("split", 16)):
+                out = decode_attention(q, k, v, table, seq, lengths, d**-0.5, kernel=kernel, splits=splits, softcap=cap)
+                torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)

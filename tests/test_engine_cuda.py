@@ -143,6 +143,67 @@ def test_rope_attention_matches_reference():
         torch.testing.assert_close(v1, v2)
 
 
+@pytest.mark.parametrize("d", [96, 80, 128, 256])
+def test_kernel_options_match_reference_bf16(d):
+    """Head dims other than powers of two (96, 80: padded tiles) and the 7B-class ones (128,
+    Gemma's 256); the per-head QK-norm fused into rope_store / rope_attention in both weight
+    conventions; the soft-cap in rope_attention / packed_attention; the GeLU-tanh gated kernel:
+    bf16 against the torch references."""
+    import numpy as np
+
+    from gpu_runner.engine import kernels as ek
+    from gpu_runner.engine import reference as rk
+
+    torch.manual_seed(0)
+    lengths = [5, 1, 300, 3, 130, 64, 65, 20]
+    total = sum(lengths)
+    t = total + 37
+    seg = np.concatenate([np.repeat(np.cumsum([0] + lengths[:-1]), lengths), np.full(t - total, total)])
+    pos = torch.tensor(np.arange(t) - seg, device="cuda")
+    seg = torch.tensor(seg, device="cuda")
+    freqs = torch.arange(2048, device="cuda").float()[:, None] * (10000 ** (-torch.arange(0, d, 2, device="cuda").float() / d))
+    cos, sin = freqs.cos().bfloat16(), freqs.sin().bfloat16()
+    hq, hkv = 8, 2
+    bf = {"device": "cuda", "dtype": torch.bfloat16}
+    for unit, cap in ((None, 0.0), (False, 0.0), (True, 0.0), (False, 30.0)):
+        qn = None if unit is None else ek.QKNorm(torch.rand(d, **bf) + 0.5, torch.rand(d, **bf) - 0.5, 1e-6, unit)
+        qkv = torch.randn(t, (hq + 2 * hkv) * d, **bf) * 3
+        k1, v1, k2, v2, k3, v3 = (torch.empty(t, hkv, d, **bf) for _ in range(6))
+        q1 = ek.rope_store(qkv, pos, cos, sin, k1, v1, hq, qk_norm=qn)
+        q2 = rk.rope_store_torch(qkv, pos, cos, sin, k2, v2, hq, qn)
+        for got, want in ((q1, q2), (k1, k2), (v1, v2)):
+            torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+        scale = d**-0.5
+        out = ek.rope_attention(qkv, pos, cos, sin, seg, k3, v3, hq, scale, qk_norm=qn, softcap=cap)
+        ref = rk.packed_attention_torch(q2.float(), k2.float(), v2.float(), seg, scale, cap)
+        torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(k3.float(), k2.float(), atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(v3, v2)
+        out = ek.packed_attention(q2, k2, v2, seg, scale, softcap=cap)
+        torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+    gu = torch.randn(300, 2 * 1000, **bf) * 3
+    for act in ("silu", "gelu_tanh"):
+        want = rk.gated_act_torch(gu.clone(), act).float()
+        torch.testing.assert_close(ek.gated_act(gu.clone(), act).float(), want, atol=2e-2, rtol=2e-2)
+
+
+def test_geglu_matmul_matches_cublas_then_gated_act():
+    """The fused gated matmul with GeLU-tanh in its epilogue (Gemma) against cuBLAS + gated_act
+    (same rounding points), at Gemma-7B's MLP shape (hidden 3072, I 24,576) and a ragged one."""
+    from gpu_runner.engine import kernels as ek
+    from gpu_runner.engine import matmul as mk
+
+    torch.manual_seed(0)
+    counters = torch.zeros(mk.counter_slots(torch.device("cuda")), dtype=torch.int32, device="cuda")
+    for t, k, n in ((4352, 3072, 24576), (77, 512, 200)):
+        x = torch.randn(t, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(2 * n, k, device="cuda", dtype=torch.bfloat16) * k**-0.5
+        expect = ek.gated_act(torch.nn.functional.linear(x, w), "gelu_tanh").float()
+        got = mk.swiglu(x, w, counters=counters, activation="gelu_tanh")
+        torch.testing.assert_close(got.float(), expect, atol=2e-2, rtol=2e-2)
+        assert int(counters.abs().sum()) == 0
+
+
 @pytest.mark.parametrize("attention", ["packed", "flash"])
 @pytest.mark.parametrize("graphs", [False, True])
 @pytest.mark.parametrize("kv_heads,bias", [(4, False), (2, False), (2, True)])

@@ -141,6 +141,134 @@ _ENGINE_SCRIPT = textwrap.dedent(
 )
 
 
+_OPTIONS_SCRIPT = textwrap.dedent(
+    """
+    import numpy as np
+    import torch
+    from gpu_runner.engine import kernels as ek
+    from gpu_runner.engine import reference as rk
+
+    assert ek.use_triton(torch.empty(1)), "interpreter not active"
+    torch.manual_seed(0)
+    # the gated activation kernel: SiLU and GeLU-tanh against HF's ops (float32), then float16
+    # (the activation rounded to the model dtype before the product: within an ulp)
+    gu = torch.randn(9, 2 * 1100) * 3  # a ragged second column block
+    for act in ("silu", "gelu_tanh"):
+        torch.testing.assert_close(ek.gated_act(gu.clone(), act), rk.gated_act_torch(gu.clone(), act))
+        half = gu.half()
+        torch.testing.assert_close(ek.gated_act(half.clone(), act), rk.gated_act_torch(half.clone(), act),
+                                   atol=1e-5, rtol=1e-3)
+    gelu = torch.nn.functional.gelu(gu[:, :1100], approximate="tanh") * gu[:, 1100:]
+    torch.testing.assert_close(ek.gated_act(gu.clone(), "gelu_tanh"), gelu)
+    # the fused gated matmul with GeLU-tanh in its epilogue (Gemma), with and without the K split
+    from gpu_runner.engine import matmul as mk
+    counters = torch.zeros(mk.counter_slots(torch.device("cpu")), dtype=torch.int32)
+    small = dict(block_k=16, group_m=2, num_warps=4, num_stages=2, min_split=2, min_split_steps=1)
+    for t, k, n, split in ((37, 64, 40, 8), (50, 96, 24, 1)):
+        x, w = torch.randn(t, k), torch.randn(2 * n, k) * 3 * k**-0.5
+        ref = rk.gated_act_torch(torch.nn.functional.linear(x, w), "gelu_tanh")
+        got = mk.swiglu(x, w, mk.GemmConfig(16, 16, **small, max_split=split), counters=counters, activation="gelu_tanh")
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        assert int(counters.abs().sum()) == 0
+
+    lengths = [5, 1, 40, 3, 30]
+    total = sum(lengths)
+    t = total + 6
+    seg = torch.tensor(np.concatenate([np.repeat(np.cumsum([0] + lengths[:-1]), lengths), np.full(t - total, total)]))
+    pos = torch.tensor(np.arange(t) - seg.numpy())
+    hq, hkv = 4, 2
+
+    def qk_norm(d, unit_offset, dtype=torch.float32):
+        return ek.QKNorm((torch.rand(d) + 0.5).to(dtype), (torch.rand(d) - 0.5).to(dtype), 1e-6, unit_offset)
+
+    # head dims 96 and 80: tiles padded to 128 lanes (halves to 64); QK-norm with Qwen3's and
+    # Gemma's weight conventions; the Gemma-2 soft-cap; BM == BN and BM != BN cache writes
+    for d in (96, 80):
+        freqs = torch.arange(100).float()[:, None] * torch.rand(d // 2)[None, :]
+        cos, sin = freqs.cos(), freqs.sin()
+        for norm in (None, False, True):
+            qn = None if norm is None else qk_norm(d, norm)
+            qkv = torch.randn(t, (hq + 2 * hkv) * d) * 2
+            k1, v1, k2, v2 = (torch.full((t, hkv, d), float("nan")) for _ in range(4))
+            q1 = ek.rope_store(qkv, pos, cos, sin, k1, v1, hq, qk_norm=qn)
+            q2 = rk.rope_store_torch(qkv, pos, cos, sin, k2, v2, hq, qn)
+            for got, want in ((q1, q2), (k1, k2), (v1, v2)):
+                torch.testing.assert_close(got, want)
+        for norm, cap, (bm, bn) in ((None, 0.0, (16, 16)), (False, 0.0, (32, 16)), (True, 0.0, (16, 16)),
+                                    (False, 2.0, (16, 16)), (None, 2.0, (32, 16))):
+            qn = None if norm is None else qk_norm(d, norm)
+            qkv = torch.randn(t, (hq + 2 * hkv) * d) * 2
+            ka, va, kb, vb = (torch.full((t, hkv, d), float("nan")) for _ in range(4))
+            out = ek.rope_attention(qkv, pos, cos, sin, seg, ka, va, hq, 0.25, qk_norm=qn, softcap=cap,
+                                    block_m=bm, block_n=bn)
+            q = rk.rope_store_torch(qkv, pos, cos, sin, kb, vb, hq, qn)
+            ref = rk.packed_attention_torch(q, kb, vb, seg, 0.25, cap)
+            torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(ka, kb)  # every row written (the buffers start as NaN)
+            torch.testing.assert_close(va, vb)
+            if cap:  # the cap changes the result at these scores: the option is not a no-op
+                assert (ref - rk.packed_attention_torch(q, kb, vb, seg, 0.25)).abs().max() > 1e-2
+            out = ek.packed_attention(q, kb, vb, seg, 0.25, softcap=cap, block_m=bm, block_n=bn)
+            torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    # float16: the QK-norm's rounding points (Qwen3: norm cast, then times w in the model dtype;
+    # Gemma: float32 norm times (1 + w), cast once): within an ulp of the reference and equal to
+    # it almost everywhere (a sum order apart; the other rounding order parts on 26-40% of values)
+    d = 96
+    freqs = torch.arange(100).float()[:, None] * torch.rand(d // 2)[None, :]
+    cos, sin = freqs.cos().half(), freqs.sin().half()
+    for unit in (False, True):
+        qn = qk_norm(d, unit, torch.float16)
+        qkv = (torch.randn(t, (hq + 2 * hkv) * d) * 2).half()
+        k1, v1, k2, v2 = (torch.empty((t, hkv, d), dtype=torch.float16) for _ in range(4))
+        q1 = ek.rope_store(qkv, pos, cos, sin, k1, v1, hq, qk_norm=qn)
+        q2 = rk.rope_store_torch(qkv, pos, cos, sin, k2, v2, hq, qn)
+        for got, want in ((q1, q2), (k1, k2), (v1, v2)):
+            torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-3)  # an ulp of the RoPE terms
+            assert (got != want).float().mean() < 5e-3, (got != want).float().mean()
+    print("options ok")
+    """
+)
+
+
+_FAMILIES_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from gpu_runner.engine import PrefillEngine
+
+    # through PrefillEngine with the Triton kernels: Qwen3 (per-head QK-norm fused into
+    # rope_attention), Phi-3 with head_dim 96 (padded tiles), Gemma (GeLU-tanh gated kernel)
+    small = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0)
+    cases = {"qwen3": dict(head_dim=32), "phi3": dict(hidden_size=192, num_attention_heads=2, num_key_value_heads=1),
+             "gemma": dict(head_dim=32, hidden_act="gelu_pytorch_tanh")}
+    for model_type, extra in cases.items():
+        cfg = AutoConfig.for_model(model_type, **{**small, **extra})
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(cfg).eval()
+        with torch.no_grad():  # norm weights away from their init, so that they are tested
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.uniform_(-0.5, 0.5) if model_type == "gemma" else p.uniform_(0.5, 1.5)
+        g = torch.Generator().manual_seed(1)
+        prompts = [torch.randint(0, 97, (n,), generator=g).tolist() for n in (5, 1, 40, 17)]
+        with torch.no_grad():
+            refs = [model(torch.tensor([p]), use_cache=True) for p in prompts]
+        eng = PrefillEngine(model, token_bucket=16, cuda_graphs=False)
+        assert eng.attention == "packed", (model_type, eng.attention)
+        res = eng.prefill(prompts)
+        for i, ref in enumerate(refs):
+            torch.testing.assert_close(res.logits[i], ref.logits[0, -1], atol=1e-4, rtol=1e-4)
+            cache = ref.past_key_values
+            for li, (k, v) in enumerate(res.prompt_kv(i)):
+                torch.testing.assert_close(k, cache.layers[li].keys[0], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(v, cache.layers[li].values[0], atol=1e-5, rtol=1e-5)
+        print(model_type, "ok")
+    print("families ok")
+    """
+)
+
+
 def _interpret(script: str) -> subprocess.CompletedProcess:
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
@@ -159,6 +287,40 @@ def test_engine_fused_paths_match_each_prompt_alone_in_the_interpreter():
     equal HF on each prompt alone."""
     proc = _interpret(_ENGINE_SCRIPT)
     assert proc.returncode == 0 and "engine ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_kernel_options_match_torch_references_in_the_interpreter():
+    """Head dims 96 and 80 (padded tiles), the per-head QK-norm in both weight conventions
+    (float32, and float16 bit for bit), the Gemma-2 soft-cap and the GeLU-tanh gated kernel,
+    each against its torch reference."""
+    proc = _interpret(_OPTIONS_SCRIPT)
+    assert proc.returncode == 0 and "options ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_engine_qwen3_phi3_gemma_match_hf_in_the_interpreter():
+    """A tiny Qwen3, Phi-3 (head_dim 96) and Gemma through PrefillEngine's Triton path in
+    float32: logits and K/V equal HF run on each prompt alone."""
+    proc = _interpret(_FAMILIES_SCRIPT)
+    assert proc.returncode == 0 and "families ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_kernel_options_reject_bad_values():
+    import torch
+
+    from gpu_runner.engine import kernels as ek
+
+    with pytest.raises(ValueError, match="one \\[D\\] shape"):
+        ek.QKNorm(torch.ones(8), torch.ones(6), 1e-6)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        ek.QKNorm(torch.ones(8), torch.ones(8), 0.0)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        ek.gated_act(torch.randn(2, 8), "relu")
+    q, kv, seg = torch.randn(3, 2, 16), torch.randn(3, 1, 16), torch.zeros(3, dtype=torch.long)
+    for bad in (-1.0, True, "50"):
+        with pytest.raises(ValueError, match="softcap must be"):
+            ek.packed_attention(q, kv, kv, seg, 0.25, softcap=bad)
+    assert ek.packed_head_dim(96) and ek.packed_head_dim(80) and ek.packed_head_dim(128)
+    assert not ek.packed_head_dim(16) and not ek.packed_head_dim(97)
 
 
 def test_swiglu_rejects_bad_shapes_and_counters():

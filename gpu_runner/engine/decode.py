@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from gpu_runner.engine.decode_kernels import KERNELS, decode_attention
-from gpu_runner.engine.forward import embed, final_logits, mlp_act, project_qkv, qk_norm_, residual_add
+from gpu_runner.engine.forward import embed, final_logits, head_qk_norm, mlp_act, project_qkv, qk_norm_, residual_add
 from gpu_runner.engine.graphs import GraphCapture
 from gpu_runner.engine.kernels import rmsnorm, rope_store
 from gpu_runner.engine.kv_pages import GenerateOutOfMemoryError, PagedKVCache
@@ -108,10 +108,11 @@ class DecodeStep:
         for li, w in enumerate(eng.layers):
             k_pool, v_pool = self.cache.layer(li)
             x = h if w.ln1 is None else rmsnorm(h, w.ln1, eng.eps)
-            qkv = project_qkv(eng, x, w)
+            norm = head_qk_norm(eng, w)  # fused into rope_store
+            qkv = project_qkv(eng, x, w, head_norm_fused=norm is not None)
             k_new = torch.empty((rows, eng.num_kv_heads, eng.head_dim), dtype=h.dtype, device=h.device)
             v_new = torch.empty_like(k_new)
-            q = rope_store(qkv, pos, w.cos, w.sin, k_new, v_new, eng.num_q_heads)
+            q = rope_store(qkv, pos, w.cos, w.sin, k_new, v_new, eng.num_q_heads, qk_norm=norm)
             if eng.family.qk_norm_after_rope:  # HunYuan
                 qk_norm_(eng, q, k_new, w)
             # the pages hold K in the model's head-dim order (as the prefill hands it over): Q joins it

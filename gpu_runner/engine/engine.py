@@ -15,7 +15,7 @@ from gpu_runner.engine import matmul as mm
 from gpu_runner.engine.family import engine_family, layer_ropes, norm_weight
 from gpu_runner.engine.forward import forward
 from gpu_runner.engine.graphs import GraphCapture
-from gpu_runner.engine.kernels import use_triton
+from gpu_runner.engine.kernels import packed_head_dim, use_triton
 from gpu_runner.engine.rope import rope_plan
 from gpu_runner.engine.staging import bucket_tokens, layout, num_chunks, stage
 from gpu_runner.engine.weights import fuse_layer
@@ -75,8 +75,8 @@ class PrefillEngine:
     attention:     "packed": the fused RoPE + attention Triton kernel tiled over the flat row
                    (short prompts share tiles; the default where Triton runs), "flash":
                    torch's flash varlen kernel (FA2) per prompt, "torch": dense-mask sdpa
-                   (CPU reference); "auto" picks packed where Triton runs and head_dim is a
-                   power of two >= 32, else flash on CUDA (Phi-3-mini's head_dim 96), else torch
+                   (CPU reference); "auto" picks packed where Triton runs and head_dim is
+                   even and >= 32 (Phi-3-mini's 96 too: tiles padded), else flash on CUDA, else torch
     fused_mlp:     the gate/up matmul with SiLU * up in its epilogue (`matmul.swiglu`:
                    one persistent Triton TMA kernel on Hopper, no [T, 2 I] intermediate); False =
                    cuBLAS then the silu_mul kernel, which is also what runs where the fused
@@ -122,14 +122,14 @@ class PrefillEngine:
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         probe = torch.empty(0, device=self.device)
         head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-        packable = head_dim >= 32 and head_dim & (head_dim - 1) == 0  # the packed kernels' tiles
+        packable = packed_head_dim(head_dim)  # the packed kernels' tiles (padded to a power of two)
         if attention == AUTO:
             attention = (PACKED if use_triton(probe) and packable else FLASH if self.device.type == "cuda"
                          else TORCH)
         if attention == PACKED and not use_triton(probe):
             raise ValueError("attention 'packed' needs Triton and a CUDA device")
         if attention == PACKED and not packable:
-            raise ValueError(f"attention 'packed' needs a power-of-two head_dim >= 32, got {head_dim}: use 'flash'")
+            raise ValueError(f"attention 'packed' needs an even head_dim >= 32, got {head_dim}: use 'flash'")
         if attention == FLASH and self.device.type != "cuda":
             raise ValueError("attention 'flash' needs a CUDA device")
         self.attention = attention

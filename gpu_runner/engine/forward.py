@@ -13,15 +13,16 @@ import torch.nn.functional as F
 
 from gpu_runner.engine import matmul as mm
 from gpu_runner.engine.family import ACTIVATIONS, xielu
-from gpu_runner.engine.kernels import packed_attention, rmsnorm, rope_attention, rope_store, silu_mul
+from gpu_runner.engine.kernels import (GATED_ACTIVATIONS, QKNorm, gated_act, packed_attention, rmsnorm, rope_attention,
+                                       rope_store)
 from gpu_runner.engine.reference import packed_attention_torch
 from gpu_runner.engine.rope import to_model_order
 from gpu_runner.engine.staging import layout, num_chunks
 from gpu_runner.engine.weights import FusedLayer
 from simulator.names import FLASH, PACKED
 
-__all__ = ["Row", "attend", "embed", "final_logits", "final_norm", "forward", "hidden_states", "mlp_act", "project_qkv",
-           "qk_norm_", "residual_add", "scale_logits"]
+__all__ = ["Row", "attend", "embed", "final_logits", "final_norm", "forward", "head_qk_norm", "hidden_states", "mlp_act",
+           "project_qkv", "qk_norm_", "residual_add", "scale_logits"]
 
 
 @dataclass(frozen=True)
@@ -127,11 +128,22 @@ def residual_add(eng: Any, h: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
         h.add_(rmsnorm(x @ weight.t(), post, eng.eps), alpha=eng.family.residual_scale)
 
 
-def project_qkv(eng: Any, x: torch.Tensor, w: FusedLayer) -> torch.Tensor:
+def head_qk_norm(eng: Any, w: FusedLayer) -> QKNorm | None:
+    """Layer w's per-head QK-norm as the RoPE kernels fuse it before RoPE (`kernels.QKNorm`:
+    Qwen3's rounding, normed value cast then times the weight; Gemma-style offsets are already
+    in the stored weight, `family.norm_weight`), or None: no QK-norm, OLMo 2's whole-projection
+    one (`project_qkv` applies it) or one after RoPE (HunYuan: `qk_norm_` after `rope_store`)."""
+    if w.q_norm is None or w.q_norm.numel() != eng.head_dim or eng.family.qk_norm_after_rope:
+        return None
+    return QKNorm(w.q_norm, w.k_norm, eng.family.qk_eps)
+
+
+def project_qkv(eng: Any, x: torch.Tensor, w: FusedLayer, *, head_norm_fused: bool = False) -> torch.Tensor:
     """The fused QKV projection [T, (Hq + 2 Hkv) D] of normed x; with a QK-norm before RoPE,
-    q and k RMS-normalized in place (`qk_norm_`), ready for RoPE."""
+    q and k RMS-normalized in place (`qk_norm_`), ready for RoPE. head_norm_fused: the
+    caller's RoPE kernel applies the per-head norm (`head_qk_norm`), so it is skipped here."""
     qkv = F.linear(x, w.qkv, w.qkv_bias)
-    if w.q_norm is not None and not eng.family.qk_norm_after_rope:
+    if w.q_norm is not None and not eng.family.qk_norm_after_rope and not head_norm_fused:
         t, d, hq, hkv = qkv.shape[0], eng.head_dim, eng.num_q_heads, eng.num_kv_heads
         qk_norm_(eng, qkv[:, : hq * d].view(t, hq, d), qkv[:, hq * d : (hq + hkv) * d].view(t, hkv, d), w)
     return qkv
@@ -149,13 +161,15 @@ def qk_norm_(eng: Any, q: torch.Tensor, k: torch.Tensor, w: FusedLayer) -> None:
 
 
 def mlp_act(eng: Any, x: torch.Tensor, w: FusedLayer, *, fused: bool) -> torch.Tensor:
-    """The MLP's activation [T, I] of normed x: SiLU gated (the fused swiglu matmul where
-    `fused`, else cuBLAS then silu_mul), else the family's activation with torch ops:
-    act(gate) * up (Gemma's GeLU-tanh) or act(up) (`EngineFamily.gated` False: Arcee's ReLU^2,
+    """The MLP's activation [T, I] of normed x: SiLU or GeLU-tanh gated (the fused gated matmul
+    where `fused`, `matmul.swiglu`, else cuBLAS then the gated activation kernel), else the
+    family's activation with torch ops: act(up) (`EngineFamily.gated` False: Arcee's ReLU^2,
     Apertus's xIELU with the layer's parameters)."""
     fam = eng.family
-    if fam.activation == "silu" and fam.gated:
-        return mm.swiglu(x, w.gate_up, counters=eng._counters) if fused else silu_mul(F.linear(x, w.gate_up))
+    if fam.gated and fam.activation in GATED_ACTIVATIONS:
+        if fused:
+            return mm.swiglu(x, w.gate_up, counters=eng._counters, activation=fam.activation)
+        return gated_act(F.linear(x, w.gate_up), fam.activation)
     act = ACTIVATIONS.get(fam.activation) or (lambda x: xielu(x, *w.act_params))
     if not fam.gated:
         return act(F.linear(x, w.gate_up))
@@ -192,11 +206,13 @@ def attend(eng: Any, h: torch.Tensor, w: FusedLayer, k_out: torch.Tensor, v_out:
                         counters=eng._counters)
         out = packed_attention(q, k_out, v_out, row.seg, eng.scale)
     else:
-        qkv = project_qkv(eng, x, w)
+        norm = head_qk_norm(eng, w)  # fused into the RoPE kernels below
+        qkv = project_qkv(eng, x, w, head_norm_fused=norm is not None)
         if eng.attention == PACKED and not eng.family.qk_norm_after_rope:
-            out = rope_attention(qkv, row.pos, w.cos, w.sin, row.seg, k_out, v_out, eng.num_q_heads, eng.scale)
+            out = rope_attention(qkv, row.pos, w.cos, w.sin, row.seg, k_out, v_out, eng.num_q_heads, eng.scale,
+                                 qk_norm=norm)
         else:
-            q = rope_store(qkv, row.pos, w.cos, w.sin, k_out, v_out, eng.num_q_heads)
+            q = rope_store(qkv, row.pos, w.cos, w.sin, k_out, v_out, eng.num_q_heads, qk_norm=norm)
             if eng.family.qk_norm_after_rope:  # HunYuan: the norm sits between RoPE and attention
                 qk_norm_(eng, q, k_out, w)
             if eng.attention == PACKED:

@@ -2,7 +2,8 @@
 
 swiglu(x, W) = SiLU(x Wg^T) * (x Wu^T) [T, I] for x [T, hidden] and the fused [2 I, hidden]
 gate/up weight W (gate rows first, as `nn.Linear` stores weights), with HF's bf16 rounding
-points; the [T, 2 I] intermediate is never written.
+points; the [T, 2 I] intermediate is never written. `activation="gelu_tanh"` makes it Gemma's
+GeGLU (the activation a constexpr of the epilogue, shared with `kernels.gated_act`).
 
 qkv_rope(x, W, ...) = the QKV projection with RoPE applied in the epilogue: roped Q returned
 as [T, Hq, D], roped K and V stored straight into the KV cache; the [T, (Hq + 2 Hkv) D]
@@ -33,7 +34,7 @@ attention after it, 1.5 ms off the 7B forward against cuBLAS QKV + RoPE in the a
 
 Where a kernel cannot run (no Triton tensor descriptors, a pre-Hopper GPU, the CPU without
 Triton's interpreter, non-contiguous or misaligned operands, heads that do not fit the
-tiles) `swiglu` runs F.linear (cuBLAS on a GPU), then `kernels.silu_mul`, and
+tiles) `swiglu` runs F.linear (cuBLAS on a GPU), then `kernels.gated_act`, and
 `qkv_rope` F.linear, then the torch RoPE, with the same contracts.
 """
 from __future__ import annotations
@@ -43,12 +44,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gpu_runner.engine.kernels import silu_mul, use_triton
+from gpu_runner.engine.kernels import GATED_ACTIVATIONS, gated_act, use_triton
 from gpu_runner.engine.reference import rope_store_torch
 
-try:  # Triton is optional: without it `swiglu` runs its F.linear + silu_mul fallback.
+try:  # Triton is optional: without it `swiglu` runs its F.linear + gated_act fallback.
     import triton
     import triton.language as tl
+
+    from gpu_runner.engine.kernels import _gate_activation  # the jit activation shared with gated_act
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
     tl = None
@@ -120,14 +123,15 @@ if triton is not None:
         return acc
 
     @triton.jit
-    def _swiglu_epilogue(acc, o_desc, off_m, off_n, BM: tl.constexpr, BN: tl.constexpr):
-        """Write one [BM, BN] tile of SiLU(gate) * up with HF's rounding points (gate, up, SiLU
-        and the product each rounded to the output dtype); TMA clips rows and columns past the end."""
+    def _swiglu_epilogue(acc, o_desc, off_m, off_n, BM: tl.constexpr, BN: tl.constexpr, ACT: tl.constexpr):
+        """Write one [BM, BN] tile of act(gate) * up (ACT: SiLU or GeLU-tanh) with HF's rounding
+        points (gate, up, act and the product each rounded to the output dtype); TMA clips rows
+        and columns past the end."""
         dt = o_desc.dtype
         acc_g, acc_u = tl.split(acc.reshape(BM, 2, BN).permute(0, 2, 1))
         gate = acc_g.to(dt).to(tl.float32)
         up = acc_u.to(dt).to(tl.float32)
-        act = (gate / (1.0 + tl.exp(-gate))).to(dt).to(tl.float32)
+        act = _gate_activation(gate, ACT).to(dt).to(tl.float32)
         o_desc.store([off_m, off_n], (act * up).to(dt))
 
     @triton.jit
@@ -162,10 +166,11 @@ if triton is not None:
 
     @triton.jit
     def _epilogue(acc, off_m, off_n, N, c, s, o_desc, k_desc, v_desc, b_ptr, QD, KD,
-                  BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr, ROPE: tl.constexpr):
+                  BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr, ROPE: tl.constexpr,
+                  ACT: tl.constexpr):
         """One [BM, 2 BN] tile: columns off_n.. and N + off_n.. of the product, a bias added
         (HAS_BIAS) in float32; then ROPE: the QKV epilogue (`_rope_store_cols` on each half,
-        RoPE rows c / s), else SiLU(first half) * second half."""
+        RoPE rows c / s), else act(first half) * second half (ACT: "silu" or "gelu_tanh")."""
         if HAS_BIAS:
             j = tl.arange(0, 2 * BN)
             acc = acc + tl.load(b_ptr + tl.where(j < BN, off_n + j, N + off_n + j - BN)).to(tl.float32)[None, :]
@@ -175,13 +180,14 @@ if triton is not None:
             _rope_store_cols(lo.to(dt), c, s, off_n, off_m, o_desc, k_desc, v_desc, QD, KD, BM, BN, D)
             _rope_store_cols(hi.to(dt), c, s, N + off_n, off_m, o_desc, k_desc, v_desc, QD, KD, BM, BN, D)
         else:
-            _swiglu_epilogue(acc, o_desc, off_m, off_n, BM, BN)
+            _swiglu_epilogue(acc, o_desc, off_m, off_n, BM, BN, ACT)
 
     @triton.jit
     def _gemm_kernel(x_desc, w_desc, o_desc, k_desc, v_desc, b_ptr, cos_ptr, sin_ptr, part_ptr, count_ptr,
                      M, N, K, QD, KD, num_programs, split,
                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, D: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, ROPE: tl.constexpr, PREFETCH: tl.constexpr, IEEE: tl.constexpr):
+                     HAS_BIAS: tl.constexpr, ROPE: tl.constexpr, PREFETCH: tl.constexpr, IEEE: tl.constexpr,
+                     ACT: tl.constexpr):
         """Persistent: full tiles round-robin, then the last wave's tiles split along K into
         `split` parts (split == 1: no split). N = half the weight's rows (tile columns n.. and
         N + n.. are computed together). PREFETCH: a tile's RoPE rows are loaded before its
@@ -199,7 +205,7 @@ if triton is not None:
             acc = _mainloop(x_desc, w_desc, off_m, off_n, 0, steps, BM, BN, BK, IEEE)
             if not PREFETCH:
                 c, s = _rope_rows(off_m, M, cos_ptr, sin_ptr, BM, D, ROPE)
-            _epilogue(acc, off_m, off_n, N, c, s, o_desc, k_desc, v_desc, b_ptr, QD, KD, BM, BN, D, HAS_BIAS, ROPE)
+            _epilogue(acc, off_m, off_n, N, c, s, o_desc, k_desc, v_desc, b_ptr, QD, KD, BM, BN, D, HAS_BIAS, ROPE, ACT)
         for unit in tl.range(tl.program_id(0), tail * split, num_programs):
             t_local = unit // split
             part = unit % split
@@ -217,7 +223,8 @@ if triton is not None:
                     acc += tl.load(tile_parts + j * (BM * 2 * BN) + offs, cache_modifier=".cg")
                 tl.atomic_xchg(count_ptr + t_local, 0, sem="relaxed", scope="gpu")
                 c, s = _rope_rows(off_m, M, cos_ptr, sin_ptr, BM, D, ROPE)
-                _epilogue(acc, off_m, off_n, N, c, s, o_desc, k_desc, v_desc, b_ptr, QD, KD, BM, BN, D, HAS_BIAS, ROPE)
+                _epilogue(acc, off_m, off_n, N, c, s, o_desc, k_desc, v_desc, b_ptr, QD, KD, BM, BN, D, HAS_BIAS, ROPE,
+                          ACT)
 
 
 def fusable(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -270,10 +277,10 @@ def counter_slots(device: torch.device) -> int:
 
 def _launch(x: torch.Tensor, w: torch.Tensor, outs: tuple[torch.Tensor, ...], cfg: GemmConfig,
             counters: torch.Tensor, bias: torch.Tensor | None = None,
-            rope: tuple[torch.Tensor, torch.Tensor, int] | None = None) -> None:
+            rope: tuple[torch.Tensor, torch.Tensor, int] | None = None, activation: str = "silu") -> None:
     """Launch `_gemm_kernel` (its descriptors, grid, split and workspace): x @ w^T with tile
-    columns n.. and N + n.. together (N = rows of w / 2); outs = (out [T, N],) for SwiGLU, or
-    (q, k, v) with rope = (cos, sin, head_dim) for the QKV epilogue."""
+    columns n.. and N + n.. together (N = rows of w / 2); outs = (out [T, N],) for the gated
+    MLP (`activation`), or (q, k, v) with rope = (cos, sin, head_dim) for the QKV epilogue."""
     t, k = x.shape
     n = w.shape[0] // 2
     bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
@@ -290,7 +297,7 @@ def _launch(x: torch.Tensor, w: torch.Tensor, outs: tuple[torch.Tensor, ...], cf
     qd, kd = (outs[0].shape[1], outs[1].shape[1]) if rope is not None else (0, 0)
     _gemm_kernel[(programs,)](
         x_desc, w_desc, *descs, parts if bias is None else bias, cos, sin, parts, counters, t, n, k, qd, kd,
-        programs, split, BM=bm, BN=bn, BK=bk, GROUP_M=cfg.group_m, D=d, HAS_BIAS=bias is not None, ROPE=rope is not None, PREFETCH=cfg.prefetch_rows, IEEE=x.dtype == torch.float32, num_warps=cfg.num_warps,
+        programs, split, BM=bm, BN=bn, BK=bk, GROUP_M=cfg.group_m, D=d, HAS_BIAS=bias is not None, ROPE=rope is not None, PREFETCH=cfg.prefetch_rows, IEEE=x.dtype == torch.float32, ACT=activation, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
 
@@ -303,10 +310,11 @@ def _check_counters(counters: torch.Tensor | None, device: torch.device) -> None
 
 
 def swiglu(x: torch.Tensor, gate_up_weight: torch.Tensor, cfg: GemmConfig = DEFAULT, *,
-           counters: torch.Tensor | None = None) -> torch.Tensor:
-    """SiLU(x W_gate^T) * (x W_up^T) for x [T, hidden] and the fused [2 I, hidden] weight
-    (gate rows first, then up rows): a new [T, I] tensor in x's dtype with HF's rounding.
-    Fused kernel where `fusable`; elsewhere F.linear, then `kernels.silu_mul`.
+           counters: torch.Tensor | None = None, activation: str = "silu") -> torch.Tensor:
+    """act(x W_gate^T) * (x W_up^T) for x [T, hidden] and the fused [2 I, hidden] weight
+    (gate rows first, then up rows): a new [T, I] tensor in x's dtype with HF's rounding;
+    activation: "silu" (SwiGLU) or "gelu_tanh" (Gemma's GeGLU), a constexpr of the epilogue.
+    Fused kernel where `fusable`; elsewhere F.linear, then `kernels.gated_act`.
 
     counters: int32 zeros on x's device, at least `counter_slots(device)` entries, which the
     kernel leaves at zero (for callers that launch it repeatedly or inside CUDA graphs: the
@@ -316,13 +324,15 @@ def swiglu(x: torch.Tensor, gate_up_weight: torch.Tensor, cfg: GemmConfig = DEFA
     if x.dim() != 2 or gate_up_weight.dim() != 2 or x.shape[1] != gate_up_weight.shape[1] or gate_up_weight.shape[0] % 2:
         raise ValueError(f"swiglu needs x [T, hidden] and a [2 I, hidden] weight, got {tuple(x.shape)} "
                          f"and {tuple(gate_up_weight.shape)}")
+    if activation not in GATED_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(GATED_ACTIVATIONS)}, got {activation!r}")
     _check_counters(counters, x.device)
     if not fusable(x, gate_up_weight):
-        return silu_mul(F.linear(x, gate_up_weight))
+        return gated_act(F.linear(x, gate_up_weight), activation)
     out = torch.empty((x.shape[0], gate_up_weight.shape[0] // 2), dtype=x.dtype, device=x.device)
     if counters is None:
         counters = torch.zeros(counter_slots(x.device), dtype=torch.int32, device=x.device)
-    _launch(x, gate_up_weight, (out,), cfg, counters)
+    _launch(x, gate_up_weight, (out,), cfg, counters, activation=activation)
     return out
 
 

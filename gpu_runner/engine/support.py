@@ -148,9 +148,6 @@ def engine_refusal(model: torch.nn.Module) -> tuple[str, str] | None:
         if getattr(cfg, field, False):
             return (field, f"the engine does not implement {field}=True")
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-    if head_dim & (head_dim - 1) and model.lm_head.weight.is_cuda:
-        # measured on the H200 (Phi-3, head_dim 96): the Triton kernels' tiles need a power of two
-        return ("head_dim", f"on CUDA the engine's Triton kernels need a power-of-two head_dim, the model's is {head_dim}")
     if (getattr(cfg, "pretraining_tp", 1) or 1) != 1:
         return ("pretraining_tp", "split projections (pretraining_tp > 1) are not implemented")
     for field in _NO_SCALING_FIELDS:
