@@ -47,20 +47,26 @@ def measure() -> tuple[dict[str, set[str]], dict[str, str]]:
     """(proven: path -> model types exact on it, skipped: model type -> reason)."""
     from gpu_runner.support import probing
 
-    proven: dict[str, set[str]] = {p: set() for p in PATHS}
+    from gpu_runner.support import model_type as library_type
+
+    exact: dict[str, dict[str, list[bool]]] = {p: {} for p in PATHS}  # path -> library type -> per zoo type
     skipped: dict[str, str] = {}
     with probing():
-        for model_type in causal_lm_types():
-            model = build_tiny(model_type)
+        for zoo_type in causal_lm_types():
+            model = build_tiny(zoo_type)
             if isinstance(model, str):
-                skipped[model_type] = model
+                skipped[zoo_type] = model
                 continue
-            for path in ("dense", "flex", "varlen", "engine"):
-                if check_path(model, path).kind == "exact":
-                    proven[path].add(model_type)
-            backend = next((b for b in ("dense", "flex") if model_type in proven[b]), None)
-            if backend is not None and check_path(model, "generate", backend=backend).kind == "exact":
-                proven["generate"].add(model_type)
+            # the allowlist is keyed by what the library reads (config.model_type: Emu3's
+            # causal LM is "emu3_text_model"), not by the auto-mapping key
+            name = library_type(model)
+            found = {p: check_path(model, p).kind == "exact" for p in ("dense", "flex", "varlen", "engine")}
+            backend = next((b for b in ("dense", "flex") if found[b]), None)
+            found["generate"] = backend is not None and check_path(model, "generate", backend=backend).kind == "exact"
+            for path, ok in found.items():
+                exact[path].setdefault(name, []).append(ok)
+    # a library type is proven on a path only if every zoo type that builds it is exact there
+    proven = {p: {name for name, oks in exact[p].items() if all(oks)} for p in PATHS}
     return proven, skipped
 
 
