@@ -122,7 +122,7 @@ def _generate_hf(
     **generate_kwargs: Any,
 ) -> list[list[int]]:
     """Today's path: packed prefill of all but the last prompt tokens, then HF generate."""
-    prompts, lengths = validate_prompts(model, prompts)
+    prompts, lengths = validate_prompts(model, prompts, local_attention=True)  # windows: support decides
     require_supported(model, "generate", lengths=lengths)  # UnsupportedModelError if not proven
     news = per_prompt_new_tokens(max_new_tokens, len(prompts))
     max_new_tokens = max(news)

@@ -19,6 +19,7 @@ from itertools import chain
 import numpy as np
 import torch
 
+from gpu_runner.windows import WindowLayout
 from gpu_runner.positions import PLAIN, PositionRule
 from packers import Packing
 
@@ -38,6 +39,8 @@ class PackedInputs:
                                             (prompts and per-row padding runs) in the
                                             flattened [R * L] stream, for varlen kernels
       max_seqlen:                           longest segment, tokens
+      windows:                              the model's local attention, when a prompt is
+                                            longer than its smallest window (masks follow it)
     """
 
     input_ids: torch.Tensor
@@ -49,6 +52,7 @@ class PackedInputs:
     last_index: torch.Tensor
     cu_seqlens: torch.Tensor
     max_seqlen: int
+    windows: WindowLayout | None = None
 
     def __post_init__(self) -> None:
         if self.input_ids.dim() != 2 or self.input_ids.shape != self.position_ids.shape:
@@ -93,6 +97,7 @@ def pack_inputs(
     pad_token_id: int = 0,
     device: torch.device | str | None = None,
     positions: PositionRule = PLAIN,
+    windows: WindowLayout | None = None,
 ) -> PackedInputs:
     """Lay `prompts` (token-id lists, caller's order) out in packed rows as `packing` says.
 
@@ -100,6 +105,7 @@ def pack_inputs(
               packing's capacity) keeps shapes static across batches.
     num_rows: rows; default the number of bins. Extra rows are all padding (static shapes).
     positions: how each prompt's tokens are numbered (`positions.forward_rule(model)`).
+    windows:  local attention the backends' masks apply (`gpu_runner.windows.window_layout`).
     Raises `ValueError` if the prompts do not match `packing.lengths`, or if row_len /
     num_rows are too small for the packing.
     """
@@ -172,4 +178,5 @@ def pack_inputs(
         last_index=to(last_index),
         cu_seqlens=to(bounds, torch.int32),
         max_seqlen=max_seqlen,
+        windows=windows,
     )

@@ -22,8 +22,9 @@ from gpu_runner.model_guard import inference_call
 from gpu_runner.positions import PositionRule, forward_rule
 from gpu_runner.plan import ForwardPlan, check_fits_device, estimate_forward_bytes, plan_forwards, text_config
 from gpu_runner.result import OUT_OF_MEMORY, PrefillOutOfMemoryError, PrefillResult
-from gpu_runner.support import auto_backend, require_backend
+from gpu_runner.support import auto_backend, local_window, require_backend
 from gpu_runner.validate import validate_prompts
+from gpu_runner.windows import WindowLayout, window_layout
 from packers import Packing
 
 __all__ = ["check_packing", "prefill", "prefill_texts", "project_logits", "sub_packing"]
@@ -157,6 +158,7 @@ def _run_forward(
     members: list[int],
     kv: PromptKV | None,
     positions: PositionRule,
+    windows: WindowLayout | None,
 ) -> torch.Tensor:
     """Run one packed forward; return its prompts' logits [n, vocab] (sub-packing order) and
     record their K/V in `kv` (global indices `members`) unless it is None."""
@@ -169,6 +171,7 @@ def _run_forward(
         pad_token_id=pad_token_id,
         device=device,
         positions=positions,
+        windows=windows,
     )
     call: dict[str, Any] = {
         "input_ids": inputs.input_ids,
@@ -237,7 +240,8 @@ def prefill(
     to need more memory than the device has free) before any device work, and
     `PrefillOutOfMemoryError` naming the forward if the device runs out of memory.
     """
-    prompts, lengths = validate_prompts(model, prompts)
+    # prompts longer than a local window: `support` decides per path (windowed masks where proven)
+    prompts, lengths = validate_prompts(model, prompts, local_attention=True)
     if positions is None:
         positions = forward_rule(model)  # UnsupportedModelError for a rule packing cannot reproduce
     device, dtype = model_device_dtype(model)
@@ -282,6 +286,9 @@ def prefill(
     )
     check_fits_device(plans, device)  # row_len=10**5 and the like: refused before allocating
     decoder = decoder_of(model)
+    config = text_config(model.config)
+    window = local_window(config)
+    windows = window_layout(config) if window is not None and max(lengths) > window else None
     logits: torch.Tensor | None = None
     kv = PromptKV(len(lengths)) if return_kv else None
     with inference_call(model, attn.attn_implementation):  # the model to itself, eval mode
@@ -294,6 +301,7 @@ def prefill(
                 part_logits = _run_forward(
                     model, decoder, attn, [prompts[g] for g in members], sub, plan,
                     pad_token_id=pad_token_id, device=device, members=members, kv=kv, positions=positions,
+                    windows=windows,
                 )  # fmt: skip
             except OUT_OF_MEMORY as exc:
                 if device.type == "cuda":

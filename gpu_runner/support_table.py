@@ -4,6 +4,8 @@ PROVEN[path]: the model types the model-zoo conformance test proved exact on tha
 (tiny random-weight fp32 models of the installed transformers, packed prompts against
 each prompt run alone; see tests/test_model_zoo.py and docs/support_matrix.md).
 _ALL: the model types proven on at least one path.
+WINDOWED[path]: those also proven with prompts longer than a tiny local-attention window
+(windowed packed masks, gpu_runner.windows; zoo_check.WINDOWED_LENGTHS).
 """
 
 _ALL: frozenset[str] = frozenset({
@@ -46,5 +48,31 @@ PROVEN: dict[str, frozenset[str]] = {
         "cwm", "doge", "emu3_text_model", "exaone", "gemma", "granite", "internlm3",
         "iquestcoder", "llama", "ministral", "ministral3", "mistral", "olmo2", "phi3", "qwen2",
         "qwen3", "seed_oss"
+    }),
+}
+
+WINDOWED: dict[str, frozenset[str]] = {
+    "dense": frozenset({
+        "afmoe", "beam", "cohere2", "cohere2_moe", "cwm", "ergo", "exaone4", "exaone_moe",
+        "gemma3", "gemma3_text", "gemma4", "gemma4_text", "gemma4_unified",
+        "gemma4_unified_text", "kolibri1", "llama4_text", "ministral", "mistral",
+        "modernbert-decoder", "olmo3"
+    }),
+    "flex": frozenset({
+        "afmoe", "beam", "cohere2", "cohere2_moe", "cwm", "ergo", "exaone4", "exaone_moe",
+        "flint", "gemma2", "gemma3", "gemma3_text", "gemma4", "gemma4_text", "gemma4_unified",
+        "gemma4_unified_text", "gpt_oss", "granite_swa", "granitemoe_swa", "kolibri1",
+        "llama4_text", "mimo_v2_flash", "ministral", "mistral", "modernbert-decoder", "olmo3",
+        "vaultgemma"
+    }),
+    "varlen": frozenset({
+        "moshi"
+    }),
+    "generate": frozenset({
+        "afmoe", "beam", "cohere2", "cohere2_moe", "cwm", "ergo", "exaone4", "exaone_moe",
+        "flint", "gemma2", "gemma3", "gemma3_text", "gemma4", "gemma4_text", "gemma4_unified",
+        "gemma4_unified_text", "gpt_oss", "granite_swa", "granitemoe_swa", "kolibri1",
+        "llama4_text", "mimo_v2_flash", "ministral", "mistral", "modernbert-decoder", "olmo3",
+        "vaultgemma"
     }),
 }

@@ -23,6 +23,7 @@ import torch
 VOCAB = 128
 MAX_POS = 256
 WINDOW = 64  # small windows, still longer than every zoo prompt
+TINY_WINDOW = 4  # windows shorter than the zoo's windowed prompts (zoo_check.WINDOWED_LENGTHS)
 SPECIAL_IDS = 8  # special token ids (image, audio, ...) moved into the top 8 ids; prompts avoid them
 
 # field -> tiny value, for whichever of these names a config carries
@@ -160,9 +161,25 @@ def _config_and_size(cls: type, values: dict[str, Any]) -> tuple[Any, int]:
         return config, sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
 
 
+def _with_window(values: dict[str, Any], window: int) -> dict[str, Any]:
+    """`values` with every window field the shrink set to WINDOW set to `window` (sub-configs too)."""
+    out = dict(values)
+    for key, value in values.items():
+        if key in _WINDOW_FIELDS and value == WINDOW:
+            out[key] = window
+        elif isinstance(value, dict) and "model_type" in value:
+            out[key] = _with_window(value, window)
+    return out
+
+
+_WINDOW_FIELDS = ("sliding_window", "attention_chunk_size", "window_size", "sliding_window_size")
+
+
 @cache
-def build_tiny(model_type: str) -> torch.nn.Module | str:
-    """A tiny fp32 eval-mode model of `model_type` (fixed seed), or why it cannot be built."""
+def build_tiny(model_type: str, window: int = WINDOW) -> torch.nn.Module | str:
+    """A tiny fp32 eval-mode model of `model_type` (fixed seed), or why it cannot be built;
+    `window`: the local-attention span its window fields get (TINY_WINDOW: shorter than the
+    zoo's windowed prompts)."""
     from transformers import CONFIG_MAPPING, AutoModelForCausalLM
 
     if model_type in _SKIP:
@@ -176,6 +193,8 @@ def build_tiny(model_type: str) -> torch.nn.Module | str:
             except Exception:  # noqa: BLE001 - some defaults do not validate; start from nothing
                 values = {}
             tiny = _overrides(model_type, _shrink(values))
+            if window != WINDOW:
+                tiny = _with_window(tiny, window)
             for k in ("transformers_version", "architectures", "model_type", "_name_or_path", "dtype"):
                 tiny.pop(k, None)
             try:
