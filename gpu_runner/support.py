@@ -10,7 +10,8 @@ This module is the one place that decides. Paths:
 The rule is an allowlist. A model is supported on a runner path only when its
 `model_type` is in `PROVEN[path]`, the table the model-zoo conformance test
 (tests/test_model_zoo.py, regenerated with `python -m tests.zoo_matrix --write`) proved
-exact against each prompt run alone; the engine additionally needs every module and config
+exact against each prompt run alone under every transformers version it measured
+(`MEASURED_VERSIONS`; a type exact under some only is `VERSION_DEPENDENT` and refused); the engine additionally needs every module and config
 field of the model to be one it implements (`engine_refusal`). A config-dependent feature
 is checked on top: a prompt longer than a local attention window (sliding windows, chunks)
 runs only on the paths of `WINDOWED[path]`, the types the zoo proved with windowed masks
@@ -32,7 +33,7 @@ from typing import Any
 
 import torch
 
-from gpu_runner.support_table import PROVEN, WINDOWED
+from gpu_runner.support_table import MEASURED_VERSIONS, PROVEN, VERSION_DEPENDENT, WINDOWED
 
 __all__ = [
     "PATHS",
@@ -212,6 +213,12 @@ def _not_proven(model: torch.nn.Module, path: str, features: list[tuple[str, str
     if features:
         feature, detail = features[0]
         return feature, f"{detail}; the model-zoo test found this path not exact for it"
+    if model_type(model) in VERSION_DEPENDENT.get(path, ()):
+        return (
+            "transformers-version dependent",
+            "the model-zoo test found this path exact under some of the transformers versions it "
+            f"measured ({', '.join(MEASURED_VERSIONS)}) and not under others",
+        )
     return (
         "unverified architecture",
         "the model-zoo conformance test has not proven this path exact for this model type "

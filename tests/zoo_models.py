@@ -39,7 +39,7 @@ _SHRINK: dict[str, Any] = {
     "max_position_embeddings": MAX_POS, "n_positions": MAX_POS, "max_seq_len": MAX_POS,
     "num_experts": 4, "n_routed_experts": 4, "num_local_experts": 4, "moe_num_experts": 4,
     "num_experts_per_tok": 2, "num_experts_per_token": 2, "moe_topk": 2, "moe_k": 2,
-    "num_layers_per_stack": 1,
+    "num_layers_per_stack": 1, "zero_expert_num": 2, "expert_ffn_hidden_size": 32,
     "n_group": 1, "topk_group": 1, "num_expert_group": 1,
     "q_lora_rank": 16, "kv_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8,
     "v_head_dim": 16, "qk_head_dim": 16,
