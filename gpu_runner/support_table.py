@@ -14,11 +14,11 @@ exact under some of them, not all.
 _ALL: frozenset[str] = frozenset({
     "afmoe", "apertus", "apertus1p5_text", "arcee", "aria_text", "axk1", "beam", "bert",
     "bert-generation", "biogpt", "bitnet", "camembert", "cohere", "cohere2", "cohere2_moe",
-    "ctrl", "cwm", "data2vec-text", "deepseek_v2", "deepseek_v3", "diffllama", "electra",
-    "emu3_text_model", "ergo", "ernie", "ernie4_5", "ernie4_5_moe", "exaone", "exaone4",
-    "exaone_moe", "falcon", "flex_olmo", "flint", "fuyu", "gemma", "gemma2", "gemma3",
-    "gemma3_text", "gemma4", "gemma4_text", "gemma4_unified", "gemma4_unified_text", "glm",
-    "glm4", "glm4_moe", "glm4_moe_lite", "got_ocr2", "gpt2", "gpt_bigcode", "gpt_neox",
+    "ctrl", "cwm", "data2vec-text", "deepseek_v2", "deepseek_v3", "diffllama", "dots1",
+    "electra", "emu3_text_model", "ergo", "ernie", "ernie4_5", "ernie4_5_moe", "exaone",
+    "exaone4", "exaone_moe", "falcon", "flex_olmo", "flint", "fuyu", "gemma", "gemma2",
+    "gemma3", "gemma3_text", "gemma4", "gemma4_text", "gemma4_unified", "gemma4_unified_text",
+    "glm", "glm4", "glm4_moe", "glm4_moe_lite", "got_ocr2", "gpt2", "gpt_bigcode", "gpt_neox",
     "gpt_oss", "granite", "granite_swa", "granitemoe", "granitemoe_swa", "granitemoeshared",
     "helium", "hrm_text", "hunyuan_v1_dense", "hunyuan_v1_moe", "hy_v3", "hyperclovax",
     "internlm3", "iquestcoder", "jais2", "jetmoe", "kolibri1", "laguna", "lfm2", "llama",
@@ -27,9 +27,9 @@ _ALL: frozenset[str] = frozenset({
     "mllama_text_model", "modernbert-decoder", "moshi", "moss_transcribe_diarize", "nanochat",
     "nemotron", "olmo", "olmo2", "olmo3", "olmoe", "opt", "param2moe", "persimmon", "phi",
     "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "roberta",
-    "roberta-prelayernorm", "sarvam_mla", "sarvam_moe", "seed_oss", "smollm3", "solar_open",
-    "stablelm", "starcoder2", "vaultgemma", "whisper", "xlm-roberta", "xlm-roberta-xl", "xmod",
-    "youtu"
+    "roberta-prelayernorm", "roc_bert", "sarvam_mla", "sarvam_moe", "seed_oss", "smollm3",
+    "solar_open", "stablelm", "starcoder2", "vaultgemma", "whisper", "xlm-roberta",
+    "xlm-roberta-xl", "xmod", "youtu"
 })
 
 PROVEN: dict[str, frozenset[str]] = {

@@ -40,6 +40,8 @@ _SHRINK: dict[str, Any] = {
     "num_experts": 4, "n_routed_experts": 4, "num_local_experts": 4, "moe_num_experts": 4,
     "num_experts_per_tok": 2, "num_experts_per_token": 2, "moe_topk": 2, "moe_k": 2,
     "num_layers_per_stack": 1, "zero_expert_num": 2, "expert_ffn_hidden_size": 32,
+    "unpadded_vocab_size": VOCAB - SPECIAL_IDS, "shape_vocab_size": VOCAB, "pronunciation_vocab_size": VOCAB,
+    "shape_embed_dim": 16, "pronunciation_embed_dim": 16,
     "n_group": 1, "topk_group": 1, "num_expert_group": 1,
     "q_lora_rank": 16, "kv_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8,
     "v_head_dim": 16, "qk_head_dim": 16,
@@ -85,6 +87,10 @@ def _shrink(values: dict[str, Any]) -> dict[str, Any]:
     for key in ("head_dim", "num_key_value_heads"):  # None = derived from the default sizes
         if key in out and out[key] is None and "num_attention_heads" in out:
             out[key] = _SHRINK[key]
+    if "n_routed_experts" in out and out["n_routed_experts"] is None and out.get("moe_intermediate_size"):
+        out["n_routed_experts"] = _SHRINK["n_routed_experts"]  # dots1: set by real configs
+        if out.get("n_shared_experts", 0) is None:
+            out["n_shared_experts"] = 1
     if out.get("num_experts_per_tok", 0) is None and out.get("n_routed_experts"):  # DeepSeek-V2: set by real configs
         out["num_experts_per_tok"] = _SHRINK["num_experts_per_tok"]
     layers = _num_layers(values)
