@@ -54,7 +54,9 @@ def output_cache(output: Any) -> Any:
 
 
 def cache_layers_kv(cache: Any) -> list[KV]:
-    """Per-layer (key, value) tensors of a cache, each [batch, kv_heads, tokens, head_dim]."""
+    """Per-layer (key, value) tensors of a cache, each [batch, kv_heads, tokens, head_dim]
+    (of its self-attention part for an `EncoderDecoderCache`, which RoCBert's decoder keeps)."""
+    cache = getattr(cache, "self_attention_cache", cache)
     layers = getattr(cache, "layers", None)
     if layers is not None:  # transformers 5.x
         return [(layer.keys, layer.values) for layer in layers]

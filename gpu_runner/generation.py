@@ -37,6 +37,7 @@ from gpu_runner.generate_engine import (
     token_id_set,
 )
 from gpu_runner.model_guard import inference_call
+from gpu_runner.positions import generate_rule
 from gpu_runner.runner import prefill
 from gpu_runner.support import require_supported
 from gpu_runner.validate import validate_prompts
@@ -121,7 +122,7 @@ def _generate_hf(
     **generate_kwargs: Any,
 ) -> list[list[int]]:
     """Today's path: packed prefill of all but the last prompt tokens, then HF generate."""
-    prompts, lengths = validate_prompts(model, prompts)
+    prompts, lengths = validate_prompts(model, prompts, local_attention=True)  # windows: support decides
     require_supported(model, "generate", lengths=lengths)  # UnsupportedModelError if not proven
     news = per_prompt_new_tokens(max_new_tokens, len(prompts))
     max_new_tokens = max(news)
@@ -159,6 +160,7 @@ def _generate_hf(
         result = prefill(
             model, [prompts[i][:-1] for i in prefixed], packer, capacity, backend,
             memory_budget_bytes=memory_budget_bytes, return_kv=True,
+            positions=generate_rule(model),  # numbered as HF generate numbers the prompt alone
         )  # fmt: skip
         kv = result.kv
 

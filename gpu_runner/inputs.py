@@ -4,9 +4,10 @@ This module owns the layout of prompts inside packed rows. Everything is built w
 numpy index arithmetic (no Python loop over tokens) and moved to the device once.
 
 Layout of row r (length `row_len`): the prompts of `packing.bins[r]` back to back in
-placement order, then padding. For every token: `position_ids` restarts at 0 at each
-prompt's first token; `segment_ids` is the caller's prompt index, or -1 on padding.
-Padding tokens get position 0 and `pad_token_id`.
+placement order, then padding. For every token: `position_ids` restarts at each prompt's
+first token, numbered as the prompt alone would be (`gpu_runner.positions`: 0, 1, 2, ...
+for most models); `segment_ids` is the caller's prompt index, or -1 on padding. Padding
+tokens get position 0 and `pad_token_id`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from itertools import chain
 import numpy as np
 import torch
 
+from gpu_runner.windows import WindowLayout
+from gpu_runner.positions import PLAIN, PositionRule
 from packers import Packing
 
 __all__ = ["PackedInputs", "pack_inputs", "prompt_lengths"]
@@ -36,6 +39,8 @@ class PackedInputs:
                                             (prompts and per-row padding runs) in the
                                             flattened [R * L] stream, for varlen kernels
       max_seqlen:                           longest segment, tokens
+      windows:                              the model's local attention, when a prompt is
+                                            longer than its smallest window (masks follow it)
     """
 
     input_ids: torch.Tensor
@@ -47,6 +52,7 @@ class PackedInputs:
     last_index: torch.Tensor
     cu_seqlens: torch.Tensor
     max_seqlen: int
+    windows: WindowLayout | None = None
 
     def __post_init__(self) -> None:
         if self.input_ids.dim() != 2 or self.input_ids.shape != self.position_ids.shape:
@@ -90,12 +96,16 @@ def pack_inputs(
     num_rows: int | None = None,
     pad_token_id: int = 0,
     device: torch.device | str | None = None,
+    positions: PositionRule = PLAIN,
+    windows: WindowLayout | None = None,
 ) -> PackedInputs:
     """Lay `prompts` (token-id lists, caller's order) out in packed rows as `packing` says.
 
     row_len:  tokens per row; default the longest bin load. A fixed value (e.g. the
               packing's capacity) keeps shapes static across batches.
     num_rows: rows; default the number of bins. Extra rows are all padding (static shapes).
+    positions: how each prompt's tokens are numbered (`positions.forward_rule(model)`).
+    windows:  local attention the backends' masks apply (`gpu_runner.windows.window_layout`).
     Raises `ValueError` if the prompts do not match `packing.lengths`, or if row_len /
     num_rows are too small for the packing.
     """
@@ -142,7 +152,7 @@ def pack_inputs(
     flat_pos = np.zeros(num_rows * row_len, dtype=np.int64)
     flat_seg = np.full(num_rows * row_len, -1, dtype=np.int64)
     flat_ids[dest] = tokens
-    flat_pos[dest] = within
+    flat_pos[dest] = within if positions.plain else positions.positions(tokens, lengths)
     flat_seg[dest] = np.repeat(np.arange(n, dtype=np.int64), lengths)
     last_index = row_of * row_len + start_of + lengths - 1
 
@@ -168,4 +178,5 @@ def pack_inputs(
         last_index=to(last_index),
         cu_seqlens=to(bounds, torch.int32),
         max_seqlen=max_seqlen,
+        windows=windows,
     )

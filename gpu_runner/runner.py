@@ -8,6 +8,7 @@ work; an out-of-memory inside a forward becomes `PrefillOutOfMemoryError` naming
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,10 +19,12 @@ from gpu_runner.attention import AttentionBackend, resolve_backend
 from gpu_runner.cache import PromptKV, cache_kwarg_name, cache_layers_kv, new_dynamic_cache, output_cache
 from gpu_runner.inputs import pack_inputs
 from gpu_runner.model_guard import inference_call
+from gpu_runner.positions import PositionRule, forward_rule
 from gpu_runner.plan import ForwardPlan, check_fits_device, estimate_forward_bytes, plan_forwards, text_config
 from gpu_runner.result import OUT_OF_MEMORY, PrefillOutOfMemoryError, PrefillResult
-from gpu_runner.support import auto_backend, require_backend
+from gpu_runner.support import auto_backend, local_window, require_backend
 from gpu_runner.validate import validate_prompts
+from gpu_runner.windows import WindowLayout, window_layout
 from packers import Packing
 
 __all__ = ["check_packing", "prefill", "prefill_texts", "project_logits", "sub_packing"]
@@ -65,12 +68,18 @@ def check_packing(packing: object, lengths: Sequence[int]) -> Packing:
     return rebuilt
 
 
+def _takes_input_ids(module: Any) -> bool:
+    return isinstance(module, torch.nn.Module) and "input_ids" in inspect.signature(module.forward).parameters
+
+
 def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The base model (token ids in, final hidden states out): `get_decoder()`, or `.model`
+    where that is not one (ModernBERT-decoder's `get_decoder()` finds its output Linear)."""
     getter = getattr(model, "get_decoder", None)
     decoder = getter() if callable(getter) else None
-    if decoder is None or decoder is model:
+    if decoder is None or decoder is model or not _takes_input_ids(decoder):
         decoder = getattr(model, "model", None)
-    if decoder is None:
+    if decoder is None or not _takes_input_ids(decoder):
         raise ValueError(f"cannot find the base model of {type(model).__name__} (get_decoder / .model)")
     return decoder
 
@@ -88,6 +97,14 @@ def output_head(model: torch.nn.Module) -> torch.nn.Module:
             continue
         if any(m is out for m in child.modules()) and not any(m is decoder for m in child.modules()):
             return child
+    # a prediction head (dense + norm) registered as its own child before the output
+    # embedding, and nothing else beside the base model: ELECTRA, ModernBERT-decoder
+    rest = [
+        c for c in model.children()
+        if not any(m is decoder for m in c.modules()) and any(True for _ in c.parameters())
+    ]  # fmt: skip
+    if len(rest) == 2 and rest[1] is out:
+        return torch.nn.Sequential(rest[0], out)
     return out
 
 
@@ -140,6 +157,8 @@ def _run_forward(
     device: torch.device,
     members: list[int],
     kv: PromptKV | None,
+    positions: PositionRule,
+    windows: WindowLayout | None,
 ) -> torch.Tensor:
     """Run one packed forward; return its prompts' logits [n, vocab] (sub-packing order) and
     record their K/V in `kv` (global indices `members`) unless it is None."""
@@ -151,6 +170,8 @@ def _run_forward(
         num_rows=plan.num_rows,
         pad_token_id=pad_token_id,
         device=device,
+        positions=positions,
+        windows=windows,
     )
     call: dict[str, Any] = {
         "input_ids": inputs.input_ids,
@@ -184,6 +205,7 @@ def prefill(
     memory_budget_bytes: int | None = None,
     return_kv: bool = True,
     pad_token_id: int | None = None,
+    positions: PositionRule | None = None,
 ) -> PrefillResult:
     """Prefill `prompts` through `model` in packed rows; one result per prompt, caller's order.
 
@@ -208,6 +230,9 @@ def prefill(
     return_kv: keep per-prompt K/V (needs the packed cache in memory).
     pad_token_id: token id of padding slots (default the config's, else 0); never affects
               real tokens.
+    positions: how each prompt's tokens are numbered (`gpu_runner.positions`); default
+              the model's own forward on the prompt alone (`forward_rule`: 0, 1, ...; RoBERTa-
+              style models padding_idx + 1, ...); `generate` passes `generate_rule`.
     Raises `support.UnsupportedModelError` (a ValueError) when the backend is not proven
     exact for this model ("auto" picks one that is, or raises it naming the paths that are),
     `ValueError` on bad input (see `validate_prompts`; unknown packer / backend,
@@ -215,7 +240,10 @@ def prefill(
     to need more memory than the device has free) before any device work, and
     `PrefillOutOfMemoryError` naming the forward if the device runs out of memory.
     """
-    prompts, lengths = validate_prompts(model, prompts)
+    # prompts longer than a local window: `support` decides per path (windowed masks where proven)
+    prompts, lengths = validate_prompts(model, prompts, local_attention=True)
+    if positions is None:
+        positions = forward_rule(model)  # UnsupportedModelError for a rule packing cannot reproduce
     device, dtype = model_device_dtype(model)
     if backend != "auto":
         attn = resolve_backend(backend, device, dtype)  # unknown / unavailable: fail before packing
@@ -258,6 +286,9 @@ def prefill(
     )
     check_fits_device(plans, device)  # row_len=10**5 and the like: refused before allocating
     decoder = decoder_of(model)
+    config = text_config(model.config)
+    window = local_window(config)
+    windows = window_layout(config) if window is not None and max(lengths) > window else None
     logits: torch.Tensor | None = None
     kv = PromptKV(len(lengths)) if return_kv else None
     with inference_call(model, attn.attn_implementation):  # the model to itself, eval mode
@@ -269,7 +300,8 @@ def prefill(
             try:
                 part_logits = _run_forward(
                     model, decoder, attn, [prompts[g] for g in members], sub, plan,
-                    pad_token_id=pad_token_id, device=device, members=members, kv=kv,
+                    pad_token_id=pad_token_id, device=device, members=members, kv=kv, positions=positions,
+                    windows=windows,
                 )  # fmt: skip
             except OUT_OF_MEMORY as exc:
                 if device.type == "cuda":

@@ -32,9 +32,10 @@ from gpu_runner.attention.masks import dense_block_causal_mask
 from gpu_runner.inputs import pack_inputs
 from gpu_runner.model_guard import inference_call, model_lock
 from gpu_runner.plan import estimate_forward_bytes, plan_forwards, text_config
+from gpu_runner.positions import PositionRule, forward_rule
 from gpu_runner.result import PrefillOutOfMemoryError
 from gpu_runner.runner import decoder_of, model_device_dtype, project_logits, resolve_capacity, sub_packing
-from gpu_runner.support import auto_backend, refusal, require_backend, require_supported
+from gpu_runner.support import UnsupportedModelError, auto_backend, model_type, refusal, require_backend, require_supported
 from gpu_runner.validate import sliding_window
 from gpu_runner.score_engine import DEFAULT_BATCH_TOKENS, PATHS, engine_score, engine_score_unsupported
 from simulator.names import DENSE
@@ -176,8 +177,17 @@ def _score(model: torch.nn.Module, requests: Sequence[Any], *, packer: str | pac
         raise ValueError(f"share_contexts='tree' needs a tree mask: backend must be 'auto' or 'dense', got {backend!r}")
     config = text_config(model.config)
     vocab = model.get_input_embeddings().num_embeddings
+    positions = forward_rule(model)  # RoBERTa-style offsets; UnsupportedModelError for an unknown rule
+    context = getattr(config, "max_position_embeddings", None)
+    if isinstance(context, int) and context > 0:
+        context = positions.max_tokens(context)
+    if share_contexts == "tree" and not positions.plain:
+        raise UnsupportedModelError(
+            f"share_contexts='tree' is not supported for model_type {model_type(model)!r} (position offset): "
+            "tree layouts number positions from 0; use share_contexts='identical' or 'none'"
+        )
     checked = validate_requests(requests, vocab_size=vocab, window=sliding_window(config),
-                                max_input_tokens=getattr(config, "max_position_embeddings", None))
+                                max_input_tokens=context)
     if not 0 <= int(pad_token_id) < vocab:
         raise ValueError(f"pad_token_id {pad_token_id} is outside the vocabulary [0, {vocab})")
     if memory_budget_bytes is not None:
@@ -185,7 +195,7 @@ def _score(model: torch.nn.Module, requests: Sequence[Any], *, packer: str | pac
     share = share_contexts
     groups = None  # computed once for auto_share and the layout
     if share == "auto" and path != "engine":  # the engine path shares "identical" (no tree masks)
-        tree_ok = backend in ("auto", "dense") and refusal(model, DENSE) is None  # the tree mask runs dense
+        tree_ok = backend in ("auto", "dense") and refusal(model, DENSE) is None and positions.plain  # dense tree mask
         groups = share_groups(checked) if tree_ok else None
         share = auto_share(checked, groups) if tree_ok else "identical"
     if path == "auto" and share == "tree":
@@ -244,7 +254,7 @@ def _score(model: torch.nn.Module, requests: Sequence[Any], *, packer: str | pac
             unique_flat[here] = rows[j] * plan.row_len + starts[j] + layout.unique_offset[here]
             try:
                 _run_forward(model, decoder, attn, layout, members, sub, plan, rows, starts, here,
-                             unique_flat, pad_token_id, device, pair_lp, pair_greedy)  # fmt: skip
+                             unique_flat, pad_token_id, device, pair_lp, pair_greedy, positions)  # fmt: skip
             except _OUT_OF_MEMORY as exc:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -303,10 +313,11 @@ def _stream_results(layout: ScoreLayout, chunks: Iterator[tuple[np.ndarray, np.n
 
 
 def _run_forward(model, decoder, attn, layout: ScoreLayout, members, sub, plan, rows, starts, here,
-                 unique_flat, pad_token_id, device, pair_lp, pair_greedy) -> None:
+                 unique_flat, pad_token_id, device, pair_lp, pair_greedy, positions: PositionRule) -> None:
     """One packed forward; writes the log-prob and greedy flag of every pair it scores."""
     inputs = pack_inputs([layout.segment(g) for g in members], sub, row_len=plan.row_len,
-                         num_rows=plan.num_rows, pad_token_id=pad_token_id, device=device)  # fmt: skip
+                         num_rows=plan.num_rows, pad_token_id=pad_token_id, device=device,
+                         positions=positions)  # fmt: skip
     position_ids = inputs.position_ids
     if layout.branches is not None:
         position_ids, branch = _tree_extras(layout, members, rows, starts, plan.row_len, plan.num_rows, device)

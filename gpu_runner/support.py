@@ -10,10 +10,12 @@ This module is the one place that decides. Paths:
 The rule is an allowlist. A model is supported on a runner path only when its
 `model_type` is in `PROVEN[path]`, the table the model-zoo conformance test
 (tests/test_model_zoo.py, regenerated with `python -m tests.zoo_matrix --write`) proved
-exact against each prompt run alone; the engine additionally needs every module and config
+exact against each prompt run alone under every transformers version it measured
+(`MEASURED_VERSIONS`; a type exact under some only is `VERSION_DEPENDENT` and refused); the engine additionally needs every module and config
 field of the model to be one it implements (`engine_refusal`). A config-dependent feature
-is checked on top: local attention (sliding windows, chunks) refuses prompts longer than
-the window, since packed masks here are block-diagonal causal, not windowed.
+is checked on top: a prompt longer than a local attention window (sliding windows, chunks)
+runs only on the paths of `WINDOWED[path]`, the types the zoo proved with windowed masks
+(gpu_runner.windows) on prompts longer than a tiny window; elsewhere it is refused.
 
 Everything else raises `UnsupportedModelError` (a `ValueError`) naming the architecture
 (model_type), the feature that stands in the way where one is recognized (QK-norm,
@@ -31,11 +33,12 @@ from typing import Any
 
 import torch
 
-from gpu_runner.support_table import PROVEN
+from gpu_runner.support_table import MEASURED_VERSIONS, PROVEN, VERSION_DEPENDENT, WINDOWED
 
 __all__ = [
     "PATHS",
     "PROVEN",
+    "WINDOWED",
     "Refusal",
     "UnsupportedModelError",
     "local_window",
@@ -210,6 +213,12 @@ def _not_proven(model: torch.nn.Module, path: str, features: list[tuple[str, str
     if features:
         feature, detail = features[0]
         return feature, f"{detail}; the model-zoo test found this path not exact for it"
+    if model_type(model) in VERSION_DEPENDENT.get(path, ()):
+        return (
+            "transformers-version dependent",
+            "the model-zoo test found this path exact under some of the transformers versions it "
+            f"measured ({', '.join(MEASURED_VERSIONS)}) and not under others",
+        )
     return (
         "unverified architecture",
         "the model-zoo conformance test has not proven this path exact for this model type "
@@ -261,14 +270,27 @@ def _reason(model: torch.nn.Module, path: str, lengths: Sequence[int] | None) ->
     found = _runner_refusal(model, path, features)
     if found is not None:
         return found
-    window = local_window(_config(model))
-    if window is not None and lengths and max(lengths) > window:
+    cfg = _config(model)
+    window = local_window(cfg)
+    if window is not None and lengths and max(lengths) > window and not _windowed_ok(model, path, cfg, window):
         return (
             "local attention",
             f"a prompt of {max(lengths)} tokens is longer than the model's local attention span "
-            f"({window} tokens: sliding window / attention chunk) and packed masks here are full causal",
+            f"({window} tokens: sliding window / attention chunk) and windowed packed masks are not "
+            "proven exact for it on this path",
         )
     return None
+
+
+def _windowed_ok(model: torch.nn.Module, path: str, cfg: Any, window: int) -> bool:
+    """Prompts longer than the window: proven by the zoo's windowed check (`WINDOWED`) and
+    the masks' layout covers the span `local_window` found (gpu_runner.windows)."""
+    from gpu_runner.windows import window_layout
+
+    if model_type(model) not in WINDOWED.get(path, ()):
+        return False
+    layout = window_layout(cfg)
+    return layout is not None and layout.smallest == window
 
 
 def supported_paths(model: torch.nn.Module, *, lengths: Sequence[int] | None = None) -> tuple[str, ...]:

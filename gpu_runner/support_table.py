@@ -4,24 +4,32 @@ PROVEN[path]: the model types the model-zoo conformance test proved exact on tha
 (tiny random-weight fp32 models of the installed transformers, packed prompts against
 each prompt run alone; see tests/test_model_zoo.py and docs/support_matrix.md).
 _ALL: the model types proven on at least one path.
+WINDOWED[path]: those also proven with prompts longer than a tiny local-attention window
+(windowed packed masks, gpu_runner.windows; zoo_check.WINDOWED_LENGTHS).
+Proven = exact under every transformers version of MEASURED_VERSIONS that builds the type
+(tests/zoo_versions.py); VERSION_DEPENDENT[path] (WINDOWED_VERSION_DEPENDENT[path]):
+exact under some of them, not all.
 """
 
 _ALL: frozenset[str] = frozenset({
     "afmoe", "apertus", "apertus1p5_text", "arcee", "aria_text", "axk1", "beam", "bert",
-    "bert-generation", "biogpt", "bitnet", "codegen", "cohere", "cohere2", "cohere2_moe",
-    "ctrl", "cwm", "deepseek_v3", "diffllama", "doge", "emu3", "ergo", "ernie", "ernie4_5",
-    "exaone", "exaone4", "exaone_moe", "falcon", "flex_olmo", "flint", "fuyu", "gemma",
-    "gemma2", "gemma3", "gemma3_text", "gemma4", "gemma4_text", "gemma4_unified",
-    "gemma4_unified_text", "glm", "glm4", "glm4_moe", "glm4_moe_lite", "got_ocr2", "gpt-sw3",
-    "gpt2", "gpt_bigcode", "gpt_neox", "gpt_oss", "gptj", "granite", "granite_swa",
-    "granitemoe", "granitemoe_swa", "granitemoeshared", "helium", "hunyuan_v1_dense",
-    "hunyuan_v1_moe", "hy_v3", "hyperclovax", "internlm3", "iquestcoder", "jais2", "jetmoe",
-    "kolibri1", "laguna", "lfm2", "llama", "longcat_flash", "mellum", "mimo_v2_flash",
-    "minicpm3", "minicpm5_moe", "minimax_m2", "minimax_m3_vl_text", "ministral", "ministral3",
-    "mistral", "mixtral", "mllama", "moshi", "moss_transcribe_diarize", "nanochat", "nemotron",
-    "olmo", "olmo2", "olmo3", "olmoe", "opt", "param2moe", "persimmon", "phi", "phi3", "phimoe",
-    "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "sarvam_mla", "sarvam_moe", "seed_oss",
-    "smollm3", "solar_open", "stablelm", "starcoder2", "vaultgemma", "whisper", "youtu"
+    "bert-generation", "biogpt", "bitnet", "camembert", "cohere", "cohere2", "cohere2_moe",
+    "ctrl", "cwm", "data2vec-text", "deepseek_v2", "deepseek_v3", "diffllama", "dots1",
+    "electra", "emu3_text_model", "ergo", "ernie", "ernie4_5", "ernie4_5_moe", "exaone",
+    "exaone4", "exaone_moe", "falcon", "flex_olmo", "flint", "fuyu", "gemma", "gemma2",
+    "gemma3", "gemma3_text", "gemma4", "gemma4_text", "gemma4_unified", "gemma4_unified_text",
+    "glm", "glm4", "glm4_moe", "glm4_moe_lite", "got_ocr2", "gpt2", "gpt_bigcode", "gpt_neox",
+    "gpt_oss", "granite", "granite_swa", "granitemoe", "granitemoe_swa", "granitemoeshared",
+    "helium", "hrm_text", "hunyuan_v1_dense", "hunyuan_v1_moe", "hy_v3", "hyperclovax",
+    "internlm3", "iquestcoder", "jais2", "jetmoe", "kolibri1", "laguna", "lfm2", "llama",
+    "llama4_text", "longcat_flash", "mellum", "mimo_v2_flash", "minicpm3", "minicpm5_moe",
+    "minimax_m2", "minimax_m3_vl_text", "ministral", "ministral3", "mistral", "mixtral",
+    "mllama_text_model", "modernbert-decoder", "moshi", "moss_transcribe_diarize", "nanochat",
+    "nemotron", "olmo", "olmo2", "olmo3", "olmoe", "opt", "param2moe", "persimmon", "phi",
+    "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "roberta",
+    "roberta-prelayernorm", "roc_bert", "sarvam_mla", "sarvam_moe", "seed_oss", "smollm3",
+    "solar_open", "stablelm", "starcoder2", "vaultgemma", "whisper", "xlm-roberta",
+    "xlm-roberta-xl", "xmod", "youtu"
 })
 
 PROVEN: dict[str, frozenset[str]] = {
@@ -30,20 +38,76 @@ PROVEN: dict[str, frozenset[str]] = {
         "vaultgemma"
     }),
     "flex": _ALL - frozenset({
-        "doge", "gpt-sw3", "gpt2", "lfm2"
+        "falcon", "gpt2", "lfm2"
     }),
     "varlen": _ALL - frozenset({
-        "falcon", "flint", "gpt_oss", "granite_swa", "granitemoe_swa", "mimo_v2_flash",
+        "falcon", "flint", "gpt_oss", "granite_swa", "granitemoe_swa", "mimo_v2_flash", "moshi",
         "nemotron", "stablelm"
     }),
     "generate": _ALL - frozenset({
         "whisper"
     }),
     "engine": frozenset({
-        "apertus", "apertus1p5_text", "arcee", "cwm", "doge", "emu3", "ernie4_5", "exaone",
-        "exaone4", "gemma", "gemma3_text", "glm", "glm4", "granite", "helium",
-        "hunyuan_v1_dense", "hyperclovax", "internlm3", "iquestcoder", "llama", "ministral",
-        "ministral3", "mistral", "nanochat", "olmo2", "olmo3", "phi3", "qwen2", "qwen3",
-        "seed_oss", "smollm3"
+        "cwm", "emu3_text_model", "exaone", "gemma", "granite", "internlm3", "iquestcoder",
+        "llama", "ministral", "ministral3", "mistral", "olmo2", "phi3", "qwen2", "qwen3",
+        "seed_oss"
     }),
 }
+
+WINDOWED: dict[str, frozenset[str]] = {
+    "dense": frozenset({
+        "afmoe", "beam", "cohere2", "cohere2_moe", "cwm", "ergo", "exaone4", "exaone_moe",
+        "gemma3", "gemma3_text", "gemma4", "gemma4_text", "gemma4_unified",
+        "gemma4_unified_text", "kolibri1", "llama4_text", "ministral", "mistral",
+        "modernbert-decoder", "olmo3"
+    }),
+    "flex": frozenset({
+        "afmoe", "beam", "cohere2", "cohere2_moe", "cwm", "ergo", "exaone4", "exaone_moe",
+        "flint", "gemma2", "gemma3", "gemma3_text", "gemma4", "gemma4_text", "gemma4_unified",
+        "gemma4_unified_text", "gpt_oss", "granite_swa", "granitemoe_swa", "kolibri1",
+        "llama4_text", "mimo_v2_flash", "ministral", "mistral", "modernbert-decoder", "olmo3",
+        "vaultgemma"
+    }),
+    "varlen": frozenset({
+    }),
+    "generate": frozenset({
+        "afmoe", "beam", "cohere2", "cohere2_moe", "cwm", "ergo", "exaone4", "exaone_moe",
+        "flint", "gemma2", "gemma3", "gemma3_text", "gemma4", "gemma4_text", "gemma4_unified",
+        "gemma4_unified_text", "gpt_oss", "granite_swa", "granitemoe_swa", "kolibri1",
+        "llama4_text", "mimo_v2_flash", "ministral", "mistral", "modernbert-decoder", "olmo3",
+        "vaultgemma"
+    }),
+}
+
+VERSION_DEPENDENT: dict[str, frozenset[str]] = {
+    "dense": frozenset({
+        "codegen", "doge", "gemma2", "gptj", "vaultgemma"
+    }),
+    "flex": frozenset({
+        "codegen", "falcon", "gptj"
+    }),
+    "varlen": frozenset({
+        "codegen", "doge", "gptj", "moshi"
+    }),
+    "generate": frozenset({
+        "codegen", "doge", "gptj"
+    }),
+    "engine": frozenset({
+        "doge"
+    }),
+}
+
+WINDOWED_VERSION_DEPENDENT: dict[str, frozenset[str]] = {
+    "dense": frozenset({
+        "gemma2", "vaultgemma"
+    }),
+    "flex": frozenset({
+    }),
+    "varlen": frozenset({
+        "moshi"
+    }),
+    "generate": frozenset({
+    }),
+}
+
+MEASURED_VERSIONS: tuple[str, ...] = ('5.17.0', '5.25.0')

@@ -12,6 +12,7 @@ import torch
 
 from gpu_runner.inputs import prompt_lengths
 from gpu_runner.plan import text_config
+from gpu_runner.positions import forward_rule
 from packers.limits import check_num_prompts
 from gpu_runner.support import UnsupportedModelError, local_window, model_type
 
@@ -42,7 +43,7 @@ def sliding_window(config: Any) -> int | None:
 
 
 def check_prompts(
-    model: torch.nn.Module, prompts: Sequence[Sequence[int]]
+    model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, local_attention: bool = False
 ) -> tuple[list[list[int]], list[int], np.ndarray]:
     """`validate_prompts` (same checks, same errors), also returning the flat token ids it
     checked (an integer array, prompts back to back) for callers that lay them out
@@ -71,11 +72,13 @@ def check_prompts(
     longest = max(lengths)
     config = text_config(model.config)
     context = getattr(config, "max_position_embeddings", None)
-    if isinstance(context, int) and context > 0 and longest > context:  # XLNet says -1: no limit
-        i = lengths.index(longest)
-        raise ValueError(f"prompt {i} has {longest} tokens, over the model's context ({context})")
+    if isinstance(context, int) and context > 0:  # XLNet says -1: no limit
+        context = forward_rule(model).max_tokens(context)  # RoBERTa: positions start at padding_idx + 1
+        if longest > context:
+            i = lengths.index(longest)
+            raise ValueError(f"prompt {i} has {longest} tokens, over the model's context ({context})")
     window = sliding_window(config)
-    if window is not None and longest > window:
+    if not local_attention and window is not None and longest > window:
         i = lengths.index(longest)
         raise UnsupportedModelError(
             f"prompt {i} has {longest} tokens, over the model's sliding window ({window}) "
@@ -85,15 +88,16 @@ def check_prompts(
 
 
 def validate_prompts(
-    model: torch.nn.Module, prompts: Sequence[Sequence[int]]
+    model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, local_attention: bool = False
 ) -> tuple[list[list[int]], list[int]]:
     """Check prompts against the model; return (prompts as lists, lengths).
 
     `ValueError` for: an empty list, more prompts than `packers.limits.MAX_PROMPTS`, an
     empty prompt, a non-integer token id (bools and floats included), a token id outside
     [0, vocab), a prompt longer than `max_position_embeddings`, or a prompt longer than the
-    model's local attention span (sliding window / attention chunk: packed masks here are
-    full causal; `support.UnsupportedModelError`, a ValueError).
+    model's local attention span (sliding window / attention chunk; `support.UnsupportedModelError`,
+    a ValueError) unless `local_attention`: a caller that builds windowed masks passes True
+    and asks `support.require_supported(..., lengths=...)` per path instead.
     """
-    prompts, lengths, _ = check_prompts(model, prompts)
+    prompts, lengths, _ = check_prompts(model, prompts, local_attention=local_attention)
     return prompts, lengths

@@ -16,6 +16,7 @@ import torch
 from gpu_runner.support import (
     PATHS,
     PROVEN,
+    VERSION_DEPENDENT,
     Refusal,
     UnsupportedModelError,
     local_window,
@@ -23,8 +24,10 @@ from gpu_runner.support import (
     require_supported,
     supported_paths,
 )
-from tests.zoo_check import check_path
-from tests.zoo_matrix import MATRIX, cell, parse, quiet
+from gpu_runner.support import model_type as library_type
+from gpu_runner.support_table import WINDOWED_VERSION_DEPENDENT
+from tests.zoo_check import WINDOWED_LENGTHS, check_path
+from tests.zoo_matrix import MATRIX, WINDOWED_PATHS, cell, parse, quiet, windowed_model
 from tests.zoo_models import build_tiny, causal_lm_types
 
 TYPES = causal_lm_types()
@@ -56,6 +59,8 @@ def test_every_path_is_exact_or_refused(model_type):
         outcome = check_path(model, path)
         assert outcome.kind in ("exact", "refused"), f"{model_type} / {path}: {outcome.kind}: {outcome.detail}"
         expected = cell(model, path)
+        if outcome.kind == "exact" and expected != "exact" and library_type(model) in VERSION_DEPENDENT[path]:
+            continue  # exact here, not under another measured transformers version: refused everywhere
         assert (outcome.kind == "exact") == (expected == "exact"), (model_type, path, outcome, expected)
         if version == transformers.__version__:
             assert rows.get(model_type, {}).get(path) == expected, (
@@ -125,20 +130,38 @@ def test_auto_picks_flex_where_dense_cannot_run():
     assert result.backend == "flex"
 
 
-def test_prompt_longer_than_the_local_window_is_refused():
+def test_prompt_longer_than_the_local_window_runs_where_windowed_masks_are_proven():
     from transformers import AutoModelForCausalLM
 
-    import gpu_runner
     from tests.test_runner_support import model_config
 
     model = AutoModelForCausalLM.from_config(model_config("mistral", sliding_window=4)).eval()
     assert local_window(model.config) == 4
-    with pytest.raises(UnsupportedModelError, match="sliding window \\(4\\)"):
-        gpu_runner.prefill(model, [[1, 2, 3, 4, 5], [1, 2]])
-    assert refusal(model, "dense", lengths=[5]).feature == "local attention"
-    assert refusal(model, "dense", lengths=[4]) is None
+    assert refusal(model, "dense", lengths=[5]) is None and refusal(model, "flex", lengths=[5]) is None
+    found = refusal(model, "varlen", lengths=[5])
+    assert found.feature == "local attention" and "dense" in found.alternatives
+    assert refusal(model, "engine", lengths=[5]).feature == "local attention"
+    assert refusal(model, "varlen", lengths=[4]) is None
     model.config.use_sliding_window = False
     assert local_window(model.config) is None
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_prompts_longer_than_a_tiny_window_are_exact_or_refused(model_type):
+    """The type built with 4-token windows / chunks, prompts of up to 9 tokens: every runner
+    path and generate is exact (windowed masks) or refused, as the library decides."""
+    model = windowed_model(model_type)
+    if model is None:
+        pytest.skip("no local window in its tiny config")
+    for path in WINDOWED_PATHS:
+        outcome = check_path(model, path, lengths=WINDOWED_LENGTHS)
+        assert outcome.kind in ("exact", "refused"), f"{model_type} / {path}: {outcome.kind}: {outcome.detail}"
+        expected = refusal(model, path, lengths=WINDOWED_LENGTHS) is None
+        if outcome.kind == "exact" and not expected and library_type(model) in (
+            VERSION_DEPENDENT[path] | WINDOWED_VERSION_DEPENDENT[path]
+        ):
+            continue  # exact here, not under another measured transformers version
+        assert (outcome.kind == "exact") == expected, (model_type, path, outcome)
 
 
 def test_refusal_validates_and_unknown_path_is_a_value_error():

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_runner_support import MAX_POS, VOCAB, model_config, random_prompts, tiny_model
+from test_runner_support import (
+    MAX_POS,
+    VOCAB,
+    model_config,
+    random_prompts,
+    register_reference_varlen_backends,
+    tiny_model,
+)
 
 import gpu_runner
 import packers
@@ -87,13 +94,31 @@ def test_generate_rejects_bad_input_before_running(model, args, kwargs, match):
         gpu_runner.generate(model, *args, **kwargs)
 
 
-def test_prompt_longer_than_the_sliding_window():
+def test_prompt_longer_than_the_sliding_window_runs_windowed_where_proven():
+    """Mistral with an 8-token window: a 10-token prompt runs dense under a windowed mask
+    (logits equal the prompt alone; HF's sliding cache keeps the last 7 tokens, result.kv
+    every token, whose tail matches); the varlen path, not proven with windows, is refused
+    naming the paths that work."""
     from transformers import AutoModelForCausalLM
 
+    from gpu_runner.cache import cache_layers_kv, output_cache
+    from gpu_runner.support import UnsupportedModelError
+
+    torch.manual_seed(0)
     m = AutoModelForCausalLM.from_config(model_config("mistral", sliding_window=8)).eval()
-    with pytest.raises(ValueError, match="prompt 0 has 10 tokens, over the model's sliding window \\(8\\)"):
-        gpu_runner.prefill(m, [[1] * 10, [2] * 3])
-    assert gpu_runner.prefill(m, [[1] * 8, [2] * 3]).logits.shape == (2, VOCAB)
+    prompts = [list(range(3, 13)), [2] * 3, list(range(20, 37))]
+    result = gpu_runner.prefill(m, prompts, backend="dense")
+    for i, prompt in enumerate(prompts):
+        with torch.no_grad():
+            alone = m(input_ids=torch.tensor([prompt]), use_cache=True)
+        torch.testing.assert_close(result.logits[i], alone.logits[0, -1], rtol=1e-4, atol=1e-4)
+        for (k, v), (rk, rv) in zip(result.kv[i], cache_layers_kv(output_cache(alone))):
+            assert k.shape[1] == len(prompt) and rk.shape[2] == min(len(prompt), 7)
+            torch.testing.assert_close(k[:, -rk.shape[2] :], rk[0], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(v[:, -rv.shape[2] :], rv[0], rtol=1e-4, atol=1e-4)
+    register_reference_varlen_backends()
+    with pytest.raises(UnsupportedModelError, match=r"'varlen' .*local attention.*proven exact for it: dense, flex"):
+        gpu_runner.prefill(m, prompts, backend="varlen-reference")
 
 
 def test_result_index_errors():

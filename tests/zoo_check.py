@@ -18,6 +18,8 @@ from gpu_runner.support import UnsupportedModelError
 
 # capacity "max" = 11: FFD packs [11], [9, 2], [7, 4], [5, 3, 1]...
 PROMPT_LENGTHS = (7, 3, 11, 5, 9, 1, 4, 2)
+# with zoo_models.TINY_WINDOW = 4: prompts across one and two window / chunk boundaries
+WINDOWED_LENGTHS = (9, 3, 6, 2, 7, 5)
 NEW_TOKENS = 3
 TOL = {"atol": 2e-4, "rtol": 2e-4}
 PATHS = ("dense", "flex", "varlen", "generate", "engine")
@@ -34,13 +36,13 @@ class Outcome:
             raise ValueError(f"outcome kind must be one of {KINDS}, got {self.kind!r}")
 
 
-def prompts(vocab: int) -> list[list[int]]:
+def prompts(vocab: int, lengths: tuple[int, ...] = PROMPT_LENGTHS) -> list[list[int]]:
     g = torch.Generator().manual_seed(7)
     from tests.zoo_models import SPECIAL_IDS
 
     # text tokens only: clear of the usual special ids 0-2 and of the top ids, where the zoo
     # puts image / audio / other special token ids
-    return [torch.randint(3, vocab - SPECIAL_IDS, (n,), generator=g).tolist() for n in PROMPT_LENGTHS]
+    return [torch.randint(3, vocab - SPECIAL_IDS, (n,), generator=g).tolist() for n in lengths]
 
 
 def _device(model) -> torch.device:
@@ -77,6 +79,10 @@ def _compare_prefill(model, batch, logits, kv) -> str | None:
         if len(kv[i]) != len(ref_kv):
             return f"prompt {i}: {len(kv[i])} cache layers, reference has {len(ref_kv)}"
         for layer, ((k, v), (rk, rv)) in enumerate(zip(kv[i], ref_kv)):
+            if k.shape[-2] > rk.shape[-2] and _has_local_window(model):
+                # HF's sliding-window cache keeps the last window - 1 tokens; result.kv keeps
+                # every token (cache_for / generate hand HF the whole and it trims the same way)
+                k, v = k[..., -rk.shape[-2] :, :], v[..., -rv.shape[-2] :, :]
             if k.shape != rk.shape or v.shape != rv.shape:
                 return f"prompt {i} layer {layer}: K/V shape {tuple(k.shape)} vs reference {tuple(rk.shape)}"
             if not (torch.allclose(k.float(), rk.float(), **TOL) and torch.allclose(v.float(), rv.float(), **TOL)):
@@ -120,12 +126,22 @@ def _run(model, path: str, batch: list[list[int]], backend: str) -> str | None:
     raise ValueError(f"unknown path {path!r}")
 
 
-def check_path(model, path: str, *, backend: str = "auto") -> Outcome:
-    """Outcome of `path` on `model` for the zoo prompts (`backend`: generate's prefill backend)."""
+def _has_local_window(model) -> bool:
+    from gpu_runner.plan import text_config
+    from gpu_runner.support import local_window
+
+    return local_window(text_config(model.config)) is not None
+
+
+def check_path(
+    model, path: str, *, backend: str = "auto", lengths: tuple[int, ...] = PROMPT_LENGTHS
+) -> Outcome:
+    """Outcome of `path` on `model` for zoo prompts of `lengths` (`backend`: generate's
+    prefill backend)."""
     from tests.test_runner_support import register_reference_varlen_backends
 
     register_reference_varlen_backends()
-    batch = prompts(model.get_input_embeddings().num_embeddings)
+    batch = prompts(model.get_input_embeddings().num_embeddings, lengths)
     try:
         problem = _run(model, path, batch, backend)
     except UnsupportedModelError as exc:

@@ -1,9 +1,11 @@
 """The model-zoo support matrix: measure it, write the allowlist and the Markdown table.
 
-    python -m tests.zoo_matrix --write     # re-measure, rewrite gpu_runner/support_table.py
-                                           # and docs/support_matrix.md
+    python -m tests.zoo_matrix --write     # re-measure under the installed transformers, save
+                                           # tests/data/zoo_measurements/transformers-<v>.json,
+                                           # rewrite gpu_runner/support_table.py (combined with
+                                           # the other versions' files) and docs/support_matrix.md
     python -m tests.zoo_matrix --write-matrix   # rewrite only the matrix (refusal wording changed)
-    python -m tests.zoo_matrix --write-table    # re-emit the table from its current sets (layout)
+    python -m tests.zoo_matrix --write-table    # re-emit the table from the committed measurements
     python -m tests.zoo_matrix             # print the matrix the library gives now
 
 Measuring runs every path with the library's checks off (`support.probing`) and keeps,
@@ -23,8 +25,9 @@ import warnings
 
 import torch
 
-from tests.zoo_check import PATHS, check_path
-from tests.zoo_models import build_tiny, causal_lm_types
+from tests.zoo_check import PATHS, WINDOWED_LENGTHS, check_path
+from tests.zoo_models import TINY_WINDOW, build_tiny, causal_lm_types
+from tests.zoo_versions import Combined, Measurement, combine, load_all, save
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TABLE = ROOT / "gpu_runner" / "support_table.py"
@@ -43,25 +46,68 @@ def quiet() -> None:
     logging.disable(logging.WARNING)
 
 
-def measure() -> tuple[dict[str, set[str]], dict[str, str]]:
-    """(proven: path -> model types exact on it, skipped: model type -> reason)."""
+WINDOWED_PATHS = ("dense", "flex", "varlen", "generate")
+
+
+def windowed_model(zoo_type: str) -> torch.nn.Module | None:
+    """The zoo type built with windows of TINY_WINDOW tokens, where its tiny model has a
+    local window at all (else None)."""
+    from gpu_runner.plan import text_config
+    from gpu_runner.support import local_window
+
+    model = build_tiny(zoo_type)
+    if isinstance(model, str) or local_window(text_config(model.config)) is None:
+        return None
+    small = build_tiny(zoo_type, TINY_WINDOW)
+    if isinstance(small, str) or local_window(text_config(small.config)) != TINY_WINDOW:
+        return None
+    return small
+
+
+def _measure_windowed(model: torch.nn.Module) -> dict[str, bool]:
+    found = {p: check_path(model, p, lengths=WINDOWED_LENGTHS).kind == "exact" for p in ("dense", "flex", "varlen")}
+    backend = next((b for b in ("dense", "flex") if found[b]), None)
+    found["generate"] = backend is not None and check_path(
+        model, "generate", backend=backend, lengths=WINDOWED_LENGTHS
+    ).kind == "exact"
+    return found
+
+
+def measure() -> tuple[Measurement, dict[str, str]]:
+    """(what the installed transformers gives: library types built, exact per path, exact
+    per path with prompts longer than a tiny window; skipped: zoo type -> reason)."""
+    import transformers
+
     from gpu_runner.support import probing
 
-    proven: dict[str, set[str]] = {p: set() for p in PATHS}
+    from gpu_runner.support import model_type as library_type
+
+    exact: dict[str, dict[str, list[bool]]] = {p: {} for p in PATHS}  # path -> library type -> per zoo type
+    windowed: dict[str, dict[str, list[bool]]] = {p: {} for p in WINDOWED_PATHS}
     skipped: dict[str, str] = {}
     with probing():
-        for model_type in causal_lm_types():
-            model = build_tiny(model_type)
+        for zoo_type in causal_lm_types():
+            model = build_tiny(zoo_type)
             if isinstance(model, str):
-                skipped[model_type] = model
+                skipped[zoo_type] = model
                 continue
-            for path in ("dense", "flex", "varlen", "engine"):
-                if check_path(model, path).kind == "exact":
-                    proven[path].add(model_type)
-            backend = next((b for b in ("dense", "flex") if model_type in proven[b]), None)
-            if backend is not None and check_path(model, "generate", backend=backend).kind == "exact":
-                proven["generate"].add(model_type)
-    return proven, skipped
+            # the allowlist is keyed by what the library reads (config.model_type: Emu3's
+            # causal LM is "emu3_text_model"), not by the auto-mapping key
+            name = library_type(model)
+            found = {p: check_path(model, p).kind == "exact" for p in ("dense", "flex", "varlen", "engine")}
+            backend = next((b for b in ("dense", "flex") if found[b]), None)
+            found["generate"] = backend is not None and check_path(model, "generate", backend=backend).kind == "exact"
+            for path, ok in found.items():
+                exact[path].setdefault(name, []).append(ok)
+            small = windowed_model(zoo_type)
+            if small is not None:
+                for path, ok in _measure_windowed(small).items():
+                    windowed[path].setdefault(name, []).append(ok)
+    # a library type is proven on a path only if every zoo type that builds it is exact there
+    proven = {p: frozenset(name for name, oks in exact[p].items() if all(oks)) for p in PATHS}
+    local = {p: frozenset(n for n, oks in windowed[p].items() if all(oks) and n in proven[p]) for p in WINDOWED_PATHS}
+    built = frozenset(exact["dense"])
+    return Measurement(transformers.__version__, built, proven, local, frozenset(skipped)), skipped
 
 
 def _names(names: set[str] | frozenset[str], indent: str) -> list[str]:
@@ -70,8 +116,10 @@ def _names(names: set[str] | frozenset[str], indent: str) -> list[str]:
     return textwrap.wrap(body, width=96, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False)
 
 
-def write_table(proven: dict[str, set[str]] | dict[str, frozenset[str]]) -> None:
-    """Each path's set as `_ALL` less what it lacks, or spelled out where that is shorter."""
+def write_table(table: Combined) -> None:
+    """Each path's set as `_ALL` less what it lacks, or spelled out where that is shorter;
+    WINDOWED and VERSION_DEPENDENT spelled out."""
+    proven, windowed = table.proven, table.windowed
     every = set().union(*(proven[path] for path in PATHS))
     lines = [
         '"""Generated by `python -m tests.zoo_matrix --write`; do not edit by hand.',
@@ -80,6 +128,11 @@ def write_table(proven: dict[str, set[str]] | dict[str, frozenset[str]]) -> None
         "(tiny random-weight fp32 models of the installed transformers, packed prompts against",
         'each prompt run alone; see tests/test_model_zoo.py and docs/support_matrix.md).',
         "_ALL: the model types proven on at least one path.",
+        "WINDOWED[path]: those also proven with prompts longer than a tiny local-attention window",
+        "(windowed packed masks, gpu_runner.windows; zoo_check.WINDOWED_LENGTHS).",
+        "Proven = exact under every transformers version of MEASURED_VERSIONS that builds the type",
+        "(tests/zoo_versions.py); VERSION_DEPENDENT[path] (WINDOWED_VERSION_DEPENDENT[path]):",
+        "exact under some of them, not all.",
         '"""',
         "",
         "_ALL: frozenset[str] = frozenset({",
@@ -98,6 +151,18 @@ def write_table(proven: dict[str, set[str]] | dict[str, frozenset[str]]) -> None
             lines += _names(proven[path], "        ")
         lines.append("    }),")
     lines.append("}")
+    for title, sets, paths in (
+        ("WINDOWED", windowed, WINDOWED_PATHS),
+        ("VERSION_DEPENDENT", table.version_dependent, PATHS),
+        ("WINDOWED_VERSION_DEPENDENT", table.windowed_version_dependent, WINDOWED_PATHS),
+    ):
+        lines += ["", f"{title}: dict[str, frozenset[str]] = {{"]
+        for path in paths:
+            lines.append(f'    "{path}": frozenset({{')
+            lines += _names(set(sets.get(path, ())), "        ")
+            lines.append("    }),")
+        lines.append("}")
+    lines += ["", f"MEASURED_VERSIONS: tuple[str, ...] = {table.versions!r}"]
     TABLE.write_text("\n".join(lines) + "\n")
 
 
@@ -125,6 +190,9 @@ def library_matrix() -> tuple[dict[str, dict[str, str]], dict[str, str]]:
 def render(rows: dict[str, dict[str, str]], skipped: dict[str, str]) -> str:
     import transformers
 
+    from gpu_runner.support import MEASURED_VERSIONS as versions
+    from gpu_runner.support import WINDOWED as windowed
+
     prefill = sum(
         1 for r in rows.values() if r["generate"] == "exact" and "exact" in (r["dense"], r["flex"])
     )
@@ -142,6 +210,11 @@ def render(rows: dict[str, dict[str, str]], skipped: dict[str, str]) -> str:
         "`UnsupportedModelError` naming the feature. varlen is proven on CPU with the",
         "reference kernel (same plumbing as the CUDA one). Regenerate with",
         "`python -m tests.zoo_matrix --write`.",
+        f"Proven under every transformers version measured ({', '.join(versions)}; "
+        "tests/data/zoo_measurements/) that builds the type.",
+        "Prompts longer than a local-attention window (windowed packed masks, proven with",
+        f"{TINY_WINDOW}-token windows; `support_table.WINDOWED`): "
+        + ", ".join(f"{p}: {len(windowed[p])}" for p in WINDOWED_PATHS) + " types.",
         "",
         "| model type | " + " | ".join(PATHS) + " |",
         "|---|" + "---|" * len(PATHS),
@@ -170,13 +243,11 @@ def main() -> None:
         "--write-matrix", action="store_true", help="rewrite only the matrix, from the current table"
     )
     parser.add_argument(
-        "--write-table", action="store_true", help="re-emit the table from its current sets, measuring nothing"
+        "--write-table", action="store_true", help="re-emit the table from the committed measurements, measuring nothing"
     )
     args = parser.parse_args()
     if args.write_table:
-        from gpu_runner.support_table import PROVEN
-
-        write_table(dict(PROVEN))
+        write_table(combine(load_all()))  # the committed measurements, nothing measured
         return
     quiet()
     if args.write:
@@ -185,10 +256,12 @@ def main() -> None:
         import gpu_runner.support
         import gpu_runner.support_table
 
-        proven, _ = measure()
-        write_table(proven)
+        here, _ = measure()
+        save(here)  # this version's measurement; the table combines it with the other versions'
+        write_table(combine([m for m in load_all() if m.version != here.version] + [here]))
         importlib.reload(gpu_runner.support_table)
-        gpu_runner.support.PROVEN = gpu_runner.support_table.PROVEN
+        for name in ("PROVEN", "WINDOWED", "VERSION_DEPENDENT", "MEASURED_VERSIONS"):  # what support reads
+            setattr(gpu_runner.support, name, getattr(gpu_runner.support_table, name))
     rows, skipped = library_matrix()
     text = render(rows, skipped)
     if args.write or args.write_matrix:

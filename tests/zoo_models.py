@@ -23,6 +23,7 @@ import torch
 VOCAB = 128
 MAX_POS = 256
 WINDOW = 64  # small windows, still longer than every zoo prompt
+TINY_WINDOW = 4  # windows shorter than the zoo's windowed prompts (zoo_check.WINDOWED_LENGTHS)
 SPECIAL_IDS = 8  # special token ids (image, audio, ...) moved into the top 8 ids; prompts avoid them
 
 # field -> tiny value, for whichever of these names a config carries
@@ -37,7 +38,10 @@ _SHRINK: dict[str, Any] = {
     "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32, "shared_intermediate_size": 32,
     "max_position_embeddings": MAX_POS, "n_positions": MAX_POS, "max_seq_len": MAX_POS,
     "num_experts": 4, "n_routed_experts": 4, "num_local_experts": 4, "moe_num_experts": 4,
-    "num_experts_per_tok": 2, "num_experts_per_token": 2, "moe_topk": 2,
+    "num_experts_per_tok": 2, "num_experts_per_token": 2, "moe_topk": 2, "moe_k": 2,
+    "num_layers_per_stack": 1, "zero_expert_num": 2, "expert_ffn_hidden_size": 32,
+    "unpadded_vocab_size": VOCAB - SPECIAL_IDS, "shape_vocab_size": VOCAB, "pronunciation_vocab_size": VOCAB,
+    "shape_embed_dim": 16, "pronunciation_embed_dim": 16,
     "n_group": 1, "topk_group": 1, "num_expert_group": 1,
     "q_lora_rank": 16, "kv_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8,
     "v_head_dim": 16, "qk_head_dim": 16,
@@ -83,10 +87,24 @@ def _shrink(values: dict[str, Any]) -> dict[str, Any]:
     for key in ("head_dim", "num_key_value_heads"):  # None = derived from the default sizes
         if key in out and out[key] is None and "num_attention_heads" in out:
             out[key] = _SHRINK[key]
+    if "n_routed_experts" in out and out["n_routed_experts"] is None and out.get("moe_intermediate_size"):
+        out["n_routed_experts"] = _SHRINK["n_routed_experts"]  # dots1: set by real configs
+        if out.get("n_shared_experts", 0) is None:
+            out["n_shared_experts"] = 1
+    if out.get("num_experts_per_tok", 0) is None and out.get("n_routed_experts"):  # DeepSeek-V2: set by real configs
+        out["num_experts_per_tok"] = _SHRINK["num_experts_per_tok"]
     layers = _num_layers(values)
     if layers is not None:
         _, n = layers
-        per_layer = {k: v for k, v in values.items() if isinstance(v, list) and len(v) == n and n > 1}
+        # lists of layer indices (Llama 4's moe_layers = [0, 1, ..., 47]): renumbered below, not kinds
+        index_lists = {
+            k: v for k, v in values.items()
+            if k.endswith("_layers") and isinstance(v, list) and v and all(type(i) is int for i in v)
+            and v[0] >= 0 and all(a < b for a, b in zip(v, v[1:] + [n]))
+        }  # fmt: skip
+        per_layer = {
+            k: v for k, v in values.items() if isinstance(v, list) and len(v) == n and n > 1 and k not in index_lists
+        }
         keep: list[int] = []
         for v in per_layer.values():
             firsts: dict[Any, int] = {}
@@ -102,6 +120,8 @@ def _shrink(values: dict[str, Any]) -> dict[str, Any]:
                 out[name] = len(keep)
         for k, v in per_layer.items():
             out[k] = [out[k][i] for i in keep]  # out: per-layer sizes already shrunk
+        for k, v in index_lists.items():
+            out[k] = [j for j, i in enumerate(keep) if i in v]
         for k, v in values.items():  # {layer index: settings} maps (Gemma 4's per_layer_config)
             if isinstance(v, dict) and v and all(str(i).isdigit() for i in v):
                 out[k] = {j: v[i] for j, i in enumerate(keep) if i in v or str(i) in v for i in [i if i in v else str(i)]}
@@ -131,7 +151,11 @@ _SKIP: dict[str, str] = {
 }
 
 # Per-type fixes the generic shrink cannot guess.
-_OVERRIDES: dict[str, dict[str, Any]] = {}
+_OVERRIDES: dict[str, dict[str, Any]] = {
+    "xmod": {"default_language": "en_XX"},  # X-MOD's forward needs a language for its adapters
+    # HRM's cache has num_layers_per_stack * H_cycles * (L_cycles + 1) slots = num_hidden_layers
+    "hrm_text": {"H_cycles": 1, "L_cycles": 1, "L_bp_cycles": [1]},
+}
 
 
 def _config_and_size(cls: type, values: dict[str, Any]) -> tuple[Any, int]:
@@ -143,9 +167,25 @@ def _config_and_size(cls: type, values: dict[str, Any]) -> tuple[Any, int]:
         return config, sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
 
 
+def _with_window(values: dict[str, Any], window: int) -> dict[str, Any]:
+    """`values` with every window field the shrink set to WINDOW set to `window` (sub-configs too)."""
+    out = dict(values)
+    for key, value in values.items():
+        if key in _WINDOW_FIELDS and value == WINDOW:
+            out[key] = window
+        elif isinstance(value, dict) and "model_type" in value:
+            out[key] = _with_window(value, window)
+    return out
+
+
+_WINDOW_FIELDS = ("sliding_window", "attention_chunk_size", "window_size", "sliding_window_size")
+
+
 @cache
-def build_tiny(model_type: str) -> torch.nn.Module | str:
-    """A tiny fp32 eval-mode model of `model_type` (fixed seed), or why it cannot be built."""
+def build_tiny(model_type: str, window: int = WINDOW) -> torch.nn.Module | str:
+    """A tiny fp32 eval-mode model of `model_type` (fixed seed), or why it cannot be built;
+    `window`: the local-attention span its window fields get (TINY_WINDOW: shorter than the
+    zoo's windowed prompts)."""
     from transformers import CONFIG_MAPPING, AutoModelForCausalLM
 
     if model_type in _SKIP:
@@ -159,6 +199,8 @@ def build_tiny(model_type: str) -> torch.nn.Module | str:
             except Exception:  # noqa: BLE001 - some defaults do not validate; start from nothing
                 values = {}
             tiny = _overrides(model_type, _shrink(values))
+            if window != WINDOW:
+                tiny = _with_window(tiny, window)
             for k in ("transformers_version", "architectures", "model_type", "_name_or_path", "dtype"):
                 tiny.pop(k, None)
             try:

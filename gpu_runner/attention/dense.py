@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from gpu_runner.attention.masks import dense_block_causal_mask
+from gpu_runner.attention.masks import dense_block_causal_mask, packed_masks
 from gpu_runner.attention.registry import AttentionBackend, register_backend
 from gpu_runner.inputs import PackedInputs
 from simulator.names import DENSE as _NAME
@@ -26,11 +26,12 @@ def cpu_scores_bytes(num_rows: int, row_len: int, q_heads: int, device: torch.de
 
 
 def _dense_kwargs(inputs: PackedInputs) -> dict[str, Any]:
-    return {"attention_mask": dense_block_causal_mask(inputs.segment_ids)}
+    return {"attention_mask": packed_masks(inputs.segment_ids, inputs.windows, dense_block_causal_mask)}
 
 
 def _dense_extra_bytes(num_rows: int, row_len: int, q_heads: int, device: torch.device) -> int:
-    """The bool mask, R * L^2 bytes, plus CPU sdpa's scores."""
+    """The bool mask, R * L^2 bytes, plus CPU sdpa's scores (a windowed forward holds one
+    mask per layer type: two or three; priced as one, see `plan`)."""
     return num_rows * row_len * row_len + cpu_scores_bytes(num_rows, row_len, q_heads, device)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from gpu_runner.attention.dense import cpu_scores_bytes
-from gpu_runner.attention.masks import flex_block_mask
+from gpu_runner.attention.masks import flex_block_mask, packed_masks
 from gpu_runner.attention.registry import AttentionBackend, register_backend
 from gpu_runner.inputs import PackedInputs
 from simulator import names
@@ -106,7 +106,7 @@ def _flex_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
 
 
 def _flex_kwargs(inputs: PackedInputs) -> dict[str, Any]:
-    return {"attention_mask": flex_block_mask(inputs.segment_ids)}
+    return {"attention_mask": packed_masks(inputs.segment_ids, inputs.windows, flex_block_mask)}
 
 
 FLEX = register_backend(
