@@ -48,9 +48,11 @@ PROVEN: dict[str, frozenset[str]] = {
         "whisper"
     }),
     "engine": frozenset({
-        "cwm", "emu3_text_model", "exaone", "gemma", "granite", "internlm3", "iquestcoder",
-        "llama", "ministral", "ministral3", "mistral", "olmo2", "phi3", "qwen2", "qwen3",
-        "seed_oss"
+        "apertus", "apertus1p5_text", "arcee", "cwm", "emu3_text_model", "ernie4_5", "exaone",
+        "exaone4", "gemma", "gemma3_text", "glm", "glm4", "granite", "helium",
+        "hunyuan_v1_dense", "hyperclovax", "internlm3", "iquestcoder", "llama", "ministral",
+        "ministral3", "mistral", "nanochat", "olmo2", "olmo3", "phi3", "qwen2", "qwen3",
+        "seed_oss", "smollm3"
     }),
 }
 

@@ -77,6 +77,27 @@ def _prompts(lengths, vocab=512, seed=0):
     return [torch.randint(1, vocab, (n,), generator=g).tolist() for n in lengths]
 
 
+def _close_bf16(got: torch.Tensor, want: torch.Tensor) -> None:
+    """K / V within bf16 noise: at most 0.1% of the values over 6e-2 and none over 0.15 (after a
+    per-head QK-norm a lone value lands a few bf16 steps off: seen 0.076 / 0.084 in one of
+    10^4 on the H200, EXAONE 4 and Gemma 3; a wrong kernel misses by far more, and more often)."""
+    diff = (got.float() - want.float()).abs()
+    assert float((diff > 6e-2).float().mean()) <= 1e-3 and float(diff.max()) <= 0.15, float(diff.max())
+
+
+def _parts_only_on_a_near_tie(model, prompt: list[int], tokens: list[int], ref: list[int], tol: float = 0.1) -> None:
+    """Greedy tokens equal HF's run alone up to the first difference, and there HF's own logits
+    (given the prompt and its tokens so far) rate ours within `tol` of its argmax: a bf16 near
+    tie (tiny random models have nearly flat next-token distributions), not a wrong step."""
+    j = next((i for i, (a, b) in enumerate(zip(tokens, ref)) if a != b), None)
+    if j is None:
+        return
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + ref[:j]], device="cuda")).logits[0, -1].float()
+    gap = float(logits.max() - logits[tokens[j]])
+    assert gap <= tol, (j, gap, tokens, ref)
+
+
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
 def test_engine_family_matches_hf_per_prompt(model_type):
     from gpu_runner.engine import PrefillEngine
@@ -93,8 +114,8 @@ def test_engine_family_matches_hf_per_prompt(model_type):
             torch.testing.assert_close(res.logits[i].float(), r.logits[0, -1].float(), atol=6e-2, rtol=6e-2)
             cache = getattr(r, "past_key_values", None) or r.cache
             for layer, (k, v) in enumerate(res.prompt_kv(i)):
-                torch.testing.assert_close(k.float(), cache.layers[layer].keys[0].float(), atol=6e-2, rtol=6e-2)
-                torch.testing.assert_close(v.float(), cache.layers[layer].values[0].float(), atol=6e-2, rtol=6e-2)
+                _close_bf16(k, cache.layers[layer].keys[0])
+                _close_bf16(v, cache.layers[layer].values[0])
 
 
 @pytest.mark.parametrize("model_type", ["qwen3", "phi3", "gemma"])
@@ -110,15 +131,15 @@ def test_engine_flash_path_per_family(model_type):
     torch.testing.assert_close(flash.logits.float(), packed.logits.float(), atol=6e-2, rtol=6e-2)
     for i in range(len(prompts)):
         for (k1, v1), (k2, v2) in zip(flash.prompt_kv(i), packed.prompt_kv(i)):
-            torch.testing.assert_close(k1.float(), k2.float(), atol=6e-2, rtol=6e-2)
-            torch.testing.assert_close(v1, v2)
+            _close_bf16(k1, k2)
+            _close_bf16(v1, v2)  # not bit-equal: layers after the first see the two attention kernels' outputs
 
 
 @pytest.mark.parametrize("model_type", ["qwen3", "phi3"])
 def test_decode_step_per_family_matches_hf(model_type):
     """The engine's decode step on CUDA (Qwen3: QK-norm fused into rope_store; Phi-3: head_dim
     96 in the padded decode kernels) through BatchGenerator directly, against HF greedy: first
-    token equal, most later ones (bf16 near ties). gpu_runner.generate still routes both to
+    token equal, later ones parting only on a bf16 near tie. gpu_runner.generate still routes both to
     HF's loop (generate_engine's refusals); this is the evidence to lift them."""
     from gpu_runner.engine.batch_generate import BatchGenerator
 
@@ -131,7 +152,7 @@ def test_decode_step_per_family_matches_hf(model_type):
         ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, min_new_tokens=6,
                              do_sample=False, pad_token_id=0)[0, len(p):].tolist()
         assert tokens[0] == ref[0], (tokens, ref)
-        assert sum(a == b for a, b in zip(tokens, ref)) >= 4, (tokens, ref)
+        _parts_only_on_a_near_tie(model, p, tokens, ref)
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
@@ -151,11 +172,6 @@ def test_generate_engine_path_per_family(model_type):
         ids = torch.tensor([p], device="cuda")
         ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, min_new_tokens=6,
                              do_sample=False, pad_token_id=0)[0, len(p):].tolist()
-        assert tokens[0] == ref[0]  # bf16: later tokens may part on near ties
-        if model_type == "qwen3":
-            # on the H200 both our paths (the engine decode, and runner prefill + HF generate) parted
-            # from HF run alone after the first token on this tiny random Qwen3; not yet explained,
-            # so generate does not take the engine decode for it on CUDA (asserted above)
-            continue
-        assert sum(a == b for a, b in zip(tokens, ref)) >= 4, (tokens, ref)
+        assert tokens[0] == ref[0]
+        _parts_only_on_a_near_tie(model, p, tokens, ref)  # bf16: later tokens may part on near ties
     gpu_runner.clear_generation_cache(model)

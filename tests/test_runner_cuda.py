@@ -152,3 +152,30 @@ def test_real_out_of_memory_names_the_forward():
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
     assert gpu_runner.prefill(model, prompts[:2], backend="dense").logits.shape == (2, GPU_VOCAB)
+
+
+@pytest.mark.parametrize("backend", ["dense", "flex"])
+def test_fp32_sliding_window_prefill_and_generate_match_each_prompt_alone(backend, exact_fp32):
+    """Prompts longer than a Mistral sliding window (16 tokens): the windowed packed masks
+    (gpu_runner.windows) on CUDA, flex's compiled BlockMask included; prefill logits and K/V
+    (HF's kept tail of them) and greedy continuation (runner prefill + HF generate) equal each prompt run alone."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(7)
+    cfg = model_config(
+        "mistral", vocab_size=GPU_VOCAB, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+        num_key_value_heads=2, num_hidden_layers=3, max_position_embeddings=1024, sliding_window=16,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(cfg).to(DEVICE).eval()
+    prompts = prompts_for(seed=9, n=8, longest=100)
+    assert max(map(len, prompts)) > 16
+    result = gpu_runner.prefill(model, prompts, backend=backend)
+    for i, prompt in enumerate(prompts):
+        logits, kv = reference(model, prompt)
+        torch.testing.assert_close(result.logits[i], logits, atol=1e-4, rtol=1e-4)
+        for (k, v), (rk, rv) in zip(result.kv[i], kv):  # HF's sliding cache keeps the last window - 1
+            torch.testing.assert_close(k[:, -rk.shape[1] :], rk, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(v[:, -rv.shape[1] :], rv, atol=1e-4, rtol=1e-4)
+    got = gpu_runner.generate(model, prompts, 6, backend=backend, path="hf", min_new_tokens=6)
+    for prompt, tokens in zip(prompts, got):
+        assert tokens == hf_greedy(model, prompt, 6, min_new_tokens=6), prompt
