@@ -78,11 +78,14 @@ def _prompts(lengths, vocab=512, seed=0):
 
 
 def _close_bf16(got: torch.Tensor, want: torch.Tensor) -> None:
-    """K / V within bf16 noise: at most 0.1% of the values over 6e-2 and none over 0.15 (after a
-    per-head QK-norm a lone value lands a few bf16 steps off: seen 0.076 / 0.084 in one of
-    10^4 on the H200, EXAONE 4 and Gemma 3; a wrong kernel misses by far more, and more often)."""
-    diff = (got.float() - want.float()).abs()
-    assert float((diff > 6e-2).float().mean()) <= 1e-3 and float(diff.max()) <= 0.15, float(diff.max())
+    """K / V within bf16 noise: elementwise within atol 6e-2 + rtol 6e-2, but for at most 0.1%
+    of the values, each at most 0.1 beyond (after a QK-norm a lone small value lands a few bf16
+    steps off: 0.076 where 0.069 was allowed, in one of 10^4, EXAONE 4 and Gemma 3 on the H200;
+    a wrong kernel misses by far more, and far more often)."""
+    got, want = got.float(), want.float()
+    diff = (got - want).abs()
+    over = diff - (6e-2 + 6e-2 * want.abs())
+    assert float((over > 0).float().mean()) <= 1e-3 and float(over.max()) <= 0.1, float(diff.max())
 
 
 def _parts_only_on_a_near_tie(model, prompt: list[int], tokens: list[int], ref: list[int], tol: float = 0.1) -> None:
