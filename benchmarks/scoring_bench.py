@@ -127,17 +127,13 @@ def ours_options(method: str, budget: int | None, batch_tokens: int) -> dict[str
 
 
 def auto_choice(model: Any, requests: list[Request]) -> tuple[str, str]:
-    """(path, share_contexts) that path="auto", share_contexts="auto" takes for `requests`
-    (the decision of `gpu_runner.scoring._score`, default options)."""
-    from gpu_runner.score_engine import engine_score_unsupported
-    from gpu_runner.score_requests import auto_share, share_groups
+    """(path, share_contexts) that `gpu_runner.score(model, requests)` takes (default options:
+    `gpu_runner.scoring.route`, the decision `score` itself makes)."""
+    from gpu_runner.scoring import route
 
     checked = validate_requests(requests, vocab_size=model.config.vocab_size, max_input_tokens=None)
-    share = auto_share(checked, share_groups(checked))
-    if share == "tree":
-        return "runner", "tree"
-    reason = engine_score_unsupported(model, share_contexts="auto", backend="auto", need_cuda=True)
-    return ("engine", "identical") if reason is None else ("runner", share)
+    way = route(model, checked)
+    return way.path, way.share
 
 
 def run_ours(model: Any, requests: list[Request], options: dict[str, Any]) -> list[float]:

@@ -50,7 +50,7 @@ from gpu_runner.score_requests import (
 )
 from gpu_runner.runs import run_indices
 
-__all__ = ["LOGIT_CHUNK_TOKENS", "ScoreResult", "rolling_windows", "score", "score_rolling"]
+__all__ = ["LOGIT_CHUNK_TOKENS", "Route", "ScoreResult", "rolling_windows", "route", "score", "score_rolling"]
 
 # Scored positions projected through the lm_head per step: 4096 x 32000 fp32 = 0.5 GB.
 LOGIT_CHUNK_TOKENS = 4096
@@ -167,6 +167,48 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@dataclass(frozen=True)
+class Route:
+    """How `score` runs a validated request list.
+
+    path:   "engine" (`gpu_runner.score_engine`, CUDA graphs) or "runner" (packed HF forwards)
+    share:  the layout's sharing mode ("none", "identical" or "tree"; the engine's is never "tree")
+    groups: the share groups computed while deciding (reused by the layout), or None
+    """
+
+    path: str
+    share: str
+    groups: Any = None
+
+
+def route(model: torch.nn.Module, checked: Sequence[Any], *, share_contexts: str = "auto", path: str = "auto",
+          backend: str = "auto", positions: PositionRule | None = None) -> Route:
+    """The path and sharing mode `score(model, requests, share_contexts=..., path=...,
+    backend=...)` takes for `checked` (requests as `validate_requests` returns them): the
+    one decision, also what benchmarks record. share_contexts "auto" takes the tree where a
+    dense tree mask is proven exact and feeds >= 10% fewer tokens (`auto_share`), else
+    "identical"; path "auto" takes the engine unless the sharing is a tree (measured, H200,
+    7B, HellaSwag-shaped: the runner's tree 2.48x HFLM, the engine 1.76x) or the engine
+    cannot run the model (`engine_score_unsupported`, CUDA required). path "engine" raises
+    ValueError with the engine's reason where it cannot run."""
+    positions = forward_rule(model) if positions is None else positions
+    share, groups = share_contexts, None
+    if share == "auto" and path != "engine":  # the engine path shares "identical" (no tree masks)
+        tree_ok = backend in ("auto", "dense") and refusal(model, DENSE) is None and positions.plain  # dense tree mask
+        groups = share_groups(checked) if tree_ok else None
+        share = auto_share(checked, groups) if tree_ok else "identical"
+    if path == "auto" and share == "tree":
+        path = "runner"
+    if path != "runner":
+        reason = engine_score_unsupported(model, share_contexts=share_contexts, backend=backend,
+                                          need_cuda=path == "auto")
+        if reason is None:
+            return Route("engine", "none" if share_contexts == "none" else "identical", groups)
+        if path == "engine":
+            raise ValueError(f"path='engine' cannot score this: {reason}")
+    return Route("runner", share, groups)
+
+
 def _score(model: torch.nn.Module, requests: Sequence[Any], *, packer: str | packers.Packer, capacity: int | str,
            backend: str, return_token_logprobs: bool, share_contexts: str, memory_budget_bytes: int | None,
            pad_token_id: int, path: str, batch_tokens: int) -> list[ScoreResult]:
@@ -192,24 +234,13 @@ def _score(model: torch.nn.Module, requests: Sequence[Any], *, packer: str | pac
         raise ValueError(f"pad_token_id {pad_token_id} is outside the vocabulary [0, {vocab})")
     if memory_budget_bytes is not None:
         memory_budget_bytes = packers.validate_capacity(memory_budget_bytes)
-    share = share_contexts
-    groups = None  # computed once for auto_share and the layout
-    if share == "auto" and path != "engine":  # the engine path shares "identical" (no tree masks)
-        tree_ok = backend in ("auto", "dense") and refusal(model, DENSE) is None and positions.plain  # dense tree mask
-        groups = share_groups(checked) if tree_ok else None
-        share = auto_share(checked, groups) if tree_ok else "identical"
-    if path == "auto" and share == "tree":
-        path = "runner"  # measured (H200, 7B, HellaSwag-shaped): the runner's tree 2.48x HFLM, the engine 1.76x
-    if path != "runner":
-        reason = engine_score_unsupported(model, share_contexts=share_contexts, backend=backend,
-                                          need_cuda=path == "auto")
-        if reason is None:
-            layout = layout_requests(checked, "none" if share_contexts == "none" else "identical", groups)
-            with model_lock(model):  # the cached scorer's buffers are per model: one call at a time
-                return _stream_results(layout, engine_score(model, layout, batch_tokens=batch_tokens),
-                                       return_token_logprobs)
-        if path == "engine":
-            raise ValueError(f"path='engine' cannot score this: {reason}")
+    way = route(model, checked, share_contexts=share_contexts, path=path, backend=backend, positions=positions)
+    if way.path == "engine":
+        layout = layout_requests(checked, way.share, way.groups)
+        with model_lock(model):  # the cached scorer's buffers are per model: one call at a time
+            return _stream_results(layout, engine_score(model, layout, batch_tokens=batch_tokens),
+                                   return_token_logprobs)
+    share, groups = way.share, way.groups
     device, dtype = model_device_dtype(model)
     layout = layout_requests(checked, share, groups)
     cap = resolve_capacity(capacity, layout.lengths)

@@ -106,6 +106,27 @@ def test_auto_takes_the_runner_where_the_engine_does_not_apply(monkeypatch):
     assert score_engine.engine_score_unsupported(model, share_contexts="auto", backend="auto", need_cuda=False) is None
 
 
+def test_route_is_the_decision_score_makes(monkeypatch):
+    from gpu_runner.score_requests import validate_requests
+    from gpu_runner.scoring import Route, route
+
+    model = tiny_model("llama")
+    shared = [([5, 6, 7, 8, 9, 10, 11, 12], [c, c + 1, c + 2]) for c in (20, 24, 28, 32)]  # 4 endings of one context
+    checked = validate_requests(shared, vocab_size=VOCAB, max_input_tokens=None)
+    tree = route(model, checked)  # CPU: no engine for "auto"; the tree feeds 3 contexts fewer
+    assert (tree.path, tree.share) == ("runner", "tree") and tree.groups is not None
+    assert route(model, checked, share_contexts="identical") == Route("runner", "identical")
+    assert route(model, checked, path="engine") == Route("engine", "identical")
+    assert route(model, checked, path="engine", share_contexts="none") == Route("engine", "none")
+    assert route(model, checked, backend="varlen").share == "identical"  # no tree mask without dense
+    monkeypatch.setattr("gpu_runner.scoring.engine_score_unsupported", lambda *a, **k: None)  # as on CUDA
+    assert route(model, checked).path == "runner"  # a tree goes to the runner (measured faster)
+    assert route(model, checked, share_contexts="identical") == Route("engine", "identical")
+    with pytest.raises(ValueError, match="cannot score this: no"):
+        monkeypatch.setattr("gpu_runner.scoring.engine_score_unsupported", lambda *a, **k: "no")
+        route(model, checked, path="engine")
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [

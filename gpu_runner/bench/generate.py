@@ -261,6 +261,8 @@ def _run_hf_cb_manager(model: Any, w: Workload, cfg: GenerateBenchConfig, device
     t0 = time.perf_counter()
     manager.start()
     results: dict[str, Any] = {}
+    progress: list[tuple[float, int, int]] = []  # (s since t0, requests finished, their new tokens), every ~30 s
+    tokens = 0
     try:
         for i, (p, n) in enumerate(zip(w.prompts, w.new_tokens)):
             manager.add_request(list(p), request_id=f"r{i}", max_new_tokens=n, **extra)
@@ -268,15 +270,19 @@ def _run_hf_cb_manager(model: Any, w: Workload, cfg: GenerateBenchConfig, device
             r = manager.get_result(timeout=1)
             if r is not None and r.is_finished():
                 results[r.request_id] = r
+                tokens += len(r.generated_tokens)
             elif r is None and not manager.is_running():
                 break
+            now = time.perf_counter() - t0
+            if not progress or now - progress[-1][0] >= 30:
+                progress.append((round(now, 2), len(results), tokens))
     finally:
         wall = time.perf_counter() - t0
         manager.stop(block=True, timeout=30)
     done = list(results.values())
     return dict(wall_s=wall, completed=len(done), new_tokens=sum(len(r.generated_tokens) for r in done),
                 ttft_s=_percentiles(_cb_first_token_s(done, t0)),
-                notes={"api": "init_continuous_batching manager",
+                notes={"api": "init_continuous_batching manager", "progress_s_finished_tokens": progress,
                        "cut_runs": "HF hands a request back only when it finishes: tokens of unfinished requests are "
                                    "not counted, so a cut run's tokens/s is a lower bound"})
 
