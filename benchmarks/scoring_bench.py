@@ -141,11 +141,14 @@ def run_ours(model: Any, requests: list[Request], options: dict[str, Any]) -> li
     return [r.logprob for r in results]
 
 
-def make_hflm(model: Any, batch_size: int | str) -> Any:
+def make_hflm(model: Any, batch_size: int | str, softmax_dtype: str | None = None) -> Any:
+    """lm-eval's HFLM on `model` (softmax_dtype: HFLM's option; None = the model's dtype, its
+    default), counting the padded tokens it feeds (`padded_tokens`, batch-size probes aside)."""
     from lm_eval.models.huggingface import HFLM
 
     lm = HFLM(pretrained=model, tokenizer=offline_tokenizer(model.config.vocab_size), batch_size=batch_size,
-              max_batch_size=512, max_length=model.config.max_position_embeddings)  # fmt: skip
+              max_batch_size=512, max_length=model.config.max_position_embeddings,
+              softmax_dtype=softmax_dtype)  # fmt: skip
     lm.padded_tokens, lm.probing = 0, False
     call, detect = lm._model_call, lm._detect_batch_size
 

@@ -5,13 +5,20 @@ alone, and how far they are from lm-eval's `HFLM`.
 The bf16 model is the benchmark's random-weight model (`gpu_runner.bench.build_model`); the
 reference is an exact float32 copy of its weights, each request fed alone, log_softmax in
 float32. Methods on the bf16 model:
-  hflm-64 / hflm-1   lm-eval's HFLM, batch 64 (padded) and batch 1 (unpadded)
+  hflm-64 / hflm-1   lm-eval's HFLM, batch 64 (padded) and batch 1 (unpadded), its default
+                     log_softmax in the model's dtype (results on the bf16 grid)
+  hflm-*-fp32        the same with HFLM's softmax_dtype="float32"
   ours-engine        gpu_runner.score(path="engine")
   ours-tree          gpu_runner.score(path="runner", share_contexts="tree")
+  ours-*-rounded     the same run's per-token log-probs rounded as HFLM's default rounds them
+                     (`gpu_runner.scoring.rounded_logprob`: what the lm-eval backend returns
+                     with softmax_dtype=None); no extra forward
 Requests: the first --mmlu contexts of the MMLU length list with 4 one-token continuations
 and the first --hellaswag contexts with 4 continuations of 10-40 tokens (as
 benchmarks/scoring_bench.py builds them). Per method and set: |diff| max / p99 / mean to the
-fp32 reference and to hflm-1, and how often the greedy flag disagrees with the reference.
+fp32 reference, to hflm-1 and to hflm-1-fp32, and how often the greedy flag disagrees with
+the reference. The yardsticks: hflm-64 vs hflm-1 (HFLM's own padded vs unpadded, default
+rounding) and hflm-64-fp32 vs hflm-1-fp32 (the same in float32).
 
 First tokens: the first --prompts MMLU prompts, greedy next token from the fp32 reference
 (each alone), HF unpadded (each alone, bf16), HF `generate` on the left-padded batch, and
@@ -38,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_runner
 from gpu_runner.bench import build_model, load_lengths
+from gpu_runner.scoring import rounded_logprob
 from scoring_bench import Request, make_hflm, make_requests, run_hflm
 
 
@@ -68,24 +76,34 @@ def diff_stats(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"max": float(d.max()), "p99": float(np.quantile(d, 0.99)), "mean": float(d.mean())}
 
 
-def score_methods(model: torch.nn.Module) -> dict[str, Callable[[list[Request]], tuple[list[float], list[bool]]]]:
-    def hflm(batch: int) -> Callable[[list[Request]], tuple[list[float], list[bool]]]:
-        def run(requests: list[Request]) -> tuple[list[float], list[bool]]:
-            out = make_hflm(model, batch)._loglikelihood_tokens([(None, c, x) for c, x in requests], disable_tqdm=True)
-            return [lp for lp, _ in out], [g for _, g in out]
+def score_methods(model: torch.nn.Module) -> dict[str, Callable[[list[Request]], dict[str, tuple[list[float], list[bool]]]]]:
+    """name -> run(requests) -> {method name: (log-likelihoods, greedy flags)} (an ours-* run
+    also gives its -rounded twin)."""
+    Out = dict[str, tuple[list[float], list[bool]]]
+
+    def hflm(batch: int, name: str, softmax_dtype: str | None = None) -> Callable[[list[Request]], Out]:
+        def run(requests: list[Request]) -> Out:
+            lm = make_hflm(model, batch, softmax_dtype)
+            out = lm._loglikelihood_tokens([(None, c, x) for c, x in requests], disable_tqdm=True)
+            return {name: ([lp for lp, _ in out], [g for _, g in out])}
 
         return run
 
-    def ours(**options: Any) -> Callable[[list[Request]], tuple[list[float], list[bool]]]:
-        def run(requests: list[Request]) -> tuple[list[float], list[bool]]:
-            res = gpu_runner.score(model, requests, **options)
-            return [r.logprob for r in res], [r.is_greedy for r in res]
+    def ours(name: str, **options: Any) -> Callable[[list[Request]], Out]:
+        def run(requests: list[Request]) -> Out:
+            res = gpu_runner.score(model, requests, return_token_logprobs=True, **options)
+            greedy = [r.is_greedy for r in res]
+            dtype = next(model.parameters()).dtype
+            return {name: ([r.logprob for r in res], greedy),
+                    f"{name}-rounded": ([rounded_logprob(r.token_logprobs, dtype) for r in res], greedy)}
 
         return run
 
-    methods = {"hflm-64": hflm(64), "hflm-1": hflm(1), "ours-tree": ours(path="runner", share_contexts="tree")}
+    methods = {"hflm-64": hflm(64, "hflm-64"), "hflm-1": hflm(1, "hflm-1"),
+               "hflm-64-fp32": hflm(64, "hflm-64-fp32", "float32"), "hflm-1-fp32": hflm(1, "hflm-1-fp32", "float32"),
+               "ours-tree": ours("ours-tree", path="runner", share_contexts="tree")}  # fmt: skip
     if next(model.parameters()).is_cuda:
-        methods["ours-engine"] = ours(path="engine")
+        methods["ours-engine"] = ours("ours-engine", path="engine")
     return methods
 
 
@@ -136,11 +154,12 @@ def main(argv: list[str] | None = None) -> int:
                            "sets": {}}  # fmt: skip
     for name, requests in sets.items():
         ref, ref_greedy = reference_scores(model32, requests)
-        results = {m: run(requests) for m, run in score_methods(model).items()}
-        unpadded = np.array(results["hflm-1"][0])
+        results = {k: v for run in score_methods(model).values() for k, v in run(requests).items()}
+        unpadded, unpadded32 = np.array(results["hflm-1"][0]), np.array(results["hflm-1-fp32"][0])
         out["sets"][name] = {
             "requests": len(requests),
             **{m: {"vs_fp32": diff_stats(lls, ref), "vs_hflm_unpadded": diff_stats(lls, unpadded),
+                   "vs_hflm_fp32_unpadded": diff_stats(lls, unpadded32),
                    "greedy_flag_mismatch_vs_fp32": int(np.sum(np.array(g) != ref_greedy))}
                for m, (lls, g) in results.items()},
         }  # fmt: skip

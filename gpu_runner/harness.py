@@ -40,7 +40,7 @@ from lm_eval.models.utils import (
 )
 
 from gpu_runner.generation import generate
-from gpu_runner.scoring import score, score_rolling
+from gpu_runner.scoring import rounded_logprob, score, score_rolling
 
 __all__ = ["MODEL_NAME", "PrepackLM", "register"]
 
@@ -48,11 +48,11 @@ MODEL_NAME = "prepacking"
 _log = logging.getLogger(__name__)
 
 
-def _dtype(value: str | torch.dtype | None) -> torch.dtype | str:
+def _dtype(value: str | torch.dtype | None, name: str = "dtype") -> torch.dtype | str:
     if value is None or value == "auto" or isinstance(value, torch.dtype):
         return value or "auto"
     if not isinstance(value, str) or not isinstance(getattr(torch, value, None), torch.dtype):
-        raise ValueError(f"dtype must be 'auto' or a torch dtype name (bfloat16, float32, ...), got {value!r}")
+        raise ValueError(f"{name} must be 'auto' or a torch dtype name (bfloat16, float32, ...), got {value!r}")
     return getattr(torch, value)
 
 
@@ -69,6 +69,12 @@ class PrepackLM(TemplateLM):
                 memory; on CPU: none). path "auto" scores through the CUDA-graph engine
                 where it applies ("identical" context sharing there), else the runner;
                 "engine" / "runner" force one (`gpu_runner.score`).
+    softmax_dtype: the dtype of the log-softmax behind `loglikelihood` (HFLM's option):
+                "float32" (the default here; more accurate) or None / "auto" / the name of
+                the model's dtype, which is HFLM's default: each token's log-prob and the sum are then
+                rounded to it as HFLM rounds them (`scoring.rounded_logprob`), so on a bf16
+                model results sit on HFLM's bf16 grid. Greedy flags come from the logits'
+                argmax either way. `loglikelihood_rolling` sums in float32 either way.
     max_length, add_bos_token, prefix_token_id, max_gen_toks: as in lm-eval's HFLM.
     """
 
@@ -86,6 +92,7 @@ class PrepackLM(TemplateLM):
         memory_budget_bytes: int | None = None,
         path: str = "auto",
         batch_tokens: int | None = None,
+        softmax_dtype: str | torch.dtype | None = "float32",
         max_length: int | None = None,
         add_bos_token: bool | None = None,
         prefix_token_id: int | None = None,
@@ -123,6 +130,12 @@ class PrepackLM(TemplateLM):
         self.add_bos_token = add_bos_token
         self.custom_prefix_token_id = prefix_token_id
         self._max_gen_toks = int(max_gen_toks)
+        model_dtype = next(pretrained_model.parameters()).dtype
+        chosen = _dtype(softmax_dtype, "softmax_dtype")
+        self.softmax_dtype = model_dtype if chosen == "auto" else chosen
+        if self.softmax_dtype not in (torch.float32, model_dtype):  # HFLM casts the logits first: not emulated
+            raise ValueError(f"softmax_dtype must be float32 or the model's dtype ({model_dtype}, or None / 'auto'), "
+                             f"got {softmax_dtype!r}")
         if memory_budget_bytes is None and self._device.type == "cuda":
             memory_budget_bytes = int(torch.cuda.mem_get_info(self._device)[0] // 2)
         self.score_options = dict(
@@ -164,7 +177,8 @@ class PrepackLM(TemplateLM):
 
     def get_model_info(self) -> dict:
         return {"model_num_parameters": sum(p.numel() for p in self._model.parameters()),
-                "model_dtype": str(next(self._model.parameters()).dtype), "prepacking": dict(self.score_options)}
+                "model_dtype": str(next(self._model.parameters()).dtype), "prepacking": dict(self.score_options),
+                "softmax_dtype": str(self.softmax_dtype)}
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
                    **kwargs: Any) -> list[int]:
@@ -193,8 +207,12 @@ class PrepackLM(TemplateLM):
                              i, len(context), len(continuation), limit)
                 context = (list(context) + list(continuation))[-(limit + 1) : -len(continuation)]
             pairs.append((context, continuation))
-        results = score(self._model, pairs, **self.score_options)
-        answers = [(r.logprob, r.is_greedy) for r in results]
+        rounded = self.softmax_dtype != torch.float32
+        results = score(self._model, pairs, return_token_logprobs=rounded, **self.score_options)
+        if rounded:  # HFLM's arithmetic: log-softmax and its sum in softmax_dtype
+            answers = [(rounded_logprob(r.token_logprobs, self.softmax_dtype), r.is_greedy) for r in results]
+        else:
+            answers = [(r.logprob, r.is_greedy) for r in results]
         for (request_str, _, _), answer in zip(requests, answers):
             if request_str is not None:
                 self.cache_hook.add_partial("loglikelihood", request_str, answer)

@@ -50,7 +50,7 @@ from gpu_runner.score_requests import (
 )
 from gpu_runner.runs import run_indices
 
-__all__ = ["LOGIT_CHUNK_TOKENS", "Route", "ScoreResult", "rolling_windows", "route", "score", "score_rolling"]
+__all__ = ["LOGIT_CHUNK_TOKENS", "Route", "ScoreResult", "rolling_windows", "rounded_logprob", "route", "score", "score_rolling"]
 
 # Scored positions projected through the lm_head per step: 4096 x 32000 fp32 = 0.5 GB.
 LOGIT_CHUNK_TOKENS = 4096
@@ -77,6 +77,20 @@ class ScoreResult:
             raise ValueError(f"is_greedy must be a bool, got {self.is_greedy!r}")
         if self.token_logprobs is not None and len(self.token_logprobs) == 0:
             raise ValueError("token_logprobs, when given, holds one value per continuation token")
+
+
+def rounded_logprob(token_logprobs: Sequence[float], dtype: torch.dtype) -> float:
+    """A continuation's log-likelihood as lm-eval's `HFLM` computes it when its log_softmax
+    runs in `dtype` (HFLM's default: the model's dtype, e.g. bfloat16): each token's log-prob
+    rounded to `dtype`, then summed as torch sums a `dtype` tensor (float32 accumulation,
+    the total rounded to `dtype`). `score` itself keeps float32 (more accurate: on a bf16
+    model HFLM's totals sit on the bf16 grid, one step 0.0625 at magnitudes 8-16); this is
+    for results that must line up with HFLM's bit for bit where the logits agree."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch dtype, got {dtype!r}")
+    if len(token_logprobs) == 0:
+        raise ValueError("token_logprobs must hold one value per continuation token")
+    return float(torch.tensor(list(token_logprobs), dtype=torch.float32).to(dtype).sum())
 
 
 def _tree_extras(layout: ScoreLayout, members: list[int], rows: np.ndarray, starts: np.ndarray,

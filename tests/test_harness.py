@@ -9,6 +9,7 @@ import ast
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 from score_support import hflm, random_text, word_tokenizer
 from test_runner_support import FAMILIES, MAX_POS, tiny_model
@@ -52,6 +53,29 @@ def test_loglikelihood_matches_hflm(family, path):
     for i, ((lp, greedy), (want_lp, want_greedy)) in enumerate(zip(ours, theirs)):
         assert abs(lp - want_lp) <= TOL, (i, lp, want_lp)
         assert greedy == want_greedy, i
+
+
+def test_softmax_dtype_of_the_model_rounds_as_hflm_does():
+    """softmax_dtype=None (HFLM's default: the model's dtype) puts a bf16 model's results on
+    HFLM's bf16 grid: each within one bf16 step of HFLM's (the forwards' own bf16 noise may
+    cross a rounding edge), most equal; the float32 default is off the grid."""
+    import torch
+
+    model = tiny_model("llama", dtype=torch.bfloat16)
+    args = _loglikelihood_args(seed=1)
+    theirs = hflm(model).loglikelihood(_instances("loglikelihood", args), disable_tqdm=True)
+    rounded = harness.PrepackLM(model, word_tokenizer(), softmax_dtype=None).loglikelihood(
+        _instances("loglikelihood", args))
+    plain = harness.PrepackLM(model, word_tokenizer()).loglikelihood(_instances("loglikelihood", args))
+    on_grid = lambda x: x == float(torch.tensor(x).to(torch.bfloat16))  # noqa: E731
+    assert all(on_grid(lp) for lp, _ in rounded) and not all(on_grid(lp) for lp, _ in plain)
+    step = lambda x: 2.0 ** (int(np.floor(np.log2(abs(x)))) - 7)  # noqa: E731  bf16 spacing at |x|
+    assert all(abs(a - b) <= step(b) for (a, _), (b, _) in zip(rounded, theirs))
+    assert sum(a == b for (a, _), (b, _) in zip(rounded, theirs)) >= len(args) // 2
+    with pytest.raises(ValueError, match="softmax_dtype must be float32 or the model's dtype"):
+        harness.PrepackLM(tiny_model("llama"), word_tokenizer(), softmax_dtype="bfloat16")  # an fp32 model
+    with pytest.raises(ValueError, match="softmax_dtype must be 'auto' or a torch dtype name"):
+        harness.PrepackLM(model, word_tokenizer(), softmax_dtype="half-ish")
 
 
 def test_loglikelihood_rolling_matches_hflm():
