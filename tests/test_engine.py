@@ -83,7 +83,14 @@ def test_bucketing_and_chunk_layout():
     assert list(used[:7]) == [5, 1, 8, 16, 17, 2, 7]
     assert np.all(used[7:] == 0)
     assert list(host[lay["pos"]][:7]) == [0, 1, 2, 3, 4, 0, 0]
-    assert list(host[lay["seg"]][20:32]) == [6, 6, 6, 23, 23] + [25] * 7
+    assert list(host[lay["seg"]][20:32]) == [6, 6, 6, 23, 23] + list(range(25, 32))  # a pad token sees itself
+    eng.q_chunk = 4  # the 7-token tail in chunks of 4 and 3, each attending within itself (not from 25)
+    t, p, _, cu = eng._stage([[1] * 5, [2], [3] * 17, [4] * 2])
+    lay = eng._layout(t, p, eng._num_chunks(t, p))
+    host = eng._in_host.numpy()
+    m = int(np.searchsorted(host[lay["cu_q"]], 32))
+    assert list(host[lay["cu_q"]][m - 2 : m + 1]) == [25, 29, 32]
+    assert list(host[lay["cu_k"]][m - 2 : m]) == [25, 29] and list(host[lay["used_k"]][m - 2 : m]) == [4, 3]
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ batches of changing size runs without recompiling or re-launching kernels one by
 
 How one batch runs (T = the batch's real tokens rounded up to `token_bucket`):
   1. host: prompts are laid out back to back in the caller's order in one row of T tokens
-     (positions restart at 0 per prompt; the tail padding is its own segment), written with
+     (positions restart at 0 per prompt; each tail-padding token attends to itself alone), written with
      one host-to-device copy from a pinned buffer: no syncs, no Python loop over tokens;
   2. device: embedding, then per layer:
      - attention: on Hopper (`fused_qkv`), one QKV matmul (weights concatenated once) whose
