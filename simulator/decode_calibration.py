@@ -23,13 +23,18 @@ from simulator.distributions import load_profile
 from simulator.endtoend import Engine, Hardware, HFContinuous, HFPadded, PrepackHF, Requests, engine_prefill_model
 from simulator.run import flat_packing
 
-__all__ = ["MEASURED", "Point", "benchmark_batch", "errors", "fit", "predict", "report"]
+__all__ = ["MEASURED", "Point", "azure_requests", "benchmark_batch", "errors", "fit", "predict", "report"]
 
 
 @dataclass(frozen=True)
 class Point:
     """One measured run: method, new tokens per prompt, wall seconds, GPU, and whether the
-    shipped constants were fitted to it (in_sample)."""
+    shipped constants were fitted to it (in_sample). workload "mmlu64": the benchmark batch
+    (`benchmark_batch`) x new_tokens each; "azure2048": the first 2,048 azure_conv requests
+    with their logged outputs capped at new_tokens, prompts cut to fit the 4,096-token
+    context (`azure_requests`, as the e2e bench runs them). finished: a run cut at
+    measured_s that had handed back this many requests (measured_s is then compared with
+    the modeled time of the finished-th finish); None = a whole run."""
 
     method: str
     new_tokens: int
@@ -37,6 +42,8 @@ class Point:
     gpu: str = "h200"
     in_sample: bool = True
     source: str = "../shared/DESIGN.md, issue 14"
+    workload: str = "mmlu64"
+    finished: int | None = None
 
 
 # End to end, 64 MMLU prompts, Llama-2 7B shape, bf16 (seconds).
@@ -53,6 +60,11 @@ MEASURED = (
     # (prepack-bench --scenarios e2e --workloads mmlu-32,mmlu-256; benchmarks/results/generate_h200.json)
     Point("engine", 32, 0.27, source="benchmarks/results/generate_h200.json"),
     Point("engine", 256, 1.84, source="benchmarks/results/generate_h200.json"),
+    # the azure_conv trace (prepack-bench --scenarios e2e --workloads azure; generate_azure_h200.json): held out
+    Point("engine", 1000, 169.96, in_sample=False, source="benchmarks/results/generate_azure_h200.json",
+          workload="azure2048"),
+    Point("hf-continuous", 1000, 110.40, in_sample=False, source="benchmarks/results/generate_azure_h200.json (cut)",
+          workload="azure2048", finished=103),
 )
 ENGINE_PREFILL_MEASURED_S = 0.0880  # H200 PrefillEngine, the same 64 prompts (../shared/DESIGN.md)
 
@@ -73,12 +85,28 @@ def _runner(point: Point, methods: dict[str, DecodeMethod]) -> object:
     return Engine(decode=methods["graph"])
 
 
+def azure_requests(max_new_tokens: int = 1000, size: int = 2048, context: int = 4096) -> Requests:
+    """The e2e bench's azure workload: the trace's first `size` requests, outputs capped at
+    max_new_tokens, each prompt cut so that prompt + output - 1 tokens fit `context`."""
+    outputs = np.minimum(load_profile("azure_conv_output")[:size], max_new_tokens)
+    prompts = np.minimum(load_profile("azure_conv")[:size], context - outputs + 1)
+    return Requests(prompts, outputs, max_new_tokens)
+
+
 def predict(point: Point, methods: dict[str, DecodeMethod] | None = None) -> float:
-    """Modeled seconds of `point` with `methods` (default: the shipped DECODE_METHODS)."""
-    batch = benchmark_batch()
-    requests = Requests(batch, np.full(batch.size, point.new_tokens), point.new_tokens)
+    """Modeled seconds of `point` with `methods` (default: the shipped DECODE_METHODS): the
+    whole run's, or for a cut run the time its `finished`-th request finishes."""
+    if point.workload == "azure2048":
+        requests = azure_requests(point.new_tokens)
+    elif point.workload == "mmlu64":
+        batch = benchmark_batch()
+        requests = Requests(batch, np.full(batch.size, point.new_tokens), point.new_tokens)
+    else:
+        raise ValueError(f"unknown workload {point.workload!r}: mmlu64 or azure2048")
     run = _runner(point, dict(DECODE_METHODS if methods is None else methods)).run(requests, Hardware("llama-2-7b", point.gpu))
-    return run.total_s
+    if point.finished is None:
+        return run.total_s
+    return float(np.sort(run.finish_s)[point.finished - 1])
 
 
 def errors(methods: dict[str, DecodeMethod] | None = None, points: Sequence[Point] = MEASURED) -> np.ndarray:
@@ -135,19 +163,22 @@ def report(methods: dict[str, DecodeMethod] | None = None) -> str:
     """Markdown table of every measured point, modeled vs measured, and the in-sample summary."""
     errs = errors(methods)
     lines = [
-        "| method | GPU | new tokens | measured s | modeled s | error | fitted on it |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| method | GPU | workload | new tokens | measured s | modeled s | error | fitted on it |",
+        "|---|---|---|---:|---:|---:|---:|---|",
     ]
     for p, e in zip(MEASURED, errs):
+        what = p.workload if p.finished is None else f"{p.workload}, cut: {p.finished} done"
         lines.append(
-            f"| {p.method} | {p.gpu} | {p.new_tokens} | {p.measured_s:.2f} | {p.measured_s * (1 + e):.2f} | "
+            f"| {p.method} | {p.gpu} | {what} | {p.new_tokens} | {p.measured_s:.2f} | {p.measured_s * (1 + e):.2f} | "
             f"{100 * e:+.1f}% | {'yes' if p.in_sample else 'no (held out)'} |"
         )
     ins = np.abs([e for p, e in zip(MEASURED, errs) if p.in_sample])
+    out = np.abs([e for p, e in zip(MEASURED, errs) if not p.in_sample])
     lines.append("")
     lines.append(
         f"{ins.size} fitted points: median |error| {100 * np.median(ins):.1f}%, mean {100 * ins.mean():.1f}%, "
-        f"max {100 * ins.max():.1f}%. Engine prefill (64 MMLU prompts, H200): {100 * engine_prefill_error():+.1f}%."
+        f"max {100 * ins.max():.1f}%; {out.size} held out: median {100 * np.median(out):.1f}%, max "
+        f"{100 * out.max():.1f}%. Engine prefill (64 MMLU prompts, H200): {100 * engine_prefill_error():+.1f}%."
     )
     return "\n".join(lines)
 

@@ -156,6 +156,7 @@ class GenerationRun:
     peak_kv_bytes: int
     fits: bool = True
     note: str = ""
+    finish_s: np.ndarray | None = field(default=None, repr=False)  # when each request's last token exists (NaN: not run)
 
     @property
     def tokens_per_s(self) -> float:
@@ -164,6 +165,12 @@ class GenerationRun:
     def ttft_percentile_s(self, q: float) -> float:
         ran = self.ttft_s[np.isfinite(self.ttft_s)]
         return float(np.percentile(ran, q)) if ran.size else float("nan")
+
+    def finished_by(self, t: float) -> int:
+        """Requests whose last token exists by `t` seconds (what a run cut at `t` hands back)."""
+        if self.finish_s is None:
+            raise ValueError(f"{self.method} records no finish times")
+        return int(np.sum(self.finish_s <= t))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fields; a TTFT percentile is None when no request ran."""
@@ -193,6 +200,7 @@ def _static(
     decode = hw.decode_model(decode_method)
     p_all, o_all = requests.prompt_tokens, requests.output_tokens
     ttft = np.full(requests.size, np.nan)
+    finish = np.full(requests.size, np.nan)
     t = pre_total = dec_total = 0.0
     steps_total = peak_kv = prefills = 0
     fits = True
@@ -209,6 +217,7 @@ def _static(
         step_s = decode.step_time_s(b, kv_first + b * np.arange(steps, dtype=np.float64)) if steps else np.zeros(0)
         ttft[start : start + b] = t + pre_s + (step_s[0] if packed else 0.0)
         t += pre_s + float(step_s.sum())
+        finish[start : start + b] = t  # HF's generate hands a batch back at its end
         pre_total, dec_total = pre_total + pre_s, dec_total + float(step_s.sum())
         steps_total, prefills = steps_total + steps, prefills + (cost is not None)
         kv_bytes = int(kv_cache_bytes(m, b * (width + longest)))
@@ -217,7 +226,7 @@ def _static(
     note = "" if fits else "a batch's padded KV cache or prefill does not fit the memory budget"
     return GenerationRun(
         name, "static", t, pre_total, dec_total, int(o_all.sum()), ttft, steps_total, prefills,
-        min(batch_size, requests.size), peak_kv, fits, note,
+        min(batch_size, requests.size), peak_kv, fits, note, finish,
     )  # fmt: skip
 
 
@@ -285,6 +294,7 @@ def _continuous(
     unfit = np.flatnonzero(reserve > budget)
     waiting = deque(int(i) for i in np.flatnonzero(reserve <= budget))
     ttft = np.full(requests.size, np.nan)
+    finish = np.full(requests.size, np.nan)
     heap: list[tuple[int, int]] = []  # (decode step count at which it finishes, request)
     t, k = decode.method.call_overhead_s, 0
     live = reserved = cache_tokens = prefills = peak_live = peak_reserved = 0
@@ -323,6 +333,7 @@ def _continuous(
             for i in group:
                 ttft[i] = t
                 if o[i] == 1:
+                    finish[i] = t
                     reserved -= int(reserve[i])
                 else:
                     heapq.heappush(heap, (k + int(o[i]) - 1, i))
@@ -341,6 +352,7 @@ def _continuous(
         cache_tokens += live * steps
         while heap and heap[0][0] == k:
             _, i = heapq.heappop(heap)
+            finish[i] = t
             live -= 1
             cache_tokens -= int(p[i] + o[i] - 1)
             reserved -= int(reserve[i])
@@ -358,7 +370,7 @@ def _continuous(
             )
     return GenerationRun(
         name, policy.name, t, pre_total, dec_total, int(o.sum() - o[unfit].sum()), ttft, k, prefills, peak_live,
-        int(kv_cache_bytes(hw.model, peak_reserved)), unfit.size == 0, note,
+        int(kv_cache_bytes(hw.model, peak_reserved)), unfit.size == 0, note, finish,
     )  # fmt: skip
 
 

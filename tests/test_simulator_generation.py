@@ -97,6 +97,21 @@ def _run(capsys, argv):
     return rc, out, err
 
 
+def test_finish_times_follow_each_method():
+    from simulator.endtoend import Engine, Hardware, HFPadded, Requests
+
+    req = Requests(np.array([50, 300, 20, 700, 90]), np.array([1, 40, 8, 3, 25]), 64)
+    hw = Hardware("llama-2-7b", "h200")
+    for method in (Engine(max_batch_size=2), HFPadded(batch_size=2)):
+        run = method.run(req, hw)
+        assert np.all(run.finish_s >= run.ttft_s) and run.finished_by(run.total_s) == req.size
+        assert run.finished_by(0.0) == 0 and np.nanmax(run.finish_s) == pytest.approx(run.total_s)
+    padded = HFPadded(batch_size=2).run(req, hw).finish_s  # a static batch comes back whole
+    assert padded[0] == padded[1] < padded[2] == padded[3] < padded[4]
+    engine = Engine(max_batch_size=2).run(req, hw)
+    assert engine.finish_s[0] == engine.ttft_s[0]  # one new token: done at its prefill
+
+
 def test_cli_table_and_json_agree_with_the_library(capsys):
     rc, out, err = _run(capsys, [*GEN, "--json"])
     assert rc == 0 and err == ""
