@@ -39,7 +39,10 @@ def test_smoke_run_writes_one_json(tmp_path):
                                                           "name": "batch-refill"}
     step = doc["decode_step"]
     assert step["batch"] == 5 and step["step_ms"] > 0 and step["read_once_ms"] > 0 and step["weight_bytes"] > 0
-    assert doc["first_token_agreement"]["ours_vs_unpadded"] == 1.0  # float32: exact
+    agreement = doc["first_token_agreement"]
+    assert agreement["prompts"] == 8 and agreement["hf_batch"] == 4 and not agreement["float32_reference"]
+    assert agreement["ours_vs_unpadded"] == agreement["hf_padded_vs_unpadded"] == 1.0  # float32: exact
+    assert agreement["ours_gap_to_unpadded_top"] == {"disagreements": 0, "median_gap": None, "max_gap": None}
 
 
 @pytest.mark.parametrize("argv,match", [(["--smoke", "--workloads", "nope"], "unknown workload"),

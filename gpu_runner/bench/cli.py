@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--policy", default="refill-when-free",
                    help="ours: refill policy, NAME or NAME:key=int,... (e.g. batch-refill:min_free=16)")
     e.add_argument("--token-budget", type=int, default=8192, help="ours: tokens per packed refill prefill (default 8192)")
+    e.add_argument("--agreement-prompts", type=int, default=512,
+                   help="first-token agreement: MMLU prompts compared with HF alone and float32 (default 512)")
     e.add_argument("--max-batch", type=int, default=256, help="ours: most sequences decoding at once (default 256)")
     s = p.add_argument_group("sweep (--sweep): measured ms per (model, dataset, batch, packer, backend)")
     s.add_argument("--sweep", action="store_true", help="run the cost-model sweep instead of the benchmark")
@@ -123,10 +125,12 @@ def _run_e2e(args: argparse.Namespace) -> int:
                 methods=args.methods or GENERATE_METHODS, batch=args.batch, azure_requests=args.azure_requests,
                 max_new_cap=args.max_new_cap, hf_batch=args.hf_batch, time_limit_s=args.time_limit_s, seed=args.seed,
                 device=args.device, dtype=args.dtype, out=args.out, policy=name, policy_params=policy_params,
-                token_budget=args.token_budget, token_bucket=args.token_bucket, max_batch=args.max_batch)
+                token_budget=args.token_budget, token_bucket=args.token_bucket, max_batch=args.max_batch,
+                agreement_prompts=args.agreement_prompts)
     if args.smoke:
         opts.update(model="tiny", device="cpu", dtype="float32", batch=min(args.batch, 8), token_bucket=16,
                     azure_requests=min(args.azure_requests, 12), hf_batch=min(args.hf_batch, 4),
+                    agreement_prompts=min(args.agreement_prompts, 8),
                     time_limit_s=min(args.time_limit_s, 60.0), scale_new_tokens=1 / 32)
     doc = run_generate_benchmark(GenerateBenchConfig(**opts))
     print(f"{len(doc['records'])} records" + (f" -> {args.out}" if args.out else ""))

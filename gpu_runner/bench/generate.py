@@ -17,19 +17,21 @@ This module owns what `benchmarks/generate_bench.py` measures (issue 14's "Must 
              exposes first-token times; every request is submitted at t = 0, so it includes
              queueing), requests completed within the method's time limit
 Plus: a decode step at batch 64 (CUDA-event median over replays) against the time to read
-the weights and the live KV once at the device copy bandwidth measured here, and bf16
-first-token agreement of ours and of HF padded with HF run on each prompt alone.
+the weights and the live KV once at the device copy bandwidth measured here, and
+first-token agreement (`agreement_prompts` MMLU prompts) of ours and of HF padded with HF
+run on each prompt alone, in the model's dtype and in float32.
 Every record is written to the JSON as soon as it exists (a killed run keeps its data).
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -69,6 +71,7 @@ class GenerateBenchConfig:
     token_budget: int = 8192  # ours: tokens per packed refill prefill (the engine's pre-sized row)
     token_bucket: int = 128  # ours: the prefill engine's token bucket (fewer graphs when larger)
     max_batch: int = 256  # ours: most sequences decoding at once
+    agreement_prompts: int = 512  # first-token agreement: this many MMLU prompts
 
     def __post_init__(self) -> None:
         from gpu_runner.bench import MODEL_SHAPES
@@ -81,8 +84,8 @@ class GenerateBenchConfig:
             raise ValueError("batch, azure_requests, max_new_cap and hf_batch must be >= 1")
         if not self.time_limit_s > 0 or not 0 < self.scale_new_tokens <= 1:
             raise ValueError("time_limit_s must be > 0 and scale_new_tokens in (0, 1]")
-        if min(self.token_budget, self.token_bucket, self.max_batch) < 1:
-            raise ValueError("token_budget, token_bucket and max_batch must be >= 1")
+        if min(self.token_budget, self.token_bucket, self.max_batch, self.agreement_prompts) < 1:
+            raise ValueError("token_budget, token_bucket, max_batch and agreement_prompts must be >= 1")
         self.make_policy()  # ValueError for an unknown policy or parameter
 
     def make_policy(self) -> Any:
@@ -334,17 +337,42 @@ def decode_step_probe(model: Any, w: Workload, device: torch.device, copy_bw: fl
 _ATTENTION_KERNELS = ("split_kernel", "reduce_kernel", "decode_attention_kernel")  # decode_kernels' Triton kernels
 
 
-def _first_token_agreement(model: Any, w: Workload, device: torch.device) -> dict[str, Any]:
-    """First greedy tokens of ours and of HF on the left-padded batch, each compared with HF on
-    every prompt alone (unpadded): the fraction that agree."""
+def _first_token_agreement(model: Any, w: Workload, hf_batch: int, device: torch.device) -> dict[str, Any]:
+    """First greedy tokens of ours (one packed batch) and of HF on left-padded batches of
+    `hf_batch`, each compared with HF on every prompt alone (unpadded, the model's dtype) and,
+    where the model is not float32 already, with a float32 copy of the model on every prompt
+    alone (the exact answer both roundings miss). For each disagreement with the unpadded run,
+    its top logit minus its logit of the token chosen: near ties (random weights) show as
+    small gaps."""
+    prompts = w.prompts
+    ours = [t[0] for t in BatchGenerator(model, max_batch=min(256, len(prompts))).generate(prompts, 1).tokens]
     with torch.no_grad():
-        alone = [int(model(torch.tensor([p], device=device)).logits[0, -1].argmax()) for p in w.prompts]
-        ids, mask = _left_padded(w.prompts, device)
-        pos = (mask.cumsum(-1) - 1).clamp_(min=0)
-        padded = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1].argmax(-1).tolist()
-    ours = [t[0] for t in BatchGenerator(model, max_batch=len(w.prompts)).generate(w.prompts, 1).tokens]
-    agree = lambda xs: float(np.mean([a == b for a, b in zip(xs, alone)]))  # noqa: E731
-    return {"prompts": len(alone), "ours_vs_unpadded": agree(ours), "hf_padded_vs_unpadded": agree(padded)}
+        alone_logits = [model(torch.tensor([p], device=device)).logits[0, -1].float() for p in prompts]
+        alone = [int(row.argmax()) for row in alone_logits]
+        padded: list[int] = []
+        for first in range(0, len(prompts), hf_batch):
+            ids, mask = _left_padded(prompts[first : first + hf_batch], device)
+            pos = (mask.cumsum(-1) - 1).clamp_(min=0)
+            padded += model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1].argmax(-1).tolist()
+        exact = alone
+        if model.dtype != torch.float32:
+            reference = copy.deepcopy(model).float()
+            exact = [int(reference(torch.tensor([p], device=device)).logits[0, -1].argmax()) for p in prompts]
+            del reference
+            release_memory(device)
+
+    def agree(xs: list[int], ref: list[int]) -> float:
+        return float(np.mean([a == b for a, b in zip(xs, ref)]))
+
+    def gaps(xs: list[int]) -> dict[str, Any]:
+        g = [float(row.max() - row[x]) for row, x, a in zip(alone_logits, xs, alone) if x != a]
+        return {"disagreements": len(g), "median_gap": float(np.median(g)) if g else None, "max_gap": max(g, default=None)}
+
+    return {"prompts": len(prompts), "hf_batch": hf_batch, "ours_vs_unpadded": agree(ours, alone),
+            "hf_padded_vs_unpadded": agree(padded, alone), "ours_vs_float32": agree(ours, exact),
+            "hf_padded_vs_float32": agree(padded, exact), "hf_unpadded_vs_float32": agree(alone, exact),
+            "ours_gap_to_unpadded_top": gaps(ours), "hf_padded_gap_to_unpadded_top": gaps(padded),
+            "float32_reference": model.dtype != torch.float32}
 
 
 def _error_text(exc: BaseException) -> str:
@@ -420,8 +448,10 @@ def run_generate_benchmark(cfg: GenerateBenchConfig) -> dict[str, Any]:
             _speedups(doc.data["records"])
         if method == "ours":  # probes before HF continuous batching touches the model
             mmlu = make_workload("mmlu-256", cfg, model.config.vocab_size, context)
+            agreement = make_workload("mmlu-1", replace(cfg, batch=cfg.agreement_prompts), model.config.vocab_size,
+                                      context)
             for key, probe in (("decode_step", partial(decode_step_probe, model, mmlu, device, copy_bw)),
-                               ("first_token_agreement", partial(_first_token_agreement, model, mmlu, device))):
+                               ("first_token_agreement", partial(_first_token_agreement, model, agreement, cfg.hf_batch, device))):
                 try:
                     doc.set(key, probe())
                 except Exception as exc:  # noqa: BLE001
