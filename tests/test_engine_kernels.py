@@ -94,7 +94,7 @@ _SCRIPT = textwrap.dedent(
         lens = [t // 3, 1, t - t // 3 - 1]
         seg = torch.tensor(np.repeat(np.cumsum([0] + lens[:-1]), lens))
         for bm, bn in ((16, 16), (32, 16)):
-            out = ek.packed_attention(q, ka, va, seg, 0.3, block_m=bm, block_n=bn)
+            out = ek.packed_attention(q, ka, va, seg, 0.3, tiles=ek.AttentionTiles(bm, bn))
             torch.testing.assert_close(out, rk.packed_attention_torch(q, kb, vb, seg, 0.3), atol=1e-4, rtol=1e-4)
     assert not mk.qkv_fusable(x, w, hq, hkv, d, mk.GemmConfig(16, 48))  # a tile column block of 1.5 heads
     print("kernels ok")
@@ -208,7 +208,7 @@ _OPTIONS_SCRIPT = textwrap.dedent(
             torch.testing.assert_close(va, vb)
             if cap:  # the cap changes the result at these scores: the option is not a no-op
                 assert (ref - rk.packed_attention_torch(q, kb, vb, seg, 0.25)).abs().max() > 1e-2
-            out = ek.packed_attention(q, kb, vb, seg, 0.25, softcap=cap, block_m=bm, block_n=bn)
+            out = ek.packed_attention(q, kb, vb, seg, 0.25, softcap=cap, tiles=ek.AttentionTiles(bm, bn))
             torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
     # float16: the QK-norm's rounding points (Qwen3: norm cast, then times w in the model dtype;
     # Gemma: float32 norm times (1 + w), cast once): within an ulp of the reference and equal to
@@ -302,6 +302,16 @@ def test_engine_qwen3_phi3_gemma_match_hf_in_the_interpreter():
     float32: logits and K/V equal HF run on each prompt alone."""
     proc = _interpret(_FAMILIES_SCRIPT)
     assert proc.returncode == 0 and "families ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_attention_tiles_reject_bad_values_and_rows_pick_theirs():
+    from gpu_runner.engine import kernels as ek
+
+    for bad in (dict(block_m=48), dict(block_n=8), dict(block_m=True), dict(num_warps=3), dict(num_stages=0)):
+        with pytest.raises(ValueError, match="block_m|block_n|num_warps"):
+            ek.AttentionTiles(**bad)
+    assert ek.packed_tiles(4096, 32) == ek.SMALL_ROW_TILES
+    assert ek.packed_tiles(ek.LARGE_ROW, 16) == ek.packed_tiles(65536, 32) == ek.LARGE_ROW_TILES
 
 
 def test_kernel_options_reject_bad_values():

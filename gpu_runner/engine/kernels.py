@@ -53,8 +53,8 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
     tl = None
 
-__all__ = ["GATED_ACTIVATIONS", "QKNorm", "gated_act", "packed_attention", "packed_head_dim", "rmsnorm", "rope_attention",
-           "rope_store", "silu_mul", "use_triton"]
+__all__ = ["GATED_ACTIVATIONS", "AttentionTiles", "QKNorm", "gated_act", "packed_attention", "packed_head_dim",
+           "packed_tiles", "rmsnorm", "rope_attention", "rope_store", "silu_mul", "use_triton"]
 
 
 def use_triton(t: torch.Tensor) -> bool:
@@ -412,6 +412,40 @@ class QKNorm:
             raise ValueError(f"QKNorm eps must be > 0, got {self.eps!r}")
 
 
+@dataclass(frozen=True)
+class AttentionTiles:
+    """A launch configuration of `packed_attention`: block_m query rows x block_n keys per
+    step (powers of two >= 16), num_warps and num_stages of the Triton launch."""
+
+    block_m: int = 64
+    block_n: int = 32
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 16 or v & (v - 1):
+                raise ValueError(f"{name} must be a power of two >= 16, got {v!r}")
+        if self.num_warps not in (1, 2, 4, 8, 16) or not 1 <= self.num_stages <= 8:
+            raise ValueError(f"num_warps must be a power of two <= 16 and num_stages in 1..8, got "
+                             f"{self.num_warps!r}, {self.num_stages!r}")
+
+
+# Batch-64-sized rows (a few thousand tokens): the fastest measured on an H100 at the 7B and
+# 1.3B shapes (62.6 / 36.7 us against 76.0 / 39.1 with 64-key blocks).
+SMALL_ROW_TILES = AttentionTiles(64, 32, 4, 3)
+LARGE_ROW_TILES = SMALL_ROW_TILES
+LARGE_ROW = 16384  # rows of at least this many tokens (scoring streams) take LARGE_ROW_TILES
+
+
+def packed_tiles(num_tokens: int, num_heads: int) -> AttentionTiles:
+    """`packed_attention`'s default launch configuration for a row of `num_tokens` tokens
+    and `num_heads` query heads."""
+    del num_heads  # the measured choice is the same at 16 and 32 heads
+    return LARGE_ROW_TILES if num_tokens >= LARGE_ROW else SMALL_ROW_TILES
+
+
 def packed_head_dim(head_dim: int) -> bool:
     """True where the packed attention path (`rope_attention`, `packed_attention`) takes heads
     of `head_dim`: even and >= 32 (powers of two or not: the kernels pad the head-dim tiles
@@ -541,7 +575,7 @@ def rope_attention(
 
 def packed_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg_start: torch.Tensor, scale: float,
-    *, softcap: float = 0.0, block_m: int = 64, block_n: int = 32, num_warps: int = 4, num_stages: int = 3,
+    *, softcap: float = 0.0, tiles: AttentionTiles | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Block-diagonal causal attention over one flat row of already roped q [T, Hq, D] and
     k / v [T, Hkv, D] (the KV cache, as `matmul.qkv_rope` leaves them), all
@@ -549,9 +583,8 @@ def packed_attention(
     (non-decreasing). Returns [T, Hq, D]. Tiled over the row like `rope_attention` (a tile
     mixes prompts); no RoPE, no cache writes, so the key and value blocks go straight from
     memory to the matmuls. softcap > 0: Gemma-2's score soft-cap (0 = off, compiled out).
-    D >= 16 (padded to the next power of two). The default tiles were the fastest
-    measured on an H100 at the 7B and 1.3B batch-64 shapes (benchmarks/device/qkv_rope_probe.py,
-    call 19: 62.6 / 36.7 us against 76.0 / 39.1 with 64-key blocks)."""
+    D >= 16 (padded to the next power of two). tiles: the launch configuration, default
+    `packed_tiles(T, Hq)`."""
     t, hq, d = q.shape
     if k.shape != v.shape or k.shape[0] != t or k.shape[2] != d or hq % k.shape[1]:
         raise ValueError(f"packed_attention needs q [T, Hq, D] and k, v [T, Hkv, D] with Hkv dividing Hq, got "
@@ -561,11 +594,12 @@ def packed_attention(
         return packed_attention_torch(q, k, v, seg_start, scale, softcap)
     if d < 16:
         raise ValueError(f"packed_attention needs head_dim >= 16, got {d}")
+    tl_ = tiles or packed_tiles(t, hq)
     out = torch.empty_like(q)
-    grid = (triton.cdiv(t, block_m), hq)
+    grid = (triton.cdiv(t, tl_.block_m), hq)
     _packed_attention_kernel[grid](
         q, k, v, seg_start, out, t, scale * 1.4426950408889634,
-        HQ=hq, HKV=k.shape[1], D=d, DP=_pow2(d), BM=block_m, BN=block_n, IEEE=q.dtype == torch.float32,
-        SOFTCAP=softcap, INTERPRET=not q.is_cuda, num_warps=num_warps, num_stages=num_stages,
+        HQ=hq, HKV=k.shape[1], D=d, DP=_pow2(d), BM=tl_.block_m, BN=tl_.block_n, IEEE=q.dtype == torch.float32,
+        SOFTCAP=softcap, INTERPRET=not q.is_cuda, num_warps=tl_.num_warps, num_stages=tl_.num_stages,
     )
     return out
