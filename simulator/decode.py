@@ -91,8 +91,9 @@ DECODE_METHODS: dict[str, DecodeMethod] = {
     for m in (
         # HF transformers eager `model.generate` with a DynamicCache (torch.cat per step).
         DecodeMethod("hf-eager", kv_extra_passes=0.0, layer_overhead_s=1.056e-3, call_overhead_s=8.1e-3),
-        # HF `generate_batch` (continuous batching, paged cache): a Python scheduler per step.
-        DecodeMethod("hf-paged", step_overhead_s=8.32e-2, call_overhead_s=1.30),
+        # HF `generate_batch` (continuous batching, paged cache): a Python scheduler per step, and a
+        # cost per live cache token (kv_extra_passes) fitted on the azure trace.
+        DecodeMethod("hf-paged", kv_extra_passes=17.57, step_overhead_s=5.73e-2, call_overhead_s=1.81),
         # our CUDA-graph decode loop: bandwidth-bound, one graph replay per step.
         DecodeMethod("graph", step_overhead_s=2.16e-3),
     )
@@ -108,8 +109,10 @@ CALIBRATION_SOURCES: dict[str, str] = {
     "hf-eager": "kv_extra_passes (fit: 0), layer_overhead_s, call_overhead_s fitted (log least squares, python -m simulator.decode_calibration "
     "--fit) to H200 7B 64 MMLU prompts: HF generate padded 1.55 s / 13.2 s and gpu_runner.generate 1.59 s / 8.78 s "
     "(32 / 256 new tokens)",
-    "hf-paged": "step_overhead_s, call_overhead_s fitted to H200 7B 64 MMLU prompts, HF generate_batch 4.2 s / 23.9 s "
-    "(32 / 256 new tokens): two points, two constants, in-sample",
+    "hf-paged": "step_overhead_s, call_overhead_s, kv_extra_passes fitted to H200 7B HF generate_batch: 64 MMLU prompts "
+    "4.2 s / 23.9 s (32 / 256 new tokens) and the first 256 azure_conv requests with their own output lengths, 198.82 s "
+    "(benchmarks/results/generate_azure256_h200.json): three points, three constants, in-sample; the same 256 requests on "
+    "an H100 (246.41 s) are held out",
     "engine prefill": "matmul_efficiency fitted to the H200 engine prefill of 64 MMLU prompts (seed 0): 88.0 ms "
     "(0.81 of the 764 TFLOP/s roofline; 0.79-0.80 on three other length mixes, ../shared/DESIGN.md); no per-layer "
     "overhead (CUDA graphs) and no separate elementwise traffic (fused into the matmuls)",

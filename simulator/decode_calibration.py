@@ -30,9 +30,9 @@ __all__ = ["MEASURED", "Point", "azure_requests", "benchmark_batch", "errors", "
 class Point:
     """One measured run: method, new tokens per prompt, wall seconds, GPU, and whether the
     shipped constants were fitted to it (in_sample). workload "mmlu64": the benchmark batch
-    (`benchmark_batch`) x new_tokens each; "azure2048": the first 2,048 azure_conv requests
-    with their logged outputs capped at new_tokens, prompts cut to fit the 4,096-token
-    context (`azure_requests`, as the e2e bench runs them). finished: a run cut at
+    (`benchmark_batch`) x new_tokens each; "azure<N>" (azure256, azure2048): the first N
+    azure_conv requests with their logged outputs capped at new_tokens, prompts cut to fit
+    the 4,096-token context (`azure_requests`, as the e2e bench runs them). finished: a run cut at
     measured_s that had handed back this many requests (measured_s is then compared with
     the modeled time of the finished-th finish); None = a whole run."""
 
@@ -65,6 +65,15 @@ MEASURED = (
           workload="azure2048"),
     Point("hf-continuous", 1000, 110.40, in_sample=False, source="benchmarks/results/generate_azure_h200.json (cut)",
           workload="azure2048", finished=103),
+    # its first 256 requests, both methods run whole (prepack-bench --scenarios e2e --workloads azure
+    # --azure-requests 256 --methods ours,hf-cb): hf-cb on the H200 fits hf-paged's KV term; the rest held out
+    Point("hf-continuous", 1000, 198.82, source="benchmarks/results/generate_azure256_h200.json", workload="azure256"),
+    Point("engine", 1000, 19.80, in_sample=False, source="benchmarks/results/generate_azure256_h200.json",
+          workload="azure256"),
+    Point("hf-continuous", 1000, 246.41, gpu="h100", in_sample=False,
+          source="benchmarks/results/generate_azure256_h100.json", workload="azure256"),
+    Point("engine", 1000, 29.06, gpu="h100", in_sample=False, source="benchmarks/results/generate_azure256_h100.json",
+          workload="azure256"),
 )
 ENGINE_PREFILL_MEASURED_S = 0.0880  # H200 PrefillEngine, the same 64 prompts (../shared/DESIGN.md)
 
@@ -96,13 +105,14 @@ def azure_requests(max_new_tokens: int = 1000, size: int = 2048, context: int = 
 def predict(point: Point, methods: dict[str, DecodeMethod] | None = None) -> float:
     """Modeled seconds of `point` with `methods` (default: the shipped DECODE_METHODS): the
     whole run's, or for a cut run the time its `finished`-th request finishes."""
-    if point.workload == "azure2048":
-        requests = azure_requests(point.new_tokens)
+    size = point.workload[len("azure"):]
+    if point.workload.startswith("azure") and size.isdigit() and int(size) > 0:
+        requests = azure_requests(point.new_tokens, size=int(size))
     elif point.workload == "mmlu64":
         batch = benchmark_batch()
         requests = Requests(batch, np.full(batch.size, point.new_tokens), point.new_tokens)
     else:
-        raise ValueError(f"unknown workload {point.workload!r}: mmlu64 or azure2048")
+        raise ValueError(f"unknown workload {point.workload!r}: mmlu64 or azure<N> (e.g. azure2048)")
     run = _runner(point, dict(DECODE_METHODS if methods is None else methods)).run(requests, Hardware("llama-2-7b", point.gpu))
     if point.finished is None:
         return run.total_s
@@ -122,7 +132,7 @@ def engine_prefill_error(matmul_efficiency: float = ENGINE_PREFILL["matmul_effic
 def fit(points: Sequence[Point] = MEASURED) -> tuple[dict[str, DecodeMethod], float]:
     """Least squares on log(predicted / measured) over the in-sample `points`: hf-eager
     (kv_extra_passes, layer_overhead_s, call_overhead_s), hf-paged (step_overhead_s,
-    call_overhead_s), graph (step_overhead_s, only when engine points are given: none are
+    call_overhead_s, and kv_extra_passes where an in-sample azure point gives long caches), graph (step_overhead_s, only when engine points are given: none are
     measured yet); and the engine prefill matmul_efficiency. Returns (methods, efficiency)."""
     from scipy.optimize import brentq, least_squares
 
@@ -136,17 +146,21 @@ def fit(points: Sequence[Point] = MEASURED) -> tuple[dict[str, DecodeMethod], fl
                                              call_overhead_s=x[2])}  # fmt: skip
         return np.log1p(errors(m, eager_pts))
 
+    long_caches = any(p.workload != "mmlu64" for p in paged_pts)
+
     def paged(x: np.ndarray) -> np.ndarray:
-        m = {**shipped, "hf-paged": replace(shipped["hf-paged"], step_overhead_s=x[0] * 1e-3, call_overhead_s=x[1])}
+        m = {**shipped, "hf-paged": replace(shipped["hf-paged"], step_overhead_s=x[0] * 1e-3, call_overhead_s=x[1],
+                                             kv_extra_passes=x[2] if long_caches else 0.0)}  # fmt: skip
         return np.log1p(errors(m, paged_pts))
 
     e = least_squares(eager, [10.0, 0.8, 0.1], bounds=([0, 0, 0], [100, 10, 5])).x
-    g = least_squares(paged, [80.0, 1.0], bounds=([0, 0], [1000, 10])).x
+    g = least_squares(paged, [80.0, 1.0, 5.0], bounds=([0, 0, 0], [1000, 10, 100])).x
     methods = {
         **shipped,
         "hf-eager": replace(shipped["hf-eager"], kv_extra_passes=float(e[0]), layer_overhead_s=float(e[1]) * 1e-3,
                             call_overhead_s=float(e[2])),
-        "hf-paged": replace(shipped["hf-paged"], step_overhead_s=float(g[0]) * 1e-3, call_overhead_s=float(g[1])),
+        "hf-paged": replace(shipped["hf-paged"], step_overhead_s=float(g[0]) * 1e-3, call_overhead_s=float(g[1]),
+                            kv_extra_passes=float(g[2]) if long_caches else 0.0),
     }  # fmt: skip
     if engine_pts:
         def graph(x: np.ndarray) -> np.ndarray:
@@ -190,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods = None
     if args.fit:
         methods, efficiency = fit()
-        for name in ("hf-eager", "hf-paged"):
+        for name in ("hf-eager", "hf-paged", "graph"):
             print(methods[name])
         print(f"engine prefill matmul_efficiency = {efficiency:.4f}")
     print(report(methods))

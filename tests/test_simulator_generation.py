@@ -25,7 +25,7 @@ CALIBRATION_MD = Path(__file__).resolve().parents[1] / "simulator" / "CALIBRATIO
 def test_predictions_within_20_percent_median_of_the_measured_runs():
     errs = errors()
     fitted = np.array([abs(e) for p, e in zip(MEASURED, errs) if p.in_sample])
-    assert fitted.size == 8
+    assert fitted.size == 9
     assert np.median(fitted) <= 0.20, dict(zip([(p.method, p.new_tokens) for p in MEASURED], errs))
     # the points are kept visible, the bad ones included: nothing in the table is dropped
     table = report()
@@ -44,6 +44,7 @@ def test_the_shipped_constants_are_what_the_fit_gives():
         for f in fields:
             assert getattr(DECODE_METHODS[name], f) == pytest.approx(getattr(methods[name], f), rel=0.03, abs=1e-3), (name, f)
     assert DECODE_METHODS["hf-eager"].kv_extra_passes == pytest.approx(methods["hf-eager"].kv_extra_passes, abs=0.05)
+    assert DECODE_METHODS["hf-paged"].kv_extra_passes == pytest.approx(methods["hf-paged"].kv_extra_passes, rel=0.03)
     assert ENGINE_PREFILL["matmul_efficiency"] == pytest.approx(efficiency, rel=0.01)
 
 
@@ -80,7 +81,9 @@ def test_engine_beats_the_hf_methods_on_the_azure_trace():
     assert set(by) == {("hf-padded", "static"), ("prepack-hf", "static"), ("hf-continuous", "refill-when-free"),
                        ("engine", "refill-when-free"), ("engine", "batch-refill")}  # fmt: skip
     engine = by[("engine", "refill-when-free")]
-    assert engine.total_s < by[("hf-continuous", "refill-when-free")].total_s < by[("hf-padded", "static")].total_s
+    # HF's two methods are not ordered: generate_batch measured slower than padded generate at
+    # 64 MMLU prompts x 256 new tokens (19.44 s against 14.75 s, H200), and so it is modelled.
+    assert engine.total_s < min(by[("hf-continuous", "refill-when-free")].total_s, by[("hf-padded", "static")].total_s)
     assert engine.output_tokens == res.config["output_tokens"] and engine.fits
     assert np.isfinite(engine.ttft_s).all()
     assert engine.ttft_percentile_s(50) <= engine.ttft_percentile_s(90) <= engine.ttft_percentile_s(99) <= engine.total_s
