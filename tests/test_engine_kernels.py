@@ -304,14 +304,14 @@ def test_engine_qwen3_phi3_gemma_match_hf_in_the_interpreter():
     assert proc.returncode == 0 and "families ok" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_attention_tiles_reject_bad_values_and_rows_pick_theirs():
+def test_attention_tiles_reject_bad_values_and_every_row_takes_the_measured_one():
     from gpu_runner.engine import kernels as ek
 
     for bad in (dict(block_m=48), dict(block_n=8), dict(block_m=True), dict(num_warps=3), dict(num_stages=0)):
         with pytest.raises(ValueError, match="block_m|block_n|num_warps"):
             ek.AttentionTiles(**bad)
-    assert ek.packed_tiles(4096, 32) == ek.SMALL_ROW_TILES
-    assert ek.packed_tiles(ek.LARGE_ROW, 16) == ek.packed_tiles(65536, 32) == ek.LARGE_ROW_TILES
+    assert ek.PACKED_TILES == ek.AttentionTiles(64, 32, 4, 3)
+    assert ek.packed_tiles(4096, 32) == ek.packed_tiles(16384, 16) == ek.packed_tiles(65536, 32) == ek.PACKED_TILES
 
 
 def test_kernel_options_reject_bad_values():

@@ -53,8 +53,8 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
     tl = None
 
-__all__ = ["GATED_ACTIVATIONS", "AttentionTiles", "QKNorm", "gated_act", "packed_attention", "packed_head_dim",
-           "packed_tiles", "rmsnorm", "rope_attention", "rope_store", "silu_mul", "use_triton"]
+__all__ = ["GATED_ACTIVATIONS", "PACKED_TILES", "AttentionTiles", "QKNorm", "gated_act", "packed_attention",
+           "packed_head_dim", "packed_tiles", "rmsnorm", "rope_attention", "rope_store", "silu_mul", "use_triton"]
 
 
 def use_triton(t: torch.Tensor) -> bool:
@@ -432,18 +432,19 @@ class AttentionTiles:
                              f"{self.num_warps!r}, {self.num_stages!r}")
 
 
-# Batch-64-sized rows (a few thousand tokens): the fastest measured on an H100 at the 7B and
-# 1.3B shapes (62.6 / 36.7 us against 76.0 / 39.1 with 64-key blocks).
-SMALL_ROW_TILES = AttentionTiles(64, 32, 4, 3)
-LARGE_ROW_TILES = SMALL_ROW_TILES
-LARGE_ROW = 16384  # rows of at least this many tokens (scoring streams) take LARGE_ROW_TILES
+# The fastest measured: on an H100 at the 7B and 1.3B shapes, batch-64-sized rows (62.6 / 36.7 us
+# against 76.0 / 39.1 with 64-key blocks), and on an H200 over rows of MMLU prompts of 32k and 65k
+# tokens (random and longest-first, 16 and 32 heads) against 15 other configurations: the fastest
+# or within 1% in each case (benchmarks/results/attention_tiles_h200.json; its eager 4k-token
+# calls are too short to rank). So one configuration for every row.
+PACKED_TILES = AttentionTiles(64, 32, 4, 3)
 
 
 def packed_tiles(num_tokens: int, num_heads: int) -> AttentionTiles:
     """`packed_attention`'s default launch configuration for a row of `num_tokens` tokens
-    and `num_heads` query heads."""
-    del num_heads  # the measured choice is the same at 16 and 32 heads
-    return LARGE_ROW_TILES if num_tokens >= LARGE_ROW else SMALL_ROW_TILES
+    and `num_heads` query heads (today `PACKED_TILES` for every row: see its comment)."""
+    del num_tokens, num_heads  # measured: the same choice at 4k-65k tokens and 16 / 32 heads
+    return PACKED_TILES
 
 
 def packed_head_dim(head_dim: int) -> bool:
@@ -551,7 +552,7 @@ def rope_attention(
     Returns the attention output [T, Hq, D]. D even and >= 32 (`packed_head_dim`; other than
     powers of two, the tiles are padded to the next one).
     Tiles: block_m query rows x block_n keys; the defaults are the configuration measured
-    fastest on an H100 for 16 and 32 heads (benchmarks/device/tune_attention.py).
+    fastest on an H100 for 16 and 32 heads (a search script since deleted: git log -S tune_attention).
     """
     softcap = _check_softcap(softcap)
     if not use_triton(qkv):

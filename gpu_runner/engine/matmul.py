@@ -71,7 +71,7 @@ class GemmConfig:
     group_m row tiles share weight tiles in L2. The last wave's tiles are split along K into
     at most max_split parts (1 = never split) of at least min_split_steps K steps each, and
     only into min_split parts or more (fewer do not pay for writing and summing the
-    partials). Measured on an H100 (benchmarks/device/gemm_tail_probe.py, engine_ab.py): with
+    partials). Measured on an H100 (benchmarks/device/gemm_tail_probe.py, engine_ab.py, in git history): with
     these defaults the 7B shape (64 K steps) splits into 5, the 1.3B shape (32) does not.
     prefetch_rows: load a tile's RoPE rows (qkv_rope's epilogue input) before its K loop,
     their latency hidden behind the matmul, instead of in the epilogue.
