@@ -8,7 +8,6 @@ Usage (one GPU): python benchmarks/tools/scoring_profile.py MODEL OUT.json [BATC
 
 import json
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,8 +19,10 @@ from scoring_bench import make_requests, work_of
 
 import gpu_runner
 from gpu_runner.bench import build_model, load_lengths
-from gpu_runner.bench.timing import kernel_times, matmul_peak_flops
+from gpu_runner.bench.timing import kernel_times, matmul_peak_flops, wall_clock_s
 
+if len(sys.argv) not in (3, 4) or (len(sys.argv) == 4 and not sys.argv[3].isdigit()):
+    sys.exit("usage: python benchmarks/tools/scoring_profile.py MODEL OUT.json [BATCH_TOKENS]")
 dev = torch.device("cuda")
 name, out_path = sys.argv[1], sys.argv[2]
 batch_tokens = int(sys.argv[3]) if len(sys.argv) > 3 else 32768
@@ -37,13 +38,7 @@ def call() -> None:
 
 
 call()  # compiles, captures
-walls = []
-for _ in range(3):
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    call()
-    torch.cuda.synchronize()
-    walls.append(time.perf_counter() - t0)
+walls = [wall_clock_s(call, device=dev)[1] for _ in range(3)]
 wall = sorted(walls)[1]
 
 
