@@ -5,9 +5,10 @@ whether the engine path applies (`engine_score_unsupported` returns the reason i
 not, or None), the scorer cached on the model next to generation's engine (one
 `PrefillEngine` per model, its weights fused once; `clear_score_cache` frees the scorer's
 buffers and graphs, `clear_generation_cache` everything), `plan_rows`, which packs a
-`ScoreLayout`'s segments into flat rows of at most `batch_tokens` tokens (FFD, so rows
-fill up to the budget and share one graph bucket) and lays every row's inputs out with
-numpy over the whole set at once, and `engine_score`, which runs the rows back to back
+`ScoreLayout`'s segments into the fewest flat rows of at most `batch_tokens` tokens,
+balanced (`balanced_rows`: near-equal tokens, segments and scored positions per row, so
+one graph bucket fits every row with little padding in the layers and the head) and lays
+every row's inputs out with numpy over the whole set at once, and `engine_score`, which runs the rows back to back
 without a host sync (the host gathers and stages row k + 1 while the device runs row k;
 all rows in one shape bucket, so one CUDA graph) and hands the results back in two
 non-blocking transfers: the rows before the last while the last one runs, then the last.
@@ -33,7 +34,7 @@ from gpu_runner.support import refusal
 from gpu_runner.runs import run_indices
 from gpu_runner.score_requests import ScoreLayout
 
-__all__ = ["DEFAULT_BATCH_TOKENS", "PATHS", "RowPlan", "clear_score_cache", "engine_score", "engine_score_unsupported",
+__all__ = ["DEFAULT_BATCH_TOKENS", "PATHS", "RowPlan", "balanced_rows", "clear_score_cache", "engine_score", "engine_score_unsupported",
            "engine_scorer", "plan_rows"]
 
 PATHS = ("auto", "engine", "runner")
@@ -85,7 +86,7 @@ def clear_score_cache(model: torch.nn.Module) -> None:
 
 @dataclass(frozen=True)
 class RowPlan:
-    """A layout's segments packed into flat rows (FFD under `batch_tokens`), and every row's
+    """A layout's segments packed into flat rows (`plan_rows`, under `batch_tokens`), and every row's
     inputs for the whole set, as flat arrays; row k owns the slices [bounds[k] : bounds[k + 1]]
     of each per-row array (`row(k)` cuts its `ScoreBatch` out).
 
@@ -126,17 +127,71 @@ class RowPlan:
                           target=self.target[p0:p1])
 
 
+def _group_by_row(row: np.ndarray) -> np.ndarray:
+    """The stable argsort of row numbers (numpy radix-sorts 16-bit keys: 10-15x faster than
+    int64 over the 1.4M scored positions of a HellaSwag-shaped set)."""
+    small = row.size == 0 or int(row.max()) < 1 << 16
+    return np.argsort(row.astype(np.uint16) if small else row, kind="stable")
+
+
+def balanced_rows(lengths: np.ndarray, capacity: int, tries: int = 3) -> np.ndarray | None:
+    """int64 [S]: the row of each segment, rows of at most `capacity` tokens, balanced: with
+    R = ceil(total / capacity) rows (then R + 1, ..., `tries` counts in all), the segments
+    are dealt longest first in serpentine order (rows 0..R-1, then R-1..0, ...), so every row
+    gets segments of every size class and near-equal tokens, segments and scored positions;
+    a row over capacity then hands its shortest segments to the rows with the most room.
+    None when no try fits (the caller packs another way)."""
+    total, n = int(lengths.sum()), lengths.size
+    order = np.argsort(-lengths, kind="stable")
+    first = max(1, -(-total // int(capacity)))
+    for rows in range(first, min(first + tries, n + 1)):
+        rounds, place = np.divmod(np.arange(n, dtype=np.int64), rows)
+        row = np.empty(n, dtype=np.int64)
+        row[order] = np.where(rounds % 2 == 0, place, rows - 1 - place)
+        sums = np.bincount(row, weights=lengths, minlength=rows).astype(np.int64)
+        by_row = np.lexsort((lengths, row))  # each row's segments, shortest first
+        row_first = np.concatenate(([0], np.cumsum(np.bincount(row, minlength=rows))))
+        fits = True
+        for r in np.flatnonzero(sums > capacity).tolist():
+            for m in by_row[row_first[r] : row_first[r + 1]].tolist():
+                if sums[r] <= capacity:
+                    break
+                room = capacity - sums
+                room[r] = -1
+                dest = int(room.argmax())
+                if room[dest] < lengths[m]:  # rows with room never go over: only rows over give
+                    fits = False
+                    break
+                row[m] = dest
+                sums[dest] += lengths[m]
+                sums[r] -= lengths[m]
+            if not fits:
+                break
+        if fits:
+            return row
+    return None
+
+
 def plan_rows(layout: ScoreLayout, batch_tokens: int) -> RowPlan:
     """Pack `layout`'s segments into flat rows of at most max(batch_tokens, longest) tokens
-    (FFD: rows fill up to the budget) and lay out every row's inputs, numpy over the whole set."""
+    and lay out every row's inputs, numpy over the whole set. The rows are balanced
+    (`balanced_rows`): every row runs in the largest row's bucket, so near-equal rows pad
+    least, and the scoring head's positions bucket follows the busiest row (first-fit
+    decreasing, the fallback, leaves the short segments, so most positions, to the last
+    rows: 2,368 positions in one row of an MMLU-shaped set against 468 balanced)."""
     lengths = layout.segment_lengths
     capacity = max(int(batch_tokens), int(lengths.max()))
-    bins = packers.make_packer("ffd").pack(lengths.tolist(), capacity).bins
-    sizes = np.fromiter(map(len, bins), dtype=np.int64, count=len(bins))
-    order = np.fromiter(chain.from_iterable(bins), dtype=np.int64, count=int(sizes.sum()))
-    num_rows = len(bins)
-    row_of_seg = np.empty(lengths.size, dtype=np.int64)
-    row_of_seg[order] = np.repeat(np.arange(num_rows), sizes)
+    row_of_seg = balanced_rows(lengths, capacity)
+    if row_of_seg is None:
+        bins = packers.make_packer("ffd").pack(lengths.tolist(), capacity).bins
+        sizes = np.fromiter(map(len, bins), dtype=np.int64, count=len(bins))
+        order = np.fromiter(chain.from_iterable(bins), dtype=np.int64, count=int(sizes.sum()))
+        row_of_seg = np.empty(lengths.size, dtype=np.int64)
+        row_of_seg[order] = np.repeat(np.arange(sizes.size), sizes)
+    else:
+        order = _group_by_row(row_of_seg)
+        sizes = np.bincount(row_of_seg)
+    num_rows = int(sizes.size)
     ordered = lengths[order]
     before = np.cumsum(ordered) - ordered  # tokens before each segment, whole set
     seg_first = np.cumsum(sizes) - sizes  # index into order of each row's first segment
@@ -144,13 +199,13 @@ def plan_rows(layout: ScoreLayout, batch_tokens: int) -> RowPlan:
     start = np.empty(lengths.size, dtype=np.int64)
     start[order] = before - np.repeat(row_tok0, sizes)  # each segment's start in its row
     u_row = row_of_seg[layout.unique_segment]
-    u_order = np.argsort(u_row, kind="stable")
+    u_order = _group_by_row(u_row)
     u_counts = np.bincount(u_row, minlength=num_rows)
     u_first = np.cumsum(u_counts) - u_counts
     u_local = np.empty(u_row.size, dtype=np.int64)  # index of a position in its row's gpos
     u_local[u_order] = np.arange(u_row.size) - np.repeat(u_first, u_counts)
     p_row = u_row[layout.pair_unique]
-    p_order = np.argsort(p_row, kind="stable")
+    p_order = _group_by_row(p_row)
     p_counts = np.bincount(p_row, minlength=num_rows)
     return RowPlan(
         order=order, seg_bounds=np.append(seg_first, order.size), lengths=ordered,
@@ -184,7 +239,7 @@ def engine_score(model: torch.nn.Module, layout: ScoreLayout, *,
 def _stream(scorer: EngineScorer, layout: ScoreLayout,
             plan: RowPlan) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """`engine_score`'s generator (arguments checked, rows planned)."""
-    # every row in the largest row's bucket (FFD fills rows up to the budget: the few light rows pad little)
+    # every row in the largest row's bucket (balanced rows: each pads little)
     shape = scorer.shape_of(*plan.largest())
     device = scorer.engine.device
     cuda = device.type == "cuda"

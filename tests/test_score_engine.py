@@ -173,6 +173,14 @@ def test_score_head_chunks_equal_one_pass_and_log_softmax():
         assert torch.equal(greedy, want_greedy)
 
 
+def test_bucket_shapes():
+    scorer = EngineScorer(SimpleNamespace(), token_bucket=128, logit_chunk=1024)
+    assert scorer.shape_of(1, 1, 1, 1) == (128, 16, 64, 64)
+    assert scorer.shape_of(32641, 17, 600, 2400) == (32768, 32, 1024, 4096)
+    # positions past one head chunk round to whole chunks, not to the next power of two
+    assert scorer.shape_of(32768, 300, 9308, 37000)[2:] == (10240, 65536)
+
+
 @pytest.mark.parametrize(
     ("fields", "match"),
     [

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from gpu_runner import runs
-from gpu_runner.score_engine import plan_rows
+from gpu_runner.bench import load_lengths
+from gpu_runner.score_engine import balanced_rows, plan_rows
 from gpu_runner.score_requests import SHARE_MODES, auto_share, layout_requests, share_groups, validate_requests
 from gpu_runner.scoring import _stream_results
 
@@ -164,6 +165,28 @@ def test_row_plan_covers_every_pair_once():
         seg, off = layout.unique_segment[layout.pair_unique[pairs]], layout.unique_offset[layout.pair_unique[pairs]]
         assert np.array_equal(read, layout.tokens[layout.bounds[seg] + off])
         assert np.array_equal(batch.target, layout.pair_target[pairs])
+
+
+def test_balanced_rows_fill_the_fewest_rows_evenly():
+    lengths = np.asarray(load_lengths("mmlu"), dtype=np.int64)
+    for capacity in (8192, 32768):
+        row = balanced_rows(lengths, capacity)
+        rows = -(-int(lengths.sum()) // capacity)
+        sums, counts = np.bincount(row, weights=lengths), np.bincount(row)
+        assert row.min() == 0 and row.max() == rows - 1 and sums.max() <= capacity  # first-fit decreasing's count
+        assert counts.max() <= 1.1 * lengths.size / rows  # segments (so scored positions) spread evenly
+    # one segment per row needed: three tries cannot fit, so the plan falls back to first-fit decreasing
+    assert balanced_rows(np.full(10, 6), 11) is None
+    assert balanced_rows(np.full(10, 6), 11, tries=6) is not None
+
+
+def test_row_plan_falls_back_to_ffd_where_rows_cannot_balance():
+    requests = [([1] * 5, [2, 3]) for _ in range(10)]  # ten 6-token segments, capacity 11: one per row
+    layout = layout_requests(validate_requests(requests, vocab_size=9, max_input_tokens=None), "none")
+    assert balanced_rows(layout.segment_lengths, 11) is None
+    plan = plan_rows(layout, batch_tokens=11)
+    assert plan.num_rows == 10 and np.diff(plan.tok_bounds).max() <= 11
+    assert sorted(plan.pair_order.tolist()) == list(range(layout.pair_target.size))
 
 
 def test_results_assemble_from_chunks_in_any_order_and_refuse_a_missing_pair():

@@ -10,7 +10,8 @@ every layer's K / V go to one scratch layer, no cache is kept), then the scoring
 (`score_head`): the final norm at the gathered positions only, the lm_head in chunks of
 `logit_chunk` positions with fp32 logsumexp, argmax and the targets' logits read per chunk
 (never a [positions, vocab] fp32 tensor beyond one chunk). Buckets: tokens rounded up to
-`token_bucket`, segments, gathered positions and pairs to powers of two; padding gathers
+`token_bucket`, segments and pairs to powers of two, gathered positions to a power of two
+up to `logit_chunk`, to a multiple of it above; padding gathers
 row 0 and scores target 0, results the caller ignores. Outputs stay on the device, in
 static buffers valid until the next `run`: no host sync per batch. A caller running many
 rows passes one `shape` (the bucket of its largest row) to every `run`: one graph, captured
@@ -106,8 +107,11 @@ class EngineScorer:
 
     def shape_of(self, num_tokens: int, num_segments: int, num_positions: int, num_pairs: int) -> tuple[int, ...]:
         """The bucket (t, segment slots, positions, pairs) a batch of these sizes runs in."""
-        return (bucket_tokens(num_tokens, self.token_bucket), next_pow2(num_segments, 16),
-                next_pow2(num_positions, 64), next_pow2(num_pairs, 64))
+        positions = next_pow2(num_positions, 64)
+        if positions > self.logit_chunk:  # the head runs whole chunks: round to one, not to a power of two
+            positions = bucket_tokens(num_positions, self.logit_chunk)
+        return (bucket_tokens(num_tokens, self.token_bucket), next_pow2(num_segments, 16), positions,
+                next_pow2(num_pairs, 64))
 
     def reserve(self, num_tokens: int, num_segments: int, num_positions: int, num_pairs: int) -> None:
         """Size the buffers for batches up to these sizes (call before a stream of `run`s:
