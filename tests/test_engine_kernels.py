@@ -47,6 +47,31 @@ _SCRIPT = textwrap.dedent(
         torch.testing.assert_close(mk.swiglu(x, w, cfg, counters=counters), ref, atol=1e-5, rtol=1e-5)
         assert int(counters.abs().sum()) == 0  # left at zero for the next launch
     assert splits == {1, 2, 4}, splits
+    # a pipelined loop (flatten / warp_specialize) that does not compile: one warning, then the
+    # plain loop, for this call and the next (no second try), with the same result
+    import warnings
+    real, tried = mk._gemm_kernel, []
+
+    class NoPipelinedLoop:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                tried.append(kw["FLATTEN"] or kw["WS"])
+                if kw["FLATTEN"] or kw["WS"]:
+                    raise RuntimeError("PassManager::run failed")
+                return real[grid](*args, **kw)
+            return launch
+
+    mk._gemm_kernel = NoPipelinedLoop()
+    cfg = mk.GemmConfig(16, 16, **small, flatten=True, warp_specialize=True)
+    x, w = torch.randn(37, 64), torch.randn(80, 64) * 0.125
+    ref = rk.silu_mul_torch(torch.nn.functional.linear(x, w))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            torch.testing.assert_close(mk.swiglu(x, w, cfg, counters=counters), ref, atol=1e-5, rtol=1e-5)
+    assert tried == [True, False, False], tried
+    assert len(caught) == 1 and "running the plain loop" in str(caught[0].message), caught
+    mk._gemm_kernel = real
     hq, hkv, dim = 4, 2, 32
     qkv, pos = torch.randn(11, (hq + 2 * hkv) * dim), torch.randint(0, 100, (11,))
     freqs = torch.arange(100).float()[:, None] * torch.rand(dim // 2)[None, :]

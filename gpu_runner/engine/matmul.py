@@ -32,6 +32,10 @@ on 1.3B and 0-1.8 ms on 7B depending on the machine; the K split adds 0.2-0.5 ms
 qkv_rope alone 597-670 us at the 7B shape (cuBLAS QKV without RoPE 569-602); with the
 attention after it, 1.5 ms off the 7B forward against cuBLAS QKV + RoPE in the attention.
 
+The tile loop runs as Triton's flattened and warp-specialized pipeline (`GemmConfig.flatten`,
+`warp_specialize`); where that does not compile for a launch's settings (a Triton without
+the pass for the GPU, or a pass failure) it warns once and runs the plain loop.
+
 Where a kernel cannot run (no Triton tensor descriptors, a pre-Hopper GPU, the CPU without
 Triton's interpreter, non-contiguous or misaligned operands, heads that do not fit the
 tiles) `swiglu` runs F.linear (cuBLAS on a GPU), then `kernels.gated_act`, and
@@ -39,6 +43,7 @@ tiles) `swiglu` runs F.linear (cuBLAS on a GPU), then `kernels.gated_act`, and
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +80,9 @@ class GemmConfig:
     these defaults the 7B shape (64 K steps) splits into 5, the 1.3B shape (32) does not.
     prefetch_rows: load a tile's RoPE rows (qkv_rope's epilogue input) before its K loop,
     their latency hidden behind the matmul, instead of in the epilogue.
+    flatten: Triton flattens the tile loop and the K loop into one software pipeline (the
+    next tile's first loads issued during this tile's epilogue); warp_specialize: Triton's
+    producer / consumer warp groups for that loop (both `tl.range` options).
     """
 
     block_m: int = 128
@@ -87,15 +95,20 @@ class GemmConfig:
     min_split_steps: int = 12
     min_split: int = 3
     prefetch_rows: bool = False
+    flatten: bool = False
+    warp_specialize: bool = False
 
 
-DEFAULT = GemmConfig()
+# Triton's flattened, warp-specialized loop (H100, one 32,768-token row of the 1.3B shape:
+# 1.938 against 2.253 ms for the plain loop, bit-equal; benchmarks/README.md)
+DEFAULT = GemmConfig(flatten=True, warp_specialize=True)
 # qkv_rope's: its last wave split in 2 (7B: 1,632 tiles on 132 SMs leave 48) and each tile's
 # RoPE rows loaded before its matmul. Alone the two configurations trade places between H100s
 # (7B shape: 597 against 655 us with DEFAULT in call 20, 670 against 596 in call 24; cuBLAS
 # without the epilogue 569-592); in the engine they are within noise (call 25: 89.05 against
-# 89.36 ms; benchmarks/README.md).
-QKV_DEFAULT = GemmConfig(min_split=2, prefetch_rows=True)
+# 89.36 ms; benchmarks/README.md). Warp-specialized: 1.168 against 1.322 ms at the 1.3B row
+# above (Triton 3.6 cannot flatten this loop: its flattening pass fails on the epilogue).
+QKV_DEFAULT = GemmConfig(min_split=2, prefetch_rows=True, warp_specialize=True)
 
 if triton is not None:
 
@@ -187,7 +200,7 @@ if triton is not None:
                      M, N, K, QD, KD, num_programs, split,
                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, D: tl.constexpr,
                      HAS_BIAS: tl.constexpr, ROPE: tl.constexpr, PREFETCH: tl.constexpr, IEEE: tl.constexpr,
-                     ACT: tl.constexpr):
+                     ACT: tl.constexpr, FLATTEN: tl.constexpr, WS: tl.constexpr):
         """Persistent: full tiles round-robin, then the last wave's tiles split along K into
         `split` parts (split == 1: no split). N = half the weight's rows (tile columns n.. and
         N + n.. are computed together). PREFETCH: a tile's RoPE rows are loaded before its
@@ -198,7 +211,7 @@ if triton is not None:
         steps = tl.cdiv(K, BK)
         tail = tiles % num_programs if split > 1 else 0
         full = tiles - tail
-        for tile in tl.range(tl.program_id(0), full, num_programs):
+        for tile in tl.range(tl.program_id(0), full, num_programs, flatten=FLATTEN, warp_specialize=WS):
             off_m, off_n = _tile_origin(tile, num_m, num_n, GROUP_M, BM, BN)
             if PREFETCH:
                 c, s = _rope_rows(off_m, M, cos_ptr, sin_ptr, BM, D, ROPE)
@@ -267,6 +280,9 @@ def tail_split(tiles: int, programs: int, k_steps: int, cfg: GemmConfig = DEFAUL
 
 
 _CPU_PROGRAMS = 4  # programs per launch in Triton's CPU interpreter (tests)
+# launch settings whose flattened / warp-specialized loop failed to compile (Triton builds
+# without the pass for this GPU, or a pass failure): they run the plain loop
+_PLAIN_ONLY: set[tuple] = set()
 
 
 def counter_slots(device: torch.device) -> int:
@@ -295,11 +311,23 @@ def _launch(x: torch.Tensor, w: torch.Tensor, outs: tuple[torch.Tensor, ...], cf
     parts = torch.empty(max(1, left * split * bm * 2 * bn), dtype=torch.float32, device=x.device)
     cos, sin, d = rope if rope is not None else (parts, parts, 2)
     qd, kd = (outs[0].shape[1], outs[1].shape[1]) if rope is not None else (0, 0)
-    _gemm_kernel[(programs,)](
-        x_desc, w_desc, *descs, parts if bias is None else bias, cos, sin, parts, counters, t, n, k, qd, kd,
-        programs, split, BM=bm, BN=bn, BK=bk, GROUP_M=cfg.group_m, D=d, HAS_BIAS=bias is not None, ROPE=rope is not None, PREFETCH=cfg.prefetch_rows, IEEE=x.dtype == torch.float32, ACT=activation, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-    )
+    constants = {"BM": bm, "BN": bn, "BK": bk, "GROUP_M": cfg.group_m, "D": d, "HAS_BIAS": bias is not None,
+                 "ROPE": rope is not None, "PREFETCH": cfg.prefetch_rows, "IEEE": x.dtype == torch.float32,
+                 "ACT": activation, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    args = (x_desc, w_desc, *descs, parts if bias is None else bias, cos, sin, parts, counters, t, n, k, qd, kd,
+            programs, split)
+    pipelined = cfg.flatten or cfg.warp_specialize
+    key = (tuple(sorted((name, str(value)) for name, value in constants.items())), x.device.index)
+    if pipelined and key not in _PLAIN_ONLY:
+        try:
+            _gemm_kernel[(programs,)](*args, FLATTEN=cfg.flatten, WS=cfg.warp_specialize, **constants)
+            return
+        except Exception as exc:  # noqa: BLE001 - a Triton compiler failure (its classes vary by version)
+            _PLAIN_ONLY.add(key)  # a failed compile launched nothing: run the plain loop from now on
+            warnings.warn(f"the Triton matmul's pipelined loop (flatten={cfg.flatten}, warp_specialize="
+                          f"{cfg.warp_specialize}) did not compile here ({str(exc).strip().splitlines()[-1][:120]}); "
+                          "running the plain loop", RuntimeWarning, stacklevel=3)
+    _gemm_kernel[(programs,)](*args, FLATTEN=False, WS=False, **constants)
 
 
 def _check_counters(counters: torch.Tensor | None, device: torch.device) -> None:
