@@ -178,19 +178,18 @@ def plan_rows(layout: ScoreLayout, batch_tokens: int) -> RowPlan:
     (`balanced_rows`): every row runs in the largest row's bucket, so near-equal rows pad
     least, and the scoring head's positions bucket follows the busiest row (first-fit
     decreasing, the fallback, leaves the short segments, so most positions, to the last
-    rows: 2,368 positions in one row of an MMLU-shaped set against 468 balanced)."""
+    rows: 2,368 positions in one row of an MMLU-shaped set against 494 balanced)."""
     lengths = layout.segment_lengths
     capacity = max(int(batch_tokens), int(lengths.max()))
     row_of_seg = balanced_rows(lengths, capacity)
     if row_of_seg is None:
         bins = packers.make_packer("ffd").pack(lengths.tolist(), capacity).bins
         sizes = np.fromiter(map(len, bins), dtype=np.int64, count=len(bins))
-        order = np.fromiter(chain.from_iterable(bins), dtype=np.int64, count=int(sizes.sum()))
         row_of_seg = np.empty(lengths.size, dtype=np.int64)
-        row_of_seg[order] = np.repeat(np.arange(sizes.size), sizes)
-    else:
-        order = _group_by_row(row_of_seg)
-        sizes = np.bincount(row_of_seg)
+        row_of_seg[np.fromiter(chain.from_iterable(bins), dtype=np.int64, count=lengths.size)] = np.repeat(
+            np.arange(sizes.size), sizes)
+    order = _group_by_row(row_of_seg)  # segments row by row
+    sizes = np.bincount(row_of_seg)
     num_rows = int(sizes.size)
     ordered = lengths[order]
     before = np.cumsum(ordered) - ordered  # tokens before each segment, whole set

@@ -317,7 +317,7 @@ def _launch(x: torch.Tensor, w: torch.Tensor, outs: tuple[torch.Tensor, ...], cf
     args = (x_desc, w_desc, *descs, parts if bias is None else bias, cos, sin, parts, counters, t, n, k, qd, kd,
             programs, split)
     pipelined = cfg.flatten or cfg.warp_specialize
-    key = (tuple(sorted((name, str(value)) for name, value in constants.items())), x.device.index)
+    key = (cfg, activation, d, bias is None, rope is None, x.dtype, x.device)  # what the compiled kernel depends on
     if pipelined and key not in _PLAIN_ONLY:
         try:
             _gemm_kernel[(programs,)](*args, FLATTEN=cfg.flatten, WS=cfg.warp_specialize, **constants)
