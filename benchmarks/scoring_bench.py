@@ -25,7 +25,8 @@ work, syncs and result transfer included; ours-engine also records `host_prep_s`
 host work before the first row, timed apart), the untimed warm-up call before it
 (`warmup_s`: the first 64 requests, or with `--warmup full` the whole set for the ours-*
 methods, so that their Triton kernels and CUDA graph for the set's shapes exist before the
-timed call), fed and padded tokens, roofline, speedup over
+timed call; `--repeat N` times N calls of each ours-* method and records their median as
+`wall_s`, every call in `wall_s_runs`), fed and padded tokens, roofline, speedup over
 hflm-64, and the largest |log-likelihood difference| to hflm-64. HFLM's own padded vs
 unpadded difference (HFLM at batch size 1 against batch 64, on the first `--self-check`
 requests) is the yardstick for bf16 differences; every other method also records its
@@ -194,12 +195,13 @@ class Recorder:
 
 def bench_set(model: Any, model_name: str, set_name: str, requests: list[Request], methods: list[str],
               rec: Recorder, peak_flops: float | None, device: torch.device, self_check: int,
-              batch_tokens: int = 32768, warmup: str = "prefix") -> None:
+              batch_tokens: int = 32768, warmup: str = "prefix", repeat: int = 1) -> None:
     """Every method on one request set; hflm-64 runs first (the reference for diffs and speedups).
     Before its timed call each method runs once untimed (its `warmup_s` is recorded): on the
     first 64 requests, or, for the ours-* methods with warmup="full", on the whole set (its
     shapes then are compiled and captured: the timed call is the steady state; HFLM compiles
-    nothing, its cuBLAS kernels are warm after 64 requests)."""
+    nothing, its cuBLAS kernels are warm after 64 requests). The ours-* methods' timed call
+    runs `repeat` times: `wall_s` is the median, `wall_s_runs` every call."""
     work = work_of(model.config, requests)
     roofline_s = work["roofline_flops"] / peak_flops if peak_flops else None
     budget = int(torch.cuda.mem_get_info(device)[0] // 2) if device.type == "cuda" else None
@@ -216,11 +218,14 @@ def bench_set(model: Any, model_name: str, set_name: str, requests: list[Request
                 options = ours_options(method, budget, batch_tokens)
                 warm = requests if warmup == "full" else prefix
                 _, warmup_s = wall_clock_s(lambda o=options: run_ours(model, warm, o), device=device)
-                scores, wall_s = wall_clock_s(lambda o=options: run_ours(model, requests, o), device=device)
+                runs = [wall_clock_s(lambda o=options: run_ours(model, requests, o), device=device)
+                        for _ in range(repeat)]
+                scores, wall_s = runs[0][0], float(np.median([t for _, t in runs]))
                 path, share = (options["path"], options.get("share_contexts", "auto"))
                 if path == "auto":
                     path, share = auto_choice(model, requests)
-                extra: dict[str, Any] = {"share_contexts": share, "path": path, "warmup": warmup, "warmup_s": warmup_s}
+                extra: dict[str, Any] = {"share_contexts": share, "path": path, "warmup": warmup, "warmup_s": warmup_s,
+                                         "wall_s_runs": [t for _, t in runs]}
                 if path == "engine":
                     from gpu_runner.score_engine import engine_scorer
 
@@ -264,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-tokens", type=int, default=32768, help="tokens per flat row of ours-engine / ours-auto")
     p.add_argument("--warmup", choices=("prefix", "full"), default="prefix",
                    help="untimed call before each timed one: the first 64 requests, or (ours-* only) the whole set")
+    p.add_argument("--repeat", type=int, default=1, help="timed calls of each ours-* method (wall_s: their median)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--out", default="")
@@ -273,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         args.model, args.device, args.dtype, args.limit, args.self_check, args.mixed = "tiny", "cpu", "float32", 4, 8, 24
         args.methods = "ours-identical,ours-tree,ours-engine,ours-auto,hflm-64"  # hflm-auto probes 512 x 2048 tokens
         args.batch_tokens = 256  # several flat rows
+    if args.repeat < 1:
+        p.error(f"--repeat must be >= 1, got {args.repeat}")
     models = args.model.split(",")
     sets, methods = args.sets.split(","), args.methods.split(",")
     for name in (*sets, *methods, *models):
@@ -292,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             requests = make_requests(set_name, lengths, model.config.vocab_size, mixed=args.mixed)
             t0 = time.perf_counter()
             bench_set(model, model_name, set_name, requests, methods, rec, peak, device, args.self_check,
-                      args.batch_tokens, args.warmup)
+                      args.batch_tokens, args.warmup, args.repeat)
             print(f"# {model_name} {set_name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         gpu_runner.clear_generation_cache(model)  # the engine and scorer cached on the model
         del model

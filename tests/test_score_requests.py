@@ -142,6 +142,9 @@ def test_plain_lists_and_other_inputs_validate_alike():
         ([([1], [2]), ([1], [9]), ([9], [1])], "request 1 continuation has token id 9"),
         ([([1], [2]), ([2**70], [1])], "request 1 context holds a token id outside int64"),
         ([([1], [2]), ([1], [2, True])], "request 1 continuation holds True"),
+        ([([1], [2]), ([3, False], [1])], "request 1 context holds False"),  # a bool among plain ints
+        ([([1], [2]), ([3, 2.0], [1])], r"request 1 context holds 2.0 \(float\)"),
+        ([([1], [2]), ([3], [torch.tensor(2)])], r"request 1 continuation holds tensor\(2\)"),
     ],
 )
 def test_bad_ids_name_the_first_bad_request(requests, match):
@@ -150,6 +153,18 @@ def test_bad_ids_name_the_first_bad_request(requests, match):
         requests = [([1], [2]), ([3], [1]), (bad, [1]), (bad, [2])]
     with pytest.raises(ValueError, match=match):
         validate_requests(requests, vocab_size=9, max_input_tokens=None)
+
+
+def test_integer_like_ids_validate_as_their_values():
+    class Id(int):
+        pass
+
+    plain = validate_requests([([5, 3, 1], [0]), ([4], [2, 1])], vocab_size=9, max_input_tokens=None)
+    for wrap in (np.int64, Id):
+        other = validate_requests([([wrap(5), 3, wrap(1)], [wrap(0)]), ([4], [2, wrap(1)])], vocab_size=9,
+                                  max_input_tokens=None)
+        for field in ("context_tokens", "context_bounds", "continuation_tokens", "continuation_bounds"):
+            assert np.array_equal(getattr(plain, field), getattr(other, field)), (wrap, field)
 
 
 def test_row_plan_covers_every_pair_once():

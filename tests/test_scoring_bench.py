@@ -23,7 +23,7 @@ def _load():
 def test_smoke_run_writes_consistent_records(tmp_path):
     bench = _load()
     out = tmp_path / "scoring.json"
-    assert bench.main(["--smoke", "--out", str(out)]) == 0
+    assert bench.main(["--smoke", "--repeat", "2", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["gpu"].startswith("cpu") and data["lm_eval"]
     records = {(r["set"], r["method"]): r for r in data["records"]}
@@ -32,6 +32,8 @@ def test_smoke_run_writes_consistent_records(tmp_path):
     for (name, method), r in records.items():
         assert "error" not in r, r
         assert r["wall_s"] > 0 and r["max_abs_diff_vs_hflm64"] <= 1e-4
+        if method != "hflm-64":
+            assert len(r["wall_s_runs"]) == 2 and min(r["wall_s_runs"]) <= r["wall_s"] <= max(r["wall_s_runs"])
         if method != "hflm-64":
             assert r["max_abs_diff_vs_hflm_unpadded"] <= 1e-4
             assert r["path"] == {"ours-engine": "engine"}.get(method, "runner")  # auto: the runner on CPU
