@@ -32,7 +32,12 @@ unpadded difference (HFLM at batch size 1 against batch 64, on the first `--self
 requests) is the yardstick for bf16 differences; every other method also records its
 difference to that unpadded HFLM run (`max_abs_diff_vs_hflm_unpadded`). Roofline = real-token FLOPs of the distinct fed sequences
 (`gpu_runner.bench.real_token_flops` without its last-token lm_head) + the lm_head at the
-distinct scored positions, over the bf16 matmul rate measured in the same process.
+distinct scored positions, over the bf16 matmul rate measured in the same process (an
+8192^3 product, ~30 ms: the boost clock). The card does not hold that clock under a whole
+set (an H100 at its 700 W limit runs 1,100-1,600 MHz against 1,980), so the JSON also has
+the rate of the same product run for 3 s (`sustained_matmul_tflops`, its clock and power in
+`sustained_power`), each record its roofline at that rate (`roofline_sustained_fraction`)
+and the SM clock and power draw over its timed calls (`power`, sampled by nvidia-smi).
 
 One JSON (a dict with the GPU name and a list of records) is rewritten after every record.
 
@@ -60,7 +65,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gpu_runner
 from gpu_runner.bench import MODEL_SHAPES, build_model, load_lengths, real_token_flops
 from gpu_runner.score_requests import layout_requests, validate_requests
-from gpu_runner.bench.timing import matmul_peak_flops, release_memory, wall_clock_s
+from gpu_runner.bench.power import PowerLog
+from gpu_runner.bench.timing import matmul_peak_flops, matmul_sustained_flops, release_memory, wall_clock_s
 
 SETS = ("mmlu", "hellaswag", "mixed200")
 METHODS = ("ours-auto", "ours-engine", "ours-identical", "ours-tree", "ours-none", "hflm-64", "hflm-auto")
@@ -195,13 +201,16 @@ class Recorder:
 
 def bench_set(model: Any, model_name: str, set_name: str, requests: list[Request], methods: list[str],
               rec: Recorder, peak_flops: float | None, device: torch.device, self_check: int,
-              batch_tokens: int = 32768, warmup: str = "prefix", repeat: int = 1) -> None:
+              batch_tokens: int = 32768, warmup: str = "prefix", repeat: int = 1,
+              sustained_flops: float | None = None) -> None:
     """Every method on one request set; hflm-64 runs first (the reference for diffs and speedups).
     Before its timed call each method runs once untimed (its `warmup_s` is recorded): on the
     first 64 requests, or, for the ours-* methods with warmup="full", on the whole set (its
     shapes then are compiled and captured: the timed call is the steady state; HFLM compiles
     nothing, its cuBLAS kernels are warm after 64 requests). The ours-* methods' timed call
-    runs `repeat` times: `wall_s` is the median, `wall_s_runs` every call."""
+    runs `repeat` times: `wall_s` is the median, `wall_s_runs` every call. `power`: the SM
+    clock and power draw over the timed calls (`bench.power`); `roofline_sustained_fraction`:
+    the roofline at `sustained_flops` (the card's rate under sustained load) over wall_s."""
     work = work_of(model.config, requests)
     roofline_s = work["roofline_flops"] / peak_flops if peak_flops else None
     budget = int(torch.cuda.mem_get_info(device)[0] // 2) if device.type == "cuda" else None
@@ -218,8 +227,9 @@ def bench_set(model: Any, model_name: str, set_name: str, requests: list[Request
                 options = ours_options(method, budget, batch_tokens)
                 warm = requests if warmup == "full" else prefix
                 _, warmup_s = wall_clock_s(lambda o=options: run_ours(model, warm, o), device=device)
-                runs = [wall_clock_s(lambda o=options: run_ours(model, requests, o), device=device)
-                        for _ in range(repeat)]
+                with PowerLog(device) as log:
+                    runs = [wall_clock_s(lambda o=options: run_ours(model, requests, o), device=device)
+                            for _ in range(repeat)]
                 scores, wall_s = runs[0][0], float(np.median([t for _, t in runs]))
                 path, share = (options["path"], options.get("share_contexts", "auto"))
                 if path == "auto":
@@ -237,7 +247,8 @@ def bench_set(model: Any, model_name: str, set_name: str, requests: list[Request
                 lm = make_hflm(model, 64 if method == "hflm-64" else "auto")
                 _, warmup_s = wall_clock_s(lambda lm=lm: run_hflm(lm, prefix), device=device)
                 lm.padded_tokens = 0
-                scores, wall_s = wall_clock_s(lambda lm=lm: run_hflm(lm, requests), device=device)
+                with PowerLog(device) as log:
+                    scores, wall_s = wall_clock_s(lambda lm=lm: run_hflm(lm, requests), device=device)
                 extra = {"warmup_s": warmup_s, "hflm_padded_tokens": lm.padded_tokens,
                          "hflm_padded_over_real": lm.padded_tokens / work["fed_tokens"]}  # fmt: skip
         except Exception as exc:  # noqa: BLE001  (record it, go on with the next method)
@@ -254,6 +265,8 @@ def bench_set(model: Any, model_name: str, set_name: str, requests: list[Request
             extra["max_abs_diff_vs_hflm_unpadded"] = float(np.max(np.abs(np.subtract(scores[: len(unpadded)], unpadded))))
         rec.add({**base, **extra, "wall_s": wall_s, "roofline_s": roofline_s,
                  "roofline_fraction": roofline_s / wall_s if roofline_s else None,
+                 "roofline_sustained_fraction": work["roofline_flops"] / sustained_flops / wall_s if sustained_flops else None,
+                 "power": log.summary.as_record() if log.summary else None,
                  "speedup_vs_hflm64": reference_s / wall_s if reference_s else None,
                  "max_abs_diff_vs_hflm64": diff})  # fmt: skip
 
@@ -290,7 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     slug = torch.cuda.get_device_name(device).split()[-1].lower() if device.type == "cuda" else "cpu"
     rec = Recorder(args.out or f"benchmarks/results/scoring_{slug}.json", device)
-    peak = matmul_peak_flops(device=device) if device.type == "cuda" else None
+    peak = sustained = None
+    if device.type == "cuda":
+        peak = matmul_peak_flops(device=device)
+        with PowerLog(device) as log:
+            sustained = matmul_sustained_flops(device=device)
+        rec.data.update(peak_matmul_tflops=peak / 1e12, sustained_matmul_tflops=sustained / 1e12,
+                        sustained_power=log.summary.as_record() if log.summary else None)
     lengths = load_lengths("mmlu")
     if args.limit:
         lengths = lengths[: args.limit]
@@ -300,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             requests = make_requests(set_name, lengths, model.config.vocab_size, mixed=args.mixed)
             t0 = time.perf_counter()
             bench_set(model, model_name, set_name, requests, methods, rec, peak, device, args.self_check,
-                      args.batch_tokens, args.warmup, args.repeat)
+                      args.batch_tokens, args.warmup, args.repeat, sustained)
             print(f"# {model_name} {set_name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         gpu_runner.clear_generation_cache(model)  # the engine and scorer cached on the model
         del model

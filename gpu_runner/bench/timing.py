@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["KernelTime", "Timing", "kernel_times", "matmul_peak_flops", "peak_extra_bytes", "release_memory",
-           "time_calls", "time_graph", "wall_clock_s"]
+__all__ = ["KernelTime", "Timing", "kernel_times", "matmul_peak_flops", "matmul_sustained_flops", "peak_extra_bytes",
+           "release_memory", "time_calls", "time_graph", "wall_clock_s"]
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,36 @@ def matmul_peak_flops(*, device: torch.device, n: int = 8192, reps: int = 20, dt
     b = torch.randn((n, n), device=device, dtype=dtype, generator=g)
     timing = time_calls(partial(torch.matmul, a, b), device=device, warmup=3, reps=reps)
     return 2.0 * n**3 / (timing.median_ms * 1e-3)
+
+
+def matmul_sustained_flops(*, device: torch.device, seconds: float = 3.0, n: int = 8192,
+                           dtype: torch.dtype = torch.bfloat16) -> float:
+    """Dense matmul rate (FLOP/s) of n x n x n products run back to back for `seconds`,
+    measured over the last third: the rate at the clock the card holds under sustained load
+    (an H100 at its 700 W limit runs well below its boost clock, where `matmul_peak_flops`'s
+    ~30 ms burst runs; `bench.power`)."""
+    if seconds <= 0:
+        raise ValueError(f"seconds must be > 0, got {seconds}")
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn((n, n), device=device, dtype=dtype, generator=g)
+    b = torch.randn((n, n), device=device, dtype=dtype, generator=g)
+    out = torch.empty((n, n), device=device, dtype=dtype)
+    step = 10  # products between syncs
+    _sync(device)
+    start = time.perf_counter()
+    marks: list[tuple[float, int]] = []  # (time, products so far)
+    done = 0
+    while not marks or marks[-1][0] - start < seconds:
+        for _ in range(step):
+            torch.matmul(a, b, out=out)
+        _sync(device)
+        done += step
+        marks.append((time.perf_counter(), done))
+    t_end, n_end = marks[-1]
+    t0, n0 = next(m for m in marks if m[0] - start >= seconds * 2 / 3 or m is marks[-1])
+    if n_end == n0:  # one sync step covers the last third: rate over the whole run
+        t0, n0 = start, 0
+    return 2.0 * n**3 * (n_end - n0) / (t_end - t0)
 
 
 def wall_clock_s(fn: Callable[[], Any], *, device: torch.device) -> tuple[Any, float]:
