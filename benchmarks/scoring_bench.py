@@ -34,7 +34,7 @@ difference to that unpadded HFLM run (`max_abs_diff_vs_hflm_unpadded`). Roofline
 (`gpu_runner.bench.real_token_flops` without its last-token lm_head) + the lm_head at the
 distinct scored positions, over the bf16 matmul rate measured in the same process (an
 8192^3 product, ~30 ms: the boost clock). The card does not hold that clock under a whole
-set (an H100 at its 700 W limit runs 1,100-1,600 MHz against 1,980), so the JSON also has
+set (an H100 at its 700 W limit averages 1,370-1,490 MHz against 1,980), so the JSON also has
 the rate of the same product run for 3 s (`sustained_matmul_tflops`, its clock and power in
 `sustained_power`), each record its roofline at that rate (`roofline_sustained_fraction`)
 and the SM clock and power draw over its timed calls (`power`, sampled by nvidia-smi).

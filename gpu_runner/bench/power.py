@@ -2,7 +2,7 @@
 
 Why a benchmark records them: a dense bf16 forward on an H100 or H200 reaches the card's
 700 W power limit within about a second, and the driver then lowers the SM clock (H100,
-1.3B scoring set: 1,170-1,560 MHz against 1,980 MHz boost). A matmul rate measured in a
+scoring sets: means of 1,370-1,490 MHz against the 1,980 MHz boost). A matmul rate measured in a
 short burst (`timing.matmul_peak_flops`, ~30 ms) runs at the boost clock, so a roofline
 built on it is one the card cannot sustain; `timing.matmul_sustained_flops` measures the
 rate at the capped clock, and a record's clock / power summary shows which regime it ran in.
