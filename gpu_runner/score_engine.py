@@ -149,10 +149,13 @@ def balanced_rows(lengths: np.ndarray, capacity: int, tries: int = 3) -> np.ndar
         row = np.empty(n, dtype=np.int64)
         row[order] = np.where(rounds % 2 == 0, place, rows - 1 - place)
         sums = np.bincount(row, weights=lengths, minlength=rows).astype(np.int64)
+        over = np.flatnonzero(sums > capacity).tolist()
+        if not over:
+            return row
         by_row = np.lexsort((lengths, row))  # each row's segments, shortest first
         row_first = np.concatenate(([0], np.cumsum(np.bincount(row, minlength=rows))))
         fits = True
-        for r in np.flatnonzero(sums > capacity).tolist():
+        for r in over:
             for m in by_row[row_first[r] : row_first[r + 1]].tolist():
                 if sums[r] <= capacity:
                     break

@@ -156,7 +156,8 @@ def _flat_ints(lists: list[list[Any]]) -> tuple[np.ndarray, np.ndarray] | None:
     sum, exact for ints, must come out an int (a float, numpy or torch id turns it into
     another type), and the ids equal to 0 or 1, the values a bool can have, are checked one
     by one."""
-    if min(map(len, lists)) == 0:
+    lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+    if lengths.min() == 0:
         return None
     try:
         if type(sum(chain.from_iterable(lists))) is not int:
@@ -167,7 +168,7 @@ def _flat_ints(lists: list[list[Any]]) -> tuple[np.ndarray, np.ndarray] | None:
     except (TypeError, OverflowError):
         return None
     flat = np.frombuffer(out, dtype=np.int64)
-    bounds = _bounds(np.fromiter(map(len, lists), dtype=np.int64, count=len(lists)))
+    bounds = _bounds(lengths)
     small = np.flatnonzero(flat.view(np.uint64) <= 1)
     if small.size:
         owner = np.searchsorted(bounds, small, side="right") - 1

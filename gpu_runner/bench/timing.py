@@ -157,11 +157,16 @@ def peak_extra_bytes(fn: Callable[[], Any], *, device: torch.device) -> tuple[An
     return out, int(torch.cuda.max_memory_allocated(device) - base)
 
 
+def _square_operands(device: torch.device, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two seeded random n x n matrices: the operands of the matmul rate measurements."""
+    g = torch.Generator(device=device).manual_seed(0)
+    return (torch.randn((n, n), device=device, dtype=dtype, generator=g),
+            torch.randn((n, n), device=device, dtype=dtype, generator=g))
+
+
 def matmul_peak_flops(*, device: torch.device, n: int = 8192, reps: int = 20, dtype: torch.dtype = torch.bfloat16) -> float:
     """Measured dense matmul rate (FLOP/s) of an n x n x n product on random data, median of reps."""
-    g = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn((n, n), device=device, dtype=dtype, generator=g)
-    b = torch.randn((n, n), device=device, dtype=dtype, generator=g)
+    a, b = _square_operands(device, n, dtype)
     timing = time_calls(partial(torch.matmul, a, b), device=device, warmup=3, reps=reps)
     return 2.0 * n**3 / (timing.median_ms * 1e-3)
 
@@ -174,9 +179,7 @@ def matmul_sustained_flops(*, device: torch.device, seconds: float = 3.0, n: int
     ~30 ms burst runs; `bench.power`)."""
     if seconds <= 0:
         raise ValueError(f"seconds must be > 0, got {seconds}")
-    g = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn((n, n), device=device, dtype=dtype, generator=g)
-    b = torch.randn((n, n), device=device, dtype=dtype, generator=g)
+    a, b = _square_operands(device, n, dtype)
     out = torch.empty((n, n), device=device, dtype=dtype)
     step = 10  # products between syncs
     _sync(device)
